@@ -1,0 +1,46 @@
+// Declarations shared by the op registration, the kernels and the C++ tests.
+// Each op has a CPU kernel in csrc/cpu/<op>.cpp and a CUDA kernel in
+// csrc/cuda/<op>.cu; csrc/registration.cpp binds both to one op name.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+
+namespace lomar_ops {
+
+// ---- rpe_gather: out[s,h,i,j] = table[s,h,i,bucket_ids[i,j]] ----------------
+// Argument checks shared by the CPU and CUDA kernels (they name the argument).
+void check_rpe_gather_args(const at::Tensor& table, const at::Tensor& bucket_ids);
+void check_rpe_gather_backward_args(const at::Tensor& grad_out,
+                                    const at::Tensor& bucket_ids,
+                                    int64_t num_buckets);
+
+at::Tensor rpe_gather_cpu(const at::Tensor& table, const at::Tensor& bucket_ids);
+at::Tensor rpe_gather_backward_cpu(const at::Tensor& grad_out,
+                                   const at::Tensor& bucket_ids,
+                                   int64_t num_buckets);
+
+#ifdef LOMAR_WITH_CUDA
+at::Tensor rpe_gather_cuda(const at::Tensor& table, const at::Tensor& bucket_ids);
+at::Tensor rpe_gather_backward_cuda(const at::Tensor& grad_out,
+                                    const at::Tensor& bucket_ids,
+                                    int64_t num_buckets);
+// The SM architectures nvcc compiled the CUDA kernels for, e.g. "800,900"
+// (nvcc's __CUDA_ARCH_LIST__, so it reports what was built, not what was asked).
+std::string cuda_arch_list();
+std::string cuda_runtime_version_at_build();
+#endif
+
+// ---- build facts ------------------------------------------------------------
+struct BuildInfo {
+  bool cuda = false;              // CUDA kernels compiled in
+  std::string cuda_archs;         // "800,900" or ""
+  std::string cuda_version;       // CUDA runtime headers the kernels were built with
+  std::string compiler;           // host C++ compiler
+  std::string torch_version;      // torch the extension was built against
+  bool openmp = false;            // CPU kernels parallelised with OpenMP
+};
+BuildInfo build_info();
+
+}  // namespace lomar_ops

@@ -1,0 +1,23 @@
+// The one place where lomar_ops' operators are declared (schemas) and where
+// their CPU and CUDA kernels are bound to them. Autograd and fake-tensor rules
+// are registered once, in Python (lomar_ops/ops/<op>.py).
+#include <torch/library.h>
+
+#include "lomar_ops.h"
+
+TORCH_LIBRARY(lomar_ops, m) {
+  m.def("rpe_gather(Tensor table, Tensor bucket_ids) -> Tensor");
+  m.def("rpe_gather_backward(Tensor grad_out, Tensor bucket_ids, int num_buckets) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(lomar_ops, CPU, m) {
+  m.impl("rpe_gather", &lomar_ops::rpe_gather_cpu);
+  m.impl("rpe_gather_backward", &lomar_ops::rpe_gather_backward_cpu);
+}
+
+#ifdef LOMAR_WITH_CUDA
+TORCH_LIBRARY_IMPL(lomar_ops, CUDA, m) {
+  m.impl("rpe_gather", &lomar_ops::rpe_gather_cuda);
+  m.impl("rpe_gather_backward", &lomar_ops::rpe_gather_backward_cuda);
+}
+#endif

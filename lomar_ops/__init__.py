@@ -1,0 +1,25 @@
+"""lomar_ops: the fused ops of lomar, each with CUDA, Triton, CPU C++ and
+pure-PyTorch implementations behind one function and a backend chooser.
+
+    >>> import lomar_ops
+    >>> ids = lomar_ops.irpe_bucket_ids(7, 7)          # (50, 50) int32
+    >>> out = lomar_ops.rpe_gather(table, ids)          # backend by device
+    >>> lomar_ops.build_info()                          # what was compiled
+"""
+
+from __future__ import annotations
+
+from . import _extension
+from ._build_info import build_info, format_build_info
+from .backends import (BACKENDS, BackendUnavailableError, available_backends, backend_report,
+                       resolve_backend)
+from .irpe import irpe_bucket_ids, irpe_num_buckets, piecewise_index
+from .ops import rpe_gather
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS", "BackendUnavailableError", "available_backends", "backend_report",
+    "build_info", "format_build_info", "irpe_bucket_ids", "irpe_num_buckets",
+    "piecewise_index", "resolve_backend", "rpe_gather",
+]

@@ -1,0 +1,53 @@
+"""Argument checks for the public ops. Each error names the op, the argument,
+what it got and what is allowed, and is raised before any work is done."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def _names(dtypes: Iterable[torch.dtype]) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def check_tensor(op: str, name: str, x, *, ndim: int | None = None,
+                 dtypes: Iterable[torch.dtype] | None = None, shape_doc: str = "") -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if dtypes is not None and x.dtype not in tuple(dtypes):
+        raise TypeError(f"{op}: {name} must have dtype in ({_names(dtypes)}), got {x.dtype}")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{op}: {name} must be {ndim}-D{' ' + shape_doc if shape_doc else ''}, "
+                         f"got shape {tuple(x.shape)}")
+
+
+def check_same_device(op: str, **tensors: torch.Tensor) -> None:
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"{op}: all tensors must be on one device, got {listed}")
+
+
+def check_index_range(op: str, name: str, ids: torch.Tensor, upper: int, upper_doc: str) -> None:
+    """Values of ``ids`` in [0, upper). Data-dependent, so checked in eager mode only
+    (under torch.compile the kernels' own checks apply)."""
+    if ids.numel() == 0 or torch.compiler.is_compiling():
+        return
+    lo, hi = torch.aminmax(ids)
+    lo, hi = int(lo), int(hi)
+    if lo < 0 or hi >= upper:
+        raise ValueError(f"{op}: {name} must lie in [0, {upper}) ({upper_doc}), "
+                         f"got values in [{lo}, {hi}]")
+
+
+def check_positive_int(op: str, name: str, value, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
+    return value

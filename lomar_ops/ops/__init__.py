@@ -1,0 +1,6 @@
+"""The public ops: argument checks, backend choice, and the autograd and
+fake-tensor rules of the C++ custom ops. One file per op."""
+
+from .rpe_gather import rpe_gather
+
+__all__ = ["rpe_gather"]

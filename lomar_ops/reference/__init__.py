@@ -1,0 +1,7 @@
+"""Pure-PyTorch references of every lomar op: the ground truth the CPU, CUDA and
+Triton backends are tested against, and the "torch" backend. Written as the plain
+formula, for clarity rather than speed."""
+
+from .rpe_gather import rpe_gather_reference
+
+__all__ = ["rpe_gather_reference"]
