@@ -5,6 +5,8 @@ in torch.ops.lomar_ops.* with CPU (and, when compiled, CUDA) kernels."""
 
 from __future__ import annotations
 
+import torch  # noqa: F401  (loads libtorch, which _C links against)
+
 try:
     from . import _C  # type: ignore[attr-defined]
 

@@ -54,7 +54,9 @@ def test_forward_and_backward_match_reference(device, backend, dtype, shape):
 
 @pytest.mark.parametrize("device,backend", devices_and_backends())
 def test_gradcheck_float64(device, backend):
-    table, ids = make_inputs((2, 2, 9, 11), torch.float64, device)
+    # Each gradcheck probe is a kernel launch: keep the interpreter's share small.
+    shape = (1, 2, 5, 6) if (device, backend) == ("cpu", "triton") else (2, 2, 9, 11)
+    table, ids = make_inputs(shape, torch.float64, device)
     table.requires_grad_(True)
     assert torch.autograd.gradcheck(
         lambda t: lomar_ops.rpe_gather(t, ids, backend=backend), (table,))

@@ -1,0 +1,57 @@
+# Two commands on a fresh machine:  make demo   and   make test
+# Both create .venv, install torch and this package (building the C++/CUDA
+# extension), then run. Variables: PYTHON (the interpreter that makes the venv),
+# LOMAR_CUDA=auto|0|1, TORCH_CUDA_ARCH_LIST, MAX_JOBS (see README).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+LOMAR_CUDA ?= auto
+export LOMAR_CUDA
+
+CSRC := $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.cu csrc/*/*.cuh) csrc/sources.txt
+VENV_STAMP := $(VENV)/.deps-installed
+EXT_STAMP  := $(VENV)/.ext-built
+
+.PHONY: demo test pytest cmake-test bench gpu-check info clean
+
+demo: $(EXT_STAMP)
+	$(PY) -m lomar_ops smoke
+
+test: $(EXT_STAMP) cmake-test pytest
+
+pytest: $(EXT_STAMP)
+	$(PY) -m pytest tests
+
+# The same sources built with CMake against libtorch; runs the C++ unit tests.
+cmake-test: $(VENV_STAMP)
+	$(VENV)/bin/cmake -S . -B build-cmake -G Ninja -DPython3_EXECUTABLE=$(abspath $(PY)) \
+		-DLOMAR_CUDA=$(LOMAR_CUDA) -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja)
+	$(VENV)/bin/cmake --build build-cmake -j $${MAX_JOBS:-$$(nproc)}
+	$(VENV)/bin/ctest --test-dir build-cmake --output-on-failure
+
+# CPU benchmarks (pytest-benchmark); tagged CSV/JSON under bench/results/cpu-latest.
+bench: $(EXT_STAMP)
+	LOMAR_BENCH_OUT=bench/results/cpu-latest $(PY) -m pytest bench -q -p no:cacheprovider -o python_files='bench_*.py'
+	$(PY) bench/summarize.py bench/results/cpu-latest
+
+# On a GPU machine (no network: uses the python already there, see shared/GPU.md).
+gpu-check:
+	bash bench/gpu_check.sh
+
+info: $(EXT_STAMP)
+	$(PY) -m lomar_ops info
+
+$(VENV_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install "torch>=2.6" numpy ninja pybind11 "cmake>=3.26" setuptools wheel \
+		pytest pytest-benchmark matplotlib
+	touch $@
+
+$(EXT_STAMP): $(VENV_STAMP) $(CSRC) setup.py
+	MAX_JOBS=$${MAX_JOBS:-$$(nproc)} $(PY) -m pip install --no-build-isolation --no-deps -e .
+	touch $@
+
+clean:
+	rm -rf build build-cmake lomar_ops/_C*.so *.egg-info $(EXT_STAMP)

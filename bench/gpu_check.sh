@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The one prepared GPU script (shared/GPU.md): versions, build, GPU tests, kernel
+# benchmarks, results as JSON/CSV under $OUT (default bench/results/latest), and a
+# short table last. Runs with the python already on the machine (no network there).
+# Usage: make gpu-check          (or OUT=dir bash bench/gpu_check.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT=${OUT:-bench/results/latest}
+mkdir -p "$OUT"
+LOG="$OUT/gpu_check.log"
+exec > >(tee "$LOG") 2>&1
+echo "== lomar gpu-check $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+echo "command: make gpu-check (OUT=$OUT)"
+
+echo "== 1. versions"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+$PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+nvcc --version | tail -n 2 || true
+
+echo "== 2. build (all cores, CUDA required)"
+# Only the card's own arch unless told otherwise: the build is on the clock.
+ARCH=$($PY -c "import torch; p = torch.cuda.get_device_capability(); print(f'{p[0]}.{p[1]}')")
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$ARCH}
+export LOMAR_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
+time $PY -m pip install --no-deps --no-build-isolation -e . -q
+$PY -m lomar_ops info
+
+echo "== 3. tests on the GPU (stop at the first failure)"
+$PY -m pytest tests -x -q -m "not slow" -p no:cacheprovider \
+    --junitxml="$OUT/gpu_tests.xml"
+
+echo "== 4. ceilings and kernel benchmarks"
+$PY bench/ceilings.py --out "$OUT"
+LOMAR_BENCH_DEVICE=cuda LOMAR_BENCH_OUT="$OUT" $PY -m pytest bench -q -p no:cacheprovider \
+    -o python_files='bench_*.py' --benchmark-json="$OUT/pytest_benchmark.json"
+
+echo "== 5. summary"
+$PY bench/summarize.py "$OUT"

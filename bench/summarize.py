@@ -1,0 +1,31 @@
+"""Prints the benchmark records under a results folder as one short table,
+with GB/s also as a fraction of the card's measured copy bandwidth when known.
+
+    python bench/summarize.py DIR"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main(folder: str) -> None:
+    root = Path(folder)
+    ceilings = {}
+    if (root / "ceilings.json").exists():
+        ceilings = json.loads((root / "ceilings.json").read_text())
+        print(f"ceilings: copy {ceilings['copy_gbps']} GB/s, bf16 matmul "
+              f"{ceilings['bf16_matmul_tflops']} TFLOP/s ({ceilings['device_name']})")
+    for path in sorted(root.glob("bench_*.json")):
+        rows = json.loads(path.read_text())
+        print(f"\n{path.stem}")
+        print(f"  {'case':<16}{'mode':<9}{'backend':<8}{'dtype':<10}{'ms':>10}{'GB/s':>10}{'of copy':>9}")
+        for r in sorted(rows, key=lambda r: (r["case"], r["mode"], r["backend"])):
+            frac = f"{r['gbps'] / ceilings['copy_gbps']:.0%}" if ceilings and "gbps" in r else ""
+            print(f"  {r['case']:<16}{r['mode']:<9}{r['backend']:<8}{r['dtype']:<10}"
+                  f"{r['median_ms']:>10.4f}{r.get('gbps', float('nan')):>10.1f}{frac:>9}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "bench/results/latest")

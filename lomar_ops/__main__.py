@@ -1,0 +1,84 @@
+"""python -m lomar_ops [info|smoke]
+
+info   what was built and which backends can run here (default)
+smoke  every op through every backend that can run here, checked against the
+       reference, with a rough timing (a smoke run, not a benchmark: see bench/)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+import lomar_ops
+from lomar_ops.reference import rpe_gather_reference
+
+
+def _median_ms(fn, device: torch.device, repeats: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def smoke(windows: int, heads: int) -> int:
+    print(lomar_ops.format_build_info())
+    failures = 0
+    if not lomar_ops.build_info()["cpu_kernels"]:
+        print("\nFAIL: the C++ extension is missing, so the cpu and cuda backends cannot run")
+        failures += 1
+    ids = lomar_ops.irpe_bucket_ids(7, 7)
+    nb = lomar_ops.irpe_num_buckets()
+    print(f"\nrpe_gather: {windows} windows of 7x7 patches + cls (N = 50), {heads} heads, "
+          f"{nb} iRPE buckets, fp32, forward + backward against the reference")
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for device in devices:
+        table = torch.randn(windows, heads, 50, nb, device=device, requires_grad=True)
+        grad = torch.randn(windows, heads, 50, 50, device=device)
+        d_ids = ids.to(device)
+        ref = rpe_gather_reference(table, d_ids)
+        (ref_grad,) = torch.autograd.grad(ref, table, grad)
+        for backend, status in lomar_ops.backend_report(device).items():
+            if status != "available":
+                print(f"  {device.type:>4} {backend:<7} skipped: {status}")
+                continue
+
+            def step():
+                out = lomar_ops.rpe_gather(table, d_ids, backend=backend)
+                return out, torch.autograd.grad(out, table, grad)[0]
+
+            out, g = step()
+            ok = torch.equal(out, ref) and torch.allclose(g, ref_grad, atol=1e-5, rtol=1e-5)
+            failures += not ok
+            ms = _median_ms(step, device)
+            print(f"  {device.type:>4} {backend:<7} {'OK  ' if ok else 'FAIL'} {ms:8.2f} ms")
+    print("\nsmoke run " + ("passed" if failures == 0 else f"FAILED ({failures})"))
+    return 1 if failures else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lomar_ops", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", default="info", choices=["info", "smoke"])
+    parser.add_argument("--windows", type=int, default=256, help="sequences (smoke)")
+    parser.add_argument("--heads", type=int, default=12, help="heads (smoke)")
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        print(lomar_ops.format_build_info())
+        return 0
+    return smoke(args.windows, args.heads)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
