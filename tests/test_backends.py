@@ -74,3 +74,12 @@ def test_cuda_build_has_expected_archs():
     info = lomar_ops.build_info()
     assert info["cuda_kernels"], "expected a build with CUDA kernels"
     assert info["cuda_archs"] == os.environ["LOMAR_EXPECT_CUDA_ARCHS"].split(",")
+
+
+def test_import_without_torch_first():
+    # _C links against libtorch: the package must load torch before it.
+    import subprocess
+    import sys
+    code = "import lomar_ops; assert lomar_ops.build_info()['cpu_kernels']; print('ok')"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
