@@ -1,6 +1,6 @@
 // C++ unit tests of rpe_gather, through the dispatcher (as Python calls it),
-// against naive loops. Run by ctest, one test per case:
-//   lomar_ops_cpp_tests <case>     or with no argument, every case.
+// against naive loops. Run by ctest:
+//   test_rpe_gather [case]     (no argument: every case)
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
