@@ -1,0 +1,154 @@
+"""Typed configs: dataclasses filled from a YAML file, then from command-line
+overrides ``key.sub=value`` (values parsed as YAML: 3, 1.5e-4, true, [224, 224]).
+
+Unknown keys and values of the wrong type fail before any work starts, naming the
+key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the config's schema."""
+
+
+def _coerce(key: str, value, kind):
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(key, value, option)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config: {key} must be a mapping, got {value!r}")
+        return from_dict(kind, value, prefix=f"{key}.")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config: {key} must be a list, got {value!r}")
+        args = typing.get_args(kind)
+        item = args[0] if args else typing.Any
+        items = [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is typing.Literal:
+        allowed = typing.get_args(kind)
+        if value not in allowed:
+            raise ConfigError(f"config: {key} must be one of {list(allowed)}, got {value!r}")
+        return value
+    if kind is typing.Any:
+        return value
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(value, kind):
+        return value
+    raise ConfigError(f"config: {key} must be {getattr(kind, '__name__', kind)}, "
+                      f"got {value!r} ({type(value).__name__})")
+
+
+def _fields(cls) -> dict:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """An instance of dataclass ``cls`` from a (nested) dict; missing keys keep defaults."""
+    fields = _fields(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"config: unknown key {prefix}{unknown[0]!s}; known keys"
+                          f"{' of ' + prefix[:-1] if prefix else ''}: {', '.join(fields)}")
+    values = {k: _coerce(prefix + k, v, fields[k]) for k, v in data.items()}
+    return cls(**values)
+
+
+def apply_override(cfg, override: str):
+    """``cfg`` with one ``dotted.key=value`` override applied (a new instance)."""
+    if "=" not in override:
+        raise ConfigError(f"config: override {override!r} must look like key=value")
+    key, raw = override.split("=", 1)
+    key = key.strip().lstrip("-")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return _replace_path(cfg, key.split("."), value, key)
+
+
+def _replace_path(cfg, parts: list[str], value, full_key: str):
+    fields = _fields(type(cfg))
+    head = parts[0]
+    done = full_key[: len(full_key) - len(".".join(parts))]
+    if head not in fields:
+        raise ConfigError(f"config: unknown key {done}{head}; known keys"
+                          f"{' of ' + done[:-1] if done else ''}: {', '.join(fields)}")
+    if len(parts) == 1:
+        return dataclasses.replace(cfg, **{head: _coerce(full_key, value, fields[head])})
+    child = getattr(cfg, head)
+    if not dataclasses.is_dataclass(child):
+        raise ConfigError(f"config: {done}{head} is not a section, so {full_key} does not exist")
+    return dataclasses.replace(cfg, **{head: _replace_path(child, parts[1:], value, full_key)})
+
+
+def load_config(cls, path: str | Path | None = None, overrides: typing.Iterable[str] = ()):
+    """Defaults of ``cls``, then the YAML file at ``path``, then ``overrides``; then
+    ``cfg.validate()`` when the class defines it."""
+    data = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config: file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: {path} must hold a mapping at the top level")
+    cfg = from_dict(cls, data)
+    for override in overrides:
+        cfg = apply_override(cfg, override)
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    """The config as plain dicts and lists (for YAML, logs and checkpoints)."""
+    def plain(v):
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path
