@@ -45,8 +45,9 @@ info: $(EXT_STAMP)
 $(VENV_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install "torch>=2.6" numpy ninja pybind11 "cmake>=3.26" setuptools wheel \
-		pytest pytest-benchmark matplotlib
+	$(PY) -m pip install "torch>=2.6" torchvision numpy ninja pybind11 "cmake>=3.26" setuptools \
+		wheel pillow pyyaml safetensors tensorboard matplotlib scikit-image \
+		pytest pytest-benchmark
 	touch $@
 
 $(EXT_STAMP): $(VENV_STAMP) $(CSRC) setup.py
