@@ -1,7 +1,6 @@
 """The MAE baseline: parameter count and names, masking with given noise, shapes
 at any resolution, the loss, bad input."""
 
-
 import pytest
 import torch
 
