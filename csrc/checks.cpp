@@ -51,4 +51,56 @@ void check_rpe_gather_backward_args(const at::Tensor& grad_out,
   check_bucket_ids(bucket_ids, grad_out.size(2), grad_out);
 }
 
+void check_bucket_ids_range(const at::Tensor& bucket_ids, int64_t num_buckets, const char* op) {
+  // Reads the values: for CPU tensors (CUDA kernels assert on the device instead).
+  if (bucket_ids.numel() == 0 || !bucket_ids.device().is_cpu()) return;
+  auto [lo, hi] = at::aminmax(bucket_ids);
+  const int64_t min_id = lo.item<int64_t>(), max_id = hi.item<int64_t>();
+  TORCH_CHECK(min_id >= 0 && max_id < num_buckets, op, ": bucket_ids must lie in [0, ",
+              num_buckets, "), got values in [", min_id, ", ", max_id, "]");
+}
+
+void check_window_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const c10::optional<at::Tensor>& rpe,
+                                 const c10::optional<at::Tensor>& bucket_ids,
+                                 c10::string_view rpe_mode) {
+  constexpr const char* op = "window_attention";
+  TORCH_CHECK(q.dim() == 4, op, ": q must be (S, N, H, d), got shape ", q.sizes());
+  TORCH_CHECK(is_float_type(q.scalar_type()), op, ": q must be a float tensor, got ",
+              q.scalar_type());
+  for (const auto* t : {&k, &v}) {
+    TORCH_CHECK(t->sizes() == q.sizes(), op, ": k and v must have q's shape ", q.sizes(),
+                ", got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == q.scalar_type() && t->device() == q.device(), op,
+                ": q, k and v must share dtype and device");
+  }
+  const bool has_rpe = rpe.has_value() && rpe->defined();
+  const bool has_ids = bucket_ids.has_value() && bucket_ids->defined();
+  const int64_t N = q.size(1), H = q.size(2), d = q.size(3);
+  if (rpe_mode == "none") {
+    TORCH_CHECK(!has_rpe && !has_ids, op, ": rpe_mode none takes no rpe or bucket_ids");
+    return;
+  }
+  TORCH_CHECK(rpe_mode == "contextual" || rpe_mode == "bias", op,
+              ": rpe_mode must be contextual, bias or none, got ", rpe_mode);
+  TORCH_CHECK(has_rpe && has_ids, op, ": rpe_mode ", rpe_mode, " needs rpe and bucket_ids");
+  TORCH_CHECK(rpe->scalar_type() == q.scalar_type() && rpe->device() == q.device(), op,
+              ": rpe must have q's dtype and device, got ", rpe->scalar_type(), " on ",
+              rpe->device());
+  if (rpe_mode == "contextual") {
+    const bool ok = (rpe->dim() == 2 && rpe->size(1) == d) ||
+                    (rpe->dim() == 3 && rpe->size(0) == H && rpe->size(2) == d);
+    TORCH_CHECK(ok, op, ": contextual rpe must be (NB, d) or (H, NB, d) = (", H, ", NB, ", d,
+                "), got ", rpe->sizes());
+  } else {
+    TORCH_CHECK(rpe->dim() == 2 && rpe->size(0) == H, op, ": bias rpe must be (H, NB) = (", H,
+                ", NB), got ", rpe->sizes());
+  }
+  TORCH_CHECK(bucket_ids->dim() == 2 && bucket_ids->size(0) == N && bucket_ids->size(1) == N, op,
+              ": bucket_ids must be (N, N) = (", N, ", ", N, "), got ", bucket_ids->sizes());
+  TORCH_CHECK(bucket_ids->scalar_type() == at::kInt, op, ": bucket_ids must be int32, got ",
+              bucket_ids->scalar_type());
+  TORCH_CHECK(bucket_ids->device() == q.device(), op, ": bucket_ids must be on ", q.device());
+}
+
 }  // namespace lomar_ops

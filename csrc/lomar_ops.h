@@ -21,6 +21,26 @@ at::Tensor rpe_gather_backward_cpu(const at::Tensor& grad_out,
                                    const at::Tensor& bucket_ids,
                                    int64_t num_buckets);
 
+// Values of a bucket map in [0, num_buckets) (CPU tensors; a no-op for others).
+void check_bucket_ids_range(const at::Tensor& bucket_ids, int64_t num_buckets, const char* op);
+
+// ---- window_attention: softmax(scale q k^T + relative term) v ----------------
+// q, k, v (S, N, H, d); rpe_mode "contextual" (rpe (NB, d) or (H, NB, d)), "bias"
+// (rpe (H, NB)) or "none". Forward returns (out (S, N, H, d), lse (S, H, N) fp32);
+// backward returns (dq, dk, dv, drpe) (drpe empty for "none").
+void check_window_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const c10::optional<at::Tensor>& rpe,
+                                 const c10::optional<at::Tensor>& bucket_ids,
+                                 c10::string_view rpe_mode);
+std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const c10::optional<at::Tensor>& rpe, const c10::optional<at::Tensor>& bucket_ids,
+    c10::string_view rpe_mode, double scale);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const c10::optional<at::Tensor>& rpe,
+    const c10::optional<at::Tensor>& bucket_ids, c10::string_view rpe_mode, double scale);
+
 #ifdef LOMAR_WITH_CUDA
 at::Tensor rpe_gather_cuda(const at::Tensor& table, const at::Tensor& bucket_ids);
 at::Tensor rpe_gather_backward_cuda(const at::Tensor& grad_out,

@@ -8,11 +8,18 @@
 TORCH_LIBRARY(lomar_ops, m) {
   m.def("rpe_gather(Tensor table, Tensor bucket_ids) -> Tensor");
   m.def("rpe_gather_backward(Tensor grad_out, Tensor bucket_ids, int num_buckets) -> Tensor");
+  m.def("window_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? rpe, Tensor? bucket_ids, "
+        "str rpe_mode, float scale) -> (Tensor, Tensor)");
+  m.def("window_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
+        "Tensor lse, Tensor? rpe, Tensor? bucket_ids, str rpe_mode, float scale) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(lomar_ops, CPU, m) {
   m.impl("rpe_gather", &lomar_ops::rpe_gather_cpu);
   m.impl("rpe_gather_backward", &lomar_ops::rpe_gather_backward_cpu);
+  m.impl("window_attention_fwd", &lomar_ops::window_attention_fwd_cpu);
+  m.impl("window_attention_bwd", &lomar_ops::window_attention_bwd_cpu);
 }
 
 #ifdef LOMAR_WITH_CUDA

@@ -82,28 +82,57 @@ def backend_report(device: torch.device | str) -> dict[str, str]:
     return {b: unavailable_reason(b, device) or "available" for b in BACKENDS}
 
 
-def _default(device: torch.device) -> str:
+def implemented_backends(op: str, cpp_op: str | None = None) -> frozenset[str]:
+    """The backends that implement ``op`` in this installation: "torch" always; "cpu"
+    and "cuda" when the extension registered a kernel for ``lomar_ops::<cpp_op>`` at that
+    dispatch key; "triton" when lomar_ops/triton_kernels/<op>.py exists. Ops call this
+    once, at import, so that the choice costs nothing (and traces) at call time."""
+    found = {"torch"}
+    name = f"lomar_ops::{cpp_op or op}"
+    if _extension.AVAILABLE and torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU"):
+        found.add("cpu")
+    if (_extension.HAS_CUDA_KERNELS
+            and torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA")):
+        found.add("cuda")
+    if _TRITON_INSTALLED and importlib.util.find_spec(f"lomar_ops.triton_kernels.{op}"):
+        found.add("triton")
+    return frozenset(found)
+
+
+def _op_reason(op: str, backend: str, device: torch.device,
+               implemented: frozenset[str] | None) -> str | None:
+    reason = unavailable_reason(backend, device)
+    if reason is None and implemented is not None and backend not in implemented:
+        reason = f"{op} has no {backend} implementation in this version of lomar_ops"
+    return reason
+
+
+def _default(op: str, device: torch.device, implemented: frozenset[str] | None) -> str:
     order = ("cuda", "triton", "torch") if device.type == "cuda" else ("cpu", "torch")
     for candidate in order:
-        if unavailable_reason(candidate, device) is None:
+        if _op_reason(op, candidate, device, implemented) is None:
             return candidate
     return "torch"
 
 
-def resolve_backend(op: str, device: torch.device, backend: str | None = None) -> str:
+def resolve_backend(op: str, device: torch.device, backend: str | None = None,
+                    implemented: frozenset[str] | None = None) -> str:
     """The backend that runs ``op`` on ``device``: ``backend``, else $LOMAR_OPS_BACKEND,
-    else the device default. Raises when an explicit choice cannot run."""
+    else the device default. ``implemented`` (from :func:`implemented_backends`)
+    restricts the choice to the backends the op has. Raises when an explicit choice
+    cannot run."""
     source = "backend"
     if backend is None:
         env = os.environ.get(ENV_VAR, "").strip().lower()
         if env in ("", "auto"):
-            return _default(device)
+            return _default(op, device, implemented)
         backend, source = env, f"${ENV_VAR}"
     if backend not in BACKENDS:
         raise ValueError(f"{op}: {source} must be one of {BACKENDS} or None, got {backend!r}")
-    reason = unavailable_reason(backend, device)
+    reason = _op_reason(op, backend, device, implemented)
     if reason is not None:
+        usable = [b for b in BACKENDS if _op_reason(op, b, device, implemented) is None]
         raise BackendUnavailableError(
             f"{op}: {source}={backend!r} is unavailable: {reason}. "
-            f"Available for {device}: {available_backends(device)}")
+            f"Available for {op} on {device}: {usable}")
     return backend

@@ -18,15 +18,6 @@ int64_t grain_rows(int64_t row_len) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_len));
 }
 
-void check_bucket_range(const at::Tensor& bucket_ids, int64_t num_buckets, const char* op) {
-  if (bucket_ids.numel() == 0) return;
-  auto [lo, hi] = at::aminmax(bucket_ids);
-  const int64_t min_id = lo.item<int64_t>(), max_id = hi.item<int64_t>();
-  TORCH_CHECK(min_id >= 0 && max_id < num_buckets, op,
-              ": bucket_ids must lie in [0, ", num_buckets, "), got values in [", min_id,
-              ", ", max_id, "]");
-}
-
 }  // namespace
 
 at::Tensor rpe_gather_cpu(const at::Tensor& table_in, const at::Tensor& bucket_ids_in) {
@@ -34,7 +25,7 @@ at::Tensor rpe_gather_cpu(const at::Tensor& table_in, const at::Tensor& bucket_i
   const auto table = table_in.contiguous();
   const auto ids = bucket_ids_in.contiguous();
   const int64_t S = table.size(0), H = table.size(1), N = table.size(2), NB = table.size(3);
-  check_bucket_range(ids, NB, "rpe_gather");
+  check_bucket_ids_range(ids, NB, "rpe_gather");
   auto out = at::empty({S, H, N, N}, table.options());
   if (out.numel() == 0) return out;
 
@@ -61,7 +52,7 @@ at::Tensor rpe_gather_backward_cpu(const at::Tensor& grad_in, const at::Tensor& 
   const auto grad = grad_in.contiguous();
   const auto ids = bucket_ids_in.contiguous();
   const int64_t S = grad.size(0), H = grad.size(1), N = grad.size(2), NB = num_buckets;
-  check_bucket_range(ids, NB, "rpe_gather_backward");
+  check_bucket_ids_range(ids, NB, "rpe_gather_backward");
   auto grad_table = at::empty({S, H, N, NB}, grad.options());
   if (grad_table.numel() == 0) return grad_table;
 

@@ -12,10 +12,11 @@ import torch
 from .. import _extension
 from .._validation import (FLOAT_DTYPES, INDEX_DTYPES, check_index_range, check_same_device,
                            check_tensor)
-from ..backends import resolve_backend
+from ..backends import implemented_backends, resolve_backend
 from ..reference.rpe_gather import rpe_gather_reference
 
 _OP = "rpe_gather"
+_IMPLEMENTED = implemented_backends(_OP)
 
 if _extension.AVAILABLE:
 
@@ -70,7 +71,7 @@ def rpe_gather(table: torch.Tensor, bucket_ids: torch.Tensor,
     if num_buckets < 1:
         raise ValueError(f"{_OP}: table must have at least one bucket, got NB = {num_buckets}")
     check_index_range(_OP, "bucket_ids", bucket_ids, num_buckets, "NB, the table's last dim")
-    chosen = resolve_backend(_OP, table.device, backend)
+    chosen = resolve_backend(_OP, table.device, backend, _IMPLEMENTED)
     if chosen == "torch":
         return rpe_gather_reference(table, bucket_ids)
     ids = bucket_ids.to(torch.int32).contiguous()

@@ -1,0 +1,151 @@
+"""window_attention: attention over many short sequences with iRPE's relative
+position term inside the logits, forward and backward.
+
+    logit[s,h,i,j] = scale * q_i . k_j + term_ij
+      rpe_mode="contextual": term_ij = q_i . rpe[(h,) bucket_ids[i, j]]  (q unscaled)
+      rpe_mode="bias":       term_ij = rpe[h, bucket_ids[i, j]]
+      rpe=None:              no term (plain attention)
+
+Implementations: csrc/cpu/window_attention.cpp, lomar_ops/reference/window_attention.py;
+the CUDA and Triton kernels are not written yet (the backend chooser says so).
+Comparison formulations (eager, SDPA, FlexAttention): lomar_ops/comparisons.py."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import _extension
+from .._validation import FLOAT_DTYPES, INDEX_DTYPES, check_index_range, check_tensor
+from ..backends import implemented_backends, resolve_backend
+from ..reference.window_attention import window_attention_reference
+
+_OP = "window_attention"
+_IMPLEMENTED = implemented_backends(_OP, cpp_op="window_attention_fwd")
+RPE_MODES = ("contextual", "bias", None)
+
+if _extension.AVAILABLE:
+
+    @torch.library.register_fake("lomar_ops::window_attention_fwd")
+    def _fwd_fake(q, k, v, rpe, bucket_ids, rpe_mode, scale):
+        S, N, H, d = q.shape
+        lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        return q.new_empty((S, N, H, d)), q.new_empty((S, H, N), dtype=lse_dtype)
+
+    @torch.library.register_fake("lomar_ops::window_attention_bwd")
+    def _bwd_fake(grad_out, q, k, v, out, lse, rpe, bucket_ids, rpe_mode, scale):
+        S, N, H, d = q.shape
+        drpe = rpe.new_empty(rpe.shape) if rpe is not None else q.new_empty((0,))
+        return (q.new_empty((S, N, H, d)), q.new_empty((S, N, H, d)), q.new_empty((S, N, H, d)),
+                drpe)
+
+    def _setup_context(ctx, inputs, output):
+        q, k, v, rpe, bucket_ids, rpe_mode, scale = inputs
+        out, lse = output
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(q, k, v, out, lse, rpe, bucket_ids)
+        ctx.rpe_mode, ctx.scale = rpe_mode, scale
+
+    def _backward(ctx, grad_out, _grad_lse):
+        q, k, v, out, lse, rpe, bucket_ids = ctx.saved_tensors
+        dq, dk, dv, drpe = torch.ops.lomar_ops.window_attention_bwd(
+            grad_out, q, k, v, out, lse, rpe, bucket_ids, ctx.rpe_mode, ctx.scale)
+        return dq, dk, dv, (drpe if rpe is not None else None), None, None, None
+
+    torch.library.register_autograd("lomar_ops::window_attention_fwd", _backward,
+                                    setup_context=_setup_context)
+
+
+def _check(q, k, v, rpe, rpe_mode, bucket_ids, scale):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(_OP, name, t, ndim=4, dtypes=FLOAT_DTYPES, shape_doc="(S, N, H, d)")
+    for name, t in (("k", k), ("v", v)):
+        if t.shape != q.shape:
+            raise ValueError(f"{_OP}: {name} must have q's shape {tuple(q.shape)}, "
+                             f"got {tuple(t.shape)}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{_OP}: {name} must have q's dtype {q.dtype}, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{_OP}: {name} must be on q's device {q.device}, got {t.device}")
+    if rpe_mode not in RPE_MODES:
+        raise ValueError(f"{_OP}: rpe_mode must be one of {RPE_MODES}, got {rpe_mode!r}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not math.isfinite(scale)):
+        raise ValueError(f"{_OP}: scale must be a finite number or None, got {scale!r}")
+    S, N, H, d = q.shape
+    if rpe is None:
+        if bucket_ids is not None:
+            raise ValueError(f"{_OP}: bucket_ids given without rpe; pass rpe (and rpe_mode) "
+                             "or neither")
+        return
+    if rpe_mode is None:
+        raise ValueError(f"{_OP}: rpe given with rpe_mode=None; use 'contextual' or 'bias'")
+    check_tensor(_OP, "rpe", rpe, dtypes=FLOAT_DTYPES)
+    if rpe.dtype != q.dtype:
+        raise TypeError(f"{_OP}: rpe must have q's dtype {q.dtype}, got {rpe.dtype}")
+    if rpe.device != q.device:
+        raise ValueError(f"{_OP}: rpe must be on q's device {q.device}, got {rpe.device}")
+    if rpe_mode == "contextual":
+        if not ((rpe.dim() == 2 and rpe.shape[1] == d)
+                or (rpe.dim() == 3 and rpe.shape[0] == H and rpe.shape[2] == d)):
+            raise ValueError(f"{_OP}: contextual rpe must be (NB, d) = (NB, {d}) or "
+                             f"(H, NB, d) = ({H}, NB, {d}), got {tuple(rpe.shape)}")
+        num_buckets = rpe.shape[-2]
+    else:
+        if not (rpe.dim() == 2 and rpe.shape[0] == H):
+            raise ValueError(f"{_OP}: bias rpe must be (H, NB) = ({H}, NB), "
+                             f"got {tuple(rpe.shape)}")
+        num_buckets = rpe.shape[1]
+    if bucket_ids is None:
+        raise ValueError(f"{_OP}: rpe_mode={rpe_mode!r} needs bucket_ids, an (N, N) bucket map")
+    check_tensor(_OP, "bucket_ids", bucket_ids, ndim=2, dtypes=INDEX_DTYPES, shape_doc="(N, N)")
+    if tuple(bucket_ids.shape) != (N, N):
+        raise ValueError(f"{_OP}: bucket_ids must be (N, N) = ({N}, {N}) for sequences of "
+                         f"N = {N} tokens, got {tuple(bucket_ids.shape)}")
+    if bucket_ids.device != q.device:
+        raise ValueError(f"{_OP}: bucket_ids must be on q's device {q.device}, "
+                         f"got {bucket_ids.device}")
+    check_index_range(_OP, "bucket_ids", bucket_ids, num_buckets, "NB, the rpe table's buckets")
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                     rpe: torch.Tensor | None = None, rpe_mode: str | None = "contextual",
+                     bucket_ids: torch.Tensor | None = None, scale: float | None = None,
+                     backend: str | None = None) -> torch.Tensor:
+    """Attention within each of S sequences of N tokens, with a relative position term.
+
+    Args:
+        q, k, v: (S, N, H, d), float16/bfloat16/float32/float64 (last dim contiguous
+            is best; other strides are read as they are by the C++ kernels).
+        rpe: None (plain attention), or the relative position table: for
+            ``rpe_mode="contextual"`` (iRPE on keys) (NB, d) shared by all heads or
+            (H, NB, d); for ``rpe_mode="bias"`` (H, NB).
+        rpe_mode: "contextual", "bias" or None.
+        bucket_ids: (N, N) int32/int64 map into the table's NB buckets, e.g.
+            :func:`lomar_ops.irpe_bucket_ids` or BEiT's relative position index.
+        scale: multiplies q.k; default d ** -0.5 (not applied to the contextual term).
+        backend: None, "cuda", "triton", "cpu" or "torch" (lomar_ops.backends).
+
+    Returns:
+        (S, N, H, d) in q's dtype. Gradients flow to q, k, v and rpe; d(rpe) sums over
+        all sequences (and heads, for a shared table) in fp32, deterministically.
+    """
+    _check(q, k, v, rpe, rpe_mode, bucket_ids, scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    mode = rpe_mode if rpe is not None else None
+    chosen = resolve_backend(_OP, q.device, backend, _IMPLEMENTED)
+    if chosen == "torch":
+        return window_attention_reference(q, k, v, rpe, mode, bucket_ids, scale)
+    ids = bucket_ids.to(torch.int32).contiguous() if bucket_ids is not None else None
+    out, _ = torch.ops.lomar_ops.window_attention_fwd(q, k, v, rpe, ids, mode or "none", scale)
+    return out
+
+
+def window_attention_qkvpacked(qkv: torch.Tensor, **kwargs) -> torch.Tensor:
+    """:func:`window_attention` on qkv (S, N, 3, H, d), the qkv projection's output
+    reshaped; q, k and v are read as views, without copies."""
+    check_tensor(_OP, "qkv", qkv, ndim=5, dtypes=FLOAT_DTYPES, shape_doc="(S, N, 3, H, d)")
+    if qkv.shape[2] != 3:
+        raise ValueError(f"{_OP}: qkv must be (S, N, 3, H, d), got {tuple(qkv.shape)}")
+    return window_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], **kwargs)
