@@ -1,19 +1,20 @@
 // window_attention on the CPU: softmax(scale * q k^T + relative term) v per
 // (sequence, head), with the relative term of iRPE's contextual mode
-// (q_i . R[bucket(i, j)]) or of the bias mode (rpe[h, bucket(i, j)]) or none.
+// (q_i . R[bucket(i, j)]), of the bias mode (rpe[h, bucket(i, j)]) or none.
 //
-// Forward saves the log-sum-exp of every row (fp32; fp64 for double), as flash
-// attention does, so the backward recomputes the probabilities instead of storing
-// them. Everything accumulates in fp32 (fp64 for double). The table gradient is a reduction over
-// all sequences: (sequence, head) pairs are summed in fixed groups whose partial
-// sums are then added in group order, so the result does not depend on the
-// number of threads: bitwise repeatable.
+// On a CPU the N x N logits of a short sequence fit in cache, so this kernel
+// does not tile like flash attention: the four matrix products go through ATen's
+// batched GEMM (BLAS) in fp32 (fp64 for double), and the parts GEMM cannot do
+// (the bucket gather, the softmax statistics, the table gradient) are loops here.
+// The forward returns each row's log-sum-exp, so the backward recomputes the
+// probabilities from the inputs. The table gradient is a reduction over all
+// sequences: (sequence, head) pairs are summed in fixed groups whose partial sums
+// are added in group order, so it does not depend on the thread count: bitwise
+// repeatable.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
-#include <cmath>
-#include <limits>
 #include <vector>
 
 #include "../lomar_ops.h"
@@ -24,228 +25,166 @@ namespace {
 
 constexpr int64_t kPairsPerGroup = 16;  // (s, h) pairs per partial sum of d(rpe)
 
-// Strided (S, N, H, d) view with a contiguous last dim.
-template <typename T>
-struct SNHD {
-  const T* data;
-  int64_t ss, sn, sh;
-  const T* row(int64_t s, int64_t n, int64_t h) const { return data + s * ss + n * sn + h * sh; }
+enum Mode { kNone = 0, kBias = 1, kContextual = 2 };
+
+struct Problem {
+  int64_t S, N, H, d, NB = 0;
+  Mode mode = kNone;
+  bool per_head = false;  // contextual table (H, NB, d) rather than (NB, d)
+  at::ScalarType acc;     // fp32, or fp64 for double inputs
+  double scale;
 };
 
-template <typename T>
-SNHD<T> view_of(const at::Tensor& t) {
-  return {t.data_ptr<T>(), t.stride(0), t.stride(1), t.stride(2)};
-}
-
-template <typename acc_t, typename T, typename U>
-acc_t dot(const T* a, const U* b, int64_t d) {
-  acc_t sum = 0;
-  for (int64_t x = 0; x < d; ++x) sum += static_cast<acc_t>(a[x]) * static_cast<acc_t>(b[x]);
-  return sum;
-}
-
-struct Shape {
-  int64_t S, N, H, d, NB;
-  int mode;      // 0 none, 1 bias, 2 contextual
-  bool per_head;  // contextual table (H, NB, d) rather than (NB, d)
-};
-
-// Logits of query row i against all keys, into `logits` (length N).
-template <typename scalar_t, typename acc_t>
-void row_logits(const Shape& sh, const SNHD<scalar_t>& q, const SNHD<scalar_t>& k,
-                const scalar_t* rpe, const int32_t* ids, const std::vector<acc_t>& T,
-                int64_t s, int64_t h, int64_t i, double scale, acc_t* logits) {
-  const scalar_t* qi = q.row(s, i, h);
-  for (int64_t j = 0; j < sh.N; ++j) {
-    acc_t l = static_cast<acc_t>(scale) * dot<acc_t>(qi, k.row(s, j, h), sh.d);
-    if (sh.mode == 2) l += T[i * sh.NB + ids[i * sh.N + j]];
-    if (sh.mode == 1) l += static_cast<acc_t>(rpe[h * sh.NB + ids[i * sh.N + j]]);
-    logits[j] = l;
+Problem problem_of(const at::Tensor& q, const c10::optional<at::Tensor>& rpe,
+                   c10::string_view rpe_mode, double scale) {
+  Problem p{q.size(0), q.size(1), q.size(2), q.size(3)};
+  p.mode = rpe_mode == "contextual" ? kContextual : rpe_mode == "bias" ? kBias : kNone;
+  if (p.mode == kContextual) {
+    p.per_head = rpe->dim() == 3;
+    p.NB = rpe->size(p.per_head ? 1 : 0);
+  } else if (p.mode == kBias) {
+    p.NB = rpe->size(1);
   }
+  p.acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  p.scale = scale;
+  return p;
 }
 
-// T[i][b] = q_i . R[b] for one (s, h): the contextual term per bucket.
-template <typename scalar_t, typename acc_t>
-void contextual_table(const Shape& sh, const SNHD<scalar_t>& q, const scalar_t* rpe, int64_t s,
-                      int64_t h, std::vector<acc_t>& T) {
-  const scalar_t* R = rpe + (sh.per_head ? h * sh.NB * sh.d : 0);
-  for (int64_t i = 0; i < sh.N; ++i) {
-    const scalar_t* qi = q.row(s, i, h);
-    for (int64_t b = 0; b < sh.NB; ++b) T[i * sh.NB + b] = dot<acc_t>(qi, R + b * sh.d, sh.d);
+// (S, N, H, d) -> (S*H, N, d) contiguous in the accumulation type.
+at::Tensor heads_first(const at::Tensor& t, const Problem& p) {
+  return t.permute({0, 2, 1, 3}).to(p.acc).contiguous().view({p.S * p.H, p.N, p.d});
+}
+
+// (S*H, N, d) -> (S, N, H, d) in dtype.
+at::Tensor tokens_first(const at::Tensor& t, const Problem& p, at::ScalarType dtype) {
+  return t.view({p.S, p.H, p.N, p.d}).permute({0, 2, 1, 3}).to(dtype).contiguous();
+}
+
+// q @ R^T per bucket: (S*H, N, NB).
+at::Tensor contextual_table(const at::Tensor& qh, const at::Tensor& R, const Problem& p) {
+  if (!p.per_head) return at::matmul(qh, R.t());
+  return at::matmul(qh.view({p.S, p.H, p.N, p.d}), R.transpose(1, 2)).view({p.S * p.H, p.N, p.NB});
+}
+
+// scale * q k^T + the relative term: (S*H, N, N).
+at::Tensor logits_of(const at::Tensor& qh, const at::Tensor& kh, const at::Tensor& R,
+                     const at::Tensor& ids64, const Problem& p) {
+  auto logits = at::bmm(qh, kh.transpose(1, 2)).mul_(p.scale);
+  if (p.mode == kContextual) {
+    logits.add_(at::gather(contextual_table(qh, R, p), 2, ids64.expand({p.S * p.H, p.N, p.N})));
+  } else if (p.mode == kBias) {
+    logits.view({p.S, p.H, p.N, p.N}).add_(R.index_select(1, ids64.flatten()).view({p.H, p.N, p.N}));
   }
+  return logits;
 }
 
-Shape shape_of(const at::Tensor& q, const c10::optional<at::Tensor>& rpe,
-               c10::string_view rpe_mode) {
-  Shape sh{q.size(0), q.size(1), q.size(2), q.size(3), 0, 0, false};
-  sh.mode = rpe_mode == "contextual" ? 2 : rpe_mode == "bias" ? 1 : 0;
-  if (sh.mode == 2) {
-    sh.per_head = rpe->dim() == 3;
-    sh.NB = rpe->size(sh.per_head ? 1 : 0);
-  } else if (sh.mode == 1) {
-    sh.NB = rpe->size(1);
-  }
-  return sh;
-}
-
-at::Tensor last_dim_contiguous(const at::Tensor& t) {
-  return t.stride(-1) == 1 ? t : t.contiguous();
+// Sum over (s, h) of per-pair tables, in fixed groups: table (S*H, X) -> (X) per
+// head or shared, written as (H or 1, X) in acc type.
+template <typename acc_t, typename PairFn>
+at::Tensor fixed_order_sum(const Problem& p, int64_t heads_out, int64_t width, PairFn&& add_pair) {
+  const int64_t pairs = p.S * p.H;
+  const int64_t groups = (pairs + kPairsPerGroup - 1) / kPairsPerGroup;
+  std::vector<acc_t> partial(groups * heads_out * width, acc_t(0));
+  at::parallel_for(0, groups, 1, [&](int64_t g_begin, int64_t g_end) {
+    for (int64_t g = g_begin; g < g_end; ++g) {
+      acc_t* part = partial.data() + g * heads_out * width;
+      const int64_t last = std::min(pairs, (g + 1) * kPairsPerGroup);
+      for (int64_t pair = g * kPairsPerGroup; pair < last; ++pair) {
+        const int64_t h = pair % p.H;
+        add_pair(pair, part + (heads_out == 1 ? 0 : h * width));
+      }
+    }
+  });
+  auto total = at::zeros({heads_out, width}, at::TensorOptions().dtype(p.acc));
+  acc_t* t = total.data_ptr<acc_t>();
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t e = 0; e < heads_out * width; ++e) t[e] += partial[g * heads_out * width + e];
+  return total;
 }
 
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cpu(
-    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-    const c10::optional<at::Tensor>& rpe_in, const c10::optional<at::Tensor>& ids_in,
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const c10::optional<at::Tensor>& rpe, const c10::optional<at::Tensor>& ids,
     c10::string_view rpe_mode, double scale) {
-  check_window_attention_args(q_in, k_in, v_in, rpe_in, ids_in, rpe_mode);
-  const auto q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in),
-             v = last_dim_contiguous(v_in);
-  const Shape sh = shape_of(q, rpe_in, rpe_mode);
-  const at::Tensor rpe = sh.mode ? rpe_in->contiguous() : at::Tensor();
-  const at::Tensor ids = sh.mode ? ids_in->contiguous() : at::Tensor();
-  if (sh.mode) check_bucket_ids_range(ids, sh.NB, "window_attention");
-  auto out = at::empty({sh.S, sh.N, sh.H, sh.d}, q.options());
-  // fp32 log-sum-exp (fp64 for double inputs, so float64 gradients stay exact)
-  auto lse = at::empty({sh.S, sh.H, sh.N},
-                       q.options().dtype(q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
-  if (out.numel() == 0) return {out, lse};
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "window_attention_fwd_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto qv = view_of<scalar_t>(q), kv = view_of<scalar_t>(k), vv = view_of<scalar_t>(v);
-    const scalar_t* rp = sh.mode ? rpe.data_ptr<scalar_t>() : nullptr;
-    const int32_t* id = sh.mode ? ids.data_ptr<int32_t>() : nullptr;
-    scalar_t* o = out.data_ptr<scalar_t>();
-    acc_t* ls = lse.data_ptr<acc_t>();
-    at::parallel_for(0, sh.S * sh.H, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> T(sh.mode == 2 ? sh.N * sh.NB : 0), logits(sh.N), acc(sh.d);
-      for (int64_t pair = begin; pair < end; ++pair) {
-        const int64_t s = pair / sh.H, h = pair % sh.H;
-        if (sh.mode == 2) contextual_table(sh, qv, rp, s, h, T);
-        for (int64_t i = 0; i < sh.N; ++i) {
-          row_logits(sh, qv, kv, rp, id, T, s, h, i, scale, logits.data());
-          acc_t m = -std::numeric_limits<acc_t>::infinity();
-          for (int64_t j = 0; j < sh.N; ++j) m = std::max(m, logits[j]);
-          acc_t l = 0;
-          std::fill(acc.begin(), acc.end(), acc_t(0));
-          for (int64_t j = 0; j < sh.N; ++j) {
-            const acc_t p = std::exp(logits[j] - m);
-            l += p;
-            const scalar_t* vj = vv.row(s, j, h);
-            for (int64_t x = 0; x < sh.d; ++x) acc[x] += p * static_cast<acc_t>(vj[x]);
-          }
-          scalar_t* oi = o + ((s * sh.N + i) * sh.H + h) * sh.d;
-          for (int64_t x = 0; x < sh.d; ++x) oi[x] = static_cast<scalar_t>(acc[x] / l);
-          ls[(s * sh.H + h) * sh.N + i] = m + std::log(l);
-        }
-      }
-    });
-  });
-  return {out, lse};
+  check_window_attention_args(q, k, v, rpe, ids, rpe_mode);
+  const Problem p = problem_of(q, rpe, rpe_mode, scale);
+  if (p.mode) check_bucket_ids_range(*ids, p.NB, "window_attention");
+  if (q.numel() == 0) {
+    return {at::empty({p.S, p.N, p.H, p.d}, q.options()),
+            at::empty({p.S, p.H, p.N}, q.options().dtype(p.acc))};
+  }
+  const auto qh = heads_first(q, p), kh = heads_first(k, p), vh = heads_first(v, p);
+  const auto R = p.mode ? rpe->to(p.acc).contiguous() : at::Tensor();
+  const auto ids64 = p.mode ? ids->to(at::kLong) : at::Tensor();
+  auto logits = logits_of(qh, kh, R, ids64, p);
+  auto lse = at::logsumexp(logits, {2}, /*keepdim=*/true);
+  auto out = at::bmm(logits.sub_(lse).exp_(), vh);
+  return {tokens_first(out, p, q.scalar_type()), lse.view({p.S, p.H, p.N})};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_cpu(
-    const at::Tensor& grad_in, const at::Tensor& q_in, const at::Tensor& k_in,
-    const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse_in,
-    const c10::optional<at::Tensor>& rpe_in, const c10::optional<at::Tensor>& ids_in,
-    c10::string_view rpe_mode, double scale) {
-  check_window_attention_args(q_in, k_in, v_in, rpe_in, ids_in, rpe_mode);
-  const auto q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in),
-             v = last_dim_contiguous(v_in), go = last_dim_contiguous(grad_in),
-             o = last_dim_contiguous(out_in);
-  const auto lse = lse_in.contiguous();
-  const Shape sh = shape_of(q, rpe_in, rpe_mode);
-  const at::Tensor rpe = sh.mode ? rpe_in->contiguous() : at::Tensor();
-  const at::Tensor ids = sh.mode ? ids_in->contiguous() : at::Tensor();
-  auto dq = at::empty({sh.S, sh.N, sh.H, sh.d}, q.options());
-  auto dk = at::empty_like(dq), dv = at::empty_like(dq);
-  at::Tensor drpe = sh.mode ? at::empty_like(rpe) : at::empty({0}, q.options());
-  if (dq.numel() == 0) {
-    if (sh.mode) drpe.zero_();
-    return {dq, dk, dv, drpe};
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const c10::optional<at::Tensor>& rpe,
+    const c10::optional<at::Tensor>& ids, c10::string_view rpe_mode, double scale) {
+  check_window_attention_args(q, k, v, rpe, ids, rpe_mode);
+  const Problem p = problem_of(q, rpe, rpe_mode, scale);
+  const auto dtype = q.scalar_type();
+  if (q.numel() == 0) {
+    auto z = at::zeros({p.S, p.N, p.H, p.d}, q.options());
+    return {z, z.clone(), z.clone(), p.mode ? at::zeros_like(*rpe) : at::empty({0}, q.options())};
   }
-  const int64_t pairs = sh.S * sh.H;
-  const int64_t groups = (pairs + kPairsPerGroup - 1) / kPairsPerGroup;
-  const int64_t table_numel = sh.mode == 2 ? (sh.per_head ? sh.H : 1) * sh.NB * sh.d
-                              : sh.mode == 1 ? sh.H * sh.NB : 0;
+  const auto qh = heads_first(q, p), kh = heads_first(k, p), vh = heads_first(v, p);
+  const auto gh = heads_first(grad_out, p), oh = heads_first(out, p);
+  const auto R = p.mode ? rpe->to(p.acc).contiguous() : at::Tensor();
+  const auto ids64 = p.mode ? ids->to(at::kLong).contiguous() : at::Tensor();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "window_attention_bwd_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto qv = view_of<scalar_t>(q), kv = view_of<scalar_t>(k), vv = view_of<scalar_t>(v),
-               gv = view_of<scalar_t>(go), ov = view_of<scalar_t>(o);
-    const scalar_t* rp = sh.mode ? rpe.data_ptr<scalar_t>() : nullptr;
-    const int32_t* id = sh.mode ? ids.data_ptr<int32_t>() : nullptr;
-    const acc_t* ls = lse.data_ptr<acc_t>();
-    std::vector<acc_t> partial(groups * table_numel, acc_t(0));
-    scalar_t *dqp = dq.data_ptr<scalar_t>(), *dkp = dk.data_ptr<scalar_t>(),
-             *dvp = dv.data_ptr<scalar_t>();
+  // P = softmax(logits), recomputed; dS = P * (dO v^T - rowsum(dO * O)).
+  auto P = logits_of(qh, kh, R, ids64, p).sub_(lse.to(p.acc).view({p.S * p.H, p.N, 1})).exp_();
+  auto dv = at::bmm(P.transpose(1, 2), gh);
+  auto D = (gh * oh).sum(2, /*keepdim=*/true);
+  auto dS = P.mul_(at::bmm(gh, vh.transpose(1, 2)).sub_(D));  // P's storage reused
+  auto dq = at::bmm(dS, kh).mul_(p.scale);
+  auto dk = at::bmm(dS.transpose(1, 2), qh).mul_(p.scale);
 
+  at::Tensor drpe = at::empty({0}, q.options());
+  if (p.mode == kContextual) {
+    // dT[pair, i, b] = sum_j dS[pair, i, j] over the j in bucket b (scatter within a row).
+    auto dT = at::zeros({p.S * p.H, p.N, p.NB}, dS.options())
+                  .scatter_add_(2, ids64.expand({p.S * p.H, p.N, p.N}), dS);
+    dq.add_(p.per_head ? at::matmul(dT.view({p.S, p.H, p.N, p.NB}), R).view({p.S * p.H, p.N, p.d})
+                       : at::matmul(dT, R));
+    // dR[b] = sum over pairs and rows of dT[pair, i, b] * q[pair, i]: one small GEMM
+    // per pair (single-threaded inside the parallel loop) into its group's partial.
+    const int64_t heads_out = p.per_head ? p.H : 1;
+    const int64_t pairs = p.S * p.H;
+    const int64_t groups = (pairs + kPairsPerGroup - 1) / kPairsPerGroup;
+    auto partial = at::zeros({groups, heads_out, p.NB, p.d}, dT.options());
     at::parallel_for(0, groups, 1, [&](int64_t g_begin, int64_t g_end) {
-      std::vector<acc_t> T(sh.mode == 2 ? sh.N * sh.NB : 0), dT(sh.mode == 2 ? sh.NB : 0);
-      std::vector<acc_t> logits(sh.N), dqi(sh.d), dkb(sh.N * sh.d), dvb(sh.N * sh.d);
       for (int64_t g = g_begin; g < g_end; ++g) {
-        acc_t* part = partial.data() + g * table_numel;
-        for (int64_t pair = g * kPairsPerGroup; pair < std::min(pairs, (g + 1) * kPairsPerGroup); ++pair) {
-          const int64_t s = pair / sh.H, h = pair % sh.H;
-          if (sh.mode == 2) contextual_table(sh, qv, rp, s, h, T);
-          const scalar_t* R = sh.mode == 2 ? rp + (sh.per_head ? h * sh.NB * sh.d : 0) : nullptr;
-          acc_t* dR = sh.mode == 2 ? part + (sh.per_head ? h * sh.NB * sh.d : 0) : nullptr;
-          std::fill(dkb.begin(), dkb.end(), acc_t(0));
-          std::fill(dvb.begin(), dvb.end(), acc_t(0));
-          for (int64_t i = 0; i < sh.N; ++i) {
-            row_logits(sh, qv, kv, rp, id, T, s, h, i, scale, logits.data());
-            const scalar_t* qi = qv.row(s, i, h);
-            const scalar_t* gi = gv.row(s, i, h);
-            const acc_t Di = dot<acc_t>(gi, ov.row(s, i, h), sh.d);
-            const acc_t lse_i = ls[(s * sh.H + h) * sh.N + i];
-            std::fill(dqi.begin(), dqi.end(), acc_t(0));
-            if (sh.mode == 2) std::fill(dT.begin(), dT.end(), acc_t(0));
-            for (int64_t j = 0; j < sh.N; ++j) {
-              const acc_t p = std::exp(logits[j] - lse_i);
-              const scalar_t* vj = vv.row(s, j, h);
-              const scalar_t* kj = kv.row(s, j, h);
-              const acc_t ds = p * (dot<acc_t>(gi, vj, sh.d) - Di);
-              for (int64_t x = 0; x < sh.d; ++x) {
-                dqi[x] += ds * static_cast<acc_t>(scale) * static_cast<acc_t>(kj[x]);
-                dkb[j * sh.d + x] += ds * static_cast<acc_t>(scale) * static_cast<acc_t>(qi[x]);
-                dvb[j * sh.d + x] += p * static_cast<acc_t>(gi[x]);
-              }
-              if (sh.mode == 2) dT[id[i * sh.N + j]] += ds;
-              if (sh.mode == 1) part[h * sh.NB + id[i * sh.N + j]] += ds;
-            }
-            if (sh.mode == 2) {
-              for (int64_t b = 0; b < sh.NB; ++b) {
-                if (dT[b] == acc_t(0)) continue;
-                for (int64_t x = 0; x < sh.d; ++x) {
-                  dqi[x] += dT[b] * static_cast<acc_t>(R[b * sh.d + x]);
-                  dR[b * sh.d + x] += dT[b] * static_cast<acc_t>(qi[x]);
-                }
-              }
-            }
-            scalar_t* dqo = dqp + ((s * sh.N + i) * sh.H + h) * sh.d;
-            for (int64_t x = 0; x < sh.d; ++x) dqo[x] = static_cast<scalar_t>(dqi[x]);
-          }
-          for (int64_t j = 0; j < sh.N; ++j) {
-            const int64_t off = ((s * sh.N + j) * sh.H + h) * sh.d;
-            for (int64_t x = 0; x < sh.d; ++x) {
-              dkp[off + x] = static_cast<scalar_t>(dkb[j * sh.d + x]);
-              dvp[off + x] = static_cast<scalar_t>(dvb[j * sh.d + x]);
-            }
-          }
+        const int64_t last = std::min(pairs, (g + 1) * kPairsPerGroup);
+        for (int64_t pair = g * kPairsPerGroup; pair < last; ++pair) {
+          partial[g][p.per_head ? pair % p.H : 0].addmm_(dT[pair].t(), qh[pair]);
         }
       }
     });
-
-    if (sh.mode) {  // fixed-order sum of the group partials
-      std::vector<acc_t> total(table_numel, acc_t(0));
-      for (int64_t g = 0; g < groups; ++g)
-        for (int64_t e = 0; e < table_numel; ++e) total[e] += partial[g * table_numel + e];
-      scalar_t* dr = drpe.data_ptr<scalar_t>();
-      for (int64_t e = 0; e < table_numel; ++e) dr[e] = static_cast<scalar_t>(total[e]);
-    }
-  });
-  return {dq, dk, dv, drpe};
+    auto total = partial[0].clone();
+    for (int64_t g = 1; g < groups; ++g) total.add_(partial[g]);  // fixed order
+    drpe = (p.per_head ? total : total[0]).to(dtype);
+  } else if (p.mode == kBias) {
+    AT_DISPATCH_FLOATING_TYPES(dS.scalar_type(), "window_attention_dbias_cpu", [&] {
+      const scalar_t* dSp = dS.data_ptr<scalar_t>();
+      const int64_t* id = ids64.data_ptr<int64_t>();
+      auto total = fixed_order_sum<scalar_t>(p, p.H, p.NB, [&](int64_t pair, scalar_t* dB) {
+        const scalar_t* rows = dSp + pair * p.N * p.N;
+        for (int64_t e = 0; e < p.N * p.N; ++e) dB[id[e]] += rows[e];
+      });
+      drpe = total.to(dtype);
+    });
+  }
+  return {tokens_first(dq, p, dtype), tokens_first(dk, p, dtype), tokens_first(dv, p, dtype),
+          drpe};
 }
 
 }  // namespace lomar_ops
