@@ -8,16 +8,23 @@
 TORCH_LIBRARY(lomar_ops, m) {
   m.def("rpe_gather(Tensor table, Tensor bucket_ids) -> Tensor");
   m.def("rpe_gather_backward(Tensor grad_out, Tensor bucket_ids, int num_buckets) -> Tensor");
+  m.def("window_patchify(Tensor images, Tensor coords, int window_size, int patch_size) -> Tensor");
+  m.def("window_patchify_backward(Tensor grad_out, Tensor coords, int window_size, "
+        "int patch_size, int height, int width) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lomar_ops, CPU, m) {
   m.impl("rpe_gather", &lomar_ops::rpe_gather_cpu);
   m.impl("rpe_gather_backward", &lomar_ops::rpe_gather_backward_cpu);
+  m.impl("window_patchify", &lomar_ops::window_patchify_cpu);
+  m.impl("window_patchify_backward", &lomar_ops::window_patchify_backward_cpu);
 }
 
 #ifdef LOMAR_WITH_CUDA
 TORCH_LIBRARY_IMPL(lomar_ops, CUDA, m) {
   m.impl("rpe_gather", &lomar_ops::rpe_gather_cuda);
   m.impl("rpe_gather_backward", &lomar_ops::rpe_gather_backward_cuda);
+  m.impl("window_patchify", &lomar_ops::window_patchify_cuda);
+  m.impl("window_patchify_backward", &lomar_ops::window_patchify_backward_cuda);
 }
 #endif

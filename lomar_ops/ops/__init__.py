@@ -2,5 +2,6 @@
 fake-tensor rules of the C++ custom ops. One file per op."""
 
 from .rpe_gather import rpe_gather
+from .window_patchify import window_patchify
 
-__all__ = ["rpe_gather"]
+__all__ = ["rpe_gather", "window_patchify"]

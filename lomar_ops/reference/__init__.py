@@ -3,5 +3,6 @@ Triton backends are tested against, and the "torch" backend. Written as the plai
 formula, for clarity rather than speed."""
 
 from .rpe_gather import rpe_gather_reference
+from .window_patchify import window_patchify_reference
 
-__all__ = ["rpe_gather_reference"]
+__all__ = ["rpe_gather_reference", "window_patchify_reference"]
