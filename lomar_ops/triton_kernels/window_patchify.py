@@ -91,7 +91,8 @@ def window_patchify_backward_triton(grad_out: torch.Tensor, coords: torch.Tensor
     out = torch.empty((B, C, height, width), dtype=grad_out.dtype, device=grad_out.device)
     if out.numel() == 0:
         return out
-    block_y, block_x = 16, 64
+    # Pixel tiles per program; the CPU interpreter pays per program, so it gets large ones.
+    block_y, block_x = (16, 64) if grad_out.is_cuda else (64, 256)
     grid = (B, triton.cdiv(height, block_y), triton.cdiv(width, block_x))
     launch(_window_patchify_bwd_kernel, grid)(
         grad_out, coords, out, n, window_size, patch_size, C, height, width,
