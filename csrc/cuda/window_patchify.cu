@@ -3,10 +3,10 @@
 // pixels are read, so the cost does not grow with the image).
 //
 // Forward: one block per window pixel row (b, w, r, py), i.e. K*p*C elements.
-// For NCHW images its threads walk (channel, patch column, px) with px fastest,
-// so a warp reads consecutive pixels of one image row (coalesced) and writes with
-// stride C; for channels-last images they walk (patch column, px, channel) with
-// the channel fastest, contiguous on both sides.
+// For NCHW images its threads read (channel, K*p consecutive pixels) with the
+// pixel fastest (coalesced) into shared memory in output order, then write the
+// K contiguous runs of p*C; for channels-last images they walk (patch column, px,
+// channel) with the channel fastest, contiguous on both sides, without staging.
 // Backward: one block per image row (b, y); each thread owns pixels of that row
 // and sums, in window order, the gradients of the windows covering it, in fp32
 // (fp64 for double): deterministic, no atomics; pixels outside every window get 0.
@@ -37,16 +37,23 @@ struct Geometry {
   int64_t sb, sc, sh, sw;  // image strides in elements (forward)
 };
 
-template <typename scalar_t>
+// One window pixel row (b, w, r, py) per block iteration: K patch rows of p*C.
+// STAGED (NCHW-like images): threads read in image order (channel, then the row's
+// K*p consecutive pixels: coalesced) into shared memory, laid out as the output,
+// then write the K runs of p*C elements contiguously. Otherwise (channels-last)
+// the image order already is the output order, and threads copy directly.
+template <typename scalar_t, bool STAGED>
 __global__ void window_patchify_forward_kernel(const scalar_t* __restrict__ img,
                                                const int32_t* __restrict__ coords,
                                                scalar_t* __restrict__ out, Geometry g,
-                                               int64_t rows, bool channel_fastest) {
+                                               int64_t rows) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  scalar_t* tile = reinterpret_cast<scalar_t*>(smem_raw);  // K*p*C, output order
   const int64_t K = g.K, p = g.p, C = g.C, P = p * p * C;
   const int32_t len = static_cast<int32_t>(K * p * C);  // elements of one window pixel row
   const int32_t p32 = static_cast<int32_t>(p), K32 = static_cast<int32_t>(K);
-  const int32_t C32 = static_cast<int32_t>(C);
-  for (int64_t item = blockIdx.x; item < rows; item += gridDim.x) {
+  const int32_t C32 = static_cast<int32_t>(C), run = p32 * C32;
+  for (int64_t item = blockIdx.x; item < rows; item += gridDim.x) {  // block-uniform loop
     // item = ((b * n + w) * K + r) * p + py
     const int64_t py = item % p;
     const int64_t r = (item / p) % K;
@@ -56,19 +63,24 @@ __global__ void window_patchify_forward_kernel(const scalar_t* __restrict__ img,
     CUDA_KERNEL_ASSERT(row >= 0 && row <= g.grid_h - K && col >= 0 && col <= g.grid_w - K);
     const scalar_t* src = img + b * g.sb + ((row + r) * p + py) * g.sh + col * p * g.sw;
     scalar_t* dst = out + (bw * K * K + r * K) * P + py * p * C;
-    for (int32_t j = threadIdx.x; j < len; j += blockDim.x) {
-      int32_t ch, px, c;
-      if (channel_fastest) {
-        ch = j % C32;
-        px = (j / C32) % p32;
-        c = j / (C32 * p32);
-      } else {
-        px = j % p32;
-        c = (j / p32) % K32;
-        ch = j / (p32 * K32);
+    if (STAGED) {
+      for (int32_t j = threadIdx.x; j < len; j += blockDim.x) {
+        const int32_t x = j % (K32 * p32), ch = j / (K32 * p32);  // x: from the window's left
+        const int32_t c = x / p32, px = x % p32;
+        tile[c * run + px * C32 + ch] = src[ch * g.sc + static_cast<int64_t>(x) * g.sw];
       }
-      const int64_t x = static_cast<int64_t>(c) * p + px;  // from the window's left edge
-      dst[c * P + px * C + ch] = src[ch * g.sc + x * g.sw];
+      __syncthreads();
+      for (int32_t k = threadIdx.x; k < len; k += blockDim.x) {
+        const int32_t c = k / run;
+        dst[c * P + (k - c * run)] = tile[k];
+      }
+      __syncthreads();  // the tile is reused by the next item
+    } else {
+      for (int32_t j = threadIdx.x; j < len; j += blockDim.x) {
+        const int32_t ch = j % C32, px = (j / C32) % p32, c = j / run;
+        const int64_t x = static_cast<int64_t>(c) * p + px;
+        dst[c * P + px * C + ch] = src[ch * g.sc + x * g.sw];
+      }
     }
   }
 }
@@ -117,15 +129,25 @@ at::Tensor window_patchify_cuda(const at::Tensor& images, const at::Tensor& coor
               K * p * C, " elements is too long");
   const Geometry g{n, K, p, C, H / p, W / p,
                    images.stride(0), images.stride(1), images.stride(2), images.stride(3)};
-  // Channels innermost when they are the image's fastest dimension (channels-last).
+  // Channels-last images are read in output order directly; others are staged
+  // through shared memory (one window pixel row) when it fits.
   const bool channel_fastest = C > 1 && images.stride(1) < images.stride(3);
   const int64_t rows = B * n * K * p;
+  const int threads = threads_for(K * p * C);
+  const int64_t blocks = grid_for_rows(rows);
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, images.scalar_type(), "window_patchify_cuda", [&] {
-    window_patchify_forward_kernel<scalar_t>
-        <<<grid_for_rows(rows), threads_for(K * p * C), 0, stream>>>(
-            images.const_data_ptr<scalar_t>(), coords.const_data_ptr<int32_t>(),
-            out.data_ptr<scalar_t>(), g, rows, channel_fastest);
+    const size_t tile_bytes = K * p * C * sizeof(scalar_t);
+    const scalar_t* img = images.const_data_ptr<scalar_t>();
+    const int32_t* xy = coords.const_data_ptr<int32_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    if (!channel_fastest && tile_bytes <= 48 * 1024) {
+      window_patchify_forward_kernel<scalar_t, true>
+          <<<blocks, threads, tile_bytes, stream>>>(img, xy, dst, g, rows);
+    } else {
+      window_patchify_forward_kernel<scalar_t, false>
+          <<<blocks, threads, 0, stream>>>(img, xy, dst, g, rows);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
