@@ -215,6 +215,17 @@ def test_backward_is_zero_outside_the_windows_and_sums_overlaps():
         assert torch.equal(grad, want)
 
 
+@pytest.mark.parametrize("device,backend", devices_and_backends())
+def test_empty_batch_and_no_windows(device, backend):
+    for B, n in ((0, 3), (2, 0)):
+        images = torch.randn(B, 3, 32, 48, device=device, requires_grad=True)
+        coords = torch.zeros(B, n, 2, dtype=torch.int64, device=device)
+        out = lomar_ops.window_patchify(images, coords, 2, 8, backend=backend)
+        assert out.shape == (B, n, 4, 192)
+        (grad,) = torch.autograd.grad(out.sum(), images)
+        assert grad.shape == images.shape and not grad.any()
+
+
 def test_int32_and_int64_coords_agree():
     images, coords = make_inputs(CASES[1], torch.float32, "cpu")
     for backend in ("cpu", "torch"):

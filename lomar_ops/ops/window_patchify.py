@@ -48,15 +48,18 @@ if _extension.AVAILABLE:
 
 def check_window_coords(op: str, coords: torch.Tensor, grid_h: int, grid_w: int,
                         window_size: int) -> None:
-    """Every window inside the patch grid. Data-dependent: eager mode only."""
+    """Every window inside the patch grid. Data-dependent (one device sync): eager
+    mode only; under torch.compile the kernels' own checks apply."""
     if coords.numel() == 0 or torch.compiler.is_compiling():
         return
-    for axis, name, grid in ((0, "rows (top row of each window)", grid_h),
-                             (1, "columns (left column of each window)", grid_w)):
-        lo, hi = (int(v) for v in torch.aminmax(coords[..., axis]))
+    lo, hi = torch.aminmax(coords.reshape(-1, 2), dim=0)
+    (row_lo, col_lo), (row_hi, col_hi) = torch.stack((lo, hi)).tolist()
+    for name, low, high, grid in (("rows (top row of each window)", row_lo, row_hi, grid_h),
+                                  ("columns (left column of each window)", col_lo, col_hi,
+                                   grid_w)):
         upper = grid - window_size
-        if lo < 0 or hi > upper:
-            bad = lo if lo < 0 else hi
+        if low < 0 or high > upper:
+            bad = low if low < 0 else high
             raise ValueError(f"{op}: coords {name} must lie in [0, {upper}] (patch grid "
                              f"{grid} - window_size {window_size}), got {bad}")
 
