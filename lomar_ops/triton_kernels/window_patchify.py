@@ -44,9 +44,13 @@ def _window_patchify_fwd_kernel(img_ptr, coords_ptr, out_ptr, n, K, p, C,
 def _window_patchify_bwd_kernel(grad_ptr, coords_ptr, out_ptr, n, K, p, C, H, W,
                                 BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
                                 ACC_F64: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    y = tl.program_id(1) * BLOCK_Y + tl.arange(0, BLOCK_Y)
-    x = tl.program_id(2) * BLOCK_X + tl.arange(0, BLOCK_X)
+    # One flat grid (a tall image would overflow grid axes 1 and 2): (b, tile row, tile col).
+    pid = tl.program_id(0)
+    tiles_x = tl.cdiv(W, BLOCK_X)
+    tiles_y = tl.cdiv(H, BLOCK_Y)
+    b = (pid // (tiles_x * tiles_y)).to(tl.int64)
+    y = ((pid // tiles_x) % tiles_y) * BLOCK_Y + tl.arange(0, BLOCK_Y)
+    x = (pid % tiles_x) * BLOCK_X + tl.arange(0, BLOCK_X)
     in_image = (y < H)[:, None] & (x < W)[None, :]
     patch_row, py = y // p, y % p
     patch_col, px = x // p, x % p
@@ -93,7 +97,7 @@ def window_patchify_backward_triton(grad_out: torch.Tensor, coords: torch.Tensor
         return out
     # Pixel tiles per program; the CPU interpreter pays per program, so it gets large ones.
     block_y, block_x = (16, 64) if grad_out.is_cuda else (64, 256)
-    grid = (B, triton.cdiv(height, block_y), triton.cdiv(width, block_x))
+    grid = (B * triton.cdiv(height, block_y) * triton.cdiv(width, block_x),)
     launch(_window_patchify_bwd_kernel, grid)(
         grad_out, coords, out, n, window_size, patch_size, C, height, width,
         BLOCK_Y=block_y, BLOCK_X=block_x, ACC_F64=grad_out.dtype == torch.float64)
