@@ -101,6 +101,78 @@ void check_window_attention_args(const at::Tensor& q, const at::Tensor& k, const
   TORCH_CHECK(bucket_ids->scalar_type() == at::kInt, op, ": bucket_ids must be int32, got ",
               bucket_ids->scalar_type());
   TORCH_CHECK(bucket_ids->device() == q.device(), op, ": bucket_ids must be on ", q.device());
+namespace {
+
+void check_coords(const at::Tensor& coords, int64_t batch, const at::Tensor& like,
+                  const char* op) {
+  TORCH_CHECK(coords.dim() == 3 && coords.size(2) == 2, op,
+              ": coords must be (B, n, 2) (top row, left column), got shape ", coords.sizes());
+  TORCH_CHECK(coords.scalar_type() == at::kInt, op, ": coords must be int32, got ",
+              coords.scalar_type());
+  TORCH_CHECK(coords.size(0) == batch, op, ": coords has batch ", coords.size(0),
+              " but the images have batch ", batch);
+  TORCH_CHECK(coords.device() == like.device(), op, ": coords is on ", coords.device(),
+              " but the data is on ", like.device());
+}
+
+void check_window_geometry(int64_t window_size, int64_t patch_size, int64_t height,
+                           int64_t width, const char* op) {
+  TORCH_CHECK(window_size >= 1, op, ": window_size must be >= 1, got ", window_size);
+  TORCH_CHECK(patch_size >= 1, op, ": patch_size must be >= 1, got ", patch_size);
+  TORCH_CHECK(height % patch_size == 0 && width % patch_size == 0, op,
+              ": the image size (H, W) = (", height, ", ", width,
+              ") must be a multiple of patch_size ", patch_size);
+  TORCH_CHECK(window_size <= height / patch_size && window_size <= width / patch_size, op,
+              ": window_size ", window_size, " does not fit the patch grid (",
+              height / patch_size, ", ", width / patch_size, ")");
+}
+
+}  // namespace
+
+void check_window_patchify_args(const at::Tensor& images, const at::Tensor& coords,
+                                int64_t window_size, int64_t patch_size) {
+  const char* op = "window_patchify";
+  TORCH_CHECK(images.dim() == 4, op, ": images must be (B, C, H, W), got shape ",
+              images.sizes());
+  TORCH_CHECK(is_float_type(images.scalar_type()), op,
+              ": images must be float16, bfloat16, float32 or float64, got ",
+              images.scalar_type());
+  check_window_geometry(window_size, patch_size, images.size(2), images.size(3), op);
+  check_coords(coords, images.size(0), images, op);
+}
+
+void check_window_patchify_backward_args(const at::Tensor& grad_out, const at::Tensor& coords,
+                                         int64_t window_size, int64_t patch_size,
+                                         int64_t height, int64_t width) {
+  const char* op = "window_patchify_backward";
+  TORCH_CHECK(is_float_type(grad_out.scalar_type()), op,
+              ": grad_out must be a float tensor, got ", grad_out.scalar_type());
+  check_window_geometry(window_size, patch_size, height, width, op);
+  const int64_t pp = patch_size * patch_size;
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(2) == window_size * window_size &&
+                  grad_out.size(3) % pp == 0 && grad_out.size(3) >= pp,
+              op, ": grad_out must be (B, n, K*K, p*p*C) with K = ", window_size, ", p = ",
+              patch_size, ", got shape ", grad_out.sizes());
+  check_coords(coords, grad_out.size(0), grad_out, op);
+  TORCH_CHECK(coords.size(1) == grad_out.size(1), op, ": coords has ", coords.size(1),
+              " windows per image but grad_out has ", grad_out.size(1));
+}
+
+void check_window_coords_range(const at::Tensor& coords, int64_t grid_h, int64_t grid_w,
+                               int64_t window_size, const char* op) {
+  if (coords.numel() == 0) return;
+  const auto rows = coords.select(2, 0), cols = coords.select(2, 1);
+  auto [rlo, rhi] = at::aminmax(rows);
+  auto [clo, chi] = at::aminmax(cols);
+  const int64_t max_row = grid_h - window_size, max_col = grid_w - window_size;
+  TORCH_CHECK(rlo.item<int64_t>() >= 0 && rhi.item<int64_t>() <= max_row, op,
+              ": coords rows (top row of each window) must lie in [0, ", max_row,
+              "] (grid height ", grid_h, " - window_size ", window_size, "), got values in [",
+              rlo.item<int64_t>(), ", ", rhi.item<int64_t>(), "]");
+  TORCH_CHECK(clo.item<int64_t>() >= 0 && chi.item<int64_t>() <= max_col, op,
+              ": coords columns (left column of each window) must lie in [0, ", max_col,
+              "] (grid width ", grid_w, " - window_size ", window_size, "), got values in [",
+              clo.item<int64_t>(), ", ", chi.item<int64_t>(), "]");
 }
 
 }  // namespace lomar_ops

@@ -40,8 +40,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const c10::optional<at::Tensor>& rpe,
     const c10::optional<at::Tensor>& bucket_ids, c10::string_view rpe_mode, double scale);
+// ---- window_patchify: the pixels of K x K-patch windows, patch by patch -----
+// out[b, w, r*K + c, (py*p + px)*C + ch]
+//   = images[b, ch, (coords[b,w,0] + r)*p + py, (coords[b,w,1] + c)*p + px]
+// images (B, C, H, W) with any strides (read through them, never copied whole),
+// coords (B, n, 2) int32 (top row, left column in patch units).
+void check_window_patchify_args(const at::Tensor& images, const at::Tensor& coords,
+                                int64_t window_size, int64_t patch_size);
+void check_window_patchify_backward_args(const at::Tensor& grad_out, const at::Tensor& coords,
+                                         int64_t window_size, int64_t patch_size,
+                                         int64_t height, int64_t width);
+// Every window inside the (H/p, W/p) patch grid (data-dependent: syncs on CUDA).
+void check_window_coords_range(const at::Tensor& coords, int64_t grid_h, int64_t grid_w,
+                               int64_t window_size, const char* op);
+
+at::Tensor window_patchify_cpu(const at::Tensor& images, const at::Tensor& coords,
+                               int64_t window_size, int64_t patch_size);
+// grad_images (B, C, height, width), contiguous: zero outside the windows,
+// overlapping windows summed in window order, in fp32 (fp64 for double).
+at::Tensor window_patchify_backward_cpu(const at::Tensor& grad_out, const at::Tensor& coords,
+                                        int64_t window_size, int64_t patch_size,
+                                        int64_t height, int64_t width);
 
 #ifdef LOMAR_WITH_CUDA
+at::Tensor window_patchify_cuda(const at::Tensor& images, const at::Tensor& coords,
+                                int64_t window_size, int64_t patch_size);
+at::Tensor window_patchify_backward_cuda(const at::Tensor& grad_out, const at::Tensor& coords,
+                                         int64_t window_size, int64_t patch_size,
+                                         int64_t height, int64_t width);
 at::Tensor rpe_gather_cuda(const at::Tensor& table, const at::Tensor& bucket_ids);
 at::Tensor rpe_gather_backward_cuda(const at::Tensor& grad_out,
                                     const at::Tensor& bucket_ids,

@@ -13,6 +13,9 @@ TORCH_LIBRARY(lomar_ops, m) {
   m.def("window_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
         "Tensor lse, Tensor? rpe, Tensor? bucket_ids, str rpe_mode, float scale) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("window_patchify(Tensor images, Tensor coords, int window_size, int patch_size) -> Tensor");
+  m.def("window_patchify_backward(Tensor grad_out, Tensor coords, int window_size, "
+        "int patch_size, int height, int width) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lomar_ops, CPU, m) {
@@ -20,11 +23,15 @@ TORCH_LIBRARY_IMPL(lomar_ops, CPU, m) {
   m.impl("rpe_gather_backward", &lomar_ops::rpe_gather_backward_cpu);
   m.impl("window_attention_fwd", &lomar_ops::window_attention_fwd_cpu);
   m.impl("window_attention_bwd", &lomar_ops::window_attention_bwd_cpu);
+  m.impl("window_patchify", &lomar_ops::window_patchify_cpu);
+  m.impl("window_patchify_backward", &lomar_ops::window_patchify_backward_cpu);
 }
 
 #ifdef LOMAR_WITH_CUDA
 TORCH_LIBRARY_IMPL(lomar_ops, CUDA, m) {
   m.impl("rpe_gather", &lomar_ops::rpe_gather_cuda);
   m.impl("rpe_gather_backward", &lomar_ops::rpe_gather_backward_cuda);
+  m.impl("window_patchify", &lomar_ops::window_patchify_cuda);
+  m.impl("window_patchify_backward", &lomar_ops::window_patchify_backward_cuda);
 }
 #endif

@@ -3,5 +3,6 @@ fake-tensor rules of the C++ custom ops. One file per op."""
 
 from .rpe_gather import rpe_gather
 from .window_attention import window_attention, window_attention_qkvpacked
+from .window_patchify import window_patchify
 
-__all__ = ["rpe_gather", "window_attention", "window_attention_qkvpacked"]
+__all__ = ["rpe_gather", "window_attention", "window_attention_qkvpacked", "window_patchify"]

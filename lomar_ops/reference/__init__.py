@@ -4,5 +4,6 @@ formula, for clarity rather than speed."""
 
 from .rpe_gather import rpe_gather_reference
 from .window_attention import window_attention_reference
+from .window_patchify import window_patchify_reference
 
-__all__ = ["rpe_gather_reference", "window_attention_reference"]
+__all__ = ["rpe_gather_reference", "window_attention_reference", "window_patchify_reference"]

@@ -1,0 +1,213 @@
+// C++ unit tests of window_patchify, through the dispatcher (as Python calls it),
+// against naive loops. Run by ctest:
+//   test_window_patchify [case]     (no argument: every case)
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <string>
+
+namespace {
+
+at::Tensor call_patchify(const at::Tensor& images, const at::Tensor& coords, int64_t K,
+                         int64_t p) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("lomar_ops::window_patchify", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t,
+                                         int64_t)>();
+  return op.call(images, coords, K, p);
+}
+
+at::Tensor call_patchify_backward(const at::Tensor& grad, const at::Tensor& coords, int64_t K,
+                                  int64_t p, int64_t H, int64_t W) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("lomar_ops::window_patchify_backward", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t,
+                                         int64_t, int64_t, int64_t)>();
+  return op.call(grad, coords, K, p, H, W);
+}
+
+#define EXPECT(cond)                                                              \
+  do {                                                                            \
+    if (!(cond)) {                                                                \
+      std::fprintf(stderr, "%s:%d: expectation failed: %s\n", __FILE__, __LINE__, \
+                   #cond);                                                        \
+      return false;                                                               \
+    }                                                                             \
+  } while (0)
+
+// (B, C, H, W, K, p, n): odd shapes, non-square grids, overlapping windows.
+struct Case {
+  int64_t B, C, H, W, K, p, n;
+};
+const Case kCases[] = {
+    {1, 1, 8, 8, 1, 8, 1},    {2, 3, 112, 80, 5, 16, 3}, {1, 3, 56, 70, 4, 14, 16},
+    {2, 1, 64, 48, 3, 8, 7},  {1, 3, 112, 112, 7, 16, 4},
+};
+
+// Random corners in the valid range, the last valid corner included.
+at::Tensor random_coords(const Case& c) {
+  const int64_t gh = c.H / c.p, gw = c.W / c.p;
+  auto rows = at::randint(0, gh - c.K + 1, {c.B, c.n, 1}, at::TensorOptions().dtype(at::kInt));
+  auto cols = at::randint(0, gw - c.K + 1, {c.B, c.n, 1}, at::TensorOptions().dtype(at::kInt));
+  auto coords = at::cat({rows, cols}, 2);
+  coords[0][0][0] = gh - c.K;
+  coords[0][0][1] = gw - c.K;
+  return coords;
+}
+
+// out[b, w, r*K + c, (py*p + px)*C + ch] = images[b, ch, (row+r)*p + py, (col+c)*p + px]
+at::Tensor naive_forward(const at::Tensor& images, const at::Tensor& coords, int64_t K,
+                         int64_t p) {
+  auto img = images.to(at::kDouble);
+  const int64_t B = img.size(0), C = img.size(1), n = coords.size(1);
+  auto out = at::empty({B, n, K * K, p * p * C}, img.options());
+  auto ia = img.accessor<double, 4>();
+  auto oa = out.accessor<double, 4>();
+  auto ca = coords.accessor<int32_t, 3>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t w = 0; w < n; ++w)
+      for (int64_t r = 0; r < K; ++r)
+        for (int64_t c = 0; c < K; ++c)
+          for (int64_t py = 0; py < p; ++py)
+            for (int64_t px = 0; px < p; ++px)
+              for (int64_t ch = 0; ch < C; ++ch)
+                oa[b][w][r * K + c][(py * p + px) * C + ch] =
+                    ia[b][ch][(ca[b][w][0] + r) * p + py][(ca[b][w][1] + c) * p + px];
+  return out;
+}
+
+at::Tensor naive_backward(const at::Tensor& grad, const at::Tensor& coords, int64_t K,
+                          int64_t p, int64_t H, int64_t W) {
+  auto g = grad.to(at::kDouble);
+  const int64_t B = g.size(0), n = g.size(1), C = g.size(3) / (p * p);
+  auto out = at::zeros({B, C, H, W}, g.options());
+  auto ga = g.accessor<double, 4>();
+  auto oa = out.accessor<double, 4>();
+  auto ca = coords.accessor<int32_t, 3>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t w = 0; w < n; ++w)
+      for (int64_t r = 0; r < K; ++r)
+        for (int64_t c = 0; c < K; ++c)
+          for (int64_t py = 0; py < p; ++py)
+            for (int64_t px = 0; px < p; ++px)
+              for (int64_t ch = 0; ch < C; ++ch)
+                oa[b][ch][(ca[b][w][0] + r) * p + py][(ca[b][w][1] + c) * p + px] +=
+                    ga[b][w][r * K + c][(py * p + px) * C + ch];
+  return out;
+}
+
+bool forward_matches(at::ScalarType dtype) {
+  for (const auto& c : kCases) {
+    auto images = at::randn({c.B, c.C, c.H, c.W}).to(dtype);
+    auto coords = random_coords(c);
+    auto out = call_patchify(images, coords, c.K, c.p);
+    EXPECT(out.scalar_type() == dtype);
+    EXPECT(out.sizes() == at::IntArrayRef({c.B, c.n, c.K * c.K, c.p * c.p * c.C}));
+    // A copy: exact in every dtype.
+    EXPECT(at::equal(out.to(at::kDouble), naive_forward(images, coords, c.K, c.p)));
+  }
+  return true;
+}
+
+bool backward_matches(at::ScalarType dtype, double tol) {
+  for (const auto& c : kCases) {
+    auto grad = at::randn({c.B, c.n, c.K * c.K, c.p * c.p * c.C}).to(dtype);
+    auto coords = random_coords(c);
+    auto got = call_patchify_backward(grad, coords, c.K, c.p, c.H, c.W);
+    EXPECT(got.scalar_type() == dtype);
+    EXPECT(got.sizes() == at::IntArrayRef({c.B, c.C, c.H, c.W}));
+    // fp32 accumulation: the only error is the final rounding to dtype.
+    auto want = naive_backward(grad, coords, c.K, c.p, c.H, c.W);
+    EXPECT(at::allclose(got.to(at::kDouble), want, tol, tol));
+  }
+  return true;
+}
+
+bool non_contiguous_images() {
+  const Case c{2, 3, 48, 64, 3, 16, 3};
+  auto coords = random_coords(c);
+  const auto want = [&](const at::Tensor& img) { return naive_forward(img, coords, 3, 16); };
+  auto base = at::randn({2, 3, 48, 64}, at::kDouble);
+  auto channels_last = base.contiguous(at::MemoryFormat::ChannelsLast);
+  EXPECT(at::equal(call_patchify(channels_last, coords, 3, 16), want(base)));
+  auto tall = at::randn({2, 3, 96, 64}, at::kDouble);
+  auto row_slice = tall.slice(2, 0, 96, 2);  // stride 2 along H
+  EXPECT(at::equal(call_patchify(row_slice, coords, 3, 16), want(row_slice.contiguous())));
+  auto big = at::randn({2, 5, 80, 96}, at::kDouble);
+  auto crop = big.slice(1, 1, 4).slice(2, 16, 64).slice(3, 8, 72);  // offset, channel slice
+  EXPECT(at::equal(call_patchify(crop, coords, 3, 16), want(crop.contiguous())));
+  return true;
+}
+
+template <typename F>
+bool throws_with(F&& f, const std::string& needle) {
+  try {
+    f();
+  } catch (const c10::Error& e) {
+    const std::string msg = e.what();
+    if (msg.find(needle) != std::string::npos) return true;
+    std::fprintf(stderr, "error message lacks '%s': %s\n", needle.c_str(), msg.c_str());
+    return false;
+  }
+  std::fprintf(stderr, "no error raised (expected '%s')\n", needle.c_str());
+  return false;
+}
+
+bool bad_input_errors() {
+  auto images = at::randn({1, 3, 32, 48});
+  auto coords = at::zeros({1, 2, 2}, at::kInt);
+  EXPECT(throws_with([&] { call_patchify(images, coords + 3, 2, 8); },
+                     "coords rows (top row of each window) must lie in [0, 2]"));
+  EXPECT(throws_with([&] { call_patchify(images, coords.fill_(-1), 2, 8); },
+                     "got values in [-1, -1]"));
+  coords.zero_();
+  EXPECT(throws_with([&] { call_patchify(images, coords.to(at::kLong), 2, 8); },
+                     "coords must be int32"));
+  EXPECT(throws_with([&] { call_patchify(images, at::zeros({2, 2, 2}, at::kInt), 2, 8); },
+                     "coords has batch 2 but the images have batch 1"));
+  EXPECT(throws_with([&] { call_patchify(images, coords, 2, 5); },
+                     "must be a multiple of patch_size 5"));
+  EXPECT(throws_with([&] { call_patchify(images, coords, 5, 8); },
+                     "window_size 5 does not fit the patch grid (4, 6)"));
+  EXPECT(throws_with([&] { call_patchify(images, coords, 0, 8); }, "window_size must be >= 1"));
+  EXPECT(throws_with([&] { call_patchify(images[0], coords, 2, 8); },
+                     "images must be (B, C, H, W)"));
+  EXPECT(throws_with([&] { call_patchify_backward(at::randn({1, 2, 4, 100}), coords, 2, 8,
+                                                  32, 48); },
+                     "grad_out must be (B, n, K*K, p*p*C)"));
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  at::manual_seed(0);
+  const std::map<std::string, std::function<bool()>> cases = {
+      {"forward_float", [] { return forward_matches(at::kFloat); }},
+      {"forward_double", [] { return forward_matches(at::kDouble); }},
+      {"forward_half", [] { return forward_matches(at::kHalf); }},
+      {"forward_bfloat16", [] { return forward_matches(at::kBFloat16); }},
+      {"backward_float", [] { return backward_matches(at::kFloat, 1e-5); }},
+      {"backward_double", [] { return backward_matches(at::kDouble, 1e-12); }},
+      {"backward_half", [] { return backward_matches(at::kHalf, 1e-3); }},
+      {"backward_bfloat16", [] { return backward_matches(at::kBFloat16, 8e-3); }},
+      {"non_contiguous_images", non_contiguous_images},
+      {"bad_input_errors", bad_input_errors},
+  };
+  int failed = 0, ran = 0;
+  for (const auto& [name, fn] : cases) {
+    if (argc > 1 && name != argv[1]) continue;
+    ++ran;
+    const bool ok = fn();
+    std::printf("%s %s\n", ok ? "PASS" : "FAIL", name.c_str());
+    failed += ok ? 0 : 1;
+  }
+  if (ran == 0) {
+    std::fprintf(stderr, "no test case named %s\n", argc > 1 ? argv[1] : "");
+    return 2;
+  }
+  return failed == 0 ? 0 : 1;
+}

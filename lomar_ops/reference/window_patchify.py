@@ -1,0 +1,29 @@
+"""window_patchify, pure PyTorch:
+out[b, w, r*K + c, (py*p + px)*C + ch] = images[b, ch, (row + r)*p + py, (col + c)*p + px]
+with (row, col) = coords[b, w]. Advanced indexing reads only the windows' pixels."""
+
+import torch
+
+
+def window_patchify_reference(images: torch.Tensor, coords: torch.Tensor, window_size: int,
+                              patch_size: int) -> torch.Tensor:
+    B, C, H, W = images.shape
+    K, p = window_size, patch_size
+    n = coords.shape[1]
+    dtype = images.dtype
+    if images.requires_grad and dtype in (torch.float16, torch.bfloat16):
+        # Autograd's backward of indexing accumulates overlapping windows in the input's
+        # dtype: index an fp32 copy so that it accumulates in fp32 (forward values are
+        # exact copies either way). Only when a gradient is wanted: the copy is whole-image.
+        images = images.float()
+    steps = torch.arange(K, device=coords.device)
+    pix = torch.arange(p, device=coords.device)
+    coords = coords.to(torch.int64)
+    # Pixel rows (B, n, K, p) and columns (B, n, K, p) of every window.
+    ys = (coords[..., 0, None] + steps)[..., None] * p + pix
+    xs = (coords[..., 1, None] + steps)[..., None] * p + pix
+    bs = torch.arange(B, device=coords.device).view(B, 1, 1, 1, 1, 1)
+    # Index a (B, H, W, C) view: the result is (B, n, K[r], K[c], p[py], p[px], C).
+    hwc = images.permute(0, 2, 3, 1)
+    out = hwc[bs, ys.view(B, n, K, 1, p, 1), xs.view(B, n, 1, K, 1, p)]
+    return out.reshape(B, n, K * K, p * p * C).to(dtype)
