@@ -8,16 +8,31 @@
 TORCH_LIBRARY(lomar_ops, m) {
   m.def("rpe_gather(Tensor table, Tensor bucket_ids) -> Tensor");
   m.def("rpe_gather_backward(Tensor grad_out, Tensor bucket_ids, int num_buckets) -> Tensor");
+  m.def("mask_substitute(Tensor tokens, Tensor mask, Tensor mask_token, Tensor? cls_token) -> Tensor");
+  // grad_cls_token is an empty (0,) tensor when has_cls is false.
+  m.def("mask_substitute_backward(Tensor grad_out, Tensor mask, bool has_cls) "
+        "-> (Tensor grad_tokens, Tensor grad_mask_token, Tensor grad_cls_token)");
+  m.def("masked_patch_loss(Tensor pred, Tensor target, Tensor mask, bool norm_pix, float eps) -> Tensor");
+  m.def("masked_patch_loss_backward(Tensor grad, Tensor pred, Tensor target, Tensor mask, "
+        "bool norm_pix, float eps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lomar_ops, CPU, m) {
   m.impl("rpe_gather", &lomar_ops::rpe_gather_cpu);
   m.impl("rpe_gather_backward", &lomar_ops::rpe_gather_backward_cpu);
+  m.impl("mask_substitute", &lomar_ops::mask_substitute_cpu);
+  m.impl("mask_substitute_backward", &lomar_ops::mask_substitute_backward_cpu);
+  m.impl("masked_patch_loss", &lomar_ops::masked_patch_loss_cpu);
+  m.impl("masked_patch_loss_backward", &lomar_ops::masked_patch_loss_backward_cpu);
 }
 
 #ifdef LOMAR_WITH_CUDA
 TORCH_LIBRARY_IMPL(lomar_ops, CUDA, m) {
   m.impl("rpe_gather", &lomar_ops::rpe_gather_cuda);
   m.impl("rpe_gather_backward", &lomar_ops::rpe_gather_backward_cuda);
+  m.impl("mask_substitute", &lomar_ops::mask_substitute_cuda);
+  m.impl("mask_substitute_backward", &lomar_ops::mask_substitute_backward_cuda);
+  m.impl("masked_patch_loss", &lomar_ops::masked_patch_loss_cuda);
+  m.impl("masked_patch_loss_backward", &lomar_ops::masked_patch_loss_backward_cuda);
 }
 #endif

@@ -14,12 +14,12 @@ from ._build_info import build_info, format_build_info
 from .backends import (BACKENDS, BackendUnavailableError, available_backends, backend_report,
                        resolve_backend)
 from .irpe import irpe_bucket_ids, irpe_num_buckets, piecewise_index
-from .ops import rpe_gather
+from .ops import mask_substitute, masked_patch_loss, rpe_gather
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS", "BackendUnavailableError", "available_backends", "backend_report",
     "build_info", "format_build_info", "irpe_bucket_ids", "irpe_num_buckets",
-    "piecewise_index", "resolve_backend", "rpe_gather",
+    "mask_substitute", "masked_patch_loss", "piecewise_index", "resolve_backend", "rpe_gather",
 ]

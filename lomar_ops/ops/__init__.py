@@ -1,6 +1,8 @@
 """The public ops: argument checks, backend choice, and the autograd and
 fake-tensor rules of the C++ custom ops. One file per op."""
 
+from .mask_substitute import mask_substitute
+from .masked_patch_loss import masked_patch_loss
 from .rpe_gather import rpe_gather
 
-__all__ = ["rpe_gather"]
+__all__ = ["mask_substitute", "masked_patch_loss", "rpe_gather"]

@@ -2,6 +2,8 @@
 Triton backends are tested against, and the "torch" backend. Written as the plain
 formula, for clarity rather than speed."""
 
+from .mask_substitute import mask_substitute_reference
+from .masked_patch_loss import masked_patch_loss_reference
 from .rpe_gather import rpe_gather_reference
 
-__all__ = ["rpe_gather_reference"]
+__all__ = ["mask_substitute_reference", "masked_patch_loss_reference", "rpe_gather_reference"]
