@@ -1,9 +1,10 @@
 // mask_substitute on the CPU: out[s] = [cls_token,] then per row l mask_token
 // where mask[s, l] else tokens[s, l] (whole rows, memcpy). The backward is one
-// pass over grad_out: it writes grad_tokens (zero at masked rows) and sums the
-// masked rows and the cls rows per fixed chunk of sequences in fp32 (fp64 for
-// double); the chunk partials are then added in chunk order. The chunking is a
-// function of the shape only, so the result never depends on the thread count.
+// pass over grad_out: it writes grad_tokens (zero at masked rows) and sums each
+// sequence's masked rows in fp32 (fp64 for double) into a per-sequence partial;
+// the partials (and the cls rows) are then added in sequence order with
+// compensated (Kahan) summation, so the error does not grow with S. The order
+// is fixed by the shape alone: the result never depends on the thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -26,6 +27,22 @@ int64_t grain_rows(int64_t row_len) {
 template <typename acc_t, typename scalar_t>
 void add_row(acc_t* acc, const scalar_t* row, int64_t D) {
   for (int64_t d = 0; d < D; ++d) acc[d] += static_cast<acc_t>(row[d]);
+}
+
+// out[d] = sum over n of rows[k * stride + d], k in order, Kahan-compensated.
+template <typename acc_t, typename scalar_t, typename out_t>
+void kahan_sum_rows(const scalar_t* rows, int64_t n, int64_t stride, int64_t D, out_t* out) {
+  std::vector<acc_t> sum(D, acc_t(0)), comp(D, acc_t(0));
+  for (int64_t k = 0; k < n; ++k) {
+    const scalar_t* row = rows + k * stride;
+    for (int64_t d = 0; d < D; ++d) {
+      const acc_t y = static_cast<acc_t>(row[d]) - comp[d];
+      const acc_t t = sum[d] + y;
+      comp[d] = (t - sum[d]) - y;
+      sum[d] = t;
+    }
+  }
+  for (int64_t d = 0; d < D; ++d) out[d] = static_cast<out_t>(sum[d]);
 }
 
 }  // namespace
@@ -82,49 +99,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mask_substitute_backward_cpu(
   auto grad_cls_token = at::empty({has_cls ? D : 0}, grad.options());
   if (D == 0) return {grad_tokens, grad_mask_token, grad_cls_token};
 
-  // Sequences per reduction chunk: from the shape only (never the thread count).
-  const int64_t chunk = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, T * D));
-  const int64_t num_chunks = (S + chunk - 1) / chunk;
-
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "mask_substitute_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_options = grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-    auto partial_mask = at::zeros({num_chunks, D}, acc_options);
-    auto partial_cls = at::zeros({has_cls ? num_chunks : 0, D}, acc_options);
+    auto partial = at::zeros({S, D}, acc_options);  // per sequence: its masked rows
     const scalar_t* g = grad.data_ptr<scalar_t>();
     const bool* m = mask.data_ptr<bool>();
     scalar_t* gt = grad_tokens.data_ptr<scalar_t>();
-    acc_t* pm = partial_mask.data_ptr<acc_t>();
-    acc_t* pc = partial_cls.data_ptr<acc_t>();
+    acc_t* pm = partial.data_ptr<acc_t>();
 
-    at::parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        const int64_t s_end = std::min(S, (c + 1) * chunk);
-        for (int64_t s = c * chunk; s < s_end; ++s) {
-          const scalar_t* g_seq = g + s * T * D;
-          if (has_cls) add_row(pc + c * D, g_seq, D);
-          for (int64_t l = 0; l < L; ++l) {
-            const scalar_t* src = g_seq + (head + l) * D;
-            scalar_t* dst = gt + (s * L + l) * D;
-            if (m[s * L + l]) {
-              add_row(pm + c * D, src, D);
-              std::fill(dst, dst + D, scalar_t(0));
-            } else {
-              std::memcpy(dst, src, D * sizeof(scalar_t));
-            }
+    at::parallel_for(0, S, grain_rows(T * D), [&](int64_t begin, int64_t end) {
+      for (int64_t s = begin; s < end; ++s) {
+        const scalar_t* g_seq = g + s * T * D;
+        for (int64_t l = 0; l < L; ++l) {
+          const scalar_t* src = g_seq + (head + l) * D;
+          scalar_t* dst = gt + (s * L + l) * D;
+          if (m[s * L + l]) {
+            add_row(pm + s * D, src, D);
+            std::fill(dst, dst + D, scalar_t(0));
+          } else {
+            std::memcpy(dst, src, D * sizeof(scalar_t));
           }
         }
       }
     });
-
-    // The chunk partials, added in chunk order.
-    auto finish = [&](const acc_t* partial, scalar_t* out) {
-      std::vector<acc_t> total(D, acc_t(0));
-      for (int64_t c = 0; c < num_chunks; ++c) add_row(total.data(), partial + c * D, D);
-      for (int64_t d = 0; d < D; ++d) out[d] = static_cast<scalar_t>(total[d]);
-    };
-    finish(pm, grad_mask_token.data_ptr<scalar_t>());
-    if (has_cls) finish(pc, grad_cls_token.data_ptr<scalar_t>());
+    kahan_sum_rows<acc_t>(pm, S, D, D, grad_mask_token.data_ptr<scalar_t>());
+    if (has_cls) kahan_sum_rows<acc_t>(g, S, T * D, D, grad_cls_token.data_ptr<scalar_t>());
   });
   return {grad_tokens, grad_mask_token, grad_cls_token};
 }

@@ -2,7 +2,7 @@
 // mean_i (pred_i - t_i)^2 with t = (target - mean) / sqrt(var + eps) (unbiased
 // var) under norm_pix, computed in fp32 (fp64 for double) from the row in
 // cache; unmasked rows are never read. The per-row losses are then summed in
-// row order: deterministic. The backward recomputes each row's mean and rstd
+// row order (Kahan-compensated): deterministic. The backward recomputes each row's mean and rstd
 // (the normalised target is never stored) and writes
 // dpred = grad * 2 * (pred - t) / (P * num_masked) on masked rows, 0 elsewhere.
 #include <ATen/Dispatch.h>
@@ -95,8 +95,13 @@ at::Tensor masked_patch_loss_cpu(const at::Tensor& pred_in, const at::Tensor& ta
         }) / static_cast<acc_t>(P);
       }
     });
-    acc_t total = 0;
-    for (int64_t r = 0; r < rows; ++r) total += row_loss[r];  // row order
+    acc_t total = 0, comp = 0;  // row order, Kahan-compensated
+    for (int64_t r = 0; r < rows; ++r) {
+      const acc_t y = row_loss[r] - comp;
+      const acc_t t = total + y;
+      comp = (t - total) - y;
+      total = t;
+    }
     loss = at::scalar_tensor(total / static_cast<acc_t>(count),
                              pred.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
   });

@@ -4,7 +4,8 @@
 // (chunk of sequences, tile of D columns) walks its rows in order, writes
 // grad_tokens (zero at masked rows) and sums masked rows and cls rows per column
 // in fp32 (fp64 for double) into per-chunk partials; stage 2 adds the partials
-// in chunk order. The chunking depends on the shape only.
+// in chunk order with compensated (Kahan) summation, so the error does not grow
+// with the number of chunks. The chunking depends on the shape only.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -83,15 +84,20 @@ __global__ void mask_substitute_backward_rows_kernel(
   if (head) partial_cls[c * D + d] = acc_cls;
 }
 
-// out[d] = sum over chunks, in chunk order, of partial[c, d].
+// out[d] = sum over chunks, in chunk order, of partial[c, d] (Kahan-compensated).
 template <typename scalar_t, typename acc_t>
 __global__ void sum_chunks_kernel(const acc_t* __restrict__ partial, scalar_t* __restrict__ out,
                                   int64_t num_chunks, int64_t D) {
   const int64_t d = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (d >= D) return;
-  acc_t acc = 0;
-  for (int64_t c = 0; c < num_chunks; ++c) acc += partial[c * D + d];
-  out[d] = static_cast<scalar_t>(acc);
+  acc_t sum = 0, comp = 0;
+  for (int64_t c = 0; c < num_chunks; ++c) {
+    const acc_t y = partial[c * D + d] - comp;
+    const acc_t t = sum + y;
+    comp = (t - sum) - y;
+    sum = t;
+  }
+  out[d] = static_cast<scalar_t>(sum);
 }
 
 }  // namespace

@@ -93,10 +93,13 @@ __global__ void loss_sum_kernel(const acc_t* __restrict__ row_loss, const bool* 
                                 int64_t rows, acc_t* __restrict__ loss) {
   __shared__ acc_t s_loss[kSumThreads];
   __shared__ int64_t s_count[kSumThreads];
-  acc_t acc = 0;
+  acc_t acc = 0, comp = 0;  // Kahan-compensated, in row order
   int64_t count = 0;
   for (int64_t i = threadIdx.x; i < rows; i += kSumThreads) {
-    acc += row_loss[i];
+    const acc_t y = row_loss[i] - comp;
+    const acc_t t = acc + y;
+    comp = (t - acc) - y;
+    acc = t;
     count += mask[i] ? 1 : 0;
   }
   s_loss[threadIdx.x] = acc;

@@ -5,7 +5,8 @@ per row the cls token, the mask token or the token row.
 Backward, stage 1: program (c, j) walks the sequences of chunk c in order over
 the D tile j: it writes grad_tokens (zero at masked rows) and sums the masked
 rows and the cls rows in fp32 (fp64 for double) into per-chunk partials.
-Stage 2 adds the partials in chunk order. No atomics; the chunking depends on
+Stage 2 adds the partials in chunk order, Kahan-compensated (the error does not
+grow with the number of chunks). No atomics; the chunking depends on
 the shape only, so results are deterministic."""
 
 from __future__ import annotations
@@ -85,10 +86,16 @@ def _sum_chunks_kernel(part_ptr, out_ptr, num_chunks, D, BLOCK_D: tl.constexpr,
     acc_dtype = tl.float64 if ACC_F64 else tl.float32
     d = tl.program_id(0).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = d < D
-    acc = tl.zeros((BLOCK_D,), dtype=acc_dtype)
-    for c in range(0, num_chunks):  # chunk order
-        acc += tl.load(part_ptr + c.to(tl.int64) * D + d, mask=d_ok, other=0.0)
-    tl.store(out_ptr + d, acc.to(out_ptr.dtype.element_ty), mask=d_ok)
+    total = tl.zeros((BLOCK_D,), dtype=acc_dtype)
+    comp = tl.zeros((BLOCK_D,), dtype=acc_dtype)
+    ptrs = part_ptr + d
+    for _ in range(0, num_chunks):  # chunk order; pointer steps keep offsets 64-bit
+        y = tl.load(ptrs, mask=d_ok, other=0.0) - comp
+        t = total + y
+        comp = (t - total) - y
+        total = t
+        ptrs += D
+    tl.store(out_ptr + d, total.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
 def _block_d(D: int) -> int:
