@@ -16,8 +16,8 @@ from common import bench_devices, device_name, time_case
 
 # name: (S, L, D) on CUDA / on CPU
 CASES = {
-    "pretrain-K7-D768": ((4096, 49, 768), (256, 49, 768)),
-    "pretrain-K14-D768": ((1024, 196, 768), (64, 196, 768)),
+    "K7-D768": ((4096, 49, 768), (256, 49, 768)),
+    "K14-D768": ((1024, 196, 768), (64, 196, 768)),
 }
 MASK_RATIO = 0.8
 

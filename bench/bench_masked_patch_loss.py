@@ -16,7 +16,7 @@ from common import bench_devices, device_name, time_case
 
 # name: (S, L, P) on CUDA / on CPU
 CASES = {
-    "pretrain-K7-P768": ((4096, 49, 768), (256, 49, 768)),
+    "K7-P768": ((4096, 49, 768), (256, 49, 768)),
 }
 MASK_RATIO = 0.8
 
