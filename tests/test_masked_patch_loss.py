@@ -149,13 +149,20 @@ def test_no_worse_than_torch_in_low_precision(device, backend, dtype):
 
 @pytest.mark.parametrize("device,backend", devices_and_backends())
 def test_non_contiguous_inputs(device, backend):
-    pred = torch.randn(9, 3, 17, device=device).transpose(0, 1)  # (3, 9, 17)
+    # pred as a LoMaR head output sliced past its cls row (read in place through its
+    # strides), and transposed; target with a strided last dim (copied first).
+    head_out = torch.randn(3, 10, 17, device=device, requires_grad=True)
+    transposed = torch.randn(9, 3, 17, device=device, requires_grad=True)
     target = torch.randn(3, 9, 34, device=device)[..., ::2]
     mask = torch.rand(9, 3, device=device).t() < 0.6
     mask[0, 0] = True
-    loss = lomar_ops.masked_patch_loss(pred, target, mask, backend=backend)
-    torch.testing.assert_close(loss, masked_patch_loss_reference(pred, target, mask),
-                               rtol=2e-5, atol=0)
+    for leaf, pred in ((head_out, head_out[:, 1:]), (transposed, transposed.transpose(0, 1))):
+        loss = lomar_ops.masked_patch_loss(pred, target, mask, backend=backend)
+        want = masked_patch_loss_reference(pred, target, mask)
+        torch.testing.assert_close(loss, want, rtol=2e-5, atol=0)
+        (got,) = torch.autograd.grad(loss, leaf)
+        (want_grad,) = torch.autograd.grad(want, leaf)
+        torch.testing.assert_close(got, want_grad, rtol=1e-5, atol=1e-5 * want_grad.abs().max())
 
 
 def test_opcheck_cpu_ops():

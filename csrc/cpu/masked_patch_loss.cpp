@@ -5,6 +5,9 @@
 // row order (Kahan-compensated): deterministic. The backward recomputes each row's mean and rstd
 // (the normalised target is never stored) and writes
 // dpred = grad * 2 * (pred - t) / (P * num_masked) on masked rows, 0 elsewhere.
+// pred and target are read through their strides over (S, L) as long as each
+// patch is contiguous: pred is typically a slice of the head's output without
+// its cls row, and copying it would cost as much as the loss itself.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -54,6 +57,25 @@ RowStats<acc_t> row_stats(const scalar_t* t, int64_t P, bool norm_pix, acc_t eps
   return st;
 }
 
+// x itself when each (s, l) row of P values is contiguous, else a contiguous copy.
+at::Tensor rows_contiguous(const at::Tensor& x) {
+  return (x.size(2) <= 1 || x.stride(2) == 1) ? x : x.contiguous();
+}
+
+// Row r = s * L + l of an (S, L, P) tensor whose rows are contiguous.
+template <typename scalar_t>
+struct Rows {
+  const scalar_t* base;
+  int64_t stride_s, stride_l, L;
+  explicit Rows(const at::Tensor& x)
+      : base(x.const_data_ptr<scalar_t>()), stride_s(x.stride(0)), stride_l(x.stride(1)),
+        L(x.size(1)) {}
+  const scalar_t* operator[](int64_t r) const {
+    const int64_t s = r / L;
+    return base + s * stride_s + (r - s * L) * stride_l;
+  }
+};
+
 int64_t grain_rows(int64_t P) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, P)); }
 
 int64_t count_masked(const at::Tensor& mask, const char* op) {
@@ -69,8 +91,8 @@ int64_t count_masked(const at::Tensor& mask, const char* op) {
 at::Tensor masked_patch_loss_cpu(const at::Tensor& pred_in, const at::Tensor& target_in,
                                  const at::Tensor& mask_in, bool norm_pix, double eps) {
   check_masked_patch_loss_args(pred_in, target_in, mask_in, norm_pix, eps, "masked_patch_loss");
-  const auto pred = pred_in.contiguous();
-  const auto target = target_in.contiguous();
+  const auto pred = rows_contiguous(pred_in);
+  const auto target = rows_contiguous(target_in);
   const auto mask = mask_in.contiguous();
   const int64_t rows = pred.size(0) * pred.size(1), P = pred.size(2);
   const int64_t count = count_masked(mask, "masked_patch_loss");
@@ -78,15 +100,14 @@ at::Tensor masked_patch_loss_cpu(const at::Tensor& pred_in, const at::Tensor& ta
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "masked_patch_loss_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* p = pred.data_ptr<scalar_t>();
-    const scalar_t* t = target.data_ptr<scalar_t>();
+    const Rows<scalar_t> p(pred), t(target);
     const bool* m = mask.data_ptr<bool>();
     std::vector<acc_t> row_loss(rows, acc_t(0));
     at::parallel_for(0, rows, grain_rows(P), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         if (!m[r]) continue;
-        const scalar_t* p_row = p + r * P;
-        const scalar_t* t_row = t + r * P;
+        const scalar_t* p_row = p[r];
+        const scalar_t* t_row = t[r];
         const auto st = row_stats(t_row, P, norm_pix, static_cast<acc_t>(eps));
         row_loss[r] = lane_sum<acc_t>(P, [&](int64_t i) {
           const acc_t diff = static_cast<acc_t>(p_row[i]) -
@@ -112,18 +133,17 @@ at::Tensor masked_patch_loss_backward_cpu(const at::Tensor& grad, const at::Tens
                                           const at::Tensor& target_in, const at::Tensor& mask_in,
                                           bool norm_pix, double eps) {
   check_masked_patch_loss_backward_args(grad, pred_in, target_in, mask_in, norm_pix, eps);
-  const auto pred = pred_in.contiguous();
-  const auto target = target_in.contiguous();
+  const auto pred = rows_contiguous(pred_in);
+  const auto target = rows_contiguous(target_in);
   const auto mask = mask_in.contiguous();
   const int64_t rows = pred.size(0) * pred.size(1), P = pred.size(2);
   const int64_t count = count_masked(mask, "masked_patch_loss_backward");
   const double g = grad.item<double>();
-  auto grad_pred = at::empty_like(pred, at::MemoryFormat::Contiguous);
+  auto grad_pred = at::empty(pred.sizes(), pred.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "masked_patch_loss_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* p = pred.data_ptr<scalar_t>();
-    const scalar_t* t = target.data_ptr<scalar_t>();
+    const Rows<scalar_t> p(pred), t(target);
     const bool* m = mask.data_ptr<bool>();
     scalar_t* dp = grad_pred.data_ptr<scalar_t>();
     const acc_t scale = static_cast<acc_t>(2.0 * g / (static_cast<double>(P) * count));
@@ -134,8 +154,8 @@ at::Tensor masked_patch_loss_backward_cpu(const at::Tensor& grad, const at::Tens
           std::fill(dp_row, dp_row + P, scalar_t(0));
           continue;
         }
-        const scalar_t* p_row = p + r * P;
-        const scalar_t* t_row = t + r * P;
+        const scalar_t* p_row = p[r];
+        const scalar_t* t_row = t[r];
         const auto st = row_stats(t_row, P, norm_pix, static_cast<acc_t>(eps));
         for (int64_t i = 0; i < P; ++i) {
           const acc_t tn = (static_cast<acc_t>(t_row[i]) - st.mean) * st.rstd;

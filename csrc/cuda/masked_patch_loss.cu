@@ -7,6 +7,8 @@
 // rstd (the normalised target is never stored) and writes
 // dpred = grad * 2 * (pred - t) / (P * num_masked); unmasked rows get 0. The
 // gradient and the count are read on the device: no host synchronisation.
+// pred and target are read through their (S, L) strides when each patch is
+// contiguous (pred is typically the head's output sliced past its cls row).
 // A mask with no True entry gives NaN here (0/0): the Python layer rejects it in
 // eager mode; checking on the device would need a synchronisation.
 #include <ATen/Dispatch.h>
@@ -29,6 +31,21 @@ int64_t grid_for(int64_t work_items, int64_t items_per_block) {
   const int64_t wanted = (work_items + items_per_block - 1) / items_per_block;
   return std::max<int64_t>(1, std::min<int64_t>(wanted, sms * 32));
 }
+
+at::Tensor rows_contiguous(const at::Tensor& x) {
+  return (x.size(2) <= 1 || x.stride(2) == 1) ? x : x.contiguous();
+}
+
+// Row r = s * L + l of an (S, L, P) tensor whose rows are contiguous.
+struct RowStrides {
+  int64_t s, l, L;
+  __device__ int64_t offset(int64_t r) const {
+    const int64_t q = r / L;
+    return q * s + (r - q * L) * l;
+  }
+};
+
+RowStrides row_strides(const at::Tensor& x) { return {x.stride(0), x.stride(1), x.size(1)}; }
 
 __device__ inline float device_sqrt(float x) { return sqrtf(x); }
 __device__ inline double device_sqrt(double x) { return sqrt(x); }
@@ -60,8 +77,8 @@ __device__ void row_stats(const scalar_t* __restrict__ t, int64_t P, bool norm_p
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void loss_rows_kernel(const scalar_t* __restrict__ pred,
-                                 const scalar_t* __restrict__ target,
+__global__ void loss_rows_kernel(const scalar_t* __restrict__ pred, RowStrides pred_rows,
+                                 const scalar_t* __restrict__ target, RowStrides target_rows,
                                  const bool* __restrict__ mask, acc_t* __restrict__ row_loss,
                                  int64_t rows, int64_t P, bool norm_pix, acc_t eps) {
   const int lane = threadIdx.x % kWarp;
@@ -72,8 +89,8 @@ __global__ void loss_rows_kernel(const scalar_t* __restrict__ pred,
       if (lane == 0) row_loss[row] = 0;
       continue;
     }
-    const scalar_t* p = pred + row * P;
-    const scalar_t* t = target + row * P;
+    const scalar_t* p = pred + pred_rows.offset(row);
+    const scalar_t* t = target + target_rows.offset(row);
     acc_t mean, rstd;
     row_stats(t, P, norm_pix, eps, lane, mean, rstd);
     acc_t se = 0;
@@ -118,8 +135,8 @@ __global__ void loss_sum_kernel(const acc_t* __restrict__ row_loss, const bool* 
 template <typename scalar_t, typename acc_t>
 __global__ void loss_backward_kernel(const acc_t* __restrict__ grad,
                                      const int64_t* __restrict__ count,
-                                     const scalar_t* __restrict__ pred,
-                                     const scalar_t* __restrict__ target,
+                                     const scalar_t* __restrict__ pred, RowStrides pred_rows,
+                                     const scalar_t* __restrict__ target, RowStrides target_rows,
                                      const bool* __restrict__ mask, scalar_t* __restrict__ dpred,
                                      int64_t rows, int64_t P, bool norm_pix, acc_t eps) {
   const int lane = threadIdx.x % kWarp;
@@ -132,8 +149,8 @@ __global__ void loss_backward_kernel(const acc_t* __restrict__ grad,
       for (int64_t i = lane; i < P; i += kWarp) dp[i] = scalar_t(0);
       continue;
     }
-    const scalar_t* p = pred + row * P;
-    const scalar_t* t = target + row * P;
+    const scalar_t* p = pred + pred_rows.offset(row);
+    const scalar_t* t = target + target_rows.offset(row);
     acc_t mean, rstd;
     row_stats(t, P, norm_pix, eps, lane, mean, rstd);
     for (int64_t i = lane; i < P; i += kWarp) {
@@ -149,8 +166,8 @@ at::Tensor masked_patch_loss_cuda(const at::Tensor& pred_in, const at::Tensor& t
                                   const at::Tensor& mask_in, bool norm_pix, double eps) {
   check_masked_patch_loss_args(pred_in, target_in, mask_in, norm_pix, eps, "masked_patch_loss");
   const c10::cuda::CUDAGuard guard(pred_in.device());
-  const auto pred = pred_in.contiguous();
-  const auto target = target_in.contiguous();
+  const auto pred = rows_contiguous(pred_in);
+  const auto target = rows_contiguous(target_in);
   const auto mask = mask_in.contiguous();
   const int64_t rows = pred.size(0) * pred.size(1), P = pred.size(2);
   const auto stream = at::cuda::getCurrentCUDAStream();
@@ -162,8 +179,9 @@ at::Tensor masked_patch_loss_cuda(const at::Tensor& pred_in, const at::Tensor& t
     auto row_loss = at::empty({rows}, acc_options);
     if (rows > 0) {
       loss_rows_kernel<scalar_t, acc_t><<<grid_for(rows, kThreads / kWarp), kThreads, 0, stream>>>(
-          pred.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), mask.data_ptr<bool>(),
-          row_loss.data_ptr<acc_t>(), rows, P, norm_pix, static_cast<acc_t>(eps));
+          pred.const_data_ptr<scalar_t>(), row_strides(pred), target.const_data_ptr<scalar_t>(),
+          row_strides(target), mask.data_ptr<bool>(), row_loss.data_ptr<acc_t>(), rows, P,
+          norm_pix, static_cast<acc_t>(eps));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     loss_sum_kernel<acc_t><<<1, kSumThreads, 0, stream>>>(
@@ -178,11 +196,11 @@ at::Tensor masked_patch_loss_backward_cuda(const at::Tensor& grad_in, const at::
                                            bool norm_pix, double eps) {
   check_masked_patch_loss_backward_args(grad_in, pred_in, target_in, mask_in, norm_pix, eps);
   const c10::cuda::CUDAGuard guard(pred_in.device());
-  const auto pred = pred_in.contiguous();
-  const auto target = target_in.contiguous();
+  const auto pred = rows_contiguous(pred_in);
+  const auto target = rows_contiguous(target_in);
   const auto mask = mask_in.contiguous();
   const int64_t rows = pred.size(0) * pred.size(1), P = pred.size(2);
-  auto grad_pred = at::empty_like(pred, at::MemoryFormat::Contiguous);
+  auto grad_pred = at::empty(pred.sizes(), pred.options());
   if (rows == 0) return grad_pred;
   const auto count = mask.sum(at::kLong).reshape({1});  // on the device, no sync
   const auto stream = at::cuda::getCurrentCUDAStream();
@@ -190,9 +208,10 @@ at::Tensor masked_patch_loss_backward_cuda(const at::Tensor& grad_in, const at::
     using acc_t = at::opmath_type<scalar_t>;
     const auto grad = grad_in.to(c10::CppTypeToScalarType<acc_t>::value).reshape({1}).contiguous();
     loss_backward_kernel<scalar_t, acc_t><<<grid_for(rows, kThreads / kWarp), kThreads, 0, stream>>>(
-        grad.data_ptr<acc_t>(), count.data_ptr<int64_t>(), pred.data_ptr<scalar_t>(),
-        target.data_ptr<scalar_t>(), mask.data_ptr<bool>(), grad_pred.data_ptr<scalar_t>(), rows,
-        P, norm_pix, static_cast<acc_t>(eps));
+        grad.data_ptr<acc_t>(), count.data_ptr<int64_t>(), pred.const_data_ptr<scalar_t>(),
+        row_strides(pred), target.const_data_ptr<scalar_t>(), row_strides(target),
+        mask.data_ptr<bool>(), grad_pred.data_ptr<scalar_t>(), rows, P, norm_pix,
+        static_cast<acc_t>(eps));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_pred;

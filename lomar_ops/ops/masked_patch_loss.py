@@ -32,7 +32,7 @@ if _extension.AVAILABLE:
 
     @torch.library.register_fake("lomar_ops::masked_patch_loss_backward")
     def _masked_patch_loss_backward_fake(grad, pred, target, mask, norm_pix, eps):
-        return torch.empty_like(pred, memory_format=torch.contiguous_format)
+        return pred.new_empty(pred.shape)
 
     def _setup_context(ctx, inputs, output):
         pred, target, mask, norm_pix, eps = inputs
@@ -56,6 +56,8 @@ def masked_patch_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
 
     Args:
         pred: (S, L, P) float16/bfloat16/float32/float64, the predicted patches.
+            Any strides; read in place when each patch (the last dim) is
+            contiguous, e.g. ``head(x)[:, 1:]``, else copied first.
         target: (S, L, P), pred's dtype and device: the pixels of each patch
             (e.g. from :func:`lomar_ops.window_patchify`). It is data: it gets no
             gradient, whatever its requires_grad (every backend alike).
@@ -96,6 +98,5 @@ def masked_patch_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
     target = target.detach()
     if chosen == "triton":
         from ..triton_kernels.masked_patch_loss import masked_patch_loss_triton
-        return masked_patch_loss_triton(pred.contiguous(), target.contiguous(),
-                                        mask.contiguous(), norm_pix, eps)
+        return masked_patch_loss_triton(pred, target, mask.contiguous(), norm_pix, eps)
     return torch.ops.lomar_ops.masked_patch_loss(pred, target, mask, norm_pix, eps)

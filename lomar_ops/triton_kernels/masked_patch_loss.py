@@ -7,7 +7,9 @@ are never read and get 0. A single program then sums the row losses and counts
 the mask in a fixed order (deterministic) and divides.
 Backward: the same tiles recompute each row's mean and rstd (the normalised
 target is never stored) and write dpred = grad * 2 * (pred - t) / (P * count);
-the gradient and the count are read on the device."""
+the gradient and the count are read on the device.
+pred and target are read through their (S, L) strides when each patch is
+contiguous (pred is typically the head's output sliced past its cls row)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from ._launch import launch
 
 
 @triton.jit
-def _row_stats(target_ptr, r, rows_read, P, eps, NORM_PIX: tl.constexpr,
+def _row_stats(target_ptr, t_row, rows_read, P, eps, NORM_PIX: tl.constexpr,
                BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, ACC_F64: tl.constexpr):
     """Per row: mean and 1/sqrt(unbiased var + eps) (0 and 1 without norm_pix)."""
     acc_dtype = tl.float64 if ACC_F64 else tl.float32
@@ -31,14 +33,14 @@ def _row_stats(target_ptr, r, rows_read, P, eps, NORM_PIX: tl.constexpr,
         for start in range(0, P, BLOCK_P):
             i = start + tl.arange(0, BLOCK_P)
             ok = rows_read[:, None] & (i < P)[None, :]
-            t = tl.load(target_ptr + r[:, None] * P + i[None, :], mask=ok, other=0.0)
+            t = tl.load(target_ptr + t_row[:, None] + i[None, :], mask=ok, other=0.0)
             total += tl.sum(t.to(acc_dtype), axis=1)
         mean = total / P
         ss = tl.zeros((BLOCK_R,), dtype=acc_dtype)
         for start in range(0, P, BLOCK_P):
             i = start + tl.arange(0, BLOCK_P)
             ok = rows_read[:, None] & (i < P)[None, :]
-            t = tl.load(target_ptr + r[:, None] * P + i[None, :], mask=ok, other=0.0)
+            t = tl.load(target_ptr + t_row[:, None] + i[None, :], mask=ok, other=0.0)
             centred = tl.where(ok, t.to(acc_dtype) - mean[:, None], 0.0)
             ss += tl.sum(centred * centred, axis=1)
         rstd = 1.0 / tl.sqrt(ss / (P - 1) + eps)
@@ -46,22 +48,31 @@ def _row_stats(target_ptr, r, rows_read, P, eps, NORM_PIX: tl.constexpr,
 
 
 @triton.jit
-def _loss_rows_kernel(pred_ptr, target_ptr, mask_ptr, row_loss_ptr, rows, P, eps,
+def _row_offsets(r, L, stride_s, stride_l):
+    """Offsets of rows r = s * L + l of an (S, L, P) tensor with contiguous rows."""
+    s = r // L
+    return s * stride_s + (r - s * L) * stride_l
+
+
+@triton.jit
+def _loss_rows_kernel(pred_ptr, target_ptr, mask_ptr, row_loss_ptr, rows, L, P, eps,
+                      p_stride_s, p_stride_l, t_stride_s, t_stride_l,
                       NORM_PIX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
                       ACC_F64: tl.constexpr):
     acc_dtype = tl.float64 if ACC_F64 else tl.float32
     r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
     row_ok = r < rows
     rows_read = tl.load(mask_ptr + r, mask=row_ok, other=0) != 0
-    mean, rstd = _row_stats(target_ptr, r, rows_read, P, eps, NORM_PIX, BLOCK_R, BLOCK_P,
+    p_row = _row_offsets(r, L, p_stride_s, p_stride_l)
+    t_row = _row_offsets(r, L, t_stride_s, t_stride_l)
+    mean, rstd = _row_stats(target_ptr, t_row, rows_read, P, eps, NORM_PIX, BLOCK_R, BLOCK_P,
                             ACC_F64)
     se = tl.zeros((BLOCK_R,), dtype=acc_dtype)
     for start in range(0, P, BLOCK_P):
         i = start + tl.arange(0, BLOCK_P)
         ok = rows_read[:, None] & (i < P)[None, :]
-        offs = r[:, None] * P + i[None, :]
-        p = tl.load(pred_ptr + offs, mask=ok, other=0.0).to(acc_dtype)
-        t = tl.load(target_ptr + offs, mask=ok, other=0.0).to(acc_dtype)
+        p = tl.load(pred_ptr + p_row[:, None] + i[None, :], mask=ok, other=0.0).to(acc_dtype)
+        t = tl.load(target_ptr + t_row[:, None] + i[None, :], mask=ok, other=0.0).to(acc_dtype)
         diff = tl.where(ok, p - (t - mean[:, None]) * rstd[:, None], 0.0)
         se += tl.sum(diff * diff, axis=1)
     tl.store(row_loss_ptr + r, se / P, mask=row_ok)
@@ -84,14 +95,16 @@ def _loss_sum_kernel(row_loss_ptr, mask_ptr, loss_ptr, rows, BLOCK: tl.constexpr
 
 
 @triton.jit
-def _loss_bwd_kernel(grad_ptr, count_ptr, pred_ptr, target_ptr, mask_ptr, dpred_ptr, rows, P,
-                     eps, NORM_PIX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+def _loss_bwd_kernel(grad_ptr, count_ptr, pred_ptr, target_ptr, mask_ptr, dpred_ptr, rows, L, P,
+                     eps, p_stride_s, p_stride_l, t_stride_s, t_stride_l, NORM_PIX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
                      ACC_F64: tl.constexpr):
     acc_dtype = tl.float64 if ACC_F64 else tl.float32
     r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
     row_ok = r < rows
     rows_read = tl.load(mask_ptr + r, mask=row_ok, other=0) != 0
-    mean, rstd = _row_stats(target_ptr, r, rows_read, P, eps, NORM_PIX, BLOCK_R, BLOCK_P,
+    p_row = _row_offsets(r, L, p_stride_s, p_stride_l)
+    t_row = _row_offsets(r, L, t_stride_s, t_stride_l)
+    mean, rstd = _row_stats(target_ptr, t_row, rows_read, P, eps, NORM_PIX, BLOCK_R, BLOCK_P,
                             ACC_F64)
     g = tl.load(grad_ptr).to(acc_dtype)
     n = tl.load(count_ptr).to(acc_dtype)
@@ -99,11 +112,10 @@ def _loss_bwd_kernel(grad_ptr, count_ptr, pred_ptr, target_ptr, mask_ptr, dpred_
     for start in range(0, P, BLOCK_P):
         i = start + tl.arange(0, BLOCK_P)
         ok = rows_read[:, None] & (i < P)[None, :]
-        offs = r[:, None] * P + i[None, :]
-        p = tl.load(pred_ptr + offs, mask=ok, other=0.0).to(acc_dtype)
-        t = tl.load(target_ptr + offs, mask=ok, other=0.0).to(acc_dtype)
+        p = tl.load(pred_ptr + p_row[:, None] + i[None, :], mask=ok, other=0.0).to(acc_dtype)
+        t = tl.load(target_ptr + t_row[:, None] + i[None, :], mask=ok, other=0.0).to(acc_dtype)
         d = tl.where(ok, scale * (p - (t - mean[:, None]) * rstd[:, None]), 0.0)
-        tl.store(dpred_ptr + offs, d.to(dpred_ptr.dtype.element_ty),
+        tl.store(dpred_ptr + r[:, None] * P + i[None, :], d.to(dpred_ptr.dtype.element_ty),
                  mask=row_ok[:, None] & (i < P)[None, :])
 
 
@@ -116,10 +128,16 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _rows_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """x itself when each (s, l) row of P values is contiguous, else a contiguous copy."""
+    return x if x.shape[2] <= 1 or x.stride(2) == 1 else x.contiguous()
+
+
 @triton_op("lomar_ops::masked_patch_loss_triton", mutates_args=())
 def masked_patch_loss_triton(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                              norm_pix: bool, eps: float) -> torch.Tensor:
-    """pred, target (S, L, P) contiguous, mask (S, L) bool -> 0-dim float32 (float64)."""
+    """pred, target (S, L, P), mask (S, L) bool contiguous -> 0-dim float32 (float64)."""
+    pred, target = _rows_contiguous(pred), _rows_contiguous(target)
     S, L, P = pred.shape
     rows = S * L
     acc_dtype = _acc_dtype(pred.dtype)
@@ -130,7 +148,8 @@ def masked_patch_loss_triton(pred: torch.Tensor, target: torch.Tensor, mask: tor
     acc_f64 = acc_dtype == torch.float64
     if rows > 0:
         launch(_loss_rows_kernel, (triton.cdiv(rows, block_r),))(
-            pred, target, mask_u8, row_loss, rows, P, eps, NORM_PIX=norm_pix, BLOCK_R=block_r,
+            pred, target, mask_u8, row_loss, rows, L, P, eps, pred.stride(0), pred.stride(1),
+            target.stride(0), target.stride(1), NORM_PIX=norm_pix, BLOCK_R=block_r,
             BLOCK_P=block_p, ACC_F64=acc_f64)
     launch(_loss_sum_kernel, (1,))(row_loss, mask_u8, loss, rows, BLOCK=1024, ACC_F64=acc_f64)
     return loss
@@ -141,9 +160,10 @@ def masked_patch_loss_backward_triton(grad: torch.Tensor, pred: torch.Tensor,
                                       target: torch.Tensor, mask: torch.Tensor, norm_pix: bool,
                                       eps: float) -> torch.Tensor:
     """d loss / d pred, (S, L, P) in pred's dtype; grad is the loss's 0-dim gradient."""
+    pred, target = _rows_contiguous(pred), _rows_contiguous(target)
     S, L, P = pred.shape
     rows = S * L
-    grad_pred = torch.empty_like(pred, memory_format=torch.contiguous_format)
+    grad_pred = torch.empty((S, L, P), dtype=pred.dtype, device=pred.device)
     if rows == 0:
         return grad_pred
     acc_dtype = _acc_dtype(pred.dtype)
@@ -151,8 +171,8 @@ def masked_patch_loss_backward_triton(grad: torch.Tensor, pred: torch.Tensor,
     count = mask.sum().reshape(1)  # int64, on the device: no synchronisation
     block_r, block_p = _blocks(P)
     launch(_loss_bwd_kernel, (triton.cdiv(rows, block_r),))(
-        g, count, pred, target, mask.view(torch.uint8), grad_pred, rows, P, eps,
-        NORM_PIX=norm_pix, BLOCK_R=block_r, BLOCK_P=block_p,
+        g, count, pred, target, mask.view(torch.uint8), grad_pred, rows, L, P, eps,
+        pred.stride(0), pred.stride(1), target.stride(0), target.stride(1), NORM_PIX=norm_pix, BLOCK_R=block_r, BLOCK_P=block_p,
         ACC_F64=acc_dtype == torch.float64)
     return grad_pred
 
