@@ -112,6 +112,22 @@ bool matches(at::ScalarType dtype, double loss_rtol, double grad_tol) {
   return true;
 }
 
+// pred sliced past a cls row (read in place through its strides) and a target
+// with a strided last dim (copied first): the same values as contiguous copies.
+bool strided_inputs() {
+  auto head_out = at::randn({4, 10, 17}, at::kDouble);
+  auto pred = head_out.narrow(1, 1, 9);
+  auto target = at::randn({4, 9, 34}, at::kDouble).slice(2, 0, 34, 2);
+  auto mask = random_mask(4, 9);
+  auto [want, want_grad] = naive(pred, target, mask, true, 1e-6, 1.0);
+  EXPECT(std::abs(call_loss(pred, target, mask, true, 1e-6).item<double>() - want) <=
+         1e-12 * std::abs(want));
+  auto grad = call_backward(at::scalar_tensor(1.0, at::kDouble), pred, target, mask, true, 1e-6);
+  EXPECT(grad.is_contiguous());
+  EXPECT(at::allclose(grad, want_grad, 1e-10, 1e-12));
+  return true;
+}
+
 bool deterministic() {
   auto pred = at::randn({64, 49, 192});
   auto target = at::randn({64, 49, 192});
@@ -171,6 +187,7 @@ int main(int argc, char** argv) {
       {"double", [] { return matches(at::kDouble, 1e-12, 1e-10); }},
       {"half", [] { return matches(at::kHalf, 1e-5, 2e-3); }},
       {"bfloat16", [] { return matches(at::kBFloat16, 1e-5, 1e-2); }},
+      {"strided_inputs", strided_inputs},
       {"deterministic", deterministic},
       {"bad_input_errors", bad_input_errors},
   };
