@@ -16,6 +16,13 @@ TORCH_LIBRARY(lomar_ops, m) {
   m.def("window_patchify(Tensor images, Tensor coords, int window_size, int patch_size) -> Tensor");
   m.def("window_patchify_backward(Tensor grad_out, Tensor coords, int window_size, "
         "int patch_size, int height, int width) -> Tensor");
+  m.def("mask_substitute(Tensor tokens, Tensor mask, Tensor mask_token, Tensor? cls_token) -> Tensor");
+  // grad_cls_token is an empty (0,) tensor when has_cls is false.
+  m.def("mask_substitute_backward(Tensor grad_out, Tensor mask, bool has_cls) "
+        "-> (Tensor grad_tokens, Tensor grad_mask_token, Tensor grad_cls_token)");
+  m.def("masked_patch_loss(Tensor pred, Tensor target, Tensor mask, bool norm_pix, float eps) -> Tensor");
+  m.def("masked_patch_loss_backward(Tensor grad, Tensor pred, Tensor target, Tensor mask, "
+        "bool norm_pix, float eps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lomar_ops, CPU, m) {
@@ -25,6 +32,10 @@ TORCH_LIBRARY_IMPL(lomar_ops, CPU, m) {
   m.impl("window_attention_bwd", &lomar_ops::window_attention_bwd_cpu);
   m.impl("window_patchify", &lomar_ops::window_patchify_cpu);
   m.impl("window_patchify_backward", &lomar_ops::window_patchify_backward_cpu);
+  m.impl("mask_substitute", &lomar_ops::mask_substitute_cpu);
+  m.impl("mask_substitute_backward", &lomar_ops::mask_substitute_backward_cpu);
+  m.impl("masked_patch_loss", &lomar_ops::masked_patch_loss_cpu);
+  m.impl("masked_patch_loss_backward", &lomar_ops::masked_patch_loss_backward_cpu);
 }
 
 #ifdef LOMAR_WITH_CUDA
@@ -33,5 +44,9 @@ TORCH_LIBRARY_IMPL(lomar_ops, CUDA, m) {
   m.impl("rpe_gather_backward", &lomar_ops::rpe_gather_backward_cuda);
   m.impl("window_patchify", &lomar_ops::window_patchify_cuda);
   m.impl("window_patchify_backward", &lomar_ops::window_patchify_backward_cuda);
+  m.impl("mask_substitute", &lomar_ops::mask_substitute_cuda);
+  m.impl("mask_substitute_backward", &lomar_ops::mask_substitute_backward_cuda);
+  m.impl("masked_patch_loss", &lomar_ops::masked_patch_loss_cuda);
+  m.impl("masked_patch_loss_backward", &lomar_ops::masked_patch_loss_backward_cuda);
 }
 #endif

@@ -15,7 +15,8 @@ import time
 import torch
 
 import lomar_ops
-from lomar_ops.reference import rpe_gather_reference, window_patchify_reference
+from lomar_ops.reference import (mask_substitute_reference, masked_patch_loss_reference,
+                                 rpe_gather_reference, window_patchify_reference)
 
 
 def _median_ms(fn, device: torch.device, repeats: int = 5) -> float:
@@ -64,6 +65,7 @@ def smoke(windows: int, heads: int) -> int:
             ms = _median_ms(step, device)
             print(f"  {device.type:>4} {backend:<7} {'OK  ' if ok else 'FAIL'} {ms:8.2f} ms")
     failures += _smoke_window_patchify(devices)
+    failures += _smoke_mask_and_loss(windows, devices)
     print("\nsmoke run " + ("passed" if failures == 0 else f"FAILED ({failures})"))
     return 1 if failures else 0
 
@@ -91,6 +93,41 @@ def _smoke_window_patchify(devices) -> int:
 
             out, g = step()
             ok = torch.equal(out, ref) and torch.allclose(g, ref_grad, atol=1e-5, rtol=1e-5)
+            failures += not ok
+            ms = _median_ms(step, device)
+            print(f"  {device.type:>4} {backend:<7} {'OK  ' if ok else 'FAIL'} {ms:8.2f} ms")
+    return failures
+
+
+def _smoke_mask_and_loss(windows: int, devices: list[torch.device]) -> int:
+    """mask_substitute -> masked_patch_loss on ViT-B/16 windows (L = 49, D = P = 768)."""
+    print(f"\nmask_substitute + masked_patch_loss: {windows} windows of 7x7 patches, 39 masked, "
+          "D = P = 768, fp32, forward + backward against the reference")
+    failures = 0
+    for device in devices:
+        tokens = torch.randn(windows, 49, 768, device=device, requires_grad=True)
+        tokens_ref = tokens.detach().clone().requires_grad_(True)
+        mask = torch.rand(windows, 49, device=device).argsort(dim=1) < 39
+        mask_token = torch.randn(768, device=device)
+        cls_token = torch.randn(768, device=device)
+        target = torch.randn(windows, 49, 768, device=device)
+        ref_out = mask_substitute_reference(tokens_ref, mask, mask_token, cls_token)
+        ref_loss = masked_patch_loss_reference(ref_out[:, 1:], target, mask)
+        (ref_grad,) = torch.autograd.grad(ref_loss, tokens_ref)
+        for backend, status in lomar_ops.backend_report(device).items():
+            if status != "available":
+                print(f"  {device.type:>4} {backend:<7} skipped: {status}")
+                continue
+
+            def step():
+                out = lomar_ops.mask_substitute(tokens, mask, mask_token, cls_token,
+                                                backend=backend)
+                loss = lomar_ops.masked_patch_loss(out[:, 1:], target, mask, backend=backend)
+                return out, loss, torch.autograd.grad(loss, tokens)[0]
+
+            out, loss, g = step()
+            ok = (torch.equal(out, ref_out) and torch.allclose(loss, ref_loss, rtol=1e-5)
+                  and torch.allclose(g, ref_grad, atol=1e-9, rtol=1e-4))
             failures += not ok
             ms = _median_ms(step, device)
             print(f"  {device.type:>4} {backend:<7} {'OK  ' if ok else 'FAIL'} {ms:8.2f} ms")

@@ -51,3 +51,39 @@ def check_positive_int(op: str, name: str, value, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_same_dtype(op: str, name: str, x: torch.Tensor, like_name: str,
+                     like: torch.Tensor) -> None:
+    if x.dtype != like.dtype:
+        raise TypeError(f"{op}: {name} must have the dtype of {like_name} ({like.dtype}), "
+                        f"got {x.dtype}")
+
+
+def check_shape(op: str, name: str, x: torch.Tensor, shape: tuple, shape_doc: str) -> None:
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} must be {shape_doc} = {tuple(shape)}, "
+                         f"got {tuple(x.shape)}")
+
+
+def check_any_true(op: str, name: str, mask: torch.Tensor, why: str) -> None:
+    """At least one True in ``mask``. Data-dependent, so checked in eager mode only."""
+    if torch.compiler.is_compiling():
+        return
+    if mask.numel() == 0 or not bool(mask.any()):
+        raise ValueError(f"{op}: {name} has no True entry ({why})")
+
+
+def check_non_negative_float(op: str, name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{op}: {name} must be a float, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{op}: {name} must be a finite float >= 0, got {value}")
+    return value
+
+
+def check_bool(op: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be a bool, got {type(value).__name__} {value!r}")
+    return value

@@ -1,0 +1,70 @@
+"""masked_patch_loss benchmark: forward and forward+backward, every backend on the device.
+
+Shapes: the LoMaR ViT-B/16 pretraining step, windows of 7x7 patches (L = 49,
+39 masked), P = 16*16*3 = 768, S = B * n window sequences (4096 on CUDA, 256 on
+the CPU), with norm_pix. GB/s counts the bytes an op must move: read pred and
+target on the masked patches and the mask (backward: the same reads again, and
+write dpred everywhere)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lomar_ops
+from common import bench_devices, device_name, time_case
+
+# name: (S, L, P) on CUDA / on CPU
+CASES = {
+    "K7-P768": ((4096, 49, 768), (256, 49, 768)),
+}
+MASK_RATIO = 0.8
+
+
+def _params():
+    # Triton's CPU interpreter is for correctness, not speed: not benchmarked.
+    return [pytest.param(device, backend, id=f"{device.type}-{backend}")
+            for device in bench_devices() for backend in lomar_ops.BACKENDS
+            if not (device.type == "cpu" and backend == "triton")]
+
+
+def window_masks(S: int, L: int, device) -> torch.Tensor:
+    """Exactly floor(L * MASK_RATIO) masked patches per sequence, as LoMaR draws them."""
+    order = torch.rand(S, L, device=device).argsort(dim=1)
+    return order < int(L * MASK_RATIO)
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("device,backend", _params())
+def test_masked_patch_loss(benchmark, record, device, backend, case, mode):
+    reason = lomar_ops.backends.unavailable_reason(backend, device)
+    if reason is not None:
+        pytest.skip(reason)
+    S, L, P = CASES[case][0 if device.type == "cuda" else 1]
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    pred = torch.randn(S, L, P, device=device, dtype=dtype, requires_grad=mode != "fwd")
+    target = torch.randn(S, L, P, device=device, dtype=dtype)
+    mask = window_masks(S, L, device)
+    masked = int(mask.sum())
+    elt = pred.element_size()
+    nbytes = 2 * masked * P * elt + S * L
+
+    if mode == "fwd":
+        def fn():
+            with torch.no_grad():
+                lomar_ops.masked_patch_loss(pred, target, mask, backend=backend)
+    else:
+        nbytes = 2 * nbytes + S * L * P * elt
+
+        def fn():
+            loss = lomar_ops.masked_patch_loss(pred, target, mask, backend=backend)
+            torch.autograd.grad(loss, pred)
+
+    median_ms, timer = time_case(benchmark, fn, device)
+    gbps = nbytes / (median_ms * 1e-3) / 1e9
+    benchmark.extra_info.update(gbps=round(gbps, 2))
+    record(op="masked_patch_loss", backend=backend, mode=mode, case=case, device=device.type,
+           device_name=device_name(device), dtype=str(dtype).replace("torch.", ""),
+           shape=f"S={S},L={L},P={P},masked={masked}", median_ms=round(median_ms, 4),
+           gbps=round(gbps, 2), timer=timer)
