@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "harness.h"
+
 #include <cstdio>
 #include <functional>
 #include <map>
@@ -12,6 +14,8 @@
 #include <tuple>
 
 namespace {
+
+using lomar_ops_test::throws_with;
 
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
@@ -30,15 +34,6 @@ Grads call_backward(const at::Tensor& grad, const at::Tensor& mask, bool has_cls
                        .typed<Grads(const at::Tensor&, const at::Tensor&, bool)>();
   return op.call(grad, mask, has_cls);
 }
-
-#define EXPECT(cond)                                                              \
-  do {                                                                            \
-    if (!(cond)) {                                                                \
-      std::fprintf(stderr, "%s:%d: expectation failed: %s\n", __FILE__, __LINE__, \
-                   #cond);                                                        \
-      return false;                                                               \
-    }                                                                             \
-  } while (0)
 
 at::Tensor random_mask(int64_t S, int64_t L) { return at::rand({S, L}) < 0.7; }
 
@@ -145,20 +140,6 @@ bool backward_is_deterministic() {
   return true;
 }
 
-template <typename F>
-bool throws_with(F&& f, const std::string& needle) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    const std::string msg = e.what();
-    if (msg.find(needle) != std::string::npos) return true;
-    std::fprintf(stderr, "error message lacks '%s': %s\n", needle.c_str(), msg.c_str());
-    return false;
-  }
-  std::fprintf(stderr, "no error raised (expected '%s')\n", needle.c_str());
-  return false;
-}
-
 bool bad_input_errors() {
   auto tokens = at::randn({2, 4, 5});
   auto mask = random_mask(2, 4);
@@ -199,17 +180,5 @@ int main(int argc, char** argv) {
       {"backward_is_deterministic", backward_is_deterministic},
       {"bad_input_errors", bad_input_errors},
   };
-  int failed = 0, ran = 0;
-  for (const auto& [name, fn] : cases) {
-    if (argc > 1 && name != argv[1]) continue;
-    ++ran;
-    const bool ok = fn();
-    std::printf("%s %s\n", ok ? "PASS" : "FAIL", name.c_str());
-    failed += ok ? 0 : 1;
-  }
-  if (ran == 0) {
-    std::fprintf(stderr, "no test case named %s\n", argc > 1 ? argv[1] : "");
-    return 2;
-  }
-  return failed == 0 ? 0 : 1;
+  return lomar_ops_test::run_cases(argc, argv, cases);
 }

@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "harness.h"
+
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -12,6 +14,8 @@
 #include <vector>
 
 namespace {
+
+using lomar_ops_test::throws_with;
 
 at::Tensor call_loss(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& mask,
                      bool norm_pix, double eps) {
@@ -30,15 +34,6 @@ at::Tensor call_backward(const at::Tensor& grad, const at::Tensor& pred, const a
                                          const at::Tensor&, bool, double)>();
   return op.call(grad, pred, target, mask, norm_pix, eps);
 }
-
-#define EXPECT(cond)                                                              \
-  do {                                                                            \
-    if (!(cond)) {                                                                \
-      std::fprintf(stderr, "%s:%d: expectation failed: %s\n", __FILE__, __LINE__, \
-                   #cond);                                                        \
-      return false;                                                               \
-    }                                                                             \
-  } while (0)
 
 at::Tensor random_mask(int64_t S, int64_t L) {
   auto mask = at::rand({S, L}) < 0.7;
@@ -141,20 +136,6 @@ bool deterministic() {
   return true;
 }
 
-template <typename F>
-bool throws_with(F&& f, const std::string& needle) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    const std::string msg = e.what();
-    if (msg.find(needle) != std::string::npos) return true;
-    std::fprintf(stderr, "error message lacks '%s': %s\n", needle.c_str(), msg.c_str());
-    return false;
-  }
-  std::fprintf(stderr, "no error raised (expected '%s')\n", needle.c_str());
-  return false;
-}
-
 bool bad_input_errors() {
   auto pred = at::randn({2, 4, 5});
   auto target = at::randn({2, 4, 5});
@@ -191,17 +172,5 @@ int main(int argc, char** argv) {
       {"deterministic", deterministic},
       {"bad_input_errors", bad_input_errors},
   };
-  int failed = 0, ran = 0;
-  for (const auto& [name, fn] : cases) {
-    if (argc > 1 && name != argv[1]) continue;
-    ++ran;
-    const bool ok = fn();
-    std::printf("%s %s\n", ok ? "PASS" : "FAIL", name.c_str());
-    failed += ok ? 0 : 1;
-  }
-  if (ran == 0) {
-    std::fprintf(stderr, "no test case named %s\n", argc > 1 ? argv[1] : "");
-    return 2;
-  }
-  return failed == 0 ? 0 : 1;
+  return lomar_ops_test::run_cases(argc, argv, cases);
 }

@@ -4,12 +4,16 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "harness.h"
+
 #include <cstdio>
 #include <functional>
 #include <map>
 #include <string>
 
 namespace {
+
+using lomar_ops_test::throws_with;
 
 at::Tensor call_rpe_gather(const at::Tensor& table, const at::Tensor& ids) {
   static auto op = c10::Dispatcher::singleton()
@@ -24,15 +28,6 @@ at::Tensor call_rpe_gather_backward(const at::Tensor& grad, const at::Tensor& id
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t)>();
   return op.call(grad, ids, nb);
 }
-
-#define EXPECT(cond)                                                              \
-  do {                                                                            \
-    if (!(cond)) {                                                                \
-      std::fprintf(stderr, "%s:%d: expectation failed: %s\n", __FILE__, __LINE__, \
-                   #cond);                                                        \
-      return false;                                                               \
-    }                                                                             \
-  } while (0)
 
 at::Tensor random_ids(int64_t n, int64_t nb) {
   return at::randint(0, nb, {n, n}, at::TensorOptions().dtype(at::kInt));
@@ -101,20 +96,6 @@ bool non_contiguous_table() {
   return true;
 }
 
-template <typename F>
-bool throws_with(F&& f, const std::string& needle) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    const std::string msg = e.what();
-    if (msg.find(needle) != std::string::npos) return true;
-    std::fprintf(stderr, "error message lacks '%s': %s\n", needle.c_str(), msg.c_str());
-    return false;
-  }
-  std::fprintf(stderr, "no error raised (expected '%s')\n", needle.c_str());
-  return false;
-}
-
 bool bad_input_errors() {
   auto table = at::randn({1, 1, 4, 5});
   EXPECT(throws_with([&] { call_rpe_gather(table, at::full({4, 4}, 5, at::kInt)); },
@@ -147,17 +128,5 @@ int main(int argc, char** argv) {
       {"non_contiguous_table", non_contiguous_table},
       {"bad_input_errors", bad_input_errors},
   };
-  int failed = 0, ran = 0;
-  for (const auto& [name, fn] : cases) {
-    if (argc > 1 && name != argv[1]) continue;
-    ++ran;
-    const bool ok = fn();
-    std::printf("%s %s\n", ok ? "PASS" : "FAIL", name.c_str());
-    failed += ok ? 0 : 1;
-  }
-  if (ran == 0) {
-    std::fprintf(stderr, "no test case named %s\n", argc > 1 ? argv[1] : "");
-    return 2;
-  }
-  return failed == 0 ? 0 : 1;
+  return lomar_ops_test::run_cases(argc, argv, cases);
 }

@@ -4,12 +4,16 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "harness.h"
+
 #include <cstdio>
 #include <functional>
 #include <map>
 #include <string>
 
 namespace {
+
+using lomar_ops_test::throws_with;
 
 at::Tensor call_patchify(const at::Tensor& images, const at::Tensor& coords, int64_t K,
                          int64_t p) {
@@ -28,15 +32,6 @@ at::Tensor call_patchify_backward(const at::Tensor& grad, const at::Tensor& coor
                                          int64_t, int64_t, int64_t)>();
   return op.call(grad, coords, K, p, H, W);
 }
-
-#define EXPECT(cond)                                                              \
-  do {                                                                            \
-    if (!(cond)) {                                                                \
-      std::fprintf(stderr, "%s:%d: expectation failed: %s\n", __FILE__, __LINE__, \
-                   #cond);                                                        \
-      return false;                                                               \
-    }                                                                             \
-  } while (0)
 
 // (B, C, H, W, K, p, n): odd shapes, non-square grids, overlapping windows.
 struct Case {
@@ -142,20 +137,6 @@ bool non_contiguous_images() {
   return true;
 }
 
-template <typename F>
-bool throws_with(F&& f, const std::string& needle) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    const std::string msg = e.what();
-    if (msg.find(needle) != std::string::npos) return true;
-    std::fprintf(stderr, "error message lacks '%s': %s\n", needle.c_str(), msg.c_str());
-    return false;
-  }
-  std::fprintf(stderr, "no error raised (expected '%s')\n", needle.c_str());
-  return false;
-}
-
 bool bad_input_errors() {
   auto images = at::randn({1, 3, 32, 48});
   auto coords = at::zeros({1, 2, 2}, at::kInt);
@@ -197,17 +178,5 @@ int main(int argc, char** argv) {
       {"non_contiguous_images", non_contiguous_images},
       {"bad_input_errors", bad_input_errors},
   };
-  int failed = 0, ran = 0;
-  for (const auto& [name, fn] : cases) {
-    if (argc > 1 && name != argv[1]) continue;
-    ++ran;
-    const bool ok = fn();
-    std::printf("%s %s\n", ok ? "PASS" : "FAIL", name.c_str());
-    failed += ok ? 0 : 1;
-  }
-  if (ran == 0) {
-    std::fprintf(stderr, "no test case named %s\n", argc > 1 ? argv[1] : "");
-    return 2;
-  }
-  return failed == 0 ? 0 : 1;
+  return lomar_ops_test::run_cases(argc, argv, cases);
 }
