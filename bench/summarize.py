@@ -20,11 +20,16 @@ def main(folder: str) -> None:
     for path in sorted(root.glob("bench_*.json")):
         rows = json.loads(path.read_text())
         print(f"\n{path.stem}")
-        print(f"  {'case':<16}{'mode':<9}{'backend':<8}{'dtype':<10}{'ms':>10}{'GB/s':>10}{'of copy':>9}")
+        print(f"  {'case':<16}{'mode':<9}{'backend':<10}{'dtype':<10}{'ms':>10}{'GB/s':>9}"
+              f"{'of copy':>9}{'TFLOP/s':>9}{'of mm':>7}")
         for r in sorted(rows, key=lambda r: (r["case"], r["mode"], r["backend"])):
             frac = f"{r['gbps'] / ceilings['copy_gbps']:.0%}" if ceilings and "gbps" in r else ""
-            print(f"  {r['case']:<16}{r['mode']:<9}{r['backend']:<8}{r['dtype']:<10}"
-                  f"{r['median_ms']:>10.4f}{r.get('gbps', float('nan')):>10.1f}{frac:>9}")
+            tflops = f"{r['tflops']:.3f}" if "tflops" in r else ""
+            of_mm = (f"{r['tflops'] / ceilings['bf16_matmul_tflops']:.0%}"
+                     if ceilings and "tflops" in r else "")
+            print(f"  {r['case']:<16}{r['mode']:<9}{r['backend']:<10}{r['dtype']:<10}"
+                  f"{r['median_ms']:>10.4f}{r.get('gbps', float('nan')):>9.1f}{frac:>9}"
+                  f"{tflops:>9}{of_mm:>7}")
 
 
 if __name__ == "__main__":
