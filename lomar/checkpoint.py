@@ -109,3 +109,33 @@ def export_safetensors(state_dict: dict, path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def convert_official(checkpoint: dict) -> dict:
+    """A state dict for lomar.models from the authors' LoMaR checkpoint (pretraining
+    or fine-tuning; the dict saved with the state dict under ``model``, or the state
+    dict itself).
+
+    Their iRPE table ``blocks.{i}.attn.rpe_k.lookup_table_weight`` is laid out
+    (heads, head_dim, buckets), one head when shared: it becomes
+    ``blocks.{i}.attn.rpe_table`` (buckets, head_dim), or (heads, buckets, head_dim).
+    Their pretraining model's ``pos_embed`` is unused (frozen, never added) and dropped.
+    Every other name is the same."""
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not state:
+        raise ValueError("convert_official: expected the authors' checkpoint dict (key 'model') "
+                         "or its state dict")
+    out = {}
+    for name, value in state.items():
+        if name == "pos_embed":
+            continue
+        if name.endswith("attn.rpe_k.lookup_table_weight"):
+            if value.dim() != 3:
+                raise ValueError(f"convert_official: {name} must be (heads, head_dim, buckets), "
+                                 f"got {tuple(value.shape)}")
+            table = value.permute(0, 2, 1).contiguous()  # (heads, buckets, head_dim)
+            out[name.replace("rpe_k.lookup_table_weight", "rpe_table")] = (
+                table[0] if table.shape[0] == 1 else table)
+            continue
+        out[name] = value
+    return out

@@ -1,0 +1,41 @@
+"""Model registry: ``create_model(name, **kwargs)``.
+
+* ``lomar_vit_{small,base,large,huge}_patch{16,14,8}``: LoMaR pretraining models;
+* ``vit_{small,base,large,huge}_patch{16,14,8}``: encoders for fine-tuning and inference;
+* ``mae_vit_{base,large}_patch16_dec512d8b``, ``mae_vit_huge_patch14_dec512d8b``: MAE."""
+
+from __future__ import annotations
+
+from ..baselines.mae import MAE_MODELS, create_mae
+from .lomar_vit import IRPEAttention, LoMaRPretrain, LoMaRViT
+
+SIZES = {  # embed_dim, depth, num_heads
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+    "huge": (1280, 32, 16),
+}
+PATCHES = (16, 14, 8)
+
+
+def model_names() -> list[str]:
+    names = [f"{kind}_{size}_patch{p}" for kind in ("lomar_vit", "vit") for size in SIZES
+             for p in PATCHES]
+    return names + list(MAE_MODELS)
+
+
+def create_model(name: str, **kwargs):
+    """A model by name; kwargs override the architecture's defaults."""
+    if name in MAE_MODELS:
+        return create_mae(name, **kwargs)
+    for kind, cls in (("lomar_vit_", LoMaRPretrain), ("vit_", LoMaRViT)):
+        if name.startswith(kind):
+            size, _, patch = name[len(kind):].partition("_patch")
+            if size in SIZES and patch.isdigit() and int(patch) in PATCHES:
+                dim, depth, heads = SIZES[size]
+                return cls(**{"patch_size": int(patch), "embed_dim": dim, "depth": depth,
+                              "num_heads": heads, **kwargs})
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(model_names())}")
+
+
+__all__ = ["IRPEAttention", "LoMaRPretrain", "LoMaRViT", "create_model", "model_names"]

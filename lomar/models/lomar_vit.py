@@ -1,0 +1,267 @@
+"""LoMaR models (shared/REFERENCE.md sections 1 and 2), built on lomar_ops.
+
+Pretraining (:class:`LoMaRPretrain`): for each image, ``num_windows`` random
+K x K-patch windows (independent per image by default; ``window_sampling="batch"``
+reproduces the authors' shared windows); the windows' pixels are read by
+``window_patchify`` (never the whole image), embedded by the patch-embedding
+linear map, ``mask_substitute`` puts the mask token on floor(K*K*mask_ratio)
+patches per window and prepends cls; ViT blocks with iRPE (contextual, on keys,
+shared by heads) through ``window_attention``; a linear head; ``masked_patch_loss``.
+
+Fine-tuning and inference (:class:`LoMaRViT`): the same blocks on the whole patch
+grid, iRPE over the full grid, mean-pooled patch features + fc_norm (or cls).
+
+``ops_backend`` (None or one of lomar_ops.BACKENDS) moves every op of a model to
+one backend, e.g. "torch" for the pure-PyTorch references."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, trunc_normal_
+from torch import nn
+
+import lomar_ops
+
+from ..pos_embed import sincos_2d
+
+
+class IRPEAttention(nn.Module):
+    """Multi-head self-attention with iRPE's contextual term on keys:
+    logit_ij = scale q_i.k_j + q_i.R[bucket(i, j)], R (NB, head_dim) shared by all heads
+    (``per_head_rpe``: (H, NB, head_dim)), zero-initialised as in iRPE."""
+
+    def __init__(self, dim: int, num_heads: int, num_buckets: int | None, qkv_bias: bool = True,
+                 per_head_rpe: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} must be a multiple of num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.rpe_table = None
+        if num_buckets:
+            shape = (num_heads, num_buckets, self.head_dim) if per_head_rpe else \
+                (num_buckets, self.head_dim)
+            self.rpe_table = nn.Parameter(torch.zeros(shape))
+
+    def forward(self, x: torch.Tensor, bucket_ids: torch.Tensor | None,
+                backend: str | None = None) -> torch.Tensor:
+        S, N, D = x.shape
+        qkv = self.qkv(x).view(S, N, 3, self.num_heads, self.head_dim)
+        if self.rpe_table is None:
+            out = lomar_ops.window_attention_qkvpacked(qkv, rpe=None, backend=backend)
+        else:
+            out = lomar_ops.window_attention_qkvpacked(
+                qkv, rpe=self.rpe_table.to(qkv.dtype), rpe_mode="contextual",
+                bucket_ids=bucket_ids, backend=backend)
+        return self.proj(out.reshape(S, N, D))
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block: x + attn(LN(x)), x + mlp(LN(x)); LayerNorm eps 1e-6."""
+
+    def __init__(self, dim: int, num_heads: int, num_buckets: int | None, mlp_ratio: float = 4.0,
+                 drop_path: float = 0.0, per_head_rpe: bool = False):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = IRPEAttention(dim, num_heads, num_buckets, per_head_rpe=per_head_rpe)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+
+    def forward(self, x, bucket_ids, backend=None):
+        x = x + self.drop_path(self.attn(self.norm1(x), bucket_ids, backend))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    """The p x p stride-p patch embedding (weight (D, C, p, p), the authors' conv
+    layout), applied as a linear map to patches already in (row, column, channel)
+    pixel order, the layout window_patchify produces."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        w = self.proj.weight  # (D, C, p, p) -> (D, p*p*C) in (row, col, channel) order
+        return F.linear(patches, w.permute(0, 2, 3, 1).reshape(w.shape[0], -1), self.proj.bias)
+
+
+def _init_weights(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio,
+                 drop_path_rate, rpe, rpe_ratio, per_head_rpe):
+        super().__init__()
+        self.patch_size, self.in_chans, self.embed_dim = patch_size, in_chans, embed_dim
+        self.rpe, self.rpe_ratio = rpe, rpe_ratio
+        num_buckets = lomar_ops.irpe_num_buckets(rpe_ratio) if rpe else None
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, num_buckets, mlp_ratio, r,
+                                           per_head_rpe) for r in rates])
+        self._bucket_cache: dict = {}
+        self.ops_backend: str | None = None
+
+    def bucket_ids(self, h: int, w: int, device) -> torch.Tensor | None:
+        """iRPE bucket map for 1 cls + an h x w grid, cached per size and device."""
+        if not self.rpe:
+            return None
+        key = (h, w, str(device))
+        if key not in self._bucket_cache:
+            self._bucket_cache[key] = lomar_ops.irpe_bucket_ids(h, w, 1, self.rpe_ratio,
+                                                                device=device)
+        return self._bucket_cache[key]
+
+    def check_images(self, imgs: torch.Tensor) -> tuple[int, int]:
+        if not isinstance(imgs, torch.Tensor) or imgs.dim() != 4 or imgs.shape[1] != self.in_chans:
+            got = tuple(imgs.shape) if isinstance(imgs, torch.Tensor) else type(imgs).__name__
+            raise ValueError(f"imgs must be (B, {self.in_chans}, H, W), got {got}")
+        h, w = imgs.shape[-2:]
+        p = self.patch_size
+        if h % p or w % p:
+            raise ValueError(f"imgs: H and W must be multiples of the patch size {p}, "
+                             f"got {h}x{w}")
+        return h // p, w // p
+
+    def run_blocks(self, x, bucket_ids):
+        for blk in self.blocks:
+            x = blk(x, bucket_ids, self.ops_backend)
+        return x
+
+
+class LoMaRPretrain(_Encoder):
+    """``loss, pred, mask = model(imgs, window_size=7, num_windows=4, mask_ratio=0.8)``.
+
+    pred (B, n, K*K, p*p*C) predicted pixels of every window patch (normalised-pixel
+    space when norm_pix_loss); mask (B, n, K*K) bool, True = masked (and in the loss).
+    ``coords`` (B, n, 2) and ``window_mask`` (B*n, K*K) fix the windows and masks;
+    ``generator`` draws them reproducibly; ``abs_pos_embed`` replaces iRPE with fixed
+    sin-cos position embeddings of each window patch's place in the image."""
+
+    def __init__(self, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
+                 mlp_ratio=4.0, norm_pix_loss=True, rpe=True, rpe_ratio=1.9,
+                 per_head_rpe=False, abs_pos_embed=False, window_sampling="image"):
+        super().__init__(patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, 0.0,
+                         rpe and not abs_pos_embed, rpe_ratio, per_head_rpe)
+        if window_sampling not in ("image", "batch"):
+            raise ValueError(f"window_sampling must be 'image' or 'batch', got {window_sampling!r}")
+        self.window_sampling = window_sampling
+        self.norm_pix_loss = norm_pix_loss
+        self.abs_pos_embed = abs_pos_embed
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.encoder_pred = nn.Linear(embed_dim, patch_size * patch_size * in_chans)
+        _init_weights(self)
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def sample(self, imgs, window_size, num_windows, mask_ratio, generator=None):
+        """(coords (B, n, 2), window_mask (B*n, K*K)) as the forward draws them."""
+        gh, gw = self.check_images(imgs)
+        B = imgs.shape[0]
+        if self.window_sampling == "batch":
+            coords = lomar_ops.sample_windows(1, gh, gw, num_windows, window_size,
+                                              generator=generator, device=imgs.device)
+            coords = coords.expand(B, -1, -1).contiguous()
+        else:
+            coords = lomar_ops.sample_windows(B, gh, gw, num_windows, window_size,
+                                              generator=generator, device=imgs.device)
+        mask = lomar_ops.sample_window_masks(B * num_windows, window_size, mask_ratio,
+                                             generator=generator, device=imgs.device)
+        return coords, mask
+
+    def _window_pos_embed(self, coords, K):
+        B, n, _ = coords.shape
+        # sin-cos of each window patch's (row, col) in the image grid (absolute variant)
+        rows = coords[..., 0, None, None] + torch.arange(K, device=coords.device)[:, None]
+        cols = coords[..., 1, None, None] + torch.arange(K, device=coords.device)[None, :]
+        gh = int(rows.max()) + 1
+        gw = int(cols.max()) + 1
+        table = sincos_2d(self.embed_dim, gh, gw, num_cls=0).to(coords.device)
+        idx = (rows * gw + cols).reshape(B * n, K * K)
+        return table[idx]
+
+    def forward(self, imgs, window_size=7, num_windows=4, mask_ratio=0.8, generator=None,
+                coords=None, window_mask=None):
+        gh, gw = self.check_images(imgs)
+        if window_size > gh or window_size > gw:
+            raise ValueError(f"window_size {window_size} does not fit the patch grid "
+                             f"{gh}x{gw} of {imgs.shape[-2]}x{imgs.shape[-1]} images")
+        if not 0 < mask_ratio < 1:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        if coords is None or window_mask is None:
+            sampled = self.sample(imgs, window_size, num_windows, mask_ratio, generator)
+            coords = sampled[0] if coords is None else coords
+            window_mask = sampled[1] if window_mask is None else window_mask
+        K, backend = window_size, self.ops_backend
+        B, n = coords.shape[:2]
+        patches = lomar_ops.window_patchify(imgs, coords, K, self.patch_size, backend=backend)
+        target = patches.flatten(0, 1)                                   # (S, K*K, p*p*C)
+        tokens = self.patch_embed(target)
+        if self.abs_pos_embed:
+            tokens = tokens + self._window_pos_embed(coords, K).to(tokens.dtype)
+        x = lomar_ops.mask_substitute(tokens, window_mask, self.mask_token.view(-1).to(tokens.dtype),
+                                      self.cls_token.view(-1).to(tokens.dtype), backend=backend)
+        x = self.norm(self.run_blocks(x, self.bucket_ids(K, K, imgs.device)))
+        pred = self.encoder_pred(x)[:, 1:]
+        loss = lomar_ops.masked_patch_loss(pred, target, window_mask, norm_pix=self.norm_pix_loss,
+                                           backend=backend)
+        L = K * K
+        return loss, pred.reshape(B, n, L, -1), window_mask.reshape(B, n, L)
+
+
+class LoMaRViT(_Encoder):
+    """ViT encoder with iRPE over the whole patch grid, for fine-tuning and inference:
+    ``logits = model(imgs)``; ``model.forward_features(imgs)`` gives the pooled features."""
+
+    def __init__(self, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
+                 mlp_ratio=4.0, num_classes=1000, global_pool=True, drop_path_rate=0.0,
+                 rpe=True, rpe_ratio=1.9, per_head_rpe=False):
+        super().__init__(patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio,
+                         drop_path_rate, rpe, rpe_ratio, per_head_rpe)
+        self.global_pool = global_pool
+        self.num_classes = num_classes
+        if global_pool:
+            self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        else:
+            self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        _init_weights(self)
+        nn.init.normal_(self.cls_token, std=0.02)
+        if num_classes > 0:
+            trunc_normal_(self.head.weight, std=2e-5)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token"} | {n for n, _ in self.named_parameters() if n.endswith("rpe_table")}
+
+    def forward_features(self, imgs):
+        gh, gw = self.check_images(imgs)
+        p = self.patch_size
+        B = imgs.shape[0]
+        patches = imgs.reshape(B, self.in_chans, gh, p, gw, p).permute(0, 2, 4, 3, 5, 1)
+        x = self.patch_embed(patches.reshape(B, gh * gw, p * p * self.in_chans))
+        x = torch.cat([self.cls_token.expand(B, -1, -1).to(x.dtype), x], dim=1)
+        x = self.run_blocks(x, self.bucket_ids(gh, gw, imgs.device))
+        if self.global_pool:
+            return self.fc_norm(x[:, 1:].mean(dim=1))
+        return self.norm(x)[:, 0]
+
+    def forward(self, imgs):
+        return self.head(self.forward_features(imgs))

@@ -1,0 +1,140 @@
+"""lomar.models on tiny configurations: shapes, the fused-ops step equal to the
+reference-ops step, the authors' architecture reproduced through convert_official,
+variants, bad configurations."""
+
+import pytest
+import torch
+
+import authors_lomar
+from lomar.checkpoint import convert_official
+from lomar.models import LoMaRPretrain, create_model
+
+TINY = dict(patch_size=8, embed_dim=32, depth=2, num_heads=4)
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    model = LoMaRPretrain(**{**TINY, **kw})
+    for blk in model.blocks:  # iRPE tables start at zero: make them matter
+        if blk.attn.rpe_table is not None:
+            torch.nn.init.normal_(blk.attn.rpe_table, std=0.5)
+    return model
+
+
+def test_parameter_count_matches_the_authors():
+    model = create_model("lomar_vit_base_patch16")
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 86_277_120
+
+
+def test_shapes_and_masks_any_resolution():
+    model = tiny()
+    imgs = torch.randn(3, 3, 96, 64)  # 12 x 8 patch grid
+    loss, pred, mask = model(imgs, window_size=5, num_windows=2, mask_ratio=0.6,
+                             generator=torch.Generator().manual_seed(0))
+    assert loss.dim() == 0 and pred.shape == (3, 2, 25, 192) and mask.shape == (3, 2, 25)
+    assert (mask.sum(-1) == 15).all()
+
+
+def test_generator_reproduces_and_window_sampling_modes():
+    imgs = torch.randn(4, 3, 64, 64)
+    model = tiny()
+    a = model(imgs, 4, 3, 0.75, generator=torch.Generator().manual_seed(3))
+    b = model(imgs, 4, 3, 0.75, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+    coords, _ = model.sample(imgs, 4, 3, 0.75, torch.Generator().manual_seed(1))
+    assert not all(torch.equal(coords[0], coords[i]) for i in range(1, 4))  # per image
+    shared = tiny(window_sampling="batch")
+    coords, _ = shared.sample(imgs, 4, 3, 0.75, torch.Generator().manual_seed(1))
+    assert all(torch.equal(coords[0], coords[i]) for i in range(1, 4))
+
+
+def test_fused_ops_step_equals_reference_ops_step():
+    imgs = torch.randn(2, 3, 64, 80)
+    results = []
+    for backend in ("cpu", "torch"):
+        model = tiny()
+        model.ops_backend = backend
+        loss, _, _ = model(imgs, 5, 3, 0.8, generator=torch.Generator().manual_seed(5))
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6,
+                                   msg=lambda m: f"{name}: {m}")
+
+
+def _official_state_dict(model: LoMaRPretrain) -> dict:
+    """The authors' checkpoint for ``model``'s weights: their names and table layout."""
+    sd = {}
+    for name, value in model.state_dict().items():
+        if name.endswith("attn.rpe_table"):
+            sd[name.replace("rpe_table", "rpe_k.lookup_table_weight")] = value.t()[None].clone()
+        else:
+            sd[name] = value.clone()
+    sd["pos_embed"] = torch.zeros(1, 1 + 64, model.embed_dim)  # theirs: present, unused
+    return sd
+
+
+def test_convert_official_reproduces_the_authors_architecture():
+    ours = tiny()
+    official = _official_state_dict(ours)
+    torch.manual_seed(7)
+    official = {k: (v + 0.1 * torch.randn_like(v)) if v.is_floating_point() else v
+                for k, v in official.items()}  # weights unlike the ones ours was built with
+    model = LoMaRPretrain(**TINY)
+    model.load_state_dict(convert_official({"model": official, "epoch": 3}), strict=True)
+    imgs = torch.randn(2, 3, 64, 72)
+    coords, mask = model.sample(imgs, 7, 2, 0.8, torch.Generator().manual_seed(2))
+    loss, pred, _ = model(imgs, 7, 2, 0.8, coords=coords, window_mask=mask)
+    want_loss, want_pred = authors_lomar.forward(official, imgs, coords, mask, K=7, p=8,
+                                                 depth=2, heads=4)
+    torch.testing.assert_close(pred.flatten(0, 1), want_pred, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+
+
+def test_convert_official_fine_tuning_checkpoint():
+    model = create_model("vit_small_patch16", depth=1, num_classes=5)
+    sd = {k: v for k, v in model.state_dict().items()}
+    table = sd.pop("blocks.0.attn.rpe_table")
+    sd["blocks.0.attn.rpe_k.lookup_table_weight"] = table.t()[None]
+    converted = convert_official({"model": sd})
+    assert torch.equal(converted["blocks.0.attn.rpe_table"], table)
+    model.load_state_dict(converted, strict=True)
+    with pytest.raises(ValueError, match="expected the authors' checkpoint dict"):
+        convert_official({"model": {}})
+
+
+def test_fine_tuning_model_pools_and_classifies():
+    for pool in (True, False):
+        model = create_model("vit_small_patch16", depth=2, num_classes=7, global_pool=pool,
+                             drop_path_rate=0.1)
+        logits = model(torch.randn(2, 3, 64, 48))
+        assert logits.shape == (2, 7)
+    assert "cls_token" in model.no_weight_decay()
+
+
+def test_variants():
+    per_head = tiny(per_head_rpe=True)
+    assert per_head.blocks[0].attn.rpe_table.shape == (4, 50, 8)
+    per_head(torch.randn(1, 3, 64, 64), 5, 2, 0.8)[0].backward()
+    absolute = tiny(abs_pos_embed=True)
+    assert absolute.blocks[0].attn.rpe_table is None
+    loss, _, _ = absolute(torch.randn(1, 3, 64, 64), 5, 2, 0.8)
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda m: m(torch.randn(1, 3, 64, 64), window_size=9), "window_size 9 does not fit"),
+    (lambda m: m(torch.randn(1, 3, 64, 64), mask_ratio=1.0), r"mask_ratio must be in \(0, 1\)"),
+    (lambda m: m(torch.randn(1, 3, 60, 64)), "multiples of the patch size 8, got 60x64"),
+    (lambda m: m(torch.randn(1, 1, 64, 64)), r"imgs must be \(B, 3, H, W\)"),
+])
+def test_bad_configurations(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(tiny())
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="unknown model 'lomar_vit_tiny_patch16'; known: "):
+        create_model("lomar_vit_tiny_patch16")
