@@ -15,8 +15,12 @@ EXT_STAMP  := $(VENV)/.ext-built
 
 .PHONY: demo test pytest cmake-test bench gpu-check info clean
 
+# The main job on an embedded default: every op checked against its reference,
+# then a small LoMaR pretrained on the offline photo set (loss curve and logs in
+# output/demo_pretrain/).
 demo: $(EXT_STAMP)
 	$(PY) -m lomar_ops smoke
+	$(PY) -m lomar pretrain --config configs/demo_pretrain.yaml
 
 test: $(EXT_STAMP) cmake-test pytest
 
@@ -46,7 +50,7 @@ $(VENV_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install "torch>=2.6" torchvision numpy ninja pybind11 "cmake>=3.26" setuptools \
-		wheel pillow pyyaml safetensors tensorboard matplotlib scikit-image timm \
+		wheel pillow pyyaml safetensors tensorboard matplotlib scikit-image timm tqdm \
 		pytest pytest-benchmark
 	touch $@
 

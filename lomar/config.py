@@ -44,6 +44,10 @@ def _coerce(key: str, value, kind):
         item = args[0] if args else typing.Any
         items = [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
+    if origin is dict or kind is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config: {key} must be a mapping, got {value!r}")
+        return dict(value)
     if origin is typing.Literal:
         allowed = typing.get_args(kind)
         if value not in allowed:

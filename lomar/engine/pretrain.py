@@ -1,0 +1,249 @@
+"""LoMaR pretraining: the recipe of shared/REFERENCE.md section 5 as defaults.
+
+    lomar pretrain --config configs/pretrain_vit_base.yaml data.path=/data/imagenet/train
+
+lr = blr * effective batch / 256; AdamW (0.9, 0.95), weight decay 0.05 off for
+norms, biases, tokens and iRPE tables; linear warmup then cosine per iteration;
+gradient accumulation; bf16 autocast on GPU; optional gradient clipping; DDP
+under torchrun. Checkpoints (model, optimizer, step, RNG states, config) are
+written atomically every ``save_every`` steps and at the end; ``resume`` continues
+exactly: data order, augmentation, windows and masks are functions of (seed,
+epoch, index) and (seed, step), not of process history."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+from timm.optim import param_groups_weight_decay
+from torch.nn.parallel import DistributedDataParallel
+
+from .. import distributed
+from ..checkpoint import (export_safetensors, load_checkpoint, rng_state, save_checkpoint,
+                          set_rng_state)
+from ..config import ConfigError, save_config, to_dict
+from ..data import ImageFiles, build_demo_photos, pretrain_transform
+from ..models import create_model, model_names
+from ..run_log import RunLog, plot_loss_curve
+from ..schedule import lr_at, scaled_lr, set_lr
+from .seeding import ResumableSampler, SeededItems, mix
+
+DEMO_DATA = "demo"  # data.path value: the offline photo set built from scikit-image
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = ""
+    input_size: int = 224
+    min_scale: float = 0.2
+    num_workers: int = 2
+    on_corrupt: Literal["skip", "error"] = "skip"
+    demo_images: int = 512  # size of the demo set when path is "demo"
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    window_size: int = 7
+    num_windows: int = 4
+    mask_ratio: float = 0.8
+    window_sampling: Literal["image", "batch"] = "image"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    blr: float = 1.5e-4
+    lr: Optional[float] = None  # absolute lr; default blr * effective batch / 256
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_epochs: float = 20.0
+    min_lr: float = 0.0
+    clip_grad: Optional[float] = None
+    accum_iter: int = 1
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    model: str = "lomar_vit_base_patch16"
+    model_kwargs: dict = field(default_factory=dict)
+    norm_pix_loss: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch_size: int = 64  # per process
+    epochs: float = 300.0
+    max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
+    seed: int = 0
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    amp: bool = True  # bf16 autocast on CUDA
+    ops_backend: Optional[str] = None
+    output_dir: str = "output/pretrain"
+    save_every: int = 1000
+    log_every: int = 10
+    resume: Optional[str] = None
+    progress: bool = True
+
+    def validate(self) -> None:
+        if not self.model.startswith("lomar_vit_") or self.model not in model_names():
+            known = [n for n in model_names() if n.startswith("lomar_vit_")]
+            raise ConfigError(f"config: model must be a LoMaR pretraining model, got "
+                              f"{self.model!r}; known: {', '.join(known)}")
+        patch = int(self.model.rsplit("patch", 1)[1])
+        size, K = self.data.input_size, self.mask.window_size
+        if size % patch:
+            raise ConfigError(f"config: data.input_size {size} must be a multiple of the "
+                              f"patch size {patch}")
+        if K < 1 or K > size // patch:
+            raise ConfigError(f"config: mask.window_size {K} must be in [1, {size // patch}] "
+                              f"(the patch grid of {size}x{size} images)")
+        if not 0 < self.mask.mask_ratio < 1 or int(K * K * self.mask.mask_ratio) == 0:
+            raise ConfigError(f"config: mask.mask_ratio must be in (0, 1) and mask at least one "
+                              f"of the {K * K} patches of a window, got {self.mask.mask_ratio}")
+        for name in ("batch_size", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config: {name} must be >= 1, got {getattr(self, name)}")
+        if self.optim.accum_iter < 1 or self.mask.num_windows < 1:
+            raise ConfigError("config: optim.accum_iter and mask.num_windows must be >= 1")
+        if not self.data.path:
+            raise ConfigError(f"config: data.path is required (an image folder, or "
+                              f"'{DEMO_DATA}' for the offline demo photos)")
+
+
+def _dataset(cfg: PretrainConfig, info: distributed.DistInfo) -> ImageFiles:
+    path = cfg.data.path
+    if path == DEMO_DATA:
+        path = str(Path(cfg.output_dir) / "demo_photos")
+        if info.is_main:
+            build_demo_photos(path, num_images=cfg.data.demo_images,
+                              size=max(256, cfg.data.input_size), seed=0)
+        if info.enabled:
+            torch.distributed.barrier()
+    transform = pretrain_transform(cfg.data.input_size, (cfg.data.min_scale, 1.0))
+    return ImageFiles(path, transform, on_corrupt=cfg.data.on_corrupt)
+
+
+def pretrain(cfg: PretrainConfig) -> dict:
+    """Run (or resume) a pretraining job; returns a summary (steps, last loss, paths)."""
+    cfg.validate()
+    info = distributed.setup(cfg.device)
+    try:
+        return _run(cfg, info)
+    finally:
+        distributed.cleanup()
+
+
+def _run(cfg: PretrainConfig, info: distributed.DistInfo) -> dict:
+    out = Path(cfg.output_dir)
+    dataset = SeededItems(_dataset(cfg, info), cfg.seed)  # fails clearly on a bad folder
+    sampler = ResumableSampler(len(dataset), cfg.seed, info.rank, info.world_size)
+    micro_per_epoch = len(sampler) // cfg.batch_size
+    steps_per_epoch = micro_per_epoch // cfg.optim.accum_iter
+    if steps_per_epoch < 1:
+        raise ConfigError(f"config: {len(dataset)} images give no full optimizer step per epoch "
+                          f"(batch_size {cfg.batch_size} x accum_iter {cfg.optim.accum_iter} "
+                          f"x {info.world_size} processes)")
+    total_steps = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
+    warmup_steps = min(total_steps, int(cfg.optim.warmup_epochs * steps_per_epoch))
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, norm_pix_loss=cfg.norm_pix_loss,
+                         window_sampling=cfg.mask.window_sampling, **cfg.model_kwargs)
+    model.ops_backend = cfg.ops_backend
+    model.to(info.device)
+    no_decay = {n for n, _ in model.named_parameters()
+                if n.endswith(("cls_token", "mask_token", "rpe_table"))}
+    groups = param_groups_weight_decay(model, cfg.optim.weight_decay, no_decay)
+    effective_batch = cfg.batch_size * cfg.optim.accum_iter * info.world_size
+    peak_lr = cfg.optim.lr or scaled_lr(cfg.optim.blr, effective_batch)
+    optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=cfg.optim.betas)
+
+    step = 0
+    if cfg.resume:
+        state = load_checkpoint(cfg.resume, map_location=info.device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        step = int(state["step"])
+    net = DistributedDataParallel(model) if info.enabled else model
+    log = RunLog(out, enabled=info.is_main)
+    if info.is_main:
+        save_config(cfg, out / "config.yaml")
+
+    use_amp = cfg.amp and info.device.type == "cuda"
+    K, n, ratio = cfg.mask.window_size, cfg.mask.num_windows, cfg.mask.mask_ratio
+    bar = None
+    if info.is_main and cfg.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
+
+    def save(path_name: str) -> Path:
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": None,
+                 "step": step, "config": to_dict(cfg), "rng": rng_state()}
+        return save_checkpoint(out / path_name, state)
+
+    last_loss = math.nan
+    loader = None
+    while step < total_steps:
+        epoch, offset = divmod(step, steps_per_epoch)
+        dataset.epoch = epoch
+        sampler.set_position(epoch, offset * cfg.optim.accum_iter * cfg.batch_size)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                                             num_workers=cfg.data.num_workers, drop_last=True,
+                                             pin_memory=info.device.type == "cuda")
+        micro = 0
+        t0 = time.perf_counter()
+        for imgs, _ in loader:
+            imgs = imgs.to(info.device, non_blocking=True)
+            if micro % cfg.optim.accum_iter == 0:
+                set_lr(optimizer, lr_at(step, total_steps, warmup_steps, peak_lr, cfg.optim.min_lr))
+            g = torch.Generator(device=info.device).manual_seed(
+                mix(cfg.seed, step, micro % cfg.optim.accum_iter, info.rank))
+            last_micro = (micro + 1) % cfg.optim.accum_iter == 0
+            # Gradients are all-reduced on the last micro-batch of a step only.
+            sync = net.no_sync() if info.enabled and not last_micro else contextlib.nullcontext()
+            with sync:
+                with torch.autocast(info.device.type, torch.bfloat16, enabled=use_amp):
+                    loss = net(imgs, K, n, ratio, generator=g)[0]
+                if not distributed.all_finite(loss, info):
+                    raise FloatingPointError(
+                        f"pretrain: the loss is not finite at step {step} ({float(loss.detach())}); "
+                        f"stopped without updating the weights. The last good checkpoint is "
+                        f"{out / 'checkpoint-last.pt'} (if one was written).")
+                (loss / cfg.optim.accum_iter).backward()
+            micro += 1
+            if not last_micro:
+                continue
+            if cfg.optim.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            last_loss = distributed.mean_across(loss, info)
+            if step % cfg.log_every == 0 or step == total_steps:
+                elapsed = time.perf_counter() - t0
+                ips = micro * cfg.batch_size * info.world_size / max(elapsed, 1e-9)
+                log.log(step, loss=last_loss, lr=optimizer.param_groups[0]["lr"],
+                        images_per_s=ips, epoch=step / steps_per_epoch)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{ips:.1f}")
+            if bar is not None:
+                bar.update(1)
+            if info.is_main and (step % cfg.save_every == 0 or step == total_steps):
+                save("checkpoint-last.pt")
+            if step >= total_steps:
+                break
+    if bar is not None:
+        bar.close()
+    summary = {"steps": step, "loss": last_loss, "output_dir": str(out)}
+    if info.is_main:
+        export_safetensors(model.state_dict(), out / "model.safetensors")
+        log.close()
+        summary["loss_curve"] = str(plot_loss_curve(out / "log.jsonl", out / "loss.png",
+                                                    title=f"{cfg.model} pretraining loss"))
+        summary["checkpoint"] = str(out / "checkpoint-last.pt")
+    return summary
+
