@@ -136,14 +136,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
     return {z, z.clone(), z.clone(), p.mode ? at::zeros_like(*rpe) : at::empty({0}, q.options())};
   }
   const auto qh = heads_first(q, p), kh = heads_first(k, p), vh = heads_first(v, p);
-  const auto gh = heads_first(grad_out, p), oh = heads_first(out, p);
+  const auto gh = heads_first(grad_out, p);
   const auto R = p.mode ? rpe->to(p.acc).contiguous() : at::Tensor();
   const auto ids64 = p.mode ? ids->to(at::kLong).contiguous() : at::Tensor();
 
   // P = softmax(logits), recomputed; dS = P * (dO v^T - rowsum(dO * O)).
   auto P = logits_of(qh, kh, R, ids64, p).sub_(lse.to(p.acc).view({p.S * p.H, p.N, 1})).exp_();
   auto dv = at::bmm(P.transpose(1, 2), gh);
-  auto D = (gh * oh).sum(2, /*keepdim=*/true);
+  // D_i = dO_i . O_i, read in the (S, N, H, d) layout: no copy of O.
+  auto D = (grad_out.to(p.acc) * out.to(p.acc)).sum(3).permute({0, 2, 1}).reshape({p.S * p.H, p.N, 1});
   auto dS = P.mul_(at::bmm(gh, vh.transpose(1, 2)).sub_(D));  // P's storage reused
   auto dq = at::bmm(dS, kh).mul_(p.scale);
   auto dk = at::bmm(dS.transpose(1, 2), qh).mul_(p.scale);
@@ -155,17 +156,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
                   .scatter_add_(2, ids64.expand({p.S * p.H, p.N, p.N}), dS);
     dq.add_(p.per_head ? at::matmul(dT.view({p.S, p.H, p.N, p.NB}), R).view({p.S * p.H, p.N, p.d})
                        : at::matmul(dT, R));
-    // dR[b] = sum over pairs and rows of dT[pair, i, b] * q[pair, i]: one small GEMM
-    // per pair (single-threaded inside the parallel loop) into its group's partial.
+    // dR[b] = sum over pairs and rows of dT[pair, i, b] * q[pair, i]: one GEMM per
+    // group of pairs (a shared table) or per pair (per-head tables), single-threaded
+    // inside the parallel loop, into the group's partial.
     const int64_t heads_out = p.per_head ? p.H : 1;
     const int64_t pairs = p.S * p.H;
     const int64_t groups = (pairs + kPairsPerGroup - 1) / kPairsPerGroup;
     auto partial = at::zeros({groups, heads_out, p.NB, p.d}, dT.options());
     at::parallel_for(0, groups, 1, [&](int64_t g_begin, int64_t g_end) {
       for (int64_t g = g_begin; g < g_end; ++g) {
-        const int64_t last = std::min(pairs, (g + 1) * kPairsPerGroup);
-        for (int64_t pair = g * kPairsPerGroup; pair < last; ++pair) {
-          partial[g][p.per_head ? pair % p.H : 0].addmm_(dT[pair].t(), qh[pair]);
+        const int64_t first = g * kPairsPerGroup, last = std::min(pairs, first + kPairsPerGroup);
+        if (!p.per_head) {
+          partial[g][0].addmm_(dT.narrow(0, first, last - first).reshape({-1, p.NB}).t(),
+                               qh.narrow(0, first, last - first).reshape({-1, p.d}));
+          continue;
+        }
+        for (int64_t pair = first; pair < last; ++pair) {
+          partial[g][pair % p.H].addmm_(dT[pair].t(), qh[pair]);
         }
       }
     });
