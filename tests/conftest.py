@@ -55,3 +55,14 @@ def _no_backend_override(monkeypatch):
     # Tests choose backends explicitly; a user's override must not leak in.
     monkeypatch.delenv(lomar_ops.backends.ENV_VAR, raising=False)
     torch.manual_seed(0)
+
+
+def devices_backends_and_shapes(shapes, triton_cpu_shapes):
+    """(device, backend, shape) params: every shape, except that Triton's CPU
+    interpreter (slow) runs only ``triton_cpu_shapes``."""
+    params = []
+    for p in devices_and_backends():
+        chosen = triton_cpu_shapes if p.values == ("cpu", "triton") else shapes
+        params += [pytest.param(*p.values, shape, id=f"{p.id}-{shape}", marks=p.marks)
+                   for shape in chosen]
+    return params

@@ -7,7 +7,7 @@ import torch
 import lomar_ops
 from lomar_ops.reference import mask_substitute_reference
 
-from conftest import devices_and_backends
+from conftest import devices_and_backends, devices_backends_and_shapes
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 # The forward and grad_tokens are copies (or zeros): exact in every dtype.
@@ -61,18 +61,9 @@ def check_against_reference(device, backend, dtype, shape, with_cls):
         torch.testing.assert_close(got[2].double(), want[2], **reduction_tol(dtype, S))
 
 
-def _params_with_triton_shapes():
-    params = []
-    for p in devices_and_backends():
-        shapes = TRITON_CPU_SHAPES if p.values == ("cpu", "triton") else SHAPES
-        params += [pytest.param(*p.values, shape, id=f"{p.id}-{shape}", marks=p.marks)
-                   for shape in shapes]
-    return params
-
-
 @pytest.mark.parametrize("with_cls", [True, False], ids=["cls", "nocls"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("device,backend,shape", _params_with_triton_shapes())
+@pytest.mark.parametrize("device,backend,shape", devices_backends_and_shapes(SHAPES, TRITON_CPU_SHAPES))
 def test_forward_and_backward_match_reference(device, backend, shape, dtype, with_cls):
     check_against_reference(device, backend, dtype, shape, with_cls)
 
