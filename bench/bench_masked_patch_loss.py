@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import lomar_ops
-from common import bench_devices, device_name, time_case
+from common import backend_params, device_name, time_case
 
 # name: (S, L, P) on CUDA / on CPU
 CASES = {
@@ -21,22 +21,9 @@ CASES = {
 MASK_RATIO = 0.8
 
 
-def _params():
-    # Triton's CPU interpreter is for correctness, not speed: not benchmarked.
-    return [pytest.param(device, backend, id=f"{device.type}-{backend}")
-            for device in bench_devices() for backend in lomar_ops.BACKENDS
-            if not (device.type == "cpu" and backend == "triton")]
-
-
-def window_masks(S: int, L: int, device) -> torch.Tensor:
-    """Exactly floor(L * MASK_RATIO) masked patches per sequence, as LoMaR draws them."""
-    order = torch.rand(S, L, device=device).argsort(dim=1)
-    return order < int(L * MASK_RATIO)
-
-
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("device,backend", _params())
+@pytest.mark.parametrize("device,backend", backend_params())
 def test_masked_patch_loss(benchmark, record, device, backend, case, mode):
     reason = lomar_ops.backends.unavailable_reason(backend, device)
     if reason is not None:
@@ -45,7 +32,7 @@ def test_masked_patch_loss(benchmark, record, device, backend, case, mode):
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     pred = torch.randn(S, L, P, device=device, dtype=dtype, requires_grad=mode != "fwd")
     target = torch.randn(S, L, P, device=device, dtype=dtype)
-    mask = window_masks(S, L, device)
+    mask = lomar_ops.sample_window_masks(S, int(round(L ** 0.5)), MASK_RATIO, device=device)
     masked = int(mask.sum())
     elt = pred.element_size()
     nbytes = 2 * masked * P * elt + S * L

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import lomar_ops
-from common import bench_devices, device_name, time_case
+from common import backend_params, device_name, time_case
 
 # name: (S, H, N) on CUDA / on CPU
 CASES = {
@@ -21,16 +21,9 @@ CASES = {
 }
 
 
-def _params():
-    # Triton's CPU interpreter is for correctness, not speed: not benchmarked.
-    return [pytest.param(device, backend, id=f"{device.type}-{backend}")
-            for device in bench_devices() for backend in lomar_ops.BACKENDS
-            if not (device.type == "cpu" and backend == "triton")]
-
-
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("device,backend", _params())
+@pytest.mark.parametrize("device,backend", backend_params())
 def test_rpe_gather(benchmark, record, device, backend, case, mode):
     reason = lomar_ops.backends.unavailable_reason(backend, device)
     if reason is not None:

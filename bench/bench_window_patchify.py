@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import lomar_ops
-from common import bench_devices, device_name, time_case
+from common import backend_params, device_name, time_case
 
 WINDOWS, K, P = 4, 7, 16
 SIZES = [224, 448, 1024]
@@ -23,16 +23,9 @@ BATCH = {"cuda": 256, "cpu": 64}
 _MEDIANS: dict[tuple, float] = {}
 
 
-def _params():
-    # Triton's CPU interpreter is for correctness, not speed: not benchmarked.
-    return [pytest.param(device, backend, id=f"{device.type}-{backend}")
-            for device in bench_devices() for backend in lomar_ops.BACKENDS
-            if not (device.type == "cpu" and backend == "triton")]
-
-
 @pytest.mark.parametrize("size", SIZES)  # innermost: 224 runs first for each backend/mode
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("device,backend", _params())
+@pytest.mark.parametrize("device,backend", backend_params())
 def test_window_patchify(benchmark, record, device, backend, mode, size):
     reason = lomar_ops.backends.unavailable_reason(backend, device)
     if reason is not None:

@@ -51,6 +51,16 @@ def time_case(benchmark, fn, device: torch.device) -> tuple[float, str]:
     return float(triton.testing.do_bench(fn, return_mode="median")), "triton.do_bench"
 
 
+def backend_params() -> list:
+    """(device, backend) pytest params for every backend on the benchmark device.
+    Triton's CPU interpreter is for correctness, not speed: not benchmarked."""
+    import pytest
+
+    return [pytest.param(device, backend, id=f"{device.type}-{backend}")
+            for device in bench_devices() for backend in lomar_ops.BACKENDS
+            if not (device.type == "cpu" and backend == "triton")]
+
+
 def bench_devices() -> list[torch.device]:
     """$LOMAR_BENCH_DEVICE (cpu or cuda), else cuda when present, else cpu."""
     wanted = os.environ.get("LOMAR_BENCH_DEVICE")

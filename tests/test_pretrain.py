@@ -1,7 +1,6 @@
 """lomar pretrain on a tiny model and the offline photos: exact resume, a NaN stop
 that keeps the last good checkpoint, bad configurations refused before work."""
 
-import json
 import math
 import subprocess
 import sys
