@@ -2,10 +2,13 @@
 // (sequence, head), with the relative term of iRPE's contextual mode
 // (q_i . R[bucket(i, j)]), of the bias mode (rpe[h, bucket(i, j)]) or none.
 //
-// On a CPU the N x N logits of a short sequence fit in cache, so this kernel
-// does not tile like flash attention: the four matrix products go through ATen's
-// batched GEMM (BLAS) in fp32 (fp64 for double), and the parts GEMM cannot do
-// (the bucket gather, the softmax statistics, the table gradient) are loops here.
+// On a CPU the N x N logits of a short sequence fit in cache, so this kernel does
+// not tile like flash attention: the matrix products (q k^T, P v, their gradients
+// and the contextual table q R^T) go through ATen's batched GEMM (BLAS) in fp32
+// (fp64 for double), and everything between them (scale, the bucket gather of the
+// relative term, softmax and log-sum-exp, dS = P * (dP - D), the scatter of dS back
+// into buckets) is one fused pass over each logits row, so none of those
+// (sequences, N, N) intermediates is written, read back or zero-filled.
 // The forward returns each row's log-sum-exp, so the backward recomputes the
 // probabilities from the inputs. The table gradient is a reduction over all
 // sequences: (sequence, head) pairs are summed in fixed groups whose partial sums
@@ -15,6 +18,9 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
 #include <vector>
 
 #include "../lomar_ops.h"
@@ -24,6 +30,7 @@ namespace lomar_ops {
 namespace {
 
 constexpr int64_t kPairsPerGroup = 16;  // (s, h) pairs per partial sum of d(rpe)
+constexpr int64_t kRowsPerTask = 64;    // logits rows per parallel task
 
 enum Mode { kNone = 0, kBias = 1, kContextual = 2 };
 
@@ -55,9 +62,19 @@ at::Tensor heads_first(const at::Tensor& t, const Problem& p) {
   return t.permute({0, 2, 1, 3}).to(p.acc).contiguous().view({p.S * p.H, p.N, p.d});
 }
 
-// (S*H, N, d) -> (S, N, H, d) in dtype.
-at::Tensor tokens_first(const at::Tensor& t, const Problem& p, at::ScalarType dtype) {
-  return t.view({p.S, p.H, p.N, p.d}).permute({0, 2, 1, 3}).to(dtype).contiguous();
+// m @ x per (sequence, head), m (S*H, N, N) (or its transpose), x (S*H, N, d),
+// written straight into an (S, N, H, d) tensor: a GEMM batch per head whose output
+// rows are strided (BLAS takes that at full speed), instead of a transposed copy.
+at::Tensor to_tokens(const at::Tensor& m, bool transpose, const at::Tensor& x, const Problem& p) {
+  auto out = at::empty({p.S, p.N, p.H, p.d}, x.options());
+  const auto m4 = m.view({p.S, p.H, p.N, p.N});
+  const auto x4 = x.view({p.S, p.H, p.N, p.d});
+  for (int64_t h = 0; h < p.H; ++h) {
+    auto slot = out.select(2, h);
+    const auto mh = m4.select(1, h);
+    at::bmm_out(slot, transpose ? mh.transpose(1, 2) : mh, x4.select(1, h));
+  }
+  return out;
 }
 
 // q @ R^T per bucket: (S*H, N, NB).
@@ -66,16 +83,44 @@ at::Tensor contextual_table(const at::Tensor& qh, const at::Tensor& R, const Pro
   return at::matmul(qh.view({p.S, p.H, p.N, p.d}), R.transpose(1, 2)).view({p.S * p.H, p.N, p.NB});
 }
 
-// scale * q k^T + the relative term: (S*H, N, N).
-at::Tensor logits_of(const at::Tensor& qh, const at::Tensor& kh, const at::Tensor& R,
-                     const at::Tensor& ids64, const Problem& p) {
-  auto logits = at::bmm(qh, kh.transpose(1, 2)).mul_(p.scale);
-  if (p.mode == kContextual) {
-    logits.add_(at::gather(contextual_table(qh, R, p), 2, ids64.expand({p.S * p.H, p.N, p.N})));
-  } else if (p.mode == kBias) {
-    logits.view({p.S, p.H, p.N, p.N}).add_(R.index_select(1, ids64.flatten()).view({p.H, p.N, p.N}));
+// What the fused row pass reads to add the relative term: the contextual table
+// q R^T (S*H, N, NB) or the bias table (H, NB), and the bucket map.
+struct Relative {
+  at::Tensor table, ids64;
+};
+
+Relative relative_of(const at::Tensor& qh, const at::Tensor& R, const c10::optional<at::Tensor>& ids,
+                     const Problem& p) {
+  Relative r;
+  if (p.mode == kNone) return r;
+  r.ids64 = ids->to(at::kLong).contiguous();
+  r.table = p.mode == kContextual ? contextual_table(qh, R, p).contiguous() : R;
+  return r;
+}
+
+// Runs fn(h, i, row) for every logits row in parallel; row = (s*H + h)*N + i.
+template <typename Fn>
+void for_each_row(const Problem& p, Fn&& fn) {
+  at::parallel_for(0, p.S * p.H * p.N, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) fn((row / p.N) % p.H, row % p.N, row);
+  });
+}
+
+// Logits row in place: x_j = scale * (q k^T)_j + term_j. Returns its max.
+template <typename acc_t>
+acc_t finish_logits(acc_t* x, const Problem& p, const Relative& r, int64_t h, int64_t i,
+                    int64_t row) {
+  const acc_t scale = static_cast<acc_t>(p.scale);
+  acc_t m = -std::numeric_limits<acc_t>::infinity();
+  if (p.mode == kNone) {
+    for (int64_t j = 0; j < p.N; ++j) m = std::max(m, x[j] *= scale);
+    return m;
   }
-  return logits;
+  const int64_t* id = r.ids64.data_ptr<int64_t>() + i * p.N;
+  // contextual: this row of q R^T; bias: head h's row of the table.
+  const acc_t* t = r.table.data_ptr<acc_t>() + (p.mode == kContextual ? row : h) * p.NB;
+  for (int64_t j = 0; j < p.N; ++j) m = std::max(m, x[j] = scale * x[j] + t[id[j]]);
+  return m;
 }
 
 // Sum over (s, h) of per-pair tables, in fixed groups: table (S*H, X) -> (X) per
@@ -117,11 +162,23 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cpu(
   }
   const auto qh = heads_first(q, p), kh = heads_first(k, p), vh = heads_first(v, p);
   const auto R = p.mode ? rpe->to(p.acc).contiguous() : at::Tensor();
-  const auto ids64 = p.mode ? ids->to(at::kLong) : at::Tensor();
-  auto logits = logits_of(qh, kh, R, ids64, p);
-  auto lse = at::logsumexp(logits, {2}, /*keepdim=*/true);
-  auto out = at::bmm(logits.sub_(lse).exp_(), vh);
-  return {tokens_first(out, p, q.scalar_type()), lse.view({p.S, p.H, p.N})};
+  const Relative r = relative_of(qh, R, ids, p);
+  auto probs = at::bmm(qh, kh.transpose(1, 2));  // logits, then softmax in place
+  auto lse = at::empty({p.S, p.H, p.N}, qh.options());
+  AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "window_attention_fwd_cpu", [&] {
+    scalar_t* P = probs.data_ptr<scalar_t>();
+    scalar_t* L = lse.data_ptr<scalar_t>();
+    for_each_row(p, [&](int64_t h, int64_t i, int64_t row) {
+      scalar_t* x = P + row * p.N;
+      const scalar_t m = finish_logits(x, p, r, h, i, row);
+      scalar_t sum = 0;
+      for (int64_t j = 0; j < p.N; ++j) sum += (x[j] = std::exp(x[j] - m));
+      const scalar_t inv = scalar_t(1) / sum;
+      for (int64_t j = 0; j < p.N; ++j) x[j] *= inv;
+      L[row] = m + std::log(sum);
+    });
+  });
+  return {to_tokens(probs, false, vh, p).to(q.scalar_type()), lse};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_cpu(
@@ -138,24 +195,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
   const auto qh = heads_first(q, p), kh = heads_first(k, p), vh = heads_first(v, p);
   const auto gh = heads_first(grad_out, p);
   const auto R = p.mode ? rpe->to(p.acc).contiguous() : at::Tensor();
-  const auto ids64 = p.mode ? ids->to(at::kLong).contiguous() : at::Tensor();
 
-  // P = softmax(logits), recomputed; dS = P * (dO v^T - rowsum(dO * O)).
-  auto P = logits_of(qh, kh, R, ids64, p).sub_(lse.to(p.acc).view({p.S * p.H, p.N, 1})).exp_();
-  auto dv = at::bmm(P.transpose(1, 2), gh);
+  const Relative r = relative_of(qh, R, ids, p);
+  const auto lse_acc = lse.to(p.acc).contiguous();
   // D_i = dO_i . O_i, read in the (S, N, H, d) layout: no copy of O.
-  auto D = (grad_out.to(p.acc) * out.to(p.acc)).sum(3).permute({0, 2, 1}).reshape({p.S * p.H, p.N, 1});
-  auto dS = P.mul_(at::bmm(gh, vh.transpose(1, 2)).sub_(D));  // P's storage reused
-  auto dq = at::bmm(dS, kh).mul_(p.scale);
-  auto dk = at::bmm(dS.transpose(1, 2), qh).mul_(p.scale);
+  const auto D = (grad_out.to(p.acc) * out.to(p.acc)).sum(3).contiguous();  // (S, N, H)
+  auto probs = at::bmm(qh, kh.transpose(1, 2));  // logits, then P in place
+  auto dS = at::bmm(gh, vh.transpose(1, 2));     // dP, then dS in place
+  // contextual: dT[pair, i, b] = sum of dS[pair, i, j] over the j in bucket b.
+  auto dT = p.mode == kContextual ? at::empty({p.S * p.H, p.N, p.NB}, dS.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "window_attention_bwd_cpu", [&] {
+    scalar_t* P = probs.data_ptr<scalar_t>();
+    scalar_t* G = dS.data_ptr<scalar_t>();
+    const scalar_t* Lp = lse_acc.data_ptr<scalar_t>();
+    const scalar_t* Dp = D.data_ptr<scalar_t>();
+    scalar_t* T = dT.defined() ? dT.data_ptr<scalar_t>() : nullptr;
+    for_each_row(p, [&](int64_t h, int64_t i, int64_t row) {
+      scalar_t* x = P + row * p.N;
+      scalar_t* g = G + row * p.N;
+      finish_logits(x, p, r, h, i, row);
+      const scalar_t lse_row = Lp[row];
+      const scalar_t D_row = Dp[((row / (p.N * p.H)) * p.N + i) * p.H + h];
+      for (int64_t j = 0; j < p.N; ++j) {
+        x[j] = std::exp(x[j] - lse_row);
+        g[j] = x[j] * (g[j] - D_row);  // dS = P * (dP - D)
+      }
+      if (T) {
+        scalar_t* t = T + row * p.NB;
+        const int64_t* id = r.ids64.data_ptr<int64_t>() + i * p.N;
+        std::fill(t, t + p.NB, scalar_t(0));
+        for (int64_t j = 0; j < p.N; ++j) t[id[j]] += g[j];
+      }
+    });
+  });
+  auto dv = to_tokens(probs, true, gh, p);
+  auto dq = to_tokens(dS, false, kh, p).mul_(p.scale);
+  auto dk = to_tokens(dS, true, qh, p).mul_(p.scale);
 
   at::Tensor drpe = at::empty({0}, q.options());
   if (p.mode == kContextual) {
-    // dT[pair, i, b] = sum_j dS[pair, i, j] over the j in bucket b (scatter within a row).
-    auto dT = at::zeros({p.S * p.H, p.N, p.NB}, dS.options())
-                  .scatter_add_(2, ids64.expand({p.S * p.H, p.N, p.N}), dS);
-    dq.add_(p.per_head ? at::matmul(dT.view({p.S, p.H, p.N, p.NB}), R).view({p.S * p.H, p.N, p.d})
-                       : at::matmul(dT, R));
+    const auto dq_rel = p.per_head ? at::matmul(dT.view({p.S, p.H, p.N, p.NB}), R)
+                                   : at::matmul(dT, R).view({p.S, p.H, p.N, p.d});
+    dq.permute({0, 2, 1, 3}).add_(dq_rel);
     // dR[b] = sum over pairs and rows of dT[pair, i, b] * q[pair, i]: one GEMM per
     // group of pairs (a shared table) or per pair (per-head tables), single-threaded
     // inside the parallel loop, into the group's partial.
@@ -182,7 +263,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
   } else if (p.mode == kBias) {
     AT_DISPATCH_FLOATING_TYPES(dS.scalar_type(), "window_attention_dbias_cpu", [&] {
       const scalar_t* dSp = dS.data_ptr<scalar_t>();
-      const int64_t* id = ids64.data_ptr<int64_t>();
+      const int64_t* id = r.ids64.data_ptr<int64_t>();
       auto total = fixed_order_sum<scalar_t>(p, p.H, p.NB, [&](int64_t pair, scalar_t* dB) {
         const scalar_t* rows = dSp + pair * p.N * p.N;
         for (int64_t e = 0; e < p.N * p.N; ++e) dB[id[e]] += rows[e];
@@ -190,8 +271,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
       drpe = total.to(dtype);
     });
   }
-  return {tokens_first(dq, p, dtype), tokens_first(dk, p, dtype), tokens_first(dv, p, dtype),
-          drpe};
+  return {dq.to(dtype), dk.to(dtype), dv.to(dtype), drpe};
 }
 
 }  // namespace lomar_ops
