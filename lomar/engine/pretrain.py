@@ -92,7 +92,7 @@ class PretrainConfig:
             known = [n for n in model_names() if n.startswith("lomar_vit_")]
             raise ConfigError(f"config: model must be a LoMaR pretraining model, got "
                               f"{self.model!r}; known: {', '.join(known)}")
-        patch = int(self.model.rsplit("patch", 1)[1])
+        patch = int(self.model.rsplit("patch", 1)[1].split("_")[0])  # ..._patch16[_dec512d8b]
         size, K = self.data.input_size, self.mask.window_size
         if size % patch:
             raise ConfigError(f"config: data.input_size {size} must be a multiple of the "
