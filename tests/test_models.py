@@ -50,6 +50,23 @@ def test_generator_reproduces_and_window_sampling_modes():
     assert all(torch.equal(coords[0], coords[i]) for i in range(1, 4))
 
 
+def test_a_generator_per_image_makes_draws_independent_of_the_batch():
+    imgs = torch.randn(4, 3, 64, 64)
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    for sampling in ("image", "batch"):
+        model = tiny(window_sampling=sampling)
+        coords, mask = model.sample(imgs, 4, 3, 0.75, gens([10, 11, 12, 13]))
+        part_coords, part_mask = model.sample(imgs[2:], 4, 3, 0.75, gens([12, 13]))
+        assert torch.equal(part_mask, mask[6:])  # image 2's 3 windows onwards
+        if sampling == "image":
+            assert torch.equal(part_coords, coords[2:])
+            assert not torch.equal(coords[0], coords[1])
+        else:  # shared windows: the first image's draw
+            assert all(torch.equal(coords[0], c) for c in coords)
+    with pytest.raises(ValueError, match="one generator per image, got 3 for a batch of 4"):
+        model.sample(imgs, 4, 3, 0.75, gens([1, 2, 3]))
+
+
 def test_fused_ops_step_equals_reference_ops_step():
     imgs = torch.randn(2, 3, 64, 80)
     results = []

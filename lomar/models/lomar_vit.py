@@ -170,19 +170,34 @@ class _WindowPretrain(_Encoder):
         self.abs_pos_embed = abs_pos_embed
 
     def sample(self, imgs, window_size, num_windows, mask_ratio, generator=None):
-        """(coords (B, n, 2), window_mask (B*n, K*K)) as the forward draws them."""
+        """(coords (B, n, 2), window_mask (B*n, K*K)) as the forward draws them.
+
+        ``generator``: None, one torch.Generator for the batch, or a list of B CPU
+        generators, one per image: image i's windows and masks then come from
+        generator[i] alone (drawn on the CPU, moved to the images' device), so they do
+        not depend on which other images share its batch, e.g. how a global batch is
+        split over processes. With window_sampling="batch" the shared windows come
+        from the first image's generator."""
         gh, gw = self.check_images(imgs)
-        B = imgs.shape[0]
-        if self.window_sampling == "batch":
-            coords = lomar_ops.sample_windows(1, gh, gw, num_windows, window_size,
-                                              generator=generator, device=imgs.device)
-            coords = coords.expand(B, -1, -1).contiguous()
-        else:
-            coords = lomar_ops.sample_windows(B, gh, gw, num_windows, window_size,
-                                              generator=generator, device=imgs.device)
-        mask = lomar_ops.sample_window_masks(B * num_windows, window_size, mask_ratio,
-                                             generator=generator, device=imgs.device)
-        return coords, mask
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != imgs.shape[0]:
+                raise ValueError(f"generator: a list needs one generator per image, got "
+                                 f"{len(generator)} for a batch of {imgs.shape[0]}")
+            draws = [self._draw(1, gh, gw, window_size, num_windows, mask_ratio, g, "cpu")
+                     for g in generator]
+            coords, mask = (torch.cat(parts).to(imgs.device) for parts in zip(*draws))
+            if self.window_sampling == "batch":
+                coords = coords[:1].expand_as(coords).contiguous()
+            return coords, mask
+        return self._draw(imgs.shape[0], gh, gw, window_size, num_windows, mask_ratio,
+                          generator, imgs.device)
+
+    def _draw(self, B, gh, gw, K, n, mask_ratio, generator, device):
+        images = 1 if self.window_sampling == "batch" else B
+        coords = lomar_ops.sample_windows(images, gh, gw, n, K, generator=generator, device=device)
+        mask = lomar_ops.sample_window_masks(B * n, K, mask_ratio, generator=generator,
+                                             device=device)
+        return coords.expand(B, -1, -1).contiguous(), mask
 
     def windows(self, imgs, window_size, num_windows, mask_ratio, generator, coords, window_mask):
         """Checks the arguments; the given coords/window_mask, else a fresh draw."""
