@@ -75,12 +75,7 @@ def _image_files(images, num_images: int, size: int, scratch: Path) -> list[Path
     files = []
     for item in images:
         path = Path(item)
-        if path.is_dir():
-            files += find_images(path)[0]
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"visualize: image file or folder not found: {path}")
+        files += find_images(path)[0] if path.is_dir() else [path]
     return files[:num_images]
 
 
@@ -148,6 +143,9 @@ def visualize(checkpoint: str | Path, images=None, out: str | Path | None = None
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"visualize: checkpoint not found: {checkpoint}")
+    for item in images or ():
+        if not Path(item).exists():
+            raise FileNotFoundError(f"visualize: image file or folder not found: {item}")
     out = Path(out) if out is not None else checkpoint.parent / "reconstruction.png"
     weights, spec = _model_spec(checkpoint, model, model_kwargs)
     size = input_size or spec["input_size"] or 224
