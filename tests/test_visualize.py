@@ -113,3 +113,12 @@ def test_bad_arguments(checkpoint, kwargs, exc, match):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         visualize(tmp_path / "nope.pt")
+
+
+def test_asymmetric_model_checkpoint(tmp_path):
+    kwargs = {**KWARGS, "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2}
+    name = "lomar_vit_small_patch16_dec512d8b"
+    model = create_model(name, **kwargs)
+    path = save_checkpoint(tmp_path / "checkpoint-1.pt", {"model": model.state_dict(), "config": {
+        **CONFIG, "model": name, "model_kwargs": kwargs}})
+    assert _is_png(visualize(path, num_images=1, window_size=4))
