@@ -33,7 +33,8 @@ DEMO_PHOTO_SEED = 1  # other crops than the demo pretraining set (seed 0)
 GREY = 0.5
 
 
-def _model_spec(checkpoint: Path, model: str | None, model_kwargs: dict | None) -> tuple[dict, dict]:
+def _model_spec(checkpoint: Path, model: str | None,
+                model_kwargs: dict | None) -> tuple[dict, dict]:
     """(weights, spec) where spec holds model, model_kwargs, norm_pix_loss, input_size."""
     if checkpoint.suffix == ".safetensors":
         from safetensors.torch import load_file

@@ -150,10 +150,9 @@ def test_two_processes_equal_one_with_the_same_global_batch(photos, tmp_path):
     gradient all-reduce: losses and weights agree to 1e-6 relative."""
     steps = dict(max_steps=4, save_every=100)  # 3 steps an epoch: crosses an epoch boundary
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+    job = overrides(photos, tmp_path / "ddp", batch_size=2, **{"optim.accum_iter": 2}, **steps)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", "-m", "lomar", "pretrain"] +
-                         overrides(photos, tmp_path / "ddp", batch_size=2, **{"optim.accum_iter": 2},
-                                   **steps),
+                          "--nproc_per_node=2", "-m", "lomar", "pretrain"] + job,
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     pretrain(config(photos, tmp_path / "one", batch_size=4, **{"optim.accum_iter": 2}, **steps))

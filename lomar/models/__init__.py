@@ -48,4 +48,5 @@ def create_model(name: str, **kwargs):
     raise ValueError(f"unknown model {name!r}; known: {', '.join(model_names())}")
 
 
-__all__ = ["IRPEAttention", "LoMaRPretrain", "LoMaRPretrainAsymmetric", "LoMaRViT", "create_model", "model_names"]
+__all__ = ["IRPEAttention", "LoMaRPretrain", "LoMaRPretrainAsymmetric", "LoMaRViT", "create_model",
+           "model_names"]

@@ -232,8 +232,9 @@ class LoMaRPretrain(_WindowPretrain):
     pred (B, n, K*K, p*p*C) predicted pixels of every window patch (normalised-pixel
     space when norm_pix_loss); mask (B, n, K*K) bool, True = masked (and in the loss).
     ``coords`` (B, n, 2) and ``window_mask`` (B*n, K*K) fix the windows and masks;
-    ``generator`` draws them reproducibly; ``abs_pos_embed`` replaces iRPE with fixed
-    sin-cos position embeddings of each window patch's place in the image."""
+    ``generator`` (one, or one per image: see :meth:`sample`) draws them reproducibly;
+    ``abs_pos_embed`` replaces iRPE with fixed sin-cos position embeddings of each
+    window patch's place in the image."""
 
     def __init__(self, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
                  mlp_ratio=4.0, norm_pix_loss=True, rpe=True, rpe_ratio=1.9,
