@@ -13,11 +13,33 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+
+PAUSE_ENV = "LOMAR_TEST_PAUSE_CHECKPOINT_WRITE"
+_writes_in_this_process = 0
+
+
+def _test_pause(tmp: str) -> None:
+    """Test hook, inert unless $LOMAR_TEST_PAUSE_CHECKPOINT_WRITE is N: the N-th write
+    of this process stops mid-way (part of the bytes in the temporary file, none
+    flushed, synced or renamed), says so on stderr and sleeps, so that a test can
+    kill the process exactly there."""
+    global _writes_in_this_process
+    wanted = os.environ.get(PAUSE_ENV)
+    if not wanted:
+        return
+    _writes_in_this_process += 1
+    if _writes_in_this_process == int(wanted):
+        print(f"lomar.checkpoint: paused writing {tmp} ({PAUSE_ENV}={wanted})", file=sys.stderr,
+              flush=True)
+        time.sleep(600)
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
@@ -31,6 +53,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
+            _test_pause(tmp)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

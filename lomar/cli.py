@@ -1,6 +1,7 @@
 """The ``lomar`` command (also ``python -m lomar``).
 
     lomar pretrain [--config FILE.yaml] [key=value ...]
+    lomar visualize --checkpoint output/run/checkpoint-last.pt [--images DIR ...]
     lomar info
 
 Overrides use the config's dotted keys (``optim.blr=1e-4 data.path=/data/train``);
@@ -29,6 +30,21 @@ def _pretrain(args) -> int:
     return 0
 
 
+def _visualize(args) -> int:
+    from .visualize import visualize
+
+    kwargs = yaml.safe_load(args.model_kwargs) if args.model_kwargs else None
+    try:
+        path = visualize(args.checkpoint, args.images, args.out, num_images=args.num_images,
+                         window_size=args.window_size, mask_ratio=args.mask_ratio, seed=args.seed,
+                         model=args.model, model_kwargs=kwargs, input_size=args.input_size)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"lomar visualize: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
 def _info(args) -> int:
     import lomar_ops
 
@@ -45,6 +61,19 @@ def main(argv=None) -> int:
     p.add_argument("--help-config", action="store_true", help="print every key and its default")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p.set_defaults(run=_pretrain)
+    v = sub.add_parser("visualize", help="reconstruction figure (the paper's Fig. 5) as a PNG")
+    v.add_argument("--checkpoint", required=True,
+                   help="checkpoint-*.pt of 'lomar pretrain', or model.safetensors")
+    v.add_argument("--images", nargs="+", help="image files or folders (default: demo photos)")
+    v.add_argument("--num-images", type=int, default=4, help="rows of the figure")
+    v.add_argument("--window-size", type=int, default=7, help="K, patches per window side")
+    v.add_argument("--mask-ratio", type=float, default=0.8, help="masked share of a window")
+    v.add_argument("--seed", type=int, default=0, help="seed of the window and mask draw")
+    v.add_argument("--input-size", type=int, help="image side (default: the run's input size)")
+    v.add_argument("--model", help="model name, for a .safetensors file without config.yaml")
+    v.add_argument("--model-kwargs", help="YAML mapping of model arguments, with --model")
+    v.add_argument("--out", help="the PNG (default: reconstruction.png beside the checkpoint)")
+    v.set_defaults(run=_visualize)
     i = sub.add_parser("info", help="what lomar_ops was built with, which backends run here")
     i.set_defaults(run=_info)
     args = parser.parse_args(argv)

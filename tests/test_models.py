@@ -1,13 +1,15 @@
 """lomar.models on tiny configurations: shapes, the fused-ops step equal to the
 reference-ops step, the authors' architecture reproduced through convert_official,
-variants, bad configurations."""
+variants (the asymmetric encoder-decoder among them), bad configurations."""
 
 import pytest
 import torch
 
 import authors_lomar
+import lomar_ops
 from lomar.checkpoint import convert_official
-from lomar.models import LoMaRPretrain, create_model
+from lomar.models import (IRPEAttention, LoMaRPretrain, LoMaRPretrainAsymmetric, create_model,
+                          model_names)
 
 TINY = dict(patch_size=8, embed_dim=32, depth=2, num_heads=4)
 
@@ -46,6 +48,23 @@ def test_generator_reproduces_and_window_sampling_modes():
     shared = tiny(window_sampling="batch")
     coords, _ = shared.sample(imgs, 4, 3, 0.75, torch.Generator().manual_seed(1))
     assert all(torch.equal(coords[0], coords[i]) for i in range(1, 4))
+
+
+def test_a_generator_per_image_makes_draws_independent_of_the_batch():
+    imgs = torch.randn(4, 3, 64, 64)
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    for sampling in ("image", "batch"):
+        model = tiny(window_sampling=sampling)
+        coords, mask = model.sample(imgs, 4, 3, 0.75, gens([10, 11, 12, 13]))
+        part_coords, part_mask = model.sample(imgs[2:], 4, 3, 0.75, gens([12, 13]))
+        assert torch.equal(part_mask, mask[6:])  # image 2's 3 windows onwards
+        if sampling == "image":
+            assert torch.equal(part_coords, coords[2:])
+            assert not torch.equal(coords[0], coords[1])
+        else:  # shared windows: the first image's draw
+            assert all(torch.equal(coords[0], c) for c in coords)
+    with pytest.raises(ValueError, match="one generator per image, got 3 for a batch of 4"):
+        model.sample(imgs, 4, 3, 0.75, gens([1, 2, 3]))
 
 
 def test_fused_ops_step_equals_reference_ops_step():
@@ -138,3 +157,99 @@ def test_bad_configurations(call, match):
 def test_unknown_model_name():
     with pytest.raises(ValueError, match="unknown model 'lomar_vit_tiny_patch16'; known: "):
         create_model("lomar_vit_tiny_patch16")
+
+
+ASYM = dict(patch_size=8, embed_dim=32, depth=2, num_heads=4, decoder_embed_dim=16,
+            decoder_depth=2, decoder_num_heads=2)
+
+
+def asymmetric(**kw):
+    torch.manual_seed(0)
+    model = LoMaRPretrainAsymmetric(**{**ASYM, **kw})
+    for blk in list(model.blocks) + list(model.decoder_blocks):  # make the tables matter
+        if blk.attn.rpe_table is not None:
+            torch.nn.init.normal_(blk.attn.rpe_table, std=0.5)
+    return model
+
+
+def test_asymmetric_keeps_the_output_contract_and_reaches_every_parameter():
+    imgs = torch.randn(3, 3, 64, 80)
+    sym, asym = tiny(), asymmetric()
+    coords, mask = sym.sample(imgs, 5, 2, 0.8, torch.Generator().manual_seed(4))
+    want = sym(imgs, 5, 2, 0.8, coords=coords, window_mask=mask)
+    got = asym(imgs, 5, 2, 0.8, coords=coords, window_mask=mask)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype
+    assert torch.equal(got[2], want[2]) and torch.isfinite(got[0])
+    got[0].backward()
+    for name, p in asym.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_asymmetric_encoder_sees_only_visible_tokens():
+    model = asymmetric()
+    seen = {"encoder": [], "decoder": []}
+    for part, blocks in (("encoder", model.blocks), ("decoder", model.decoder_blocks)):
+        for blk in blocks:
+            blk.register_forward_hook(lambda m, args, out, part=part: seen[part].append(
+                tuple(args[0].shape)))
+    model(torch.randn(2, 3, 64, 64), 7, 3, 0.8, generator=torch.Generator().manual_seed(0))
+    visible = 49 - int(49 * 0.8)  # 10 of 49
+    assert seen["encoder"] == [(6, 1 + visible, 32)] * 2
+    assert seen["decoder"] == [(6, 1 + 49, 16)] * 2
+
+
+def test_asymmetric_encoder_buckets_are_the_true_window_positions():
+    model = asymmetric()
+    # 5x5 window, visible raster positions 0, 12, 24: (0, 0), (2, 2), (4, 4)
+    ids = model._encoder_bucket_ids(5, torch.tensor([[0, 12, 24]]), "cpu")[0]
+    # product buckets (idx(drow) + 3) * 7 + idx(dcol) + 3; |offset| 4 -> 3; cls: 49
+    want = torch.tensor([[49, 49, 49, 49],
+                         [49, 24, 8, 0],
+                         [49, 40, 24, 8],
+                         [49, 48, 40, 24]], dtype=ids.dtype)
+    assert torch.equal(ids, want)
+
+
+def test_per_sequence_bucket_maps_equal_one_map_per_sequence():
+    torch.manual_seed(1)
+    attn = IRPEAttention(16, 2, 50)
+    torch.nn.init.normal_(attn.rpe_table, std=0.5)
+    full = lomar_ops.irpe_bucket_ids(5, 5)
+    keep = torch.stack([torch.cat([torch.zeros(1, dtype=torch.long),
+                                   1 + torch.randperm(25)[:6].sort().values]) for _ in range(4)])
+    maps = full[keep[:, :, None], keep[:, None, :]]  # (4, 7, 7)
+    x = torch.randn(4, 7, 16)
+    batched = attn(x, maps)
+    one_by_one = torch.cat([attn(x[i:i + 1], maps[i], backend="cpu") for i in range(4)])
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-5, atol=1e-6)
+
+
+def test_asymmetric_fused_ops_equal_reference_ops_and_variants():
+    imgs = torch.randn(2, 3, 64, 64)
+    results = []
+    for backend in ("cpu", "torch"):
+        model = asymmetric()
+        model.ops_backend = backend
+        loss, _, _ = model(imgs, 5, 2, 0.75, generator=torch.Generator().manual_seed(2))
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name], rtol=1e-4, atol=1e-6,
+                                   msg=lambda m: f"{name}: {m}")
+    absolute = asymmetric(abs_pos_embed=True)
+    assert absolute.blocks[0].attn.rpe_table is None
+    assert torch.isfinite(absolute(imgs, 5, 2, 0.75)[0])
+
+
+def test_asymmetric_registry_and_bad_masks():
+    model = create_model("lomar_vit_small_patch16_dec512d8b", depth=1, decoder_depth=1)
+    assert isinstance(model, LoMaRPretrainAsymmetric)
+    assert model.decoder_embed_dim == 512 and len(model.decoder_blocks) == 1
+    assert "lomar_vit_large_patch16_dec512d8b" in model_names()
+    imgs = torch.randn(2, 3, 64, 64)
+    coords, mask = asymmetric().sample(imgs, 5, 1, 0.8, torch.Generator().manual_seed(0))
+    mask[0, mask[0].nonzero()[0]] = False  # one window with a patch fewer masked
+    with pytest.raises(ValueError, match="same number of patches in every window"):
+        asymmetric()(imgs, 5, 1, 0.8, coords=coords, window_mask=mask)

@@ -1,14 +1,18 @@
-"""lomar pretrain on a tiny model and the offline photos: exact resume, a NaN stop
-that keeps the last good checkpoint, bad configurations refused before work."""
+"""lomar pretrain on a tiny model and the offline photos: exact resume, a kill during
+a checkpoint write that leaves the previous one to resume from, a NaN stop that keeps
+the last good checkpoint, bad configurations refused before work, two processes
+(torchrun, gloo) equal to one with the same global batch."""
 
 import math
+import os
+import signal
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from lomar.checkpoint import load_checkpoint
+from lomar.checkpoint import PAUSE_ENV, load_checkpoint
 from lomar.config import ConfigError, load_config
 from lomar.data import build_demo_photos
 from lomar.engine import PretrainConfig, pretrain
@@ -21,14 +25,21 @@ def photos(tmp_path_factory):
     return build_demo_photos(tmp_path_factory.mktemp("photos"), num_images=24, size=64, seed=0)
 
 
-def config(photos, out, **over):
-    base = ["model=lomar_vit_small_patch16",
+TINY_RUN = ["model=lomar_vit_small_patch16",
             "model_kwargs={depth: 2, embed_dim: 32, num_heads: 2}",
-            f"data.path={photos}", "data.input_size=64", "data.num_workers=0",
+            "data.input_size=64", "data.num_workers=0",
             "mask.window_size=3", "mask.num_windows=2", "batch_size=4", "log_every=1",
             "optim.lr=0.001", "optim.warmup_epochs=0.5", "progress=false",
-            f"output_dir={out}", "device=cpu"]
-    return load_config(PretrainConfig, None, base + [f"{k}={v}" for k, v in over.items()])
+            "device=cpu"]
+
+
+def overrides(photos, out, **over):
+    return TINY_RUN + [f"data.path={photos}", f"output_dir={out}"] + [
+        f"{k}={v}" for k, v in over.items()]
+
+
+def config(photos, out, **over):
+    return load_config(PretrainConfig, None, overrides(photos, out, **over))
 
 
 def test_resume_continues_exactly(photos, tmp_path):
@@ -48,6 +59,41 @@ def test_resume_continues_exactly(photos, tmp_path):
     assert straight["steps"] == 8 and math.isfinite(straight["loss"])
     assert (tmp_path / "straight" / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "straight" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_kill_during_a_checkpoint_write_then_resume(photos, tmp_path):
+    out = tmp_path / "run"
+    job = overrides(photos, out, max_steps=6, save_every=2)
+    env = dict(os.environ, **{PAUSE_ENV: "2"})  # the write at step 4 pauses half-way
+    proc = subprocess.Popen([sys.executable, "-m", "lomar", "pretrain"] + job, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    paused, lines = False, []
+    try:
+        for line in iter(proc.stderr.readline, ""):  # "" when the run ends on its own
+            lines.append(line)
+            if "paused writing" in line:
+                paused = True
+                break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert paused, "the run ended before the paused checkpoint write:\n" + "".join(lines[-20:])
+    assert proc.returncode == -signal.SIGKILL
+    assert list(out.glob(".checkpoint-last.pt.*.tmp"))  # the interrupted write's leftover
+    assert load_checkpoint(out / "checkpoint-last.pt")["step"] == 2  # the previous one, whole
+
+    resumed = pretrain(config(photos, out, max_steps=6, save_every=2,
+                              resume=str(out / "checkpoint-last.pt")))
+    assert resumed["steps"] == 6 and not list(out.glob("*.tmp"))
+    pretrain(config(photos, tmp_path / "straight", max_steps=6, save_every=100))
+    want = read_log(tmp_path / "straight" / "log.jsonl")
+    got = read_log(out / "log.jsonl")[-4:]  # steps 3-6, after the killed run's 1-4
+    assert [r["step"] for r in got] == [3, 4, 5, 6]
+    assert [r["loss"] for r in got] == [r["loss"] for r in want[2:]]
+    a = load_checkpoint(out / "checkpoint-last.pt")["model"]
+    b = load_checkpoint(tmp_path / "straight" / "checkpoint-last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(photos, tmp_path, monkeypatch):
@@ -95,3 +141,35 @@ def test_cli(tmp_path):
     run = subprocess.run([sys.executable, "-m", "lomar", "pretrain", "optim.lrr=1"],
                          capture_output=True, text=True)
     assert run.returncode == 2 and "unknown key optim.lrr" in run.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_with_the_same_global_batch(photos, tmp_path):
+    """Windows and masks are drawn per sample from (seed, step, index in the global batch),
+    so splitting the batch over processes changes nothing but the order of the fp32
+    gradient all-reduce: losses and weights agree to 1e-6 relative."""
+    steps = dict(max_steps=4, save_every=100)  # 3 steps an epoch: crosses an epoch boundary
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+    job = overrides(photos, tmp_path / "ddp", batch_size=2, **{"optim.accum_iter": 2}, **steps)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", "-m", "lomar", "pretrain"] + job,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    pretrain(config(photos, tmp_path / "one", batch_size=4, **{"optim.accum_iter": 2}, **steps))
+    ddp = read_log(tmp_path / "ddp" / "log.jsonl")
+    one = read_log(tmp_path / "one" / "log.jsonl")
+    assert [r["step"] for r in ddp] == [r["step"] for r in one] == [1, 2, 3, 4]
+    for a, b in zip(ddp, one):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["lr"] == b["lr"]
+    a = load_checkpoint(tmp_path / "ddp" / "checkpoint-last.pt")["model"]
+    b = load_checkpoint(tmp_path / "one" / "checkpoint-last.pt")["model"]
+    for name in a:
+        if name.endswith("attn.qkv.bias"):
+            # Softmax ignores the key bias: its gradient is 0 up to rounding, which Adam
+            # scales to steps of up to lr (1e-3). Compare it loosely, the rest exactly.
+            dim = a[name].numel() // 3
+            torch.testing.assert_close(a[name][dim:2 * dim], b[name][dim:2 * dim], rtol=0,
+                                       atol=4e-3)
+            a[name][dim:2 * dim] = b[name][dim:2 * dim]
+        torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-7,
+                                   msg=lambda m: f"{name}: {m}")

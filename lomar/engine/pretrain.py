@@ -8,7 +8,8 @@ gradient accumulation; bf16 autocast on GPU; optional gradient clipping; DDP
 under torchrun. Checkpoints (model, optimizer, step, RNG states, config) are
 written atomically every ``save_every`` steps and at the end; ``resume`` continues
 exactly: data order, augmentation, windows and masks are functions of (seed,
-epoch, index) and (seed, step), not of process history."""
+epoch, index) and (seed, step, index in the step's global batch), not of process
+history nor of how many processes share the batch."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from ..data import ImageFiles, build_demo_photos, pretrain_transform
 from ..models import create_model, model_names
 from ..run_log import RunLog, plot_loss_curve
 from ..schedule import lr_at, scaled_lr, set_lr
-from .seeding import ResumableSampler, SeededItems, mix
+from .seeding import ResumableSampler, SeededItems, sample_generators
 
 DEMO_DATA = "demo"  # data.path value: the offline photo set built from scikit-image
 
@@ -92,7 +93,7 @@ class PretrainConfig:
             known = [n for n in model_names() if n.startswith("lomar_vit_")]
             raise ConfigError(f"config: model must be a LoMaR pretraining model, got "
                               f"{self.model!r}; known: {', '.join(known)}")
-        patch = int(self.model.rsplit("patch", 1)[1])
+        patch = int(self.model.rsplit("patch", 1)[1].split("_")[0])  # ..._patch16[_dec512d8b]
         size, K = self.data.input_size, self.mask.window_size
         if size % patch:
             raise ConfigError(f"config: data.input_size {size} must be a multiple of the "
@@ -200,8 +201,9 @@ def _run(cfg: PretrainConfig, info: distributed.DistInfo) -> dict:
             imgs = imgs.to(info.device, non_blocking=True)
             if micro % cfg.optim.accum_iter == 0:
                 set_lr(optimizer, lr_at(step, total_steps, warmup_steps, peak_lr, cfg.optim.min_lr))
-            g = torch.Generator(device=info.device).manual_seed(
-                mix(cfg.seed, step, micro % cfg.optim.accum_iter, info.rank))
+            world = info.world_size
+            g = sample_generators(cfg.seed, step, world * (micro % cfg.optim.accum_iter) *
+                                  cfg.batch_size + info.rank, len(imgs), stride=world)
             last_micro = (micro + 1) % cfg.optim.accum_iter == 0
             # Gradients are all-reduced on the last micro-batch of a step only.
             sync = net.no_sync() if info.enabled and not last_micro else contextlib.nullcontext()

@@ -53,3 +53,17 @@ class ResumableSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         return iter(self._indices()[self.start:])
+
+
+def sample_generators(seed: int, step: int, first: int, count: int,
+                      stride: int = 1) -> list[torch.Generator]:
+    """CPU generators for the windows and masks of ``count`` samples, sample i seeded
+    by mix(seed, step, first + i * stride): a function of the sample's index in the
+    step's global batch, not of the process that holds it.
+
+    :class:`ResumableSampler` deals an epoch's order round-robin to the ranks, so
+    with W processes of micro-batches of b, rank r's sample i of micro-batch m is
+    sample W*(m*b + i) + r of the step's global batch, the same image one process
+    with micro-batches of W*b holds at that index: first = W*m*b + r, stride = W."""
+    return [torch.Generator().manual_seed(mix(seed, step, first + i * stride))
+            for i in range(count)]

@@ -1,13 +1,16 @@
 """Model registry: ``create_model(name, **kwargs)``.
 
 * ``lomar_vit_{small,base,large,huge}_patch{16,14,8}``: LoMaR pretraining models;
+* ``lomar_vit_{small,base,large,huge}_patch{16,14,8}_dec512d8b``: the asymmetric
+  encoder-decoder variant (paper's Fig. 4) with MAE's light decoder (512 wide, 8 blocks,
+  16 heads);
 * ``vit_{small,base,large,huge}_patch{16,14,8}``: encoders for fine-tuning and inference;
 * ``mae_vit_{base,large}_patch16_dec512d8b``, ``mae_vit_huge_patch14_dec512d8b``: MAE."""
 
 from __future__ import annotations
 
 from ..baselines.mae import MAE_MODELS, create_mae
-from .lomar_vit import IRPEAttention, LoMaRPretrain, LoMaRViT
+from .lomar_vit import IRPEAttention, LoMaRPretrain, LoMaRPretrainAsymmetric, LoMaRViT
 
 SIZES = {  # embed_dim, depth, num_heads
     "small": (384, 12, 6),
@@ -16,26 +19,34 @@ SIZES = {  # embed_dim, depth, num_heads
     "huge": (1280, 32, 16),
 }
 PATCHES = (16, 14, 8)
+DECODER = "_dec512d8b"  # decoder_embed_dim, decoder_depth, decoder_num_heads below
+DECODER_ARGS = {"decoder_embed_dim": 512, "decoder_depth": 8, "decoder_num_heads": 16}
 
 
 def model_names() -> list[str]:
     names = [f"{kind}_{size}_patch{p}" for kind in ("lomar_vit", "vit") for size in SIZES
              for p in PATCHES]
-    return names + list(MAE_MODELS)
+    asymmetric = [f"lomar_vit_{size}_patch{p}{DECODER}" for size in SIZES for p in PATCHES]
+    return names + asymmetric + list(MAE_MODELS)
 
 
 def create_model(name: str, **kwargs):
     """A model by name; kwargs override the architecture's defaults."""
     if name in MAE_MODELS:
         return create_mae(name, **kwargs)
-    for kind, cls in (("lomar_vit_", LoMaRPretrain), ("vit_", LoMaRViT)):
-        if name.startswith(kind):
-            size, _, patch = name[len(kind):].partition("_patch")
+    base, defaults, kinds = name, {}, (("lomar_vit_", LoMaRPretrain), ("vit_", LoMaRViT))
+    if name.startswith("lomar_vit_") and name.endswith(DECODER):
+        base, defaults = name[:-len(DECODER)], DECODER_ARGS
+        kinds = (("lomar_vit_", LoMaRPretrainAsymmetric),)
+    for kind, cls in kinds:
+        if base.startswith(kind):
+            size, _, patch = base[len(kind):].partition("_patch")
             if size in SIZES and patch.isdigit() and int(patch) in PATCHES:
                 dim, depth, heads = SIZES[size]
                 return cls(**{"patch_size": int(patch), "embed_dim": dim, "depth": depth,
-                              "num_heads": heads, **kwargs})
+                              "num_heads": heads, **defaults, **kwargs})
     raise ValueError(f"unknown model {name!r}; known: {', '.join(model_names())}")
 
 
-__all__ = ["IRPEAttention", "LoMaRPretrain", "LoMaRViT", "create_model", "model_names"]
+__all__ = ["IRPEAttention", "LoMaRPretrain", "LoMaRPretrainAsymmetric", "LoMaRViT", "create_model",
+           "model_names"]

@@ -8,6 +8,10 @@ linear map, ``mask_substitute`` puts the mask token on floor(K*K*mask_ratio)
 patches per window and prepends cls; ViT blocks with iRPE (contextual, on keys,
 shared by heads) through ``window_attention``; a linear head; ``masked_patch_loss``.
 
+The asymmetric encoder-decoder variant (:class:`LoMaRPretrainAsymmetric`, the
+paper's Fig. 4): the encoder sees only the visible patches of each window, a light
+decoder with mask tokens reconstructs.
+
 Fine-tuning and inference (:class:`LoMaRViT`): the same blocks on the whole patch
 grid, iRPE over the full grid, mean-pooled patch features + fc_norm (or cls).
 
@@ -22,6 +26,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
 import lomar_ops
+from lomar_ops.reference.window_attention import window_attention_reference
 
 from ..pos_embed import sincos_2d
 
@@ -48,9 +53,18 @@ class IRPEAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, bucket_ids: torch.Tensor | None,
                 backend: str | None = None) -> torch.Tensor:
+        """``bucket_ids``: one (N, N) map for every sequence, or (S, N, N), one per
+        sequence (the asymmetric encoder's visible tokens, see
+        :class:`LoMaRPretrainAsymmetric`)."""
         S, N, D = x.shape
         qkv = self.qkv(x).view(S, N, 3, self.num_heads, self.head_dim)
-        if self.rpe_table is None:
+        if self.rpe_table is not None and bucket_ids is not None and bucket_ids.dim() == 3:
+            # window_attention takes one (N, N) map; a map per sequence goes through the
+            # pure-PyTorch reference formula, whose gather broadcasts an (S, 1, N, N) map.
+            q, k, v = qkv.unbind(2)
+            out = window_attention_reference(q, k, v, self.rpe_table.to(qkv.dtype), "contextual",
+                                             bucket_ids[:, None])
+        elif self.rpe_table is None:
             out = lomar_ops.window_attention_qkvpacked(qkv, rpe=None, backend=backend)
         else:
             out = lomar_ops.window_attention_qkvpacked(
@@ -144,62 +158,49 @@ class _Encoder(nn.Module):
         return x
 
 
-class LoMaRPretrain(_Encoder):
-    """``loss, pred, mask = model(imgs, window_size=7, num_windows=4, mask_ratio=0.8)``.
+class _WindowPretrain(_Encoder):
+    """What both pretraining models share: argument checks, the window and mask draw,
+    and the absolute sin-cos variant's position embedding."""
 
-    pred (B, n, K*K, p*p*C) predicted pixels of every window patch (normalised-pixel
-    space when norm_pix_loss); mask (B, n, K*K) bool, True = masked (and in the loss).
-    ``coords`` (B, n, 2) and ``window_mask`` (B*n, K*K) fix the windows and masks;
-    ``generator`` draws them reproducibly; ``abs_pos_embed`` replaces iRPE with fixed
-    sin-cos position embeddings of each window patch's place in the image."""
-
-    def __init__(self, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
-                 mlp_ratio=4.0, norm_pix_loss=True, rpe=True, rpe_ratio=1.9,
-                 per_head_rpe=False, abs_pos_embed=False, window_sampling="image"):
-        super().__init__(patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, 0.0,
-                         rpe and not abs_pos_embed, rpe_ratio, per_head_rpe)
+    def _setup_pretrain(self, norm_pix_loss, abs_pos_embed, window_sampling):
         if window_sampling not in ("image", "batch"):
             raise ValueError(f"window_sampling must be 'image' or 'batch', got {window_sampling!r}")
         self.window_sampling = window_sampling
         self.norm_pix_loss = norm_pix_loss
         self.abs_pos_embed = abs_pos_embed
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.encoder_pred = nn.Linear(embed_dim, patch_size * patch_size * in_chans)
-        _init_weights(self)
-        w = self.patch_embed.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.normal_(self.cls_token, std=0.02)
-        nn.init.normal_(self.mask_token, std=0.02)
 
     def sample(self, imgs, window_size, num_windows, mask_ratio, generator=None):
-        """(coords (B, n, 2), window_mask (B*n, K*K)) as the forward draws them."""
+        """(coords (B, n, 2), window_mask (B*n, K*K)) as the forward draws them.
+
+        ``generator``: None, one torch.Generator for the batch, or a list of B CPU
+        generators, one per image: image i's windows and masks then come from
+        generator[i] alone (drawn on the CPU, moved to the images' device), so they do
+        not depend on which other images share its batch, e.g. how a global batch is
+        split over processes. With window_sampling="batch" the shared windows come
+        from the first image's generator."""
         gh, gw = self.check_images(imgs)
-        B = imgs.shape[0]
-        if self.window_sampling == "batch":
-            coords = lomar_ops.sample_windows(1, gh, gw, num_windows, window_size,
-                                              generator=generator, device=imgs.device)
-            coords = coords.expand(B, -1, -1).contiguous()
-        else:
-            coords = lomar_ops.sample_windows(B, gh, gw, num_windows, window_size,
-                                              generator=generator, device=imgs.device)
-        mask = lomar_ops.sample_window_masks(B * num_windows, window_size, mask_ratio,
-                                             generator=generator, device=imgs.device)
-        return coords, mask
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != imgs.shape[0]:
+                raise ValueError(f"generator: a list needs one generator per image, got "
+                                 f"{len(generator)} for a batch of {imgs.shape[0]}")
+            draws = [self._draw(1, gh, gw, window_size, num_windows, mask_ratio, g, "cpu")
+                     for g in generator]
+            coords, mask = (torch.cat(parts).to(imgs.device) for parts in zip(*draws))
+            if self.window_sampling == "batch":
+                coords = coords[:1].expand_as(coords).contiguous()
+            return coords, mask
+        return self._draw(imgs.shape[0], gh, gw, window_size, num_windows, mask_ratio,
+                          generator, imgs.device)
 
-    def _window_pos_embed(self, coords, K):
-        B, n, _ = coords.shape
-        # sin-cos of each window patch's (row, col) in the image grid (absolute variant)
-        rows = coords[..., 0, None, None] + torch.arange(K, device=coords.device)[:, None]
-        cols = coords[..., 1, None, None] + torch.arange(K, device=coords.device)[None, :]
-        gh = int(rows.max()) + 1
-        gw = int(cols.max()) + 1
-        table = sincos_2d(self.embed_dim, gh, gw, num_cls=0).to(coords.device)
-        idx = (rows * gw + cols).reshape(B * n, K * K)
-        return table[idx]
+    def _draw(self, B, gh, gw, K, n, mask_ratio, generator, device):
+        images = 1 if self.window_sampling == "batch" else B
+        coords = lomar_ops.sample_windows(images, gh, gw, n, K, generator=generator, device=device)
+        mask = lomar_ops.sample_window_masks(B * n, K, mask_ratio, generator=generator,
+                                             device=device)
+        return coords.expand(B, -1, -1).contiguous(), mask
 
-    def forward(self, imgs, window_size=7, num_windows=4, mask_ratio=0.8, generator=None,
-                coords=None, window_mask=None):
+    def windows(self, imgs, window_size, num_windows, mask_ratio, generator, coords, window_mask):
+        """Checks the arguments; the given coords/window_mask, else a fresh draw."""
         gh, gw = self.check_images(imgs)
         if window_size > gh or window_size > gw:
             raise ValueError(f"window_size {window_size} does not fit the patch grid "
@@ -210,13 +211,57 @@ class LoMaRPretrain(_Encoder):
             sampled = self.sample(imgs, window_size, num_windows, mask_ratio, generator)
             coords = sampled[0] if coords is None else coords
             window_mask = sampled[1] if window_mask is None else window_mask
+        return coords, window_mask
+
+    @staticmethod
+    def _window_pos_embed(coords, K, dim):
+        B, n, _ = coords.shape
+        # sin-cos of each window patch's (row, col) in the image grid (absolute variant)
+        rows = coords[..., 0, None, None] + torch.arange(K, device=coords.device)[:, None]
+        cols = coords[..., 1, None, None] + torch.arange(K, device=coords.device)[None, :]
+        gh = int(rows.max()) + 1
+        gw = int(cols.max()) + 1
+        table = sincos_2d(dim, gh, gw, num_cls=0).to(coords.device)
+        idx = (rows * gw + cols).reshape(B * n, K * K)
+        return table[idx]
+
+
+class LoMaRPretrain(_WindowPretrain):
+    """``loss, pred, mask = model(imgs, window_size=7, num_windows=4, mask_ratio=0.8)``.
+
+    pred (B, n, K*K, p*p*C) predicted pixels of every window patch (normalised-pixel
+    space when norm_pix_loss); mask (B, n, K*K) bool, True = masked (and in the loss).
+    ``coords`` (B, n, 2) and ``window_mask`` (B*n, K*K) fix the windows and masks;
+    ``generator`` (one, or one per image: see :meth:`sample`) draws them reproducibly;
+    ``abs_pos_embed`` replaces iRPE with fixed sin-cos position embeddings of each
+    window patch's place in the image."""
+
+    def __init__(self, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
+                 mlp_ratio=4.0, norm_pix_loss=True, rpe=True, rpe_ratio=1.9,
+                 per_head_rpe=False, abs_pos_embed=False, window_sampling="image"):
+        super().__init__(patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, 0.0,
+                         rpe and not abs_pos_embed, rpe_ratio, per_head_rpe)
+        self._setup_pretrain(norm_pix_loss, abs_pos_embed, window_sampling)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.encoder_pred = nn.Linear(embed_dim, patch_size * patch_size * in_chans)
+        _init_weights(self)
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(self, imgs, window_size=7, num_windows=4, mask_ratio=0.8, generator=None,
+                coords=None, window_mask=None):
+        coords, window_mask = self.windows(imgs, window_size, num_windows, mask_ratio, generator,
+                                           coords, window_mask)
         K, backend = window_size, self.ops_backend
         B, n = coords.shape[:2]
         patches = lomar_ops.window_patchify(imgs, coords, K, self.patch_size, backend=backend)
         target = patches.flatten(0, 1)                                   # (S, K*K, p*p*C)
         tokens = self.patch_embed(target)
         if self.abs_pos_embed:
-            tokens = tokens + self._window_pos_embed(coords, K).to(tokens.dtype)
+            tokens = tokens + self._window_pos_embed(coords, K, self.embed_dim).to(tokens.dtype)
         x = lomar_ops.mask_substitute(tokens, window_mask, self.mask_token.view(-1).to(tokens.dtype),
                                       self.cls_token.view(-1).to(tokens.dtype), backend=backend)
         x = self.norm(self.run_blocks(x, self.bucket_ids(K, K, imgs.device)))
@@ -224,6 +269,101 @@ class LoMaRPretrain(_Encoder):
         loss = lomar_ops.masked_patch_loss(pred, target, window_mask, norm_pix=self.norm_pix_loss,
                                            backend=backend)
         L = K * K
+        return loss, pred.reshape(B, n, L, -1), window_mask.reshape(B, n, L)
+
+
+class LoMaRPretrainAsymmetric(_WindowPretrain):
+    """The MAE-like asymmetric encoder-decoder on LoMaR's windows (the paper's Fig. 4):
+    the same call and outputs as :class:`LoMaRPretrain`.
+
+    The encoder sees only each window's visible patches (+ cls): its cost follows the
+    K*K - floor(K*K*mask_ratio) visible tokens. A light decoder (``decoder_embed_dim``,
+    ``decoder_depth``, ``decoder_num_heads``) gets the encoded tokens back in their
+    places, ``mask_token`` at the masked ones, and predicts every patch's pixels.
+
+    Position: with iRPE, the decoder uses the full window's bucket map; the encoder the
+    rows and columns of that map at its tokens' true window positions. Those differ per
+    window (masks do), so the encoder's attention takes an (S, N, N) map, which the
+    fused window_attention (one (N, N) map) does not: it runs the pure-PyTorch reference
+    formula instead. Sharing one mask per batch would keep the fused op but would
+    change the masking of section 1. With ``abs_pos_embed``, fixed sin-cos embeddings
+    of the patches' places in the image, in the encoder and (decoder width) the decoder."""
+
+    def __init__(self, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
+                 decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
+                 norm_pix_loss=True, rpe=True, rpe_ratio=1.9, per_head_rpe=False,
+                 abs_pos_embed=False, window_sampling="image"):
+        super().__init__(patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, 0.0,
+                         rpe and not abs_pos_embed, rpe_ratio, per_head_rpe)
+        self._setup_pretrain(norm_pix_loss, abs_pos_embed, window_sampling)
+        self.decoder_embed_dim = decoder_embed_dim
+        num_buckets = lomar_ops.irpe_num_buckets(rpe_ratio) if self.rpe else None
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.decoder_blocks = nn.ModuleList([
+            Block(decoder_embed_dim, decoder_num_heads, num_buckets, mlp_ratio,
+                  per_head_rpe=per_head_rpe) for _ in range(decoder_depth)])
+        self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size * patch_size * in_chans)
+        _init_weights(self)
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    @staticmethod
+    def visible_index(window_mask: torch.Tensor) -> torch.Tensor:
+        """(S, V) raster positions of each window's visible patches, in order."""
+        counts = (~window_mask).sum(dim=1)
+        if counts.numel() and not (counts == counts[0]).all():
+            raise ValueError(f"window_mask must mask the same number of patches in every window "
+                             f"(the encoder batches the visible ones), got visible counts "
+                             f"from {int(counts.min())} to {int(counts.max())}")
+        order = torch.argsort(window_mask.to(torch.int8), dim=1, stable=True)  # visible first
+        return order[:, :int(counts[0]) if counts.numel() else 0]
+
+    def _encoder_bucket_ids(self, K, visible, device):
+        """(S, 1+V, 1+V): the full window map's rows/columns at cls and the visible tokens."""
+        full = self.bucket_ids(K, K, device)
+        if full is None:
+            return None
+        keep = torch.cat([visible.new_zeros(visible.shape[0], 1), visible + 1], dim=1)
+        return full[keep[:, :, None], keep[:, None, :]]
+
+    def forward(self, imgs, window_size=7, num_windows=4, mask_ratio=0.8, generator=None,
+                coords=None, window_mask=None):
+        coords, window_mask = self.windows(imgs, window_size, num_windows, mask_ratio, generator,
+                                           coords, window_mask)
+        K, backend = window_size, self.ops_backend
+        B, n = coords.shape[:2]
+        S, L = B * n, K * K
+        target = lomar_ops.window_patchify(imgs, coords, K, self.patch_size,
+                                           backend=backend).flatten(0, 1)  # (S, L, p*p*C)
+        visible = self.visible_index(window_mask)                          # (S, V)
+        tokens = self.patch_embed(target.gather(1, visible[..., None].expand(-1, -1,
+                                                                             target.shape[-1])))
+        if self.abs_pos_embed:
+            pos = self._window_pos_embed(coords, K, self.embed_dim).to(tokens.dtype)
+            tokens = tokens + pos.gather(1, visible[..., None].expand(-1, -1, pos.shape[-1]))
+        x = torch.cat([self.cls_token.expand(S, -1, -1).to(tokens.dtype), tokens], dim=1)
+        enc_ids = self._encoder_bucket_ids(K, visible, imgs.device)
+        for blk in self.blocks:
+            x = blk(x, enc_ids, backend)
+        x = self.decoder_embed(self.norm(x))                               # (S, 1+V, Dd)
+        Dd = x.shape[-1]
+        placed = x.new_zeros(S, L, Dd).scatter(1, visible[..., None].expand(-1, -1, Dd), x[:, 1:])
+        y = lomar_ops.mask_substitute(placed, window_mask, self.mask_token.view(-1).to(x.dtype),
+                                      backend=backend)                     # (S, L, Dd)
+        if self.abs_pos_embed:
+            y = y + self._window_pos_embed(coords, K, Dd).to(y.dtype)
+        y = torch.cat([x[:, :1], y], dim=1)
+        dec_ids = self.bucket_ids(K, K, imgs.device)
+        for blk in self.decoder_blocks:
+            y = blk(y, dec_ids, backend)
+        pred = self.decoder_pred(self.decoder_norm(y))[:, 1:]
+        loss = lomar_ops.masked_patch_loss(pred, target, window_mask, norm_pix=self.norm_pix_loss,
+                                           backend=backend)
         return loss, pred.reshape(B, n, L, -1), window_mask.reshape(B, n, L)
 
 
