@@ -2,11 +2,11 @@
 
 * ``lomar_vit_{small,base,large,huge}_patch{16,14,8}``: LoMaR pretraining models;
 * ``vit_{small,base,large,huge}_patch{16,14,8}``: encoders for fine-tuning and inference;
-* ``mae_vit_{base,large}_patch16_dec512d8b``, ``mae_vit_huge_patch14_dec512d8b``: MAE."""
+* ``mae_vit_{base,large}_patch16_dec512d8b``, ``mae_vit_huge_patch14_dec512d8b``: MAE;
+* ``beit_base_patch16``, ``beit_window_base_patch16``: BEiT, and BEiT on LoMaR windows."""
 
 from __future__ import annotations
 
-from ..baselines.mae import MAE_MODELS, create_mae
 from .lomar_vit import IRPEAttention, LoMaRPretrain, LoMaRViT
 
 SIZES = {  # embed_dim, depth, num_heads
@@ -18,16 +18,26 @@ SIZES = {  # embed_dim, depth, num_heads
 PATCHES = (16, 14, 8)
 
 
+def _baselines() -> dict:
+    """{name: factory} of the baselines; imported here, not at the top, because the
+    baselines build on lomar_vit's blocks (an import cycle otherwise)."""
+    from ..baselines.beit import BEIT_MODELS, create_beit
+    from ..baselines.mae import MAE_MODELS, create_mae
+
+    return {**dict.fromkeys(MAE_MODELS, create_mae), **dict.fromkeys(BEIT_MODELS, create_beit)}
+
+
 def model_names() -> list[str]:
     names = [f"{kind}_{size}_patch{p}" for kind in ("lomar_vit", "vit") for size in SIZES
              for p in PATCHES]
-    return names + list(MAE_MODELS)
+    return names + list(_baselines())
 
 
 def create_model(name: str, **kwargs):
     """A model by name; kwargs override the architecture's defaults."""
-    if name in MAE_MODELS:
-        return create_mae(name, **kwargs)
+    baselines = _baselines()
+    if name in baselines:
+        return baselines[name](name, **kwargs)
     for kind, cls in (("lomar_vit_", LoMaRPretrain), ("vit_", LoMaRViT)):
         if name.startswith(kind):
             size, _, patch = name[len(kind):].partition("_patch")
