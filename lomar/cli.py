@@ -1,6 +1,7 @@
 """The ``lomar`` command (also ``python -m lomar``).
 
     lomar pretrain [--config FILE.yaml] [key=value ...]
+    lomar bench [--device cuda|cpu] [--quick] [--out DIR] [...]
     lomar info
 
 Overrides use the config's dotted keys (``optim.blr=1e-4 data.path=/data/train``);
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 import yaml
@@ -29,6 +31,23 @@ def _pretrain(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from . import benchmark
+
+    command = "lomar " + " ".join(shlex.quote(a) for a in args.argv)
+    try:
+        cfg = benchmark.config_from_args(args, command)
+        cfg.validate()
+    except ValueError as exc:
+        print(f"lomar bench: {exc}", file=sys.stderr)
+        return 2
+    from .benchmark.report import ratios_markdown
+    from .benchmark.run import run
+
+    print(ratios_markdown(run(cfg)))
+    return 0
+
+
 def _info(args) -> int:
     import lomar_ops
 
@@ -45,9 +64,15 @@ def main(argv=None) -> int:
     p.add_argument("--help-config", action="store_true", help="print every key and its default")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p.set_defaults(run=_pretrain)
+    b = sub.add_parser("bench", help="training-step throughput: LoMaR vs MAE vs BEiT (issue 6)")
+    from .benchmark import add_arguments as add_bench_arguments
+
+    add_bench_arguments(b)
+    b.set_defaults(run=_bench)
     i = sub.add_parser("info", help="what lomar_ops was built with, which backends run here")
     i.set_defaults(run=_info)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.run(args)
     except ConfigError as exc:
