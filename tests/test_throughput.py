@@ -76,6 +76,21 @@ def test_ratio_rows():
     assert mae["paper"] == 3.1 and rows["lomar_paper_windows", "beit"]["paper"] == 5.3
 
 
+def test_batch_search(monkeypatch):
+    from lomar.benchmark import timing
+
+    for limit, start, cap, want in ((20, 8, 256, 16), (5, 8, 256, 4), (0, 8, 256, 0),
+                                    (1000, 8, 64, 64), (1000, 8, 4, 4)):
+        tried = []
+
+        def fits(model, make_inputs, batch, device, limit=limit):
+            tried.append(batch)
+            return batch <= limit
+        monkeypatch.setattr(timing, "fits", fits)
+        assert timing.search_batch(None, None, torch.device("cpu"), start, cap) == want
+        assert max(tried) <= cap
+
+
 def test_bad_arguments(capsys):
     assert main(["bench", "--device", "cpu", "--resolutions", "100"]) == 2
     assert "resolution must be a multiple of 16 and at least 112" in capsys.readouterr().err
@@ -103,5 +118,6 @@ def test_bench_end_to_end_on_cpu(tmp_path, capsys):
     assert lomar["windows"] == 4 and lomar["ops_backends"]["window_attention"] == "cpu"
     assert "tokenizer_ms" in results["cases"][2]["phases_ms"]
     assert (out / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| lomar / mae | 112 |" in (out / "ratios.md").read_text()
+    table = (out / "ratios.md").read_text()
+    assert "| lomar / mae | 112 |" in table and "| beit_window | 112 | 4 | 2 |" in table
     assert "lomar / mae" in capsys.readouterr().out

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-QUICK = {"size": "quick", "resolutions": (224, 448, 768), "warmup": 1, "iters": 2,
+QUICK = {"size": "quick", "resolutions": (224, 448, 768), "warmup": 1, "iters": 3,
          "phase_iters": 1}
 
 

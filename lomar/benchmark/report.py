@@ -85,6 +85,25 @@ def ratios_markdown(results: dict) -> str:
         paper = f"{row['paper']:.1f}x" if row["paper"] else "-"
         lines.append(f"| {row['numerator']} / {row['denominator']} | {row['resolution']} | "
                      f"{row['throughput_ratio']:.2f}x | {compute} | {paper} |")
+    lines += ["", "## Every case", "",
+              "| method | res | windows | batch | images/s | ms/image | GFLOP/image fwd (tokenizer) "
+              "| GFLOP/image train | peak GiB | MFU | forward split ms: data+embed / tokenizer / "
+              "encoder / head+loss; backward; optimizer |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in results["cases"]:
+        if c["status"] != "ok":
+            lines.append(f"| {c['method']} | {c['resolution']} | | | {c['status']} | | | | | | |")
+            continue
+        f, ph = c["flops_per_image"], c.get("phases_ms", {})
+        split = " / ".join(f"{ph[k]:.1f}" if k in ph else "-" for k in (
+            "data_and_embed_ms", "tokenizer_ms", "encoder_forward_ms", "head_and_loss_forward_ms"))
+        if ph:
+            split += f"; {ph['backward_ms']:.1f}; {ph['optimizer_ms']:.1f}"
+        mem = f"{c['peak_memory_gib']:.1f}" if c.get("peak_memory_gib") is not None else "-"
+        mfu = f"{c['mfu']:.1%}" if c.get("mfu") else "-"
+        lines.append(f"| {c['method']} | {c['resolution']} | {c['windows'] or '-'} | {c['batch']} | "
+                     f"{c['images_per_s']:.1f} | {c['ms_per_image']:.2f} | "
+                     f"{f['forward'] / 1e9:.1f} ({f['tokenizer'] / 1e9:.1f}) | "
+                     f"{f['train'] / 1e9:.1f} | {mem} | {mfu} | {split} |")
     if results["size"] != "base":
         lines += ["", f"Model size '{results['size']}' is reduced from ViT-B: these ratios "
                   "show the trend, not the paper's ViT-B figures."]

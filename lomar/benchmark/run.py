@@ -114,9 +114,9 @@ def _case(cfg, method, res, device, header) -> dict:
         batch, case["batch_source"] = cfg.batch, "--batch"
     elif device.type == "cuda":
         batch = search_batch(model, make_inputs, device, start=8, max_batch=cfg.max_batch)
-        case["batch_source"] = f"largest power-of-two multiple of 8 <= {cfg.max_batch} that fits"
+        case["batch_source"] = f"largest 8 * 2**k <= {cfg.max_batch} that fits"
         if batch == 0:
-            return {**case, "status": "out of memory at batch 8"}
+            return {**case, "status": "out of memory at batch 1"}
     else:
         batch, case["batch_source"] = DEFAULT_CPU_BATCH, "CPU default"
     case["batch"] = batch

@@ -1,10 +1,11 @@
 """Timing one training step (forward, backward, AdamW step): warm-up then timed
-iterations between device synchronisations, the largest batch that fits, and a
+iterations, each between device synchronisations, the largest batch that fits, and a
 per-phase split of the step measured in a separate, synchronised pass."""
 
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 
 import torch
@@ -37,22 +38,27 @@ def train_step(model, imgs, step_kwargs, optimizer) -> None:
 
 
 def time_steps(model, imgs, step_kwargs, optimizer, warmup: int, iters: int) -> dict:
-    """Mean step time over ``iters`` steps after ``warmup`` (the device is synchronised
-    around the timed loop only, not inside it); peak memory on CUDA."""
+    """Step time over ``iters`` steps after ``warmup``, each step timed between device
+    synchronisations; the median is the figure (robust to a busy machine's spikes),
+    the mean and every step are kept too. Peak memory on CUDA."""
     device = imgs.device
     for _ in range(warmup):
         train_step(model, imgs, step_kwargs, optimizer)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    synchronize(device)
-    start = time.perf_counter()
+    times = []
     for _ in range(iters):
+        synchronize(device)
+        start = time.perf_counter()
         train_step(model, imgs, step_kwargs, optimizer)
-    synchronize(device)
-    step_s = (time.perf_counter() - start) / iters
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return {"step_ms": step_s * 1e3, "images_per_s": imgs.shape[0] / step_s,
             "ms_per_image": step_s * 1e3 / imgs.shape[0],
+            "step_ms_mean": statistics.fmean(times) * 1e3,
+            "step_ms_each": [t * 1e3 for t in times],
             "peak_memory_gib": peak / 2 ** 30 if peak is not None else None}
 
 
@@ -74,12 +80,19 @@ def fits(model, make_inputs, batch: int, device: torch.device) -> bool:
 
 
 def search_batch(model, make_inputs, device: torch.device, start: int, max_batch: int) -> int:
-    """The largest power-of-two multiple of ``start`` up to ``max_batch`` that fits in
-    memory (0 if not even ``start`` does)."""
-    best, batch = 0, start
-    while batch <= max_batch and fits(model, make_inputs, batch, device):
-        best, batch = batch, batch * 2
-    return best
+    """The largest batch of the form start * 2**k (k may be negative) up to ``max_batch``
+    that fits in memory: doubling from ``start`` while it fits, else halving until it
+    does (0 if not even a batch of 1 fits)."""
+    batch = min(start, max_batch)
+    if not fits(model, make_inputs, batch, device):
+        while batch > 1:
+            batch //= 2
+            if fits(model, make_inputs, batch, device):
+                return batch
+        return 0
+    while batch * 2 <= max_batch and fits(model, make_inputs, batch * 2, device):
+        batch *= 2
+    return batch
 
 
 class PhaseTimer:
