@@ -100,7 +100,7 @@ METHODS = {m.name: m for m in (
            resolutions=tuple(PAPER_WINDOWS), windows=_paper),
     Method("lomar_reference", "LoMaR, reference ops, 4 windows", _lomar("torch"),
            lambda model, b, res, dev: {"num_windows": 4}, ops_backend="torch", windows=_four),
-    Method("mae", "MAE (75% masked, 8-block decoder)", _mae,
+    Method("mae", "MAE (75% masked)", _mae,
            lambda model, b, res, dev: {"mask_ratio": 0.75}),
     Method("beit", "BEiT (with its dVAE tokenizer)", _beit,
            lambda model, b, res, dev: {"bool_masked_pos": model.sample_masks(b, device=dev)}),

@@ -45,7 +45,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("image resolution (pixels per side)")
     ax.set_ylabel("training-step time per image (ms, log scale)")
-    ax.set_title(f"{results['size']} ViT/16 on {results['device']}", fontsize=9)
+    ax.set_title(f"{results['size']} ViT/16, {results['dtype']}, {results['device']}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -78,8 +78,7 @@ def _git_commit() -> str:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return (f"CPU {platform.processor() or platform.machine()}, "
-            f"{torch.get_num_threads()} threads")
+    return f"CPU {platform.processor() or platform.machine()}, threads={torch.get_num_threads()}"
 
 
 def _header(cfg: BenchConfig, device: torch.device) -> dict:
