@@ -156,6 +156,18 @@ def test_registered_and_parameter_count():
     assert window.rel_pos_bias.relative_position_bias_table.shape == (13 * 13 + 3, 12)
 
 
+def test_tokenizer_weights_load(tmp_path):
+    source = tiny_beit().tokenizer
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_()
+    path = tmp_path / "dvae.pt"
+    torch.save({"model": source.state_dict()}, path)
+    loaded = tiny_beit(tokenizer_weights=str(path)).tokenizer
+    for a, b in zip(source.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_bad_input():
     model = tiny_beit()
     with pytest.raises(ValueError, match="built for 7x7: create the model with img_size=128"):

@@ -71,6 +71,34 @@ def ratio_rows(results: dict) -> list[dict]:
     return rows
 
 
+def issue_targets(results: dict) -> list[dict]:
+    """Issue 6's targets, evaluated on what ran (each needs its cases): LoMaR's time per
+    image at 4 windows flat within 10% from 224 to 1024; at 448, LoMaR (4 windows) at
+    least 2.4x MAE's and 5x BEiT's images/s; fused ops at least 1.3x reference ops."""
+    by_key = {(c["method"], c["resolution"]): c for c in _ok(results)}
+    targets = []
+    lomar = {r: c["ms_per_image"] for (m, r), c in by_key.items() if m == "lomar"}
+    if 224 in lomar and 1024 in lomar:
+        spread = max(lomar.values()) / min(lomar.values())
+        targets.append({"target": "LoMaR, 4 windows: time per image flat within 10%, 224-1024",
+                        "measured": f"max/min {spread:.2f}", "met": spread <= 1.10})
+    for den, want in (("mae", 2.4), ("beit", 5.0)):
+        a, b = by_key.get(("lomar", 448)), by_key.get((den, 448))
+        if a and b:
+            ratio = a["images_per_s"] / b["images_per_s"]
+            targets.append({"target": f"448: LoMaR (4 windows) >= {want}x {den} images/s",
+                            "measured": f"{ratio:.2f}x", "met": ratio >= want})
+    fused = [(r, c["images_per_s"] / by_key[("lomar_reference", r)]["images_per_s"])
+             for (m, r), c in sorted(by_key.items()) if m == "lomar"
+             and ("lomar_reference", r) in by_key]
+    if fused:
+        worst = min(fused, key=lambda item: item[1])
+        targets.append({"target": "fused ops >= 1.3x reference ops, every resolution",
+                        "measured": f"lowest {worst[1]:.2f}x (at {worst[0]})",
+                        "met": worst[1] >= 1.3})
+    return targets
+
+
 def ratios_markdown(results: dict) -> str:
     lines = [f"# Throughput ratios ({results['size']} ViT/16, {results['device']})", "",
              f"Command: `{results['command']}`", "",
@@ -85,6 +113,12 @@ def ratios_markdown(results: dict) -> str:
         paper = f"{row['paper']:.1f}x" if row["paper"] else "-"
         lines.append(f"| {row['numerator']} / {row['denominator']} | {row['resolution']} | "
                      f"{row['throughput_ratio']:.2f}x | {compute} | {paper} |")
+    targets = issue_targets(results)
+    if targets:
+        lines += ["", "## Issue 6's targets (set for ViT-B/16 on a GPU)", "",
+                  "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |"
+                  for t in targets]
     lines += ["", "## Every case", "",
               "| method | res | windows | batch | images/s | ms/image | GFLOP/image fwd (tokenizer) "
               "| GFLOP/image train | peak GiB | MFU | forward split ms: data+embed / tokenizer / "
