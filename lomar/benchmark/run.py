@@ -21,7 +21,7 @@ from .report import write_all
 from .timing import PhaseTimer, make_optimizer, search_batch, time_steps
 
 FULL_RESOLUTIONS = (224, 384, 448, 512, 768, 1024)
-QUICK_RESOLUTIONS = (224, 448, 768)
+DEFAULT_CPU_BATCH = 2
 
 
 @dataclass
@@ -64,12 +64,9 @@ class BenchConfig:
             raise ValueError(f"--budget-s must be positive, got {self.budget_s}")
 
 
-DEFAULT_CPU_BATCH = 2
-
-
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
                               text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
