@@ -114,6 +114,9 @@ def test_bad_arguments(capsys):
     assert "unknown method 'simmim'" in capsys.readouterr().err
     assert main(["bench", "--device", "cpu", "--batch", "0"]) == 2
     assert "--batch must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["bench", "--device", "cpu", "--ops-backend", "cuda"]) == 2
+    assert "--ops-backend cuda: window_patchify: backend='cuda' is unavailable" \
+        in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(["bench", "--device", "cuda"]) == 2
         assert "--device cuda: no CUDA device is available here" in capsys.readouterr().err

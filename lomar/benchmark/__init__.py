@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="synchronised steps for the per-phase split (default 2; 0: none)")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="skip the cases left once this many seconds are spent")
+    parser.add_argument("--ops-backend", default=None,
+                        help="run every method's lomar_ops on this backend (e.g. torch, the "
+                             "references); default: each method's own")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's own choice)")
     parser.add_argument("--ceilings", default=None,
@@ -49,7 +52,7 @@ def config_from_args(args: argparse.Namespace, command: str):
 
     values = dict(QUICK) if args.quick else {}
     for key in ("batch", "max_batch", "methods", "resolutions", "size", "warmup", "iters",
-                "phase_iters", "budget_s", "ceilings", "out", "threads"):
+                "phase_iters", "budget_s", "ceilings", "out", "threads", "ops_backend"):
         value = getattr(args, key)
         if value is not None:
             values[key] = tuple(value) if isinstance(value, list) else value

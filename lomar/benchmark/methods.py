@@ -48,11 +48,13 @@ class Method:
     def runs_at(self, resolution: int) -> bool:
         return self.resolutions is None or resolution in self.resolutions
 
-    def ops(self, device: torch.device) -> dict[str, str]:
-        """The lomar_ops backend each op of this method resolves to on ``device``."""
-        return {op: lomar_ops.resolve_backend(op, device, self.ops_backend,
-                                              implemented_backends(op, cpp) if cpp else None)
-                for op, cpp in OPS.items()}
+
+def resolved_ops(device: torch.device, ops_backend: str | None) -> dict[str, str]:
+    """The backend each lomar_ops op of a step resolves to on ``device`` (what "fused"
+    means there: window_attention has no CUDA kernel yet, for instance)."""
+    return {op: lomar_ops.resolve_backend(op, device, ops_backend,
+                                          implemented_backends(op, cpp) if cpp else None)
+            for op, cpp in OPS.items()}
 
 
 def _vit(size: dict) -> dict:
@@ -60,12 +62,8 @@ def _vit(size: dict) -> dict:
     return dict(embed_dim=dim, depth=depth, num_heads=heads, patch_size=PATCH)
 
 
-def _lomar(backend):
-    def build(res, size):
-        model = LoMaRPretrain(**_vit(size))
-        model.ops_backend = backend
-        return model
-    return build
+def _lomar(res, size):
+    return LoMaRPretrain(**_vit(size))
 
 
 def _mae(res, size):
@@ -93,12 +91,12 @@ def _paper(res):
 
 
 METHODS = {m.name: m for m in (
-    Method("lomar", "LoMaR, fused ops, 4 windows", _lomar(None),
+    Method("lomar", "LoMaR, fused ops, 4 windows", _lomar,
            lambda model, b, res, dev: {"num_windows": 4}, windows=_four),
-    Method("lomar_paper_windows", "LoMaR, fused ops, paper's windows (4/6/9)", _lomar(None),
+    Method("lomar_paper_windows", "LoMaR, fused ops, paper's windows (4/6/9)", _lomar,
            lambda model, b, res, dev: {"num_windows": PAPER_WINDOWS[res]},
            resolutions=tuple(PAPER_WINDOWS), windows=_paper),
-    Method("lomar_reference", "LoMaR, reference ops, 4 windows", _lomar("torch"),
+    Method("lomar_reference", "LoMaR, reference ops, 4 windows", _lomar,
            lambda model, b, res, dev: {"num_windows": 4}, ops_backend="torch", windows=_four),
     Method("mae", "MAE (75% masked)", _mae,
            lambda model, b, res, dev: {"mask_ratio": 0.75}),

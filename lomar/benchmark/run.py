@@ -16,7 +16,7 @@ import torch
 import lomar_ops
 
 from . import flops as flop_count
-from .methods import METHODS, PAPER_WINDOWS, SIZES, check_resolution
+from .methods import METHODS, PAPER_WINDOWS, SIZES, check_resolution, resolved_ops
 from .report import write_all
 from .timing import PhaseTimer, make_optimizer, search_batch, time_steps
 
@@ -38,6 +38,7 @@ class BenchConfig:
     budget_s: float | None = None
     ceilings: str | None = None
     threads: int | None = None  # torch CPU threads; None: torch's default
+    ops_backend: str | None = None  # every method's lomar_ops backend; None: each its own
     seed: int = 0
     command: str = "lomar bench"
     out: str = "bench/results/throughput"
@@ -60,6 +61,14 @@ class BenchConfig:
                                  ("--threads", self.threads, 1)):
             if value is not None and value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
+        if self.ops_backend is not None:
+            if self.ops_backend not in lomar_ops.BACKENDS:
+                raise ValueError(f"--ops-backend must be one of {lomar_ops.BACKENDS}, "
+                                 f"got {self.ops_backend!r}")
+            try:
+                resolved_ops(torch.device(self.device), self.ops_backend)
+            except lomar_ops.BackendUnavailableError as exc:
+                raise ValueError(f"--ops-backend {self.ops_backend}: {exc}") from None
         if self.budget_s is not None and self.budget_s <= 0:
             raise ValueError(f"--budget-s must be positive, got {self.budget_s}")
 
@@ -97,10 +106,12 @@ def _header(cfg: BenchConfig, device: torch.device) -> dict:
 def _case(cfg, method, res, device, header) -> dict:
     torch.manual_seed(cfg.seed)
     size = SIZES[cfg.size]
+    backend = cfg.ops_backend if cfg.ops_backend is not None else method.ops_backend
     case = {"method": method.name, "label": method.label, "resolution": res,
             "windows": method.windows(res) if method.windows else None,
-            "ops_backends": method.ops(device)}
+            "ops_backends": resolved_ops(device, backend)}
     model = method.build(res, size).to(device).train()
+    model.ops_backend = backend
 
     def make_inputs(batch):
         imgs = torch.randn(batch, 3, res, res, device=device)
