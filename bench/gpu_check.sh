@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared GPU script (shared/GPU.md): versions, build, GPU tests, kernel
 # benchmarks, the end-to-end throughput comparison (lomar bench), results as
-# JSON/CSV/PNG under $OUT (default bench/results/latest), and a short table last. Runs with the python already on the machine (no network there).
+# JSON/CSV/PNG under $OUT (default bench/results/latest), and a short table last.
+# Runs with the python already on the machine (no network there).
 # Usage: make gpu-check          (or OUT=dir bash bench/gpu_check.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
