@@ -147,7 +147,8 @@ def test_window_masks_are_blocks_inside_the_window():
 
 
 def test_registered_and_parameter_count():
-    model = create_model("beit_base_patch16", tokenizer_width=8)
+    with torch.device("meta"):  # shapes only
+        model = create_model("beit_base_patch16")
     D, H, V, depth = 768, 12, 8192, 12
     # qkv weight, q and v biases, proj, two LayerNorms, fc1, fc2, two layer scales
     per_block = (3 * D * D + 2 * D + (D * D + D) + 4 * D + (D * 4 * D + 4 * D)
@@ -155,7 +156,8 @@ def test_registered_and_parameter_count():
     table = (2 * 14 - 1) ** 2 + 3
     want = (D * 3 * 16 * 16 + D) + 2 * D + table * H + depth * per_block + 2 * D + (D * V + V)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == want == 91_965_776
-    window = create_model("beit_window_base_patch16", tokenizer_width=8, depth=1)
+    with torch.device("meta"):
+        window = create_model("beit_window_base_patch16", depth=1)
     assert window.rel_pos_bias.relative_position_bias_table.shape == (13 * 13 + 3, 12)
 
 
