@@ -34,10 +34,12 @@ cmake-test: $(VENV_STAMP)
 	$(VENV)/bin/cmake --build build-cmake -j $${MAX_JOBS:-$$(nproc)}
 	$(VENV)/bin/ctest --test-dir build-cmake --output-on-failure
 
-# CPU benchmarks (pytest-benchmark); tagged CSV/JSON under bench/results/cpu-latest.
+# CPU benchmarks (pytest-benchmark); tagged CSV/JSON under bench/results/cpu-latest,
+# then the end-to-end throughput comparison at reduced scale (lomar bench --quick).
 bench: $(EXT_STAMP)
 	LOMAR_BENCH_OUT=bench/results/cpu-latest $(PY) -m pytest bench -q -p no:cacheprovider -o python_files='bench_*.py'
 	$(PY) bench/summarize.py bench/results/cpu-latest
+	$(PY) -m lomar bench --device cpu --quick --out bench/results/cpu-latest/throughput
 
 # On a GPU machine (no network: uses the python already there, see shared/GPU.md).
 gpu-check:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared GPU script (shared/GPU.md): versions, build, GPU tests, kernel
-# benchmarks, results as JSON/CSV under $OUT (default bench/results/latest), and a
-# short table last. Runs with the python already on the machine (no network there).
+# benchmarks, the end-to-end throughput comparison (lomar bench), results as
+# JSON/CSV/PNG under $OUT (default bench/results/latest), and a short table last.
+# Runs with the python already on the machine (no network there).
 # Usage: make gpu-check          (or OUT=dir bash bench/gpu_check.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,9 +38,21 @@ bench_status=0
 LOMAR_BENCH_DEVICE=cuda LOMAR_BENCH_OUT="$OUT" $PY -m pytest bench -q -p no:cacheprovider \
     -o python_files='bench_*.py' --benchmark-json="$OUT/pytest_benchmark.json" || bench_status=$?
 
-echo "== 5. summary"
+echo "== 5. end-to-end throughput: LoMaR vs MAE vs BEiT, ViT-B/16 (lomar bench)"
+# Most telling resolutions first: --budget-s skips what is left when time runs out
+# (recorded as skipped), so the whole gpu-check stays within its few minutes.
+throughput_status=0
+$PY -m lomar bench --device cuda --out "$OUT/throughput" --resolutions 224 448 1024 384 512 768 \
+    --max-batch 128 --warmup 2 --iters 5 --phase-iters 1 --budget-s 180 \
+    --ceilings "$OUT/ceilings.json" || throughput_status=$?
+
+echo "== 6. summary"
 $PY bench/summarize.py "$OUT"
 if [ "$bench_status" != 0 ]; then
     echo "some benchmark cases failed (pytest exit $bench_status): see $LOG"
     exit "$bench_status"
+fi
+if [ "$throughput_status" != 0 ]; then
+    echo "lomar bench failed (exit $throughput_status): see $LOG"
+    exit "$throughput_status"
 fi

@@ -2,6 +2,7 @@
 
     lomar pretrain [--config FILE.yaml] [key=value ...]
     lomar visualize --checkpoint output/run/checkpoint-last.pt [--images DIR ...]
+    lomar bench [--device cuda|cpu] [--quick] [--out DIR] [...]
     lomar info
 
 Overrides use the config's dotted keys (``optim.blr=1e-4 data.path=/data/train``);
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 import yaml
@@ -45,6 +47,23 @@ def _visualize(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from . import benchmark
+
+    command = "lomar " + " ".join(shlex.quote(a) for a in args.argv)
+    try:
+        cfg = benchmark.config_from_args(args, command)
+        cfg.validate()
+    except ValueError as exc:
+        print(f"lomar bench: {exc}", file=sys.stderr)
+        return 2
+    from .benchmark.report import ratios_markdown
+    from .benchmark.run import run
+
+    print(ratios_markdown(run(cfg)))
+    return 0
+
+
 def _info(args) -> int:
     import lomar_ops
 
@@ -74,9 +93,15 @@ def main(argv=None) -> int:
     v.add_argument("--model-kwargs", help="YAML mapping of model arguments, with --model")
     v.add_argument("--out", help="the PNG (default: reconstruction.png beside the checkpoint)")
     v.set_defaults(run=_visualize)
+    b = sub.add_parser("bench", help="training-step throughput: LoMaR vs MAE vs BEiT (issue 6)")
+    from .benchmark import add_arguments as add_bench_arguments
+
+    add_bench_arguments(b)
+    b.set_defaults(run=_bench)
     i = sub.add_parser("info", help="what lomar_ops was built with, which backends run here")
     i.set_defaults(run=_info)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.run(args)
     except ConfigError as exc:

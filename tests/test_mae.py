@@ -1,6 +1,8 @@
 """The MAE baseline: parameter count and names, masking with given noise, shapes
 at any resolution, the loss, bad input."""
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -84,3 +86,21 @@ def test_bad_input():
         model(torch.randn(1, 3, 32, 32), noise=torch.rand(1, 15))
     with pytest.raises(ValueError, match="unknown MAE model 'mae_vit_tiny'"):
         create_mae("mae_vit_tiny")
+
+
+def test_blocks_equal_timm_blocks_and_backends_agree():
+    # attention now runs through lomar_ops.window_attention: same names, same numbers
+    from timm.models.vision_transformer import Block as TimmBlock
+
+    torch.manual_seed(0)
+    model = tiny()
+    ref = TimmBlock(32, 4, 4.0, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
+    ref.load_state_dict(model.blocks[0].state_dict(), strict=True)
+    x = torch.randn(3, 17, 32)
+    assert torch.allclose(model.blocks[0](x, None), ref(x), atol=1e-5)
+    imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    losses = []
+    for backend in (None, "torch"):
+        model.ops_backend = backend
+        losses.append(model(imgs, noise=noise)[0])
+    assert torch.allclose(losses[0], losses[1], atol=1e-6)

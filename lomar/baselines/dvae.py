@@ -55,4 +55,4 @@ class DVAEEncoder(nn.Module):
     @torch.no_grad()
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> visual token ids (B, H/8 * W/8), the BEiT targets."""
-        return self.forward(x).argmax(dim=1).flatten(1)
+        return self(x).argmax(dim=1).flatten(1)

@@ -7,7 +7,13 @@ argsort of uniform noise), fixed 2-D sin-cos position embeddings; decoder:
 linear to 512, 8 blocks of width 512 with 16 heads, on all L + 1 tokens, then a
 linear map to p*p*3 pixels; loss on the masked patches (norm_pix_loss option).
 Any image size whose sides are multiples of the patch size: the fixed position
-embeddings are recomputed for another grid."""
+embeddings are recomputed for another grid.
+
+Attention runs through lomar_ops.window_attention (plain, rpe=None), as in the LoMaR
+and BEiT models, so that a throughput comparison measures the methods, not the
+attention kernels; ``ops_backend`` moves it to one backend (e.g. "torch"). The
+blocks are lomar_vit's, whose parameter names are timm's (``attn.qkv``,
+``mlp.fc1``, ...), so the authors' checkpoints still load with strict=True."""
 
 from __future__ import annotations
 
@@ -15,9 +21,9 @@ from functools import partial
 
 import torch
 from timm.layers import PatchEmbed
-from timm.models.vision_transformer import Block
 from torch import nn
 
+from ..models.lomar_vit import Block
 from ..pos_embed import sincos_2d
 
 
@@ -26,8 +32,9 @@ class MaskedAutoencoderViT(nn.Module):
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  decoder_embed_dim: int = 512, decoder_depth: int = 8,
                  decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
-                 norm_pix_loss: bool = False):
+                 norm_pix_loss: bool = False, ops_backend: str | None = None):
         super().__init__()
+        self.ops_backend = ops_backend
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         self.patch_size = patch_size
         self.in_chans = in_chans
@@ -37,16 +44,15 @@ class MaskedAutoencoderViT(nn.Module):
         grid = self.patch_embed.grid_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(sincos_2d(embed_dim, *grid)[None], requires_grad=False)
-        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True,
-                                           norm_layer=norm_layer) for _ in range(depth)])
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, None, mlp_ratio)
+                                     for _ in range(depth)])
         self.norm = norm_layer(embed_dim)
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.decoder_pos_embed = nn.Parameter(sincos_2d(decoder_embed_dim, *grid)[None],
                                               requires_grad=False)
-        self.decoder_blocks = nn.ModuleList([
-            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True,
-                  norm_layer=norm_layer) for _ in range(decoder_depth)])
+        self.decoder_blocks = nn.ModuleList([Block(decoder_embed_dim, decoder_num_heads, None,
+                                                   mlp_ratio) for _ in range(decoder_depth)])
         self.decoder_norm = norm_layer(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * in_chans)
         self._init_weights()
@@ -116,7 +122,7 @@ class MaskedAutoencoderViT(nn.Module):
         cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, None, self.ops_backend)
         return self.norm(x), mask, ids_restore, grid
 
     def forward_decoder(self, x, ids_restore, grid):
@@ -128,7 +134,7 @@ class MaskedAutoencoderViT(nn.Module):
         x = torch.cat([x[:, :1], x_], dim=1)
         x = x + self._pos(self.decoder_pos_embed, grid)
         for blk in self.decoder_blocks:
-            x = blk(x)
+            x = blk(x, None, self.ops_backend)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
 
     def forward_loss(self, imgs, pred, mask):

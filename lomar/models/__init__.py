@@ -5,11 +5,11 @@
   encoder-decoder variant (paper's Fig. 4) with MAE's light decoder (512 wide, 8 blocks,
   16 heads);
 * ``vit_{small,base,large,huge}_patch{16,14,8}``: encoders for fine-tuning and inference;
-* ``mae_vit_{base,large}_patch16_dec512d8b``, ``mae_vit_huge_patch14_dec512d8b``: MAE."""
+* ``mae_vit_{base,large}_patch16_dec512d8b``, ``mae_vit_huge_patch14_dec512d8b``: MAE;
+* ``beit_base_patch16``, ``beit_window_base_patch16``: BEiT, and BEiT on LoMaR windows."""
 
 from __future__ import annotations
 
-from ..baselines.mae import MAE_MODELS, create_mae
 from .lomar_vit import IRPEAttention, LoMaRPretrain, LoMaRPretrainAsymmetric, LoMaRViT
 
 SIZES = {  # embed_dim, depth, num_heads
@@ -23,17 +23,27 @@ DECODER = "_dec512d8b"  # decoder_embed_dim, decoder_depth, decoder_num_heads be
 DECODER_ARGS = {"decoder_embed_dim": 512, "decoder_depth": 8, "decoder_num_heads": 16}
 
 
+def _baselines() -> dict:
+    """{name: factory} of the baselines; imported here, not at the top, because the
+    baselines build on lomar_vit's blocks (an import cycle otherwise)."""
+    from ..baselines.beit import BEIT_MODELS, create_beit
+    from ..baselines.mae import MAE_MODELS, create_mae
+
+    return {**dict.fromkeys(MAE_MODELS, create_mae), **dict.fromkeys(BEIT_MODELS, create_beit)}
+
+
 def model_names() -> list[str]:
     names = [f"{kind}_{size}_patch{p}" for kind in ("lomar_vit", "vit") for size in SIZES
              for p in PATCHES]
     asymmetric = [f"lomar_vit_{size}_patch{p}{DECODER}" for size in SIZES for p in PATCHES]
-    return names + asymmetric + list(MAE_MODELS)
+    return names + asymmetric + list(_baselines())
 
 
 def create_model(name: str, **kwargs):
     """A model by name; kwargs override the architecture's defaults."""
-    if name in MAE_MODELS:
-        return create_mae(name, **kwargs)
+    baselines = _baselines()
+    if name in baselines:
+        return baselines[name](name, **kwargs)
     base, defaults, kinds = name, {}, (("lomar_vit_", LoMaRPretrain), ("vit_", LoMaRViT))
     if name.startswith("lomar_vit_") and name.endswith(DECODER):
         base, defaults = name[:-len(DECODER)], DECODER_ARGS

@@ -1,0 +1,13 @@
+"""End-to-end training-step throughput, LoMaR vs MAE vs BEiT (issue 6): a thin
+entry to ``lomar bench``, whose code lives in the package (lomar/benchmark/) so
+that it also works where lomar is installed without this checkout.
+
+    python bench/throughput.py --device cpu --quick --out bench/results/cpu-latest/throughput
+    python bench/throughput.py --device cuda --out DIR     (what make gpu-check runs)"""
+
+import sys
+
+from lomar.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", *sys.argv[1:]]))

@@ -1,0 +1,60 @@
+"""``lomar bench``: training-step throughput of LoMaR (fused and reference ops), MAE,
+BEiT and BEiT on windows at several resolutions, with FLOPs counted from the
+models, model FLOPs utilisation on GPU, a plot and a ratio table (issue 6).
+
+    lomar bench --device cuda --out DIR          # ViT-B/16, 224 to 1024, batch search
+    lomar bench --device cpu --quick --out DIR   # reduced ViT, a few minutes on 2 cores
+
+Kept import-light: the CLI builds its parser from here without importing torch."""
+
+from __future__ import annotations
+
+import argparse
+
+QUICK = {"size": "quick", "resolutions": (224, 448, 768), "warmup": 1, "iters": 3,
+         "phase_iters": 1}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="default: cuda when available, else cpu")
+    parser.add_argument("--quick", action="store_true",
+                        help="reduced ViT (size 'quick'), resolutions 224/448/768, few iterations")
+    parser.add_argument("--out", default="bench/results/throughput",
+                        help="folder for results.json, throughput.png, ratios.md")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="fixed batch for every method (default: search on CUDA, 2 on CPU)")
+    parser.add_argument("--max-batch", type=int, default=256, help="cap of the batch search")
+    parser.add_argument("--methods", nargs="+", default=None, help="subset of the methods")
+    parser.add_argument("--resolutions", nargs="+", type=int, default=None,
+                        help="default 224 384 448 512 768 1024 (quick: 224 448 768)")
+    parser.add_argument("--size", default=None, help="base (ViT-B, default), quick or tiny")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps (default 3)")
+    parser.add_argument("--iters", type=int, default=None, help="timed steps (default 10)")
+    parser.add_argument("--phase-iters", type=int, default=None,
+                        help="synchronised steps for the per-phase split (default 2; 0: none)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="skip the cases left once this many seconds are spent")
+    parser.add_argument("--ops-backend", default=None,
+                        help="run every method's lomar_ops on this backend (e.g. torch, the "
+                             "references); default: each method's own")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's own choice)")
+    parser.add_argument("--ceilings", default=None,
+                        help="bench/ceilings.py's JSON: MFU against its measured matmul peak too")
+
+
+def config_from_args(args: argparse.Namespace, command: str):
+    """The BenchConfig of parsed arguments: --quick's defaults, then explicit flags."""
+    import torch
+
+    from .run import BenchConfig
+
+    values = dict(QUICK) if args.quick else {}
+    for key in ("batch", "max_batch", "methods", "resolutions", "size", "warmup", "iters",
+                "phase_iters", "budget_s", "ceilings", "out", "threads", "ops_backend"):
+        value = getattr(args, key)
+        if value is not None:
+            values[key] = tuple(value) if isinstance(value, list) else value
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return BenchConfig(device=device, command=command, **values)
