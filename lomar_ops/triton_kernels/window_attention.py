@@ -89,14 +89,24 @@ def _probs_and_dp(q, qR, do, lse, k_base, v_base, table_ptr, ids_ptr, sk_n, sv_n
 
 
 @triton.jit
-def _bucket_sums(acc, ds, ids, NB, BLOCK_B: tl.constexpr):
-    """acc[i, b] += sum_j ds[i, j] over the j with ids[i, j] == b: the transpose of
-    the gather, row by row, in a fixed order (masked entries have ds == 0)."""
-    cols = tl.arange(0, BLOCK_B)[None, :]
-    for b in range(0, NB):
-        per_row = tl.sum(tl.where(ids == b, ds, 0.0), axis=1)
-        acc += tl.where(cols == b, per_row[:, None], 0.0)
-    return acc
+def _bucket_sums(acc, ds, order_ptr, first_ptr, last_ptr, offs_m, m_ok, key_block, key_blocks,
+                 BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr):
+    """acc[i, b] += sum_j ds[i, j] over the key block's j with ids[i, j] == b (the
+    transpose of the gather), without a loop over buckets: each row's ds is put in
+    bucket order (order: a stable sort of the block's ids, from _bucket_order), summed
+    cumulatively, and a bucket's sum is the difference of the prefix sums at its
+    ends (first/last: the count of ids < b and <= b). Empty buckets get exactly 0;
+    masked entries have ds == 0. A fixed order: deterministic."""
+    row = offs_m[:, None].to(tl.int64) * key_blocks + key_block
+    jj = tl.arange(0, BLOCK_N)[None, :]
+    bb = tl.arange(0, BLOCK_B)[None, :]
+    order = tl.load(order_ptr + row * BLOCK_N + jj, mask=m_ok[:, None], other=0)
+    first = tl.load(first_ptr + row * BLOCK_B + bb, mask=m_ok[:, None], other=0)
+    last = tl.load(last_ptr + row * BLOCK_B + bb, mask=m_ok[:, None], other=0)
+    prefix = tl.cumsum(tl.gather(ds, order, axis=1), axis=1)
+    upto_last = tl.where(last > 0, tl.gather(prefix, tl.maximum(last - 1, 0), axis=1), 0.0)
+    upto_first = tl.where(first > 0, tl.gather(prefix, tl.maximum(first - 1, 0), axis=1), 0.0)
+    return acc + (upto_last - upto_first)
 
 
 @triton.jit
@@ -158,11 +168,11 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, rpe_ptr, ids_ptr, out_ptr, lse_ptr,
 
 @triton.jit
 def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, rpe_ptr, ids_ptr, lse_ptr, delta_ptr,
-                   dq_ptr, part_ptr,
+                   dq_ptr, part_ptr, order_ptr, first_ptr, last_ptr,
                    sq_s, sq_n, sq_h, sk_s, sk_n, sk_h, sv_s, sv_n, sv_h,
                    sdo_s, sdo_n, sdo_h, sdq_s, sdq_n, sdq_h,
                    S, H, N, D, NB, rpe_head_stride, scale, seqs_per_program, heads_per_program,
-                   MODE: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr,
+                   key_blocks, MODE: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr,
                    ONE_KEY_BLOCK: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -219,7 +229,8 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, rpe_ptr, ids_ptr, lse_ptr, delta
                 ds = p * (dp - delta[:, None])
                 dq += _dot(ds.to(k.dtype), k, PREC)
                 if MODE == 2:
-                    dqR = _bucket_sums(dqR, ds, ids, NB, BLOCK_B)
+                    dqR = _bucket_sums(dqR, ds, order_ptr, first_ptr, last_ptr, offs_m, m_ok,
+                                       start_n // BLOCK_N, key_blocks, BLOCK_N, BLOCK_B)
                 if MODE == 1:
                     bias_grad = _bucket_totals(bias_grad, ds, ids, NB, BLOCK_B)
             tl.store(delta_ptr + pair * N + offs_m, delta, mask=m_ok)
@@ -364,6 +375,22 @@ def window_attention_fwd_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return out, lse
 
 
+def _bucket_order(ids: torch.Tensor, N: int, block_n: int, block_b: int):
+    """Per query row and key block of the (N, N) bucket map: the block's key
+    positions sorted by bucket (stable; keys past N last), and for each bucket b the
+    number of the block's ids < b and <= b. Int32, (N, key blocks, block_n or block_b)."""
+    key_blocks = triton.cdiv(N, block_n)
+    padded = ids.new_full((N, key_blocks * block_n), block_b)  # past N: after every bucket
+    padded[:, :N] = ids
+    blocks = padded.view(N, key_blocks, block_n)
+    sorted_ids, order = torch.sort(blocks, dim=-1, stable=True)
+    buckets = torch.arange(block_b, dtype=ids.dtype, device=ids.device).expand(
+        N, key_blocks, block_b).contiguous()
+    first = torch.searchsorted(sorted_ids, buckets, right=False)
+    last = torch.searchsorted(sorted_ids, buckets, right=True)
+    return order.int(), first.int(), last.int(), key_blocks
+
+
 def _dq_grid(S: int, H: int, query_blocks: int, heads_per_program: int) -> tuple[int, int]:
     """(sequences per program, chunks): about _DQ_PROGRAMS programs, from the shape only."""
     groups = H // heads_per_program
@@ -400,15 +427,19 @@ def window_attention_bwd_triton(grad_out: torch.Tensor, q: torch.Tensor, k: torc
     per_program, chunks = _dq_grid(S, H, query_blocks, heads_per_program)
     groups = H // heads_per_program
     slots = chunks * query_blocks
+    order = first = last = lse  # read in contextual mode only
+    key_blocks = triton.cdiv(N, bwd["BLOCK_N"])
+    if mode == 2:
+        order, first, last, _ = _bucket_order(ids, N, bwd["BLOCK_N"], cfg["BLOCK_B"])
     part = lse  # never written without a table
     if mode:
         width = D if mode == 2 else 1
         part = torch.empty((slots, groups, NB, width), dtype=torch.float32, device=q.device)
     launch(_bwd_dq_kernel, (query_blocks, groups, chunks))(
-        q, k, v, grad_out, table, ids, lse, delta, dq, part,
+        q, k, v, grad_out, table, ids, lse, delta, dq, part, order, first, last,
         *_row_strides(q), *_row_strides(k), *_row_strides(v), *_row_strides(grad_out),
         *_row_strides(dq), S, H, N, D, NB, head_stride, scale, per_program, heads_per_program,
-        ONE_KEY_BLOCK=N <= bwd["BLOCK_N"], **consts)
+        key_blocks, ONE_KEY_BLOCK=N <= bwd["BLOCK_N"], **consts)
     launch(_bwd_dkdv_kernel, (triton.cdiv(N, bwd["BLOCK_N"]), S * H))(
         q, k, v, grad_out, table, ids, lse, delta, dk, dv,
         *_row_strides(q), *_row_strides(k), *_row_strides(v), *_row_strides(grad_out),
