@@ -1,19 +1,20 @@
 """window_attention in Triton: flash attention with iRPE's relative position term
 inside the logits, forward and backward (the algorithm of the CUDA kernel).
 
-Forward: program (query block, sequence x head) walks the key blocks with an
+Forward: program (sequence x head, query block) walks the key blocks with an
 online softmax; logits = scale * q k^T + term, where the contextual term is
-gathered from qR = q @ R^T, a (BLOCK_M, NB) tile computed once per program
-(tl.gather by bucket id), and the bias term is read from the (H, NB) table. It
-writes out and the rows' log-sum-exp (fp32, (S, H, N)); the logits never leave
-the chip.
+gathered (tl.gather by bucket id) from qR = q @ R^T, a (BLOCK_M, NB) tile computed
+once per program, and the bias term is read from the (H, NB) table. It writes out
+and the rows' log-sum-exp (fp32, (S, H, N)); the logits never leave the chip.
 Backward, two kernels that recompute the probabilities from lse (no atomics):
 * dq: program (query block, head group, chunk of sequences) walks its (s, h)
-  pairs and their key blocks; dS is scattered into d(qR)[i, b] row by row, then
-  dq += d(qR) @ R and the program's table-gradient partial += d(qR)^T @ q (bias:
-  column sums of d(qR)). It also writes D_i = dO_i . O_i for the second kernel.
-* dk, dv: program (key block, sequence x head) walks the query blocks.
-The partials (fp32, one per program, a count fixed by the shape) are summed in
+  pairs and their key blocks. D_i = sum_j P_ij dP_ij (from fp32 P: a pass of its
+  own when the keys span several blocks) is written for the second kernel.
+  Contextual: dS is summed per (row, bucket) into d(qR) (bucket-sorted prefix
+  sums, _bucket_sums), then dq += d(qR) @ R and the program's table-gradient
+  partial += d(qR)^T @ q. Bias: dS summed per bucket into the program's partial.
+* dk, dv: program (sequence x head, key block) walks the query blocks.
+The partials (fp32, one per dq program, a count fixed by the shape) are summed in
 program order by torch.sum: d(rpe) is bitwise repeatable.
 Head dims are padded to a power of two (>= 16) with masks; keys and queries are
 tiled with masked tails, so any N runs. fp32 inputs use exact-fp32 dots (not
@@ -72,7 +73,7 @@ def _logits(q, k, qR, bias_ptr, ids, ok, scale, MODE: tl.constexpr, PREC: tl.con
 @triton.jit
 def _probs_and_dp(q, qR, do, lse, k_base, v_base, table_ptr, ids_ptr, sk_n, sv_n, offs_m, m_ok,
                   start_n, offs_d, d_ok, N, scale, MODE: tl.constexpr, PREC: tl.constexpr,
-                  BLOCK_N: tl.constexpr):
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """For the key block at start_n: P (recomputed from lse, 0 outside the sequence),
     dP = dO V^T, both fp32 (BLOCK_M, BLOCK_N), the block's bucket ids and K."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -80,7 +81,7 @@ def _probs_and_dp(q, qR, do, lse, k_base, v_base, table_ptr, ids_ptr, sk_n, sv_n
     ok = m_ok[:, None] & n_ok[None, :]
     k = _load_rows(k_base, sk_n, offs_n, n_ok, offs_d, d_ok)
     v = _load_rows(v_base, sv_n, offs_n, n_ok, offs_d, d_ok)
-    ids = 0
+    ids = tl.zeros((BLOCK_M, BLOCK_N), tl.int32)  # a tensor in every mode: it is returned
     if MODE != 0:
         ids = tl.load(ids_ptr + offs_m[:, None] * N + offs_n[None, :], mask=ok, other=0)
     x = _logits(q, k, qR, table_ptr, ids, ok, scale, MODE, PREC)
@@ -125,10 +126,10 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, rpe_ptr, ids_ptr, out_ptr, lse_ptr,
                 H, N, D, NB, rpe_head_stride, scale,
                 MODE: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr):
-    pair = tl.program_id(1).to(tl.int64)
+    pair = tl.program_id(0).to(tl.int64)  # S * H on axis 0: no 65535 limit
     s = pair // H
     h = pair % H
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < N
     d_ok = offs_d < D
@@ -214,7 +215,7 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, rpe_ptr, ids_ptr, lse_ptr, delta
                 for start_n in range(0, N, BLOCK_N):
                     p, dp, _, _ = _probs_and_dp(q, qR, do, lse, k_base, v_base, table_ptr, ids_ptr,
                                                sk_n, sv_n, offs_m, m_ok, start_n, offs_d, d_ok,
-                                               N, scale, MODE, PREC, BLOCK_N)
+                                               N, scale, MODE, PREC, BLOCK_M, BLOCK_N)
                     delta += tl.sum(p * dp, axis=1)
             dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
             dqR = 0.0
@@ -223,7 +224,7 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, rpe_ptr, ids_ptr, lse_ptr, delta
             for start_n in range(0, N, BLOCK_N):
                 p, dp, ids, k = _probs_and_dp(q, qR, do, lse, k_base, v_base, table_ptr, ids_ptr,
                                            sk_n, sv_n, offs_m, m_ok, start_n, offs_d, d_ok,
-                                           N, scale, MODE, PREC, BLOCK_N)
+                                           N, scale, MODE, PREC, BLOCK_M, BLOCK_N)
                 if ONE_KEY_BLOCK:
                     delta = tl.sum(p * dp, axis=1)
                 ds = p * (dp - delta[:, None])
@@ -259,10 +260,10 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, rpe_ptr, ids_ptr, lse_ptr, del
                      H, N, D, NB, rpe_head_stride, scale,
                      MODE: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr):
-    pair = tl.program_id(1).to(tl.int64)
+    pair = tl.program_id(0).to(tl.int64)
     s = pair // H
     h = pair % H
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     n_ok = offs_n < N
     d_ok = offs_d < D
@@ -318,16 +319,19 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def _config(N: int, D: int, NB: int, dtype: torch.dtype) -> dict:
-    """Block sizes (every tl.dot dim >= 16) and warps. Reviewed, not tuned: no GPU
-    has run this yet (make gpu-check will)."""
+    """Block sizes (every tl.dot dim >= 16, N's tiles no bigger than it needs) and
+    warps, per kernel: (query rows, keys) for fwd and dq, (queries, keys) for dkdv.
+    Chosen from ptxas's register and spill counts for sm_90 (the dq kernel holds the
+    most fp32 tiles); not timed yet: no GPU has run them (make gpu-check will)."""
     block_d = _tile(D, 1 << 30)
-    wide = block_d > 64 or dtype == torch.float32  # fewer rows where tiles are bigger
-    return dict(BLOCK_D=block_d, BLOCK_B=_tile(NB, 1 << 30),
-                PREC=_dot_precision(dtype),
-                fwd=dict(BLOCK_M=_tile(N, 64), BLOCK_N=_tile(N, 32 if wide else 64),
-                         num_warps=8 if wide else 4),
-                bwd=dict(BLOCK_M=_tile(N, 32 if wide else 64), BLOCK_N=_tile(N, 32 if wide else 64),
-                         num_warps=8 if wide else 4))
+    big = block_d > 64  # d = 80 or 128, padded to 128
+    if dtype == torch.float32:
+        fwd, dq, dkdv = (32 if big else 64, 32), (16 if big else 32, 32), (16 if big else 32, 32)
+    else:
+        fwd, dq, dkdv = (64, 32 if big else 64), (16 if big else 32, 32 if big else 64), (32, 64)
+    blocks = lambda m_n: dict(BLOCK_M=_tile(N, m_n[0]), BLOCK_N=_tile(N, m_n[1]), num_warps=8)
+    return dict(BLOCK_D=block_d, BLOCK_B=_tile(NB, 1 << 30), PREC=_dot_precision(dtype),
+                fwd=blocks(fwd), dq=blocks(dq), dkdv=blocks(dkdv))
 
 
 def _row_strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -368,7 +372,7 @@ def window_attention_fwd_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     ids = bucket_ids if bucket_ids is not None else lse
     cfg = _config(N, D, NB, q.dtype)
     fwd = cfg["fwd"]
-    launch(_fwd_kernel, (triton.cdiv(N, fwd["BLOCK_M"]), S * H))(
+    launch(_fwd_kernel, (S * H, triton.cdiv(N, fwd["BLOCK_M"])))(
         q, k, v, table, ids, out, lse, *_row_strides(q), *_row_strides(k), *_row_strides(v),
         *_row_strides(out), H, N, D, NB, head_stride, scale, MODE=mode, PREC=cfg["PREC"],
         BLOCK_D=cfg["BLOCK_D"], BLOCK_B=cfg["BLOCK_B"], **fwd)
@@ -416,11 +420,10 @@ def window_attention_bwd_triton(grad_out: torch.Tensor, q: torch.Tensor, k: torc
     table, NB, head_stride = _table(rpe, mode, q)
     ids = bucket_ids if bucket_ids is not None else lse
     cfg = _config(N, D, NB, q.dtype)
-    bwd = cfg["bwd"]
-    consts = dict(MODE=mode, PREC=cfg["PREC"], BLOCK_D=cfg["BLOCK_D"], BLOCK_B=cfg["BLOCK_B"],
-                  **bwd)
+    dq_blocks, dkdv_blocks = cfg["dq"], cfg["dkdv"]
+    consts = dict(MODE=mode, PREC=cfg["PREC"], BLOCK_D=cfg["BLOCK_D"], BLOCK_B=cfg["BLOCK_B"])
     delta = torch.empty((S, H, N), dtype=torch.float32, device=q.device)
-    query_blocks = triton.cdiv(N, bwd["BLOCK_M"])
+    query_blocks = triton.cdiv(N, dq_blocks["BLOCK_M"])
     # A shared contextual table: one program covers every head (a partial per program
     # for all of them); per-head tables and biases: one head per program.
     heads_per_program = H if (mode == 2 and head_stride == 0) else 1
@@ -428,9 +431,9 @@ def window_attention_bwd_triton(grad_out: torch.Tensor, q: torch.Tensor, k: torc
     groups = H // heads_per_program
     slots = chunks * query_blocks
     order = first = last = lse  # read in contextual mode only
-    key_blocks = triton.cdiv(N, bwd["BLOCK_N"])
+    key_blocks = triton.cdiv(N, dq_blocks["BLOCK_N"])
     if mode == 2:
-        order, first, last, _ = _bucket_order(ids, N, bwd["BLOCK_N"], cfg["BLOCK_B"])
+        order, first, last, _ = _bucket_order(ids, N, dq_blocks["BLOCK_N"], cfg["BLOCK_B"])
     part = lse  # never written without a table
     if mode:
         width = D if mode == 2 else 1
@@ -439,11 +442,11 @@ def window_attention_bwd_triton(grad_out: torch.Tensor, q: torch.Tensor, k: torc
         q, k, v, grad_out, table, ids, lse, delta, dq, part, order, first, last,
         *_row_strides(q), *_row_strides(k), *_row_strides(v), *_row_strides(grad_out),
         *_row_strides(dq), S, H, N, D, NB, head_stride, scale, per_program, heads_per_program,
-        key_blocks, ONE_KEY_BLOCK=N <= bwd["BLOCK_N"], **consts)
-    launch(_bwd_dkdv_kernel, (triton.cdiv(N, bwd["BLOCK_N"]), S * H))(
+        key_blocks, ONE_KEY_BLOCK=key_blocks == 1, **consts, **dq_blocks)
+    launch(_bwd_dkdv_kernel, (S * H, triton.cdiv(N, dkdv_blocks["BLOCK_N"])))(
         q, k, v, grad_out, table, ids, lse, delta, dk, dv,
         *_row_strides(q), *_row_strides(k), *_row_strides(v), *_row_strides(grad_out),
-        *_row_strides(dk), H, N, D, NB, head_stride, scale, **consts)
+        *_row_strides(dk), H, N, D, NB, head_stride, scale, **consts, **dkdv_blocks)
     drpe = q.new_empty((0,))
     if mode:  # (groups, NB, width), the partials added in slot order
         drpe = part.sum(0).view(rpe.shape).to(rpe.dtype)
