@@ -6,7 +6,10 @@ online softmax; logits = scale * q k^T + term, where the contextual term is
 gathered (tl.gather by bucket id) from qR = q @ R^T, a (BLOCK_M, NB) tile computed
 once per program, and the bias term is read from the (H, NB) table. It writes out
 and the rows' log-sum-exp (fp32, (S, H, N)); the logits never leave the chip.
-Backward, two kernels that recompute the probabilities from lse (no atomics):
+Backward, two kernels that recompute the probabilities (no atomics) as
+P = exp((x - m) - log l) from the rows' max m and log-sum l, saved apart: a
+single fp32 lse = m + log l would carry an error of half its ulp (1e-6 at
+|lse| ~ 16) into every P and gradient.
 * dq: program (query block, head group, chunk of sequences) walks its (s, h)
   pairs and their key blocks. D_i = sum_j P_ij dP_ij (from fp32 P: a pass of its
   own when the keys span several blocks) is written for the second kernel.
@@ -51,11 +54,14 @@ def _load_table(rpe_ptr, NB, D, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
 
 @triton.jit
 def _dot(a, b, PREC: tl.constexpr):
-    """a @ b with an fp32 result. PREC "f32": operands widened to fp32 first, for the
-    interpreter, whose tl.dot misreads bfloat16 (stored as uint16); the widening is
-    exact, and products of bf16 values are exact in fp32 as on tensor cores."""
-    if PREC == "f32":
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    """a @ b with an fp32 result. PREC "interpreter": a broadcast product summed
+    over k in order, in fp32. The interpreter's tl.dot is numpy's matmul, whose
+    rounding depends on the tile's shape (and which misreads bfloat16, stored as
+    uint16), so a logit recomputed by the backward with other tiles than the
+    forward's would differ by ulps: a P error that the gradients inherit. Compiled
+    dots (and this sum) do not depend on the tile shape."""
+    if PREC == "interpreter":
+        return tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
     return tl.dot(a, b, input_precision=PREC)
 
 
@@ -71,10 +77,10 @@ def _logits(q, k, qR, bias_ptr, ids, ok, scale, MODE: tl.constexpr, PREC: tl.con
 
 
 @triton.jit
-def _probs_and_dp(q, qR, do, lse, k_base, v_base, table_ptr, ids_ptr, sk_n, sv_n, offs_m, m_ok,
+def _probs_and_dp(q, qR, do, row_max, log_sum, k_base, v_base, table_ptr, ids_ptr, sk_n, sv_n, offs_m, m_ok,
                   start_n, offs_d, d_ok, N, scale, MODE: tl.constexpr, PREC: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """For the key block at start_n: P (recomputed from lse, 0 outside the sequence),
+    """For the key block at start_n: P (recomputed, 0 outside the sequence),
     dP = dO V^T, both fp32 (BLOCK_M, BLOCK_N), the block's bucket ids and K."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
@@ -85,7 +91,7 @@ def _probs_and_dp(q, qR, do, lse, k_base, v_base, table_ptr, ids_ptr, sk_n, sv_n
     if MODE != 0:
         ids = tl.load(ids_ptr + offs_m[:, None] * N + offs_n[None, :], mask=ok, other=0)
     x = _logits(q, k, qR, table_ptr, ids, ok, scale, MODE, PREC)
-    p = tl.where(ok, tl.exp(x - lse[:, None]), 0.0)
+    p = tl.where(ok, tl.exp((x - row_max[:, None]) - log_sum[:, None]), 0.0)
     return p, _dot(do, tl.trans(v), PREC), ids, k
 
 
@@ -121,9 +127,9 @@ def _bucket_totals(acc, ds, ids, NB, BLOCK_B: tl.constexpr):
 
 
 @triton.jit
-def _fwd_kernel(q_ptr, k_ptr, v_ptr, rpe_ptr, ids_ptr, out_ptr, lse_ptr,
+def _fwd_kernel(q_ptr, k_ptr, v_ptr, rpe_ptr, ids_ptr, out_ptr, stats_ptr,
                 sq_s, sq_n, sq_h, sk_s, sk_n, sk_h, sv_s, sv_n, sv_h, so_s, so_n, so_h,
-                H, N, D, NB, rpe_head_stride, scale,
+                H, N, D, NB, rpe_head_stride, scale, stats_plane,
                 MODE: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr):
     pair = tl.program_id(0).to(tl.int64)  # S * H on axis 0: no 65535 limit
@@ -164,15 +170,16 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, rpe_ptr, ids_ptr, out_ptr, lse_ptr,
     out = acc / l_i[:, None]
     out_ptrs = out_ptr + s * so_s + h * so_h + offs_m[:, None] * so_n + offs_d[None, :]
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
-    tl.store(lse_ptr + pair * N + offs_m, m_i + tl.log(l_i), mask=m_ok)
+    tl.store(stats_ptr + pair * N + offs_m, m_i, mask=m_ok)
+    tl.store(stats_ptr + stats_plane + pair * N + offs_m, tl.log(l_i), mask=m_ok)
 
 
 @triton.jit
-def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, rpe_ptr, ids_ptr, lse_ptr, delta_ptr,
+def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, rpe_ptr, ids_ptr, stats_ptr, delta_ptr,
                    dq_ptr, part_ptr, order_ptr, first_ptr, last_ptr,
                    sq_s, sq_n, sq_h, sk_s, sk_n, sk_h, sv_s, sv_n, sv_h,
                    sdo_s, sdo_n, sdo_h, sdq_s, sdq_n, sdq_h,
-                   S, H, N, D, NB, rpe_head_stride, scale, seqs_per_program, heads_per_program,
+                   S, H, N, D, NB, rpe_head_stride, scale, stats_plane, seqs_per_program, heads_per_program,
                    key_blocks, MODE: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr,
                    ONE_KEY_BLOCK: tl.constexpr):
@@ -202,7 +209,8 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, rpe_ptr, ids_ptr, lse_ptr, delta
             pair = s * H + h
             q = _load_rows(q_ptr + s * sq_s + h * sq_h, sq_n, offs_m, m_ok, offs_d, d_ok)
             do = _load_rows(do_ptr + s * sdo_s + h * sdo_h, sdo_n, offs_m, m_ok, offs_d, d_ok)
-            lse = tl.load(lse_ptr + pair * N + offs_m, mask=m_ok, other=0.0)
+            row_max = tl.load(stats_ptr + pair * N + offs_m, mask=m_ok, other=0.0)
+            log_sum = tl.load(stats_ptr + stats_plane + pair * N + offs_m, mask=m_ok, other=0.0)
             qR = 0.0
             if MODE == 2:
                 qR = _dot(q, tl.trans(R), PREC)
@@ -213,7 +221,7 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, rpe_ptr, ids_ptr, lse_ptr, delta
             delta = tl.zeros((BLOCK_M,), tl.float32)
             if not ONE_KEY_BLOCK:
                 for start_n in range(0, N, BLOCK_N):
-                    p, dp, _, _ = _probs_and_dp(q, qR, do, lse, k_base, v_base, table_ptr, ids_ptr,
+                    p, dp, _, _ = _probs_and_dp(q, qR, do, row_max, log_sum, k_base, v_base, table_ptr, ids_ptr,
                                                sk_n, sv_n, offs_m, m_ok, start_n, offs_d, d_ok,
                                                N, scale, MODE, PREC, BLOCK_M, BLOCK_N)
                     delta += tl.sum(p * dp, axis=1)
@@ -222,7 +230,7 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, rpe_ptr, ids_ptr, lse_ptr, delta
             if MODE == 2:
                 dqR = tl.zeros((BLOCK_M, BLOCK_B), tl.float32)
             for start_n in range(0, N, BLOCK_N):
-                p, dp, ids, k = _probs_and_dp(q, qR, do, lse, k_base, v_base, table_ptr, ids_ptr,
+                p, dp, ids, k = _probs_and_dp(q, qR, do, row_max, log_sum, k_base, v_base, table_ptr, ids_ptr,
                                            sk_n, sv_n, offs_m, m_ok, start_n, offs_d, d_ok,
                                            N, scale, MODE, PREC, BLOCK_M, BLOCK_N)
                 if ONE_KEY_BLOCK:
@@ -253,11 +261,11 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, rpe_ptr, ids_ptr, lse_ptr, delta
 
 
 @triton.jit
-def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, rpe_ptr, ids_ptr, lse_ptr, delta_ptr,
+def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, rpe_ptr, ids_ptr, stats_ptr, delta_ptr,
                      dk_ptr, dv_ptr,
                      sq_s, sq_n, sq_h, sk_s, sk_n, sk_h, sv_s, sv_n, sv_h,
                      sdo_s, sdo_n, sdo_h, sdk_s, sdk_n, sdk_h,
-                     H, N, D, NB, rpe_head_stride, scale,
+                     H, N, D, NB, rpe_head_stride, scale, stats_plane,
                      MODE: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr):
     pair = tl.program_id(0).to(tl.int64)
@@ -283,7 +291,8 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, rpe_ptr, ids_ptr, lse_ptr, del
         ok = m_ok[:, None] & n_ok[None, :]
         q = _load_rows(q_base, sq_n, offs_m, m_ok, offs_d, d_ok)
         do = _load_rows(do_base, sdo_n, offs_m, m_ok, offs_d, d_ok)
-        lse = tl.load(lse_ptr + pair * N + offs_m, mask=m_ok, other=0.0)
+        row_max = tl.load(stats_ptr + pair * N + offs_m, mask=m_ok, other=0.0)
+        log_sum = tl.load(stats_ptr + stats_plane + pair * N + offs_m, mask=m_ok, other=0.0)
         delta = tl.load(delta_ptr + pair * N + offs_m, mask=m_ok, other=0.0)
         qR = 0.0
         ids = 0
@@ -292,7 +301,7 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, rpe_ptr, ids_ptr, lse_ptr, del
         if MODE != 0:
             ids = tl.load(ids_ptr + offs_m[:, None] * N + offs_n[None, :], mask=ok, other=0)
         x = _logits(q, k, qR, table_ptr, ids, ok, scale, MODE, PREC)
-        p = tl.where(ok, tl.exp(x - lse[:, None]), 0.0)
+        p = tl.where(ok, tl.exp((x - row_max[:, None]) - log_sum[:, None]), 0.0)
         dv += _dot(tl.trans(p.to(do.dtype)), do, PREC)
         dp = _dot(do, tl.trans(v), PREC)
         ds = p * (dp - delta[:, None])
@@ -311,10 +320,10 @@ def _tile(n: int, cap: int) -> int:
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
+    if triton_interpret():
+        return "interpreter"  # see _dot
     if dtype == torch.float32:
         return "ieee"  # exact fp32, as torch's default matmul (not TF32)
-    if dtype == torch.bfloat16 and triton_interpret():
-        return "f32"  # see _dot
     return "tf32"  # ignored for fp16/bf16 operands: tensor cores, fp32 accumulators
 
 
@@ -360,23 +369,25 @@ def window_attention_fwd_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                                 rpe_mode: str, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """q, k, v (S, N, H, d) fp16/bf16/fp32, last dim contiguous (else copied); rpe per
     rpe_mode ("contextual", "bias", "none"); bucket_ids (N, N) int32 contiguous ->
-    (out (S, N, H, d), lse (S, H, N) fp32)."""
+    (out (S, N, H, d), stats (2, S, H, N) fp32: each row's logit max and log of its
+    sum of exp, for the backward; lse = stats[0] + stats[1])."""
     S, N, H, D = q.shape
     mode = MODES[rpe_mode]
     out = torch.empty((S, N, H, D), dtype=q.dtype, device=q.device)
-    lse = torch.empty((S, H, N), dtype=torch.float32, device=q.device)
+    stats = torch.empty((2, S, H, N), dtype=torch.float32, device=q.device)
     if out.numel() == 0:
-        return out, lse
+        return out, stats
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     table, NB, head_stride = _table(rpe, mode, q)
-    ids = bucket_ids if bucket_ids is not None else lse
+    ids = bucket_ids if bucket_ids is not None else stats
     cfg = _config(N, D, NB, q.dtype)
     fwd = cfg["fwd"]
     launch(_fwd_kernel, (S * H, triton.cdiv(N, fwd["BLOCK_M"])))(
-        q, k, v, table, ids, out, lse, *_row_strides(q), *_row_strides(k), *_row_strides(v),
-        *_row_strides(out), H, N, D, NB, head_stride, scale, MODE=mode, PREC=cfg["PREC"],
+        q, k, v, table, ids, out, stats, *_row_strides(q), *_row_strides(k), *_row_strides(v),
+        *_row_strides(out), H, N, D, NB, head_stride, scale, S * H * N, MODE=mode,
+        PREC=cfg["PREC"],
         BLOCK_D=cfg["BLOCK_D"], BLOCK_B=cfg["BLOCK_B"], **fwd)
-    return out, lse
+    return out, stats
 
 
 def _bucket_order(ids: torch.Tensor, N: int, block_n: int, block_b: int):
@@ -405,7 +416,7 @@ def _dq_grid(S: int, H: int, query_blocks: int, heads_per_program: int) -> tuple
 
 @triton_op("lomar_ops::window_attention_bwd_triton", mutates_args=())
 def window_attention_bwd_triton(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                                v: torch.Tensor, lse: torch.Tensor,
+                                v: torch.Tensor, stats: torch.Tensor,
                                 rpe: torch.Tensor | None, bucket_ids: torch.Tensor | None,
                                 rpe_mode: str, scale: float
                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -418,7 +429,7 @@ def window_attention_bwd_triton(grad_out: torch.Tensor, q: torch.Tensor, k: torc
         return dq.zero_(), dk.zero_(), dv.zero_(), drpe
     q, k, v, grad_out = (_last_dim_contiguous(t) for t in (q, k, v, grad_out))
     table, NB, head_stride = _table(rpe, mode, q)
-    ids = bucket_ids if bucket_ids is not None else lse
+    ids = bucket_ids if bucket_ids is not None else stats
     cfg = _config(N, D, NB, q.dtype)
     dq_blocks, dkdv_blocks = cfg["dq"], cfg["dkdv"]
     consts = dict(MODE=mode, PREC=cfg["PREC"], BLOCK_D=cfg["BLOCK_D"], BLOCK_B=cfg["BLOCK_B"])
@@ -430,23 +441,23 @@ def window_attention_bwd_triton(grad_out: torch.Tensor, q: torch.Tensor, k: torc
     per_program, chunks = _dq_grid(S, H, query_blocks, heads_per_program)
     groups = H // heads_per_program
     slots = chunks * query_blocks
-    order = first = last = lse  # read in contextual mode only
+    order = first = last = stats  # read in contextual mode only
     key_blocks = triton.cdiv(N, dq_blocks["BLOCK_N"])
     if mode == 2:
         order, first, last, _ = _bucket_order(ids, N, dq_blocks["BLOCK_N"], cfg["BLOCK_B"])
-    part = lse  # never written without a table
+    part = stats  # never written without a table
     if mode:
         width = D if mode == 2 else 1
         part = torch.empty((slots, groups, NB, width), dtype=torch.float32, device=q.device)
     launch(_bwd_dq_kernel, (query_blocks, groups, chunks))(
-        q, k, v, grad_out, table, ids, lse, delta, dq, part, order, first, last,
+        q, k, v, grad_out, table, ids, stats, delta, dq, part, order, first, last,
         *_row_strides(q), *_row_strides(k), *_row_strides(v), *_row_strides(grad_out),
-        *_row_strides(dq), S, H, N, D, NB, head_stride, scale, per_program, heads_per_program,
+        *_row_strides(dq), S, H, N, D, NB, head_stride, scale, S * H * N, per_program, heads_per_program,
         key_blocks, ONE_KEY_BLOCK=key_blocks == 1, **consts, **dq_blocks)
     launch(_bwd_dkdv_kernel, (S * H, triton.cdiv(N, dkdv_blocks["BLOCK_N"])))(
-        q, k, v, grad_out, table, ids, lse, delta, dk, dv,
+        q, k, v, grad_out, table, ids, stats, delta, dk, dv,
         *_row_strides(q), *_row_strides(k), *_row_strides(v), *_row_strides(grad_out),
-        *_row_strides(dk), H, N, D, NB, head_stride, scale, **consts, **dkdv_blocks)
+        *_row_strides(dk), H, N, D, NB, head_stride, scale, S * H * N, **consts, **dkdv_blocks)
     drpe = q.new_empty((0,))
     if mode:  # (groups, NB, width), the partials added in slot order
         drpe = part.sum(0).view(rpe.shape).to(rpe.dtype)
@@ -455,15 +466,15 @@ def window_attention_bwd_triton(grad_out: torch.Tensor, q: torch.Tensor, k: torc
 
 def _setup_context(ctx, inputs, output):
     q, k, v, rpe, bucket_ids, rpe_mode, scale = inputs
-    _, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(q, k, v, lse, rpe, bucket_ids)  # not out: D comes from P
+    _, stats = output
+    ctx.mark_non_differentiable(stats)
+    ctx.save_for_backward(q, k, v, stats, rpe, bucket_ids)  # not out: D comes from P
     ctx.rpe_mode, ctx.scale = rpe_mode, scale
 
 
-def _backward(ctx, grad_out, _grad_lse):
-    q, k, v, lse, rpe, bucket_ids = ctx.saved_tensors
-    dq, dk, dv, drpe = window_attention_bwd_triton(grad_out, q, k, v, lse, rpe, bucket_ids,
+def _backward(ctx, grad_out, _grad_stats):
+    q, k, v, stats, rpe, bucket_ids = ctx.saved_tensors
+    dq, dk, dv, drpe = window_attention_bwd_triton(grad_out, q, k, v, stats, rpe, bucket_ids,
                                                    ctx.rpe_mode, ctx.scale)
     return dq, dk, dv, (drpe if rpe is not None else None), None, None, None
 
