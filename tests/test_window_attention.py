@@ -41,7 +41,7 @@ def _backend_params():
     for p in devices_backends_and_shapes(SHAPES, TRITON_CPU_SHAPES):
         device, backend, shape = p.values
         if backend not in _IMPLEMENTED:
-            continue  # "cuda": another session's kernel; see test_implemented_backends_follow_the_build
+            continue  # see test_implemented_backends_follow_the_build
         for dtype in DTYPES:
             if backend == "triton" and dtype == torch.float64:
                 continue
@@ -307,9 +307,10 @@ def test_triton_refuses_float64_and_says_why(monkeypatch):
     monkeypatch.setattr(lomar_ops.backends, "unavailable_reason", lambda backend, device: None)
     op = importlib.import_module("lomar_ops.ops.window_attention")
     cuda, implemented = torch.device("cuda"), frozenset({"triton", "torch"})
-    assert lomar_ops.backends.resolve_backend("window_attention", cuda, None, implemented) == "triton"
-    assert lomar_ops.backends.resolve_backend(
-        "window_attention", cuda, None, implemented, op._unsupported_here(q, None, None)) == "torch"
+    resolve = lomar_ops.backends.resolve_backend
+    assert resolve("window_attention", cuda, None, implemented) == "triton"
+    assert resolve("window_attention", cuda, None, implemented,
+                   op._unsupported_here(q, None, None)) == "torch"
 
 
 def test_triton_refuses_wide_contextual_tables():

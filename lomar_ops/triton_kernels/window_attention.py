@@ -77,9 +77,9 @@ def _logits(q, k, qR, bias_ptr, ids, ok, scale, MODE: tl.constexpr, PREC: tl.con
 
 
 @triton.jit
-def _probs_and_dp(q, qR, do, row_max, log_sum, k_base, v_base, table_ptr, ids_ptr, sk_n, sv_n, offs_m, m_ok,
-                  start_n, offs_d, d_ok, N, scale, MODE: tl.constexpr, PREC: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _probs_and_dp(q, qR, do, row_max, log_sum, k_base, v_base, table_ptr, ids_ptr, sk_n, sv_n,
+                  offs_m, m_ok, start_n, offs_d, d_ok, N, scale, MODE: tl.constexpr,
+                  PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """For the key block at start_n: P (recomputed, 0 outside the sequence),
     dP = dO V^T, both fp32 (BLOCK_M, BLOCK_N), the block's bucket ids and K."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -179,7 +179,8 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, rpe_ptr, ids_ptr, stats_ptr, del
                    dq_ptr, part_ptr, order_ptr, first_ptr, last_ptr,
                    sq_s, sq_n, sq_h, sk_s, sk_n, sk_h, sv_s, sv_n, sv_h,
                    sdo_s, sdo_n, sdo_h, sdq_s, sdq_n, sdq_h,
-                   S, H, N, D, NB, rpe_head_stride, scale, stats_plane, seqs_per_program, heads_per_program,
+                   S, H, N, D, NB, rpe_head_stride, scale, stats_plane, seqs_per_program,
+                   heads_per_program,
                    key_blocks, MODE: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr,
                    ONE_KEY_BLOCK: tl.constexpr):
@@ -221,18 +222,20 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, rpe_ptr, ids_ptr, stats_ptr, del
             delta = tl.zeros((BLOCK_M,), tl.float32)
             if not ONE_KEY_BLOCK:
                 for start_n in range(0, N, BLOCK_N):
-                    p, dp, _, _ = _probs_and_dp(q, qR, do, row_max, log_sum, k_base, v_base, table_ptr, ids_ptr,
-                                               sk_n, sv_n, offs_m, m_ok, start_n, offs_d, d_ok,
-                                               N, scale, MODE, PREC, BLOCK_M, BLOCK_N)
+                    p, dp, _, _ = _probs_and_dp(q, qR, do, row_max, log_sum, k_base, v_base,
+                                                table_ptr, ids_ptr, sk_n, sv_n, offs_m, m_ok,
+                                                start_n, offs_d, d_ok, N, scale, MODE, PREC,
+                                                BLOCK_M, BLOCK_N)
                     delta += tl.sum(p * dp, axis=1)
             dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
             dqR = 0.0
             if MODE == 2:
                 dqR = tl.zeros((BLOCK_M, BLOCK_B), tl.float32)
             for start_n in range(0, N, BLOCK_N):
-                p, dp, ids, k = _probs_and_dp(q, qR, do, row_max, log_sum, k_base, v_base, table_ptr, ids_ptr,
-                                           sk_n, sv_n, offs_m, m_ok, start_n, offs_d, d_ok,
-                                           N, scale, MODE, PREC, BLOCK_M, BLOCK_N)
+                p, dp, ids, k = _probs_and_dp(q, qR, do, row_max, log_sum, k_base, v_base,
+                                              table_ptr, ids_ptr, sk_n, sv_n, offs_m, m_ok,
+                                              start_n, offs_d, d_ok, N, scale, MODE, PREC,
+                                              BLOCK_M, BLOCK_N)
                 if ONE_KEY_BLOCK:
                     delta = tl.sum(p * dp, axis=1)
                 ds = p * (dp - delta[:, None])
@@ -452,7 +455,8 @@ def window_attention_bwd_triton(grad_out: torch.Tensor, q: torch.Tensor, k: torc
     launch(_bwd_dq_kernel, (query_blocks, groups, chunks))(
         q, k, v, grad_out, table, ids, stats, delta, dq, part, order, first, last,
         *_row_strides(q), *_row_strides(k), *_row_strides(v), *_row_strides(grad_out),
-        *_row_strides(dq), S, H, N, D, NB, head_stride, scale, S * H * N, per_program, heads_per_program,
+        *_row_strides(dq), S, H, N, D, NB, head_stride, scale, S * H * N, per_program,
+        heads_per_program,
         key_blocks, ONE_KEY_BLOCK=key_blocks == 1, **consts, **dq_blocks)
     launch(_bwd_dkdv_kernel, (S * H, triton.cdiv(N, dkdv_blocks["BLOCK_N"])))(
         q, k, v, grad_out, table, ids, stats, delta, dk, dv,
