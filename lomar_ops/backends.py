@@ -100,38 +100,45 @@ def implemented_backends(op: str, cpp_op: str | None = None) -> frozenset[str]:
 
 
 def _op_reason(op: str, backend: str, device: torch.device,
-               implemented: frozenset[str] | None) -> str | None:
+               implemented: frozenset[str] | None,
+               unsupported: dict[str, str] | None = None) -> str | None:
     reason = unavailable_reason(backend, device)
     if reason is None and implemented is not None and backend not in implemented:
         reason = f"{op} has no {backend} implementation in this version of lomar_ops"
+    if reason is None and unsupported:
+        reason = unsupported.get(backend)
     return reason
 
 
-def _default(op: str, device: torch.device, implemented: frozenset[str] | None) -> str:
+def _default(op: str, device: torch.device, implemented: frozenset[str] | None,
+             unsupported: dict[str, str] | None) -> str:
     order = ("cuda", "triton", "torch") if device.type == "cuda" else ("cpu", "torch")
     for candidate in order:
-        if _op_reason(op, candidate, device, implemented) is None:
+        if _op_reason(op, candidate, device, implemented, unsupported) is None:
             return candidate
     return "torch"
 
 
 def resolve_backend(op: str, device: torch.device, backend: str | None = None,
-                    implemented: frozenset[str] | None = None) -> str:
+                    implemented: frozenset[str] | None = None,
+                    unsupported: dict[str, str] | None = None) -> str:
     """The backend that runs ``op`` on ``device``: ``backend``, else $LOMAR_OPS_BACKEND,
     else the device default. ``implemented`` (from :func:`implemented_backends`)
-    restricts the choice to the backends the op has. Raises when an explicit choice
-    cannot run."""
+    restricts the choice to the backends the op has; ``unsupported`` maps backends
+    that cannot run this particular call (e.g. its dtype) to the reason. Raises when
+    an explicit choice cannot run."""
     source = "backend"
     if backend is None:
         env = os.environ.get(ENV_VAR, "").strip().lower()
         if env in ("", "auto"):
-            return _default(op, device, implemented)
+            return _default(op, device, implemented, unsupported)
         backend, source = env, f"${ENV_VAR}"
     if backend not in BACKENDS:
         raise ValueError(f"{op}: {source} must be one of {BACKENDS} or None, got {backend!r}")
-    reason = _op_reason(op, backend, device, implemented)
+    reason = _op_reason(op, backend, device, implemented, unsupported)
     if reason is not None:
-        usable = [b for b in BACKENDS if _op_reason(op, b, device, implemented) is None]
+        usable = [b for b in BACKENDS
+                  if _op_reason(op, b, device, implemented, unsupported) is None]
         raise BackendUnavailableError(
             f"{op}: {source}={backend!r} is unavailable: {reason}. "
             f"Available for {op} on {device}: {usable}")

@@ -3,13 +3,17 @@ run in float64, in all three modes and both table layouts, forward and the four
 gradients; gradcheck, opcheck, torch.compile, determinism, argument errors."""
 
 import importlib
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import devices_backends_and_shapes
 
 import lomar_ops
 from lomar_ops.comparisons import COMPARISONS
 from lomar_ops.reference import window_attention_reference
+
+_IMPLEMENTED = importlib.import_module("lomar_ops.ops.window_attention")._IMPLEMENTED
 
 # fp32 and below: the error against the fp64 reference may be at most FACTOR times
 # the error of the torch reference computed in the same dtype (FlashAttention's
@@ -24,10 +28,26 @@ DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 # fine-tuning length; every head count and head size of the issue appears.
 SHAPES = [(3, 2, 1, 32), (2, 17, 3, 64), (2, 49, 12, 32), (4, 50, 12, 64), (1, 64, 3, 80),
           (1, 65, 1, 128), (1, 100, 3, 64), (1, 197, 12, 64), (1, 257, 1, 80)]
+# Triton's CPU interpreter is slow: N = 2, 17, 65 (one and two key blocks), d = 32
+# and 80 (no padding; padded to 128), H = 1 and 3.
+TRITON_CPU_SHAPES = [(3, 2, 1, 32), (2, 17, 3, 80), (1, 65, 1, 32)]
 CASES = [("contextual", "shared"), ("contextual", "per_head"), ("bias", None), (None, None)]
 
-BACKENDS = [pytest.param("cpu", "cpu", id="cpu-cpu"), pytest.param("cpu", "torch", id="cpu-torch"),
-            pytest.param("cuda", "torch", id="cuda-torch", marks=pytest.mark.gpu)]
+
+def _backend_params():
+    """(device, backend, dtype, shape) for every backend this build implements; the
+    Triton kernel runs fp16/bf16/fp32 (float64 is refused: test_triton_refuses_float64)."""
+    params = []
+    for p in devices_backends_and_shapes(SHAPES, TRITON_CPU_SHAPES):
+        device, backend, shape = p.values
+        if backend not in _IMPLEMENTED:
+            continue  # see test_implemented_backends_follow_the_build
+        for dtype in DTYPES:
+            if backend == "triton" and dtype == torch.float64:
+                continue
+            params.append(pytest.param(device, backend, dtype, shape, marks=p.marks,
+                                       id=f"{p.id.rsplit('-', 1)[0]}-{dtype}-{shape}"))
+    return params
 
 
 def grid_side(n):
@@ -69,9 +89,7 @@ def reference(q, k, v, rpe=None, rpe_mode=None, bucket_ids=None):
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}")
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("device,backend", BACKENDS)
+@pytest.mark.parametrize("device,backend,dtype,shape", _backend_params())
 def test_matches_reference(device, backend, dtype, shape, case):
     mode, layout = case
     q, k, v, rpe, ids = make_inputs(shape, mode, layout, dtype, device)
@@ -130,12 +148,28 @@ def test_table_gradient_is_bitwise_repeatable(mode):
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
-def test_qkvpacked_reads_views():
-    q, k, v, rpe, ids = make_inputs((2, 50, 3, 32), "contextual", "shared", torch.float32, "cpu")
-    qkv = torch.stack([q, k, v], dim=2)  # (S, N, 3, H, d)
-    for backend in ("cpu", "torch"):
-        out = lomar_ops.window_attention_qkvpacked(qkv, rpe=rpe, bucket_ids=ids, backend=backend)
-        torch.testing.assert_close(out, reference(q, k, v, rpe, "contextual", ids))
+@pytest.mark.parametrize("mode", ["contextual", "bias"])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_triton_table_gradient_is_bitwise_repeatable(device, mode):
+    # Several sequences, so d(rpe) sums several per-program partials.
+    shape = (5, 17, 2, 32) if device == "cpu" else (300, 50, 12, 64)
+    q, k, v, rpe, ids = make_inputs(shape, mode, "shared", torch.float32, device)
+    grad = torch.randn(shape, device=device)
+    fn = lambda *a, **kw: lomar_ops.window_attention(*a, **kw, backend="triton")
+    first, second = (run(fn, q, k, v, rpe, mode, ids, grad) for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+@pytest.mark.parametrize("device,backend", [
+    pytest.param("cpu", "cpu", id="cpu-cpu"), pytest.param("cpu", "torch", id="cpu-torch"),
+    pytest.param("cpu", "triton", id="cpu-triton"),
+    pytest.param("cuda", "triton", id="cuda-triton", marks=pytest.mark.gpu)])
+def test_qkvpacked_reads_views(device, backend):
+    shape = (2, 17, 3, 32) if backend == "triton" and device == "cpu" else (2, 50, 3, 32)
+    q, k, v, rpe, ids = make_inputs(shape, "contextual", "shared", torch.float32, device)
+    qkv = torch.stack([q, k, v], dim=2)  # (S, N, 3, H, d): q, k, v are strided views
+    out = lomar_ops.window_attention_qkvpacked(qkv, rpe=rpe, bucket_ids=ids, backend=backend)
+    torch.testing.assert_close(out, reference(q, k, v, rpe, "contextual", ids))
 
 
 def test_default_is_plain_attention_with_default_scale():
@@ -174,10 +208,36 @@ def test_opcheck_cpu_op():
                            "bias", 0.3))
 
 
-@pytest.mark.parametrize("backend", ["cpu", "torch"])
-def test_torch_compile_fullgraph(backend):
+def test_opcheck_triton_ops():
+    # Under the interpreter a traced graph cannot run kernels (they are launched
+    # directly, not through wrap_triton), so compile-tracing checks run on a GPU only.
+    from lomar_ops.triton_kernels.window_attention import (window_attention_bwd_triton,
+                                                           window_attention_fwd_triton)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    utils = (None if device == "cuda"
+             else ("test_schema", "test_autograd_registration", "test_faketensor"))
+    for mode, layout in CASES:
+        q, k, v, rpe, ids = make_inputs((2, 10, 2, 16), mode, layout, torch.float32, device)
+        ids = None if ids is None else ids.int()
+        name = mode or "none"
+        leaves = [t.requires_grad_(True) for t in (q, k, v)]
+        rpe = None if rpe is None else rpe.requires_grad_(True)
+        kwargs = {} if utils is None else {"test_utils": utils}
+        torch.library.opcheck(window_attention_fwd_triton, (*leaves, rpe, ids, name, 0.3),
+                              **kwargs)
+        _, lse = window_attention_fwd_triton(q, k, v, rpe, ids, name, 0.3)
+        torch.library.opcheck(window_attention_bwd_triton,
+                              (torch.randn_like(q), q.detach(), k.detach(), v.detach(), lse,
+                               None if rpe is None else rpe.detach(), ids, name, 0.3), **kwargs)
+
+
+@pytest.mark.parametrize("device,backend", [
+    pytest.param("cpu", "cpu", id="cpu-cpu"), pytest.param("cpu", "torch", id="cpu-torch"),
+    pytest.param("cuda", "triton", id="cuda-triton", marks=pytest.mark.gpu)])
+def test_torch_compile_fullgraph(device, backend):
+    # Triton's CPU interpreter cannot run under torch.compile: cuda-triton only.
     torch._dynamo.reset()
-    q, k, v, rpe, ids = make_inputs((4, 50, 3, 32), "contextual", "shared", torch.float32, "cpu")
+    q, k, v, rpe, ids = make_inputs((4, 50, 3, 32), "contextual", "shared", torch.float32, device)
     params = [t.requires_grad_(True) for t in (q, k, v, rpe)]
 
     def step(q, k, v, rpe):
@@ -191,18 +251,82 @@ def test_torch_compile_fullgraph(backend):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
-def test_backends_not_written_yet_are_reported(monkeypatch):
-    # The CUDA and Triton kernels of this op are still to come (issue 4): asking for
-    # them must say so rather than fall back silently.
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    q, k, v, _, _ = make_inputs((1, 4, 1, 8), None, None, torch.float32, "cpu")
-    with pytest.raises(lomar_ops.BackendUnavailableError,
-                       match="window_attention has no triton implementation"):
-        lomar_ops.window_attention(q, k, v, backend="triton")
-    op_module = importlib.import_module("lomar_ops.ops.window_attention")
-    assert op_module._IMPLEMENTED == {"cpu", "torch"}
+# Shared memory per block: sm_80 163 KB, sm_90 227 KB.
+_SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,dtype,N,d,modes", [
+    (90, "bfloat16", 50, 64, "contextual,bias,none"),  # the pretraining shape, every mode
+    (80, "float32", 65, 128, "contextual")])            # two key blocks, d padded, most memory
+def test_triton_kernels_compile_for_the_gpu(arch, dtype, N, d, modes):
+    # No GPU here: Triton compiles to PTX and its ptxas assembles it for the architecture,
+    # which catches lowering errors the interpreter cannot (a subprocess, without it).
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, str(root / "tests" / "triton_compile_check.py"), "--arch", str(arch),
+         "--dtype", dtype, "--N", str(N), "--d", str(d), "--modes", modes],
+        capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(rows) == 3 * len(modes.split(","))
+    for row in rows:
+        assert row["registers"] > 0 and row["shared_bytes"] <= _SHARED_LIMIT[arch], row
+
+
+def _builds_cuda_window_attention() -> bool:
+    # csrc/sources.txt is the one source list the build reads.
+    sources = (Path(__file__).resolve().parents[1] / "csrc" / "sources.txt").read_text().split()
+    return lomar_ops._extension.HAS_CUDA_KERNELS and "csrc/cuda/window_attention.cu" in sources
+
+
+def test_implemented_backends_follow_the_build():
+    expected = {"cpu", "torch", "triton"} | ({"cuda"} if _builds_cuda_window_attention() else set())
+    assert _IMPLEMENTED == expected
     assert lomar_ops.backends.resolve_backend(
-        "window_attention", torch.device("cpu"), None, op_module._IMPLEMENTED) == "cpu"
+        "window_attention", torch.device("cpu"), None, _IMPLEMENTED) == "cpu"
+
+
+def test_triton_refuses_float64_and_says_why(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    q, k, v, _, _ = make_inputs((1, 4, 1, 8), None, None, torch.float64, "cpu")
+    with pytest.raises(lomar_ops.BackendUnavailableError,
+                       match=r"backend='triton' is unavailable: the Triton kernel runs float16, "
+                             r"bfloat16 and float32, not float64.*Available for window_attention "
+                             r"on cpu: \['cpu', 'torch'\]"):
+        lomar_ops.window_attention(q, k, v, backend="triton")
+    # On CUDA tensors, where Triton is a default, the chooser passes over it for float64
+    # (a GPU is pretended here; test_float64_on_cuda_runs_without_triton runs one).
+    monkeypatch.setattr(lomar_ops.backends, "unavailable_reason", lambda backend, device: None)
+    op = importlib.import_module("lomar_ops.ops.window_attention")
+    cuda, implemented = torch.device("cuda"), frozenset({"triton", "torch"})
+    resolve = lomar_ops.backends.resolve_backend
+    assert resolve("window_attention", cuda, None, implemented) == "triton"
+    assert resolve("window_attention", cuda, None, implemented,
+                   op._unsupported_here(q, None, None)) == "torch"
+
+
+def test_triton_refuses_wide_contextual_tables():
+    q, k, v, _, _ = make_inputs((1, 4, 1, 8), None, None, torch.float32, "cpu")
+    table = torch.zeros(200, 8)
+    ids = torch.full((4, 4), 199, dtype=torch.int32)
+    with pytest.raises(lomar_ops.BackendUnavailableError,
+                       match="contextual tables of at most 128 buckets, got NB = 200"):
+        lomar_ops.window_attention(q, k, v, rpe=table, bucket_ids=ids, backend="triton")
+
+
+@pytest.mark.gpu
+def test_float64_on_cuda_runs_without_triton():
+    q, k, v, rpe, ids = make_inputs((2, 17, 2, 16), "contextual", "shared", torch.float64, "cuda")
+    out = lomar_ops.window_attention(q, k, v, rpe=rpe, bucket_ids=ids)
+    torch.testing.assert_close(out, reference(q, k, v, rpe, "contextual", ids))
 
 
 # ---- bad input ------------------------------------------------------------------

@@ -6,8 +6,8 @@ position term inside the logits, forward and backward.
       rpe_mode="bias":       term_ij = rpe[h, bucket_ids[i, j]]
       rpe=None:              no term (plain attention)
 
-Implementations: csrc/cpu/window_attention.cpp, lomar_ops/reference/window_attention.py;
-the CUDA and Triton kernels are not written yet (the backend chooser says so).
+Implementations: csrc/cpu/window_attention.cpp, lomar_ops/triton_kernels/window_attention.py,
+lomar_ops/reference/window_attention.py.
 Comparison formulations (eager, SDPA, FlexAttention): lomar_ops/comparisons.py."""
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from ..reference.window_attention import window_attention_reference
 _OP = "window_attention"
 _IMPLEMENTED = implemented_backends(_OP, cpp_op="window_attention_fwd")
 RPE_MODES = ("contextual", "bias", None)
+# The Triton kernel keeps a (query rows, buckets) tile of q @ R^T on chip: iRPE has 50.
+TRITON_MAX_CONTEXTUAL_BUCKETS = 128
 
 if _extension.AVAILABLE:
 
@@ -116,8 +118,9 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     """Attention within each of S sequences of N tokens, with a relative position term.
 
     Args:
-        q, k, v: (S, N, H, d), float16/bfloat16/float32/float64 (last dim contiguous
-            is best; other strides are read as they are by the C++ kernels).
+        q, k, v: (S, N, H, d), float16/bfloat16/float32/float64 (float64: not on
+            Triton). Any strides; the kernels read S/N/H strides as they are (the
+            Triton one copies a q, k or v whose last dim is not contiguous).
         rpe: None (plain attention), or the relative position table: for
             ``rpe_mode="contextual"`` (iRPE on keys) (NB, d) shared by all heads or
             (H, NB, d); for ``rpe_mode="bias"`` (H, NB).
@@ -134,12 +137,28 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     _check(q, k, v, rpe, rpe_mode, bucket_ids, scale)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     mode = rpe_mode if rpe is not None else None
-    chosen = resolve_backend(_OP, q.device, backend, _IMPLEMENTED)
+    chosen = resolve_backend(_OP, q.device, backend, _IMPLEMENTED,
+                             unsupported=_unsupported_here(q, rpe, mode))
     if chosen == "torch":
         return window_attention_reference(q, k, v, rpe, mode, bucket_ids, scale)
     ids = bucket_ids.to(torch.int32).contiguous() if bucket_ids is not None else None
+    if chosen == "triton":
+        from ..triton_kernels.window_attention import window_attention_fwd_triton
+        out, _ = window_attention_fwd_triton(q, k, v, rpe, ids, mode or "none", scale)
+        return out
     out, _ = torch.ops.lomar_ops.window_attention_fwd(q, k, v, rpe, ids, mode or "none", scale)
     return out
+
+
+def _unsupported_here(q, rpe, mode) -> dict[str, str]:
+    """Backends that cannot run this call, with the reason (for the chooser)."""
+    if q.dtype == torch.float64:
+        return {"triton": "the Triton kernel runs float16, bfloat16 and float32, not float64 "
+                          "(use 'cpu' for CPU tensors, or 'torch')"}
+    if mode == "contextual" and rpe.shape[-2] > TRITON_MAX_CONTEXTUAL_BUCKETS:
+        return {"triton": f"the Triton kernel takes contextual tables of at most "
+                          f"{TRITON_MAX_CONTEXTUAL_BUCKETS} buckets, got NB = {rpe.shape[-2]}"}
+    return {}
 
 
 def window_attention_qkvpacked(qkv: torch.Tensor, **kwargs) -> torch.Tensor:
