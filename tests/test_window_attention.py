@@ -200,7 +200,8 @@ def test_backends_not_written_yet_are_reported(monkeypatch):
                        match="window_attention has no triton implementation"):
         lomar_ops.window_attention(q, k, v, backend="triton")
     op_module = importlib.import_module("lomar_ops.ops.window_attention")
-    assert op_module._IMPLEMENTED == {"cpu", "torch"}
+    assert op_module._IMPLEMENTED == {"cpu", "torch"} | (
+        {"cuda"} if lomar_ops._extension.HAS_CUDA_KERNELS else set())
     assert lomar_ops.backends.resolve_backend(
         "window_attention", torch.device("cpu"), None, op_module._IMPLEMENTED) == "cpu"
 

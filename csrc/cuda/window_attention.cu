@@ -75,9 +75,11 @@ constexpr bool kTensorCores = std::is_same_v<T, c10::Half> || std::is_same_v<T, 
 template <typename T> constexpr int kPad = sizeof(T) == 2 ? 8 : 1;
 template <typename T> constexpr int kRows = sizeof(T) == 8 ? 16 : sizeof(T) == 4 ? 32 : 64;
 
-// (S, N, H) strides of a (S, N, H, d) tensor whose last dim is contiguous.
+// (S, N, H) strides of a (S, N, H, d) tensor whose last dim is contiguous;
+// vec: every row starts 16-byte aligned and d fills whole 16-byte chunks.
 struct Strides {
   int64_t s, n, h;
+  bool vec;
 };
 
 struct Params {
@@ -283,6 +285,19 @@ __device__ void tile_rows(const Params& p, int64_t s0, int m0, int* seq, int* po
 template <typename scalar_t, int DP, int ROWS, int LD>
 __device__ void load_tile(scalar_t* dst, const scalar_t* __restrict__ src, Strides st, int h,
                           const int* seq, const int* pos, int d) {
+  if constexpr (sizeof(scalar_t) == 2) {  // 16-byte copies (shared rows are 16-byte aligned)
+    constexpr int V = 8, CHUNKS = DP / V;
+    if (st.vec) {
+      for (int e = threadIdx.x; e < ROWS * CHUNKS; e += blockDim.x) {
+        const int r = e / CHUNKS, c = (e - r * CHUNKS) * V;
+        uint4 val = make_uint4(0, 0, 0, 0);
+        if (seq[r] >= 0 && c < d)
+          val = *reinterpret_cast<const uint4*>(src + seq[r] * st.s + pos[r] * st.n + h * st.h + c);
+        *reinterpret_cast<uint4*>(dst + r * LD + c) = val;
+      }
+      return;
+    }
+  }
   for (int e = threadIdx.x; e < ROWS * DP; e += blockDim.x) {
     const int r = e / DP, c = e - r * DP;
     scalar_t val = to<scalar_t>(0.f);
@@ -812,7 +827,13 @@ at::Tensor rows_contiguous(const at::Tensor& x) {
   return (x.size(3) <= 1 || x.stride(3) == 1) ? x : x.contiguous();
 }
 
-Strides strides_of(const at::Tensor& x) { return {x.stride(0), x.stride(1), x.stride(2)}; }
+Strides strides_of(const at::Tensor& x) {
+  const int64_t v = 16 / x.element_size();
+  const bool vec = x.element_size() == 2 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
+                   x.stride(0) % v == 0 && x.stride(1) % v == 0 && x.stride(2) % v == 0 &&
+                   x.size(3) % v == 0;
+  return {x.stride(0), x.stride(1), x.stride(2), vec};
+}
 
 Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const c10::optional<at::Tensor>& rpe, const c10::optional<at::Tensor>& ids,
@@ -871,11 +892,11 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cuda(
   check_window_attention_args(q_in, k_in, v_in, rpe_in, ids_in, rpe_mode);
   const c10::cuda::CUDAGuard guard(q_in.device());
   const int64_t S = q_in.size(0), N = q_in.size(1), H = q_in.size(2), d = q_in.size(3);
+  const int dp = padded_head_dim(d);
   const auto acc = acc_type_of(q_in.scalar_type());
   auto out = at::empty({S, N, H, d}, q_in.options());
   auto lse = at::empty({S, H, N}, q_in.options().dtype(acc));
   if (q_in.numel() == 0) return {out, lse};
-  const int dp = padded_head_dim(d);
   const auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
   const bool has_table = rpe_mode != "none";
   const auto rpe = has_table ? c10::optional<at::Tensor>(rpe_in->contiguous()) : c10::nullopt;
@@ -909,6 +930,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
   TORCH_CHECK(lse_in.dim() == 3 && lse_in.size(0) == S && lse_in.size(1) == H && lse_in.size(2) == N,
               "window_attention_bwd: lse must be (S, H, N) = (", S, ", ", H, ", ", N, "), got ",
               lse_in.sizes());
+  const int dp = padded_head_dim(d);
   const auto dtype = q_in.scalar_type();
   const auto acc = acc_type_of(dtype);
   const bool has_table = rpe_mode != "none";
@@ -923,7 +945,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
     drpe.zero_();
     return {dq, dk, dv, drpe};
   }
-  const int dp = padded_head_dim(d);
   const auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
   const auto grad_out = rows_contiguous(grad_out_in.to(dtype)), out = rows_contiguous(out_in);
   const auto lse = lse_in.to(acc).contiguous();
