@@ -673,8 +673,10 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_dkdv_kernel(const P
 }
 
 // dQ of the group's tiles taken by this block, and the block's d(rpe) partial.
+// (..., 1): ptxas otherwise caps this kernel at 128 registers and spills; shared
+// memory allows two blocks per SM anyway.
 template <typename scalar_t, int DP, int ROWS>
-__global__ void __launch_bounds__(2 * ROWS) window_attention_dq_kernel(const Params p) {
+__global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const Params p) {
   using acc_t = typename AccType<scalar_t>::type;
   using L = BwdSmem<scalar_t, DP, ROWS>;
   constexpr bool kTC = kTensorCores<scalar_t>;
