@@ -6,10 +6,8 @@ position term inside the logits, forward and backward.
       rpe_mode="bias":       term_ij = rpe[h, bucket_ids[i, j]]
       rpe=None:              no term (plain attention)
 
-Implementations: csrc/cpu/window_attention.cpp, csrc/cuda/window_attention.cu (flash-style,
-d <= 128; compiled and checked under CPU emulation, not yet run on a GPU),
-lomar_ops/reference/window_attention.py; the Triton kernel is not written yet (the backend
-chooser says so).
+Implementations: csrc/cpu/window_attention.cpp, lomar_ops/reference/window_attention.py;
+the CUDA and Triton kernels are not written yet (the backend chooser says so).
 Comparison formulations (eager, SDPA, FlexAttention): lomar_ops/comparisons.py."""
 
 from __future__ import annotations
