@@ -18,6 +18,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
+#undef CUDA_KERNEL_ASSERT
 #define CUDA_KERNEL_ASSERT(x) do { if (!(x)) { fprintf(stderr, "device assert failed: %s\n", #x); abort(); } } while (0)
 #define C10_CUDA_KERNEL_LAUNCH_CHECK() do {} while (0)
 #define C10_CUDA_CHECK(x) (void)(x)
