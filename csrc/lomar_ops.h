@@ -112,6 +112,17 @@ at::Tensor mask_substitute_cuda(const at::Tensor& tokens, const at::Tensor& mask
                                 const std::optional<at::Tensor>& cls_token);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mask_substitute_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& mask, bool has_cls);
+// Flash-style (csrc/cuda/window_attention.cu): head dim d <= 128; the shared
+// memory of a block bounds NB (an error names it); d(rpe) bitwise repeatable on
+// a given GPU.
+std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const c10::optional<at::Tensor>& rpe, const c10::optional<at::Tensor>& bucket_ids,
+    c10::string_view rpe_mode, double scale);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_cuda(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const c10::optional<at::Tensor>& rpe,
+    const c10::optional<at::Tensor>& bucket_ids, c10::string_view rpe_mode, double scale);
 at::Tensor masked_patch_loss_cuda(const at::Tensor& pred, const at::Tensor& target,
                                   const at::Tensor& mask, bool norm_pix, double eps);
 at::Tensor masked_patch_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& pred,

@@ -42,6 +42,8 @@ TORCH_LIBRARY_IMPL(lomar_ops, CPU, m) {
 TORCH_LIBRARY_IMPL(lomar_ops, CUDA, m) {
   m.impl("rpe_gather", &lomar_ops::rpe_gather_cuda);
   m.impl("rpe_gather_backward", &lomar_ops::rpe_gather_backward_cuda);
+  m.impl("window_attention_fwd", &lomar_ops::window_attention_fwd_cuda);
+  m.impl("window_attention_bwd", &lomar_ops::window_attention_bwd_cuda);
   m.impl("window_patchify", &lomar_ops::window_patchify_cuda);
   m.impl("window_patchify_backward", &lomar_ops::window_patchify_backward_cuda);
   m.impl("mask_substitute", &lomar_ops::mask_substitute_cuda);

@@ -1,0 +1,1011 @@
+// window_attention on CUDA: softmax(scale * q k^T + relative term) v per
+// (sequence, head), flash-style (the N x N logits never reach device memory),
+// forward and backward. The op contract is csrc/cpu/window_attention.cpp's.
+//
+// Tiles. A tile is ROWS query (or key) rows of one head: ROWS = 64 for
+// fp16/bf16, 32 for fp32, 16 for fp64 (smaller tiles keep the wider types'
+// shared memory in bounds). When N <= ROWS, pack = ROWS / N whole sequences
+// (same head, consecutive s) share one tile, rows of different sequences masked
+// from each other: N = 50 fills 50 of 64 rows, N = 17 fills 51. When N > ROWS a
+// sequence is cut into ceil(N / ROWS) row tiles and the key loop runs over as
+// many key tiles (online softmax), so any N is tiled. Tiles are numbered
+// head-major (tile = h * tiles_per_head + u) so that all sequences of a tile,
+// and all tiles of a block group below, share one head.
+//
+// Warps and fragments. Each warp owns 16 rows of a tile; every product is a warp
+// GEMM whose 16 x 8n accumulator has mma.sync.m16n8k16's layout (lane = 4 g + t
+// holds rows g and g + 8, columns 2t and 2t + 1 of each 8-column slice), so the
+// softmax and the gradient formulas are written once for both ways of computing
+// it: tensor cores (inline PTX mma.sync m16n8k16, fp32 accumulation) for
+// fp16/bf16, CUDA-core FMAs with the same layout for fp32 (no TF32) and fp64.
+// Operands come from shared memory (rows padded so that a warp's pair loads hit
+// 32 different banks). The head dim d is padded with zeros to DP in {32, 64, 80,
+// 128} (a template parameter).
+//
+// Relative term. The bucket ids of the (query tile, key tile) pair are staged in
+// shared memory with -1 where the pair is masked (padding rows, other
+// sequences), so the mask costs nothing extra. Contextual: per query tile,
+// qR = q R^T (ROWS x NB, fp32) is computed once into shared memory from R staged
+// ROWS buckets at a time, and each logit adds qR[i][bucket(i, j)]. Bias: the
+// head's NB biases are staged. NB is bounded by shared memory (an error says so).
+//
+// Forward (one block per tile): S = scale Q K^T + term per key tile, running
+// max/sum per row (FlashAttention-2), P (rounded to q's dtype for the tensor
+// cores) through shared memory into O += P V; out = O / l, lse = m + log l.
+//
+// Backward (FlashAttention-2): D = rowsum(dO * O) by a small kernel; then
+//  - dK/dV: one block per key tile, looping over the query tiles: P^T recomputed
+//    from lse, dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - D),
+//    dK += scale dS^T Q (the relative term does not depend on k);
+//  - dQ and d(rpe): a fixed grid of (blocks, table groups); block x of group g
+//    takes the group's tiles x, x + blocks, ... (a fixed assignment). Per tile it
+//    loops over the key tiles: dS as above, dQ += scale dS K, and each row's dS
+//    is added into dT[i][bucket(i, j)] by one thread per row in j order (no
+//    atomics). Then dQ += dT R (contextual, fp32 FMAs) and the block's own fp32
+//    partial of d(rpe) += dT^T Q (contextual) or the column sums of dT (bias) in
+//    a workspace; a last kernel adds the partials of each group in block order.
+//    The grid depends only on the device's SM count: d(rpe) is bitwise
+//    repeatable on a given GPU. Table groups: the heads for per-head tables and
+//    bias, one group for a shared table.
+// q, k, v, grad_out and out are read through their (S, N, H) strides (the head
+// dim must be contiguous, else it is made so): qkvpacked views need no copy.
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <cmath>
+#include <type_traits>
+#include <utility>
+
+#include "../lomar_ops.h"
+
+namespace lomar_ops {
+
+namespace {
+
+enum Mode : int { kNone = 0, kBias = 1, kContextual = 2 };
+
+template <typename T> struct AccType { using type = float; };
+template <> struct AccType<double> { using type = double; };
+
+template <typename T>
+constexpr bool kTensorCores = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
+// Row padding of shared tiles, in elements: 16 bytes for 16-bit types (pair loads
+// of 8 rows then land in distinct banks), one element otherwise.
+template <typename T> constexpr int kPad = sizeof(T) == 2 ? 8 : 1;
+template <typename T> constexpr int kRows = sizeof(T) == 8 ? 16 : sizeof(T) == 4 ? 32 : 64;
+
+// (S, N, H) strides of a (S, N, H, d) tensor whose last dim is contiguous;
+// vec: every row starts 16-byte aligned and d fills whole 16-byte chunks.
+struct Strides {
+  int64_t s, n, h;
+  bool vec;
+};
+
+struct Params {
+  const void *q, *k, *v, *out, *dout;
+  Strides q_st, k_st, v_st, out_st, dout_st;
+  void *o, *dq, *dk, *dv;       // outputs, contiguous (S, N, H, d)
+  void *lse, *delta;            // (S, H, N) in acc type
+  const void* rpe;              // contiguous table or nullptr
+  const int32_t* ids;           // (N, N) contiguous or nullptr
+  void* partial;                // d(rpe) partials (acc type)
+  int64_t S, N, H;
+  int d, NB, mode, per_head;
+  double scale;
+  int pack;                     // sequences per tile (N <= ROWS), else 1
+  int row_tiles;                // row tiles per sequence (1 when packed)
+  int64_t tiles_per_head, num_tiles;
+  int groups;                   // table groups of the dq kernel (1 or H)
+  int64_t group_width;          // d(rpe) elements per group
+};
+
+// ---- small device helpers ---------------------------------------------------
+
+template <typename To, typename From>
+__device__ __forceinline__ To to(From x) {
+  if constexpr (std::is_same_v<To, From>) {
+    return x;
+  } else if constexpr (sizeof(To) == 2 || sizeof(From) == 2) {
+    return static_cast<To>(static_cast<float>(x));
+  } else {
+    return static_cast<To>(x);
+  }
+}
+
+__device__ __forceinline__ float dev_exp(float x) { return expf(x); }
+__device__ __forceinline__ double dev_exp(double x) { return exp(x); }
+__device__ __forceinline__ float dev_log(float x) { return logf(x); }
+__device__ __forceinline__ double dev_log(double x) { return log(x); }
+
+// Sum or max over the 4 lanes of a quad (the lanes that share a fragment row).
+template <typename T>
+__device__ __forceinline__ T quad_sum(T v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+template <typename T>
+__device__ __forceinline__ T quad_max(T v) {
+  v = fmax(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmax(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+// A shared-memory matrix seen as M(x, y): row-major p[x * ld + y] or
+// column-major p[y * ld + x]. Pairs (y, y + 1) are contiguous in row-major views.
+template <typename T, bool kRowMajor>
+struct View {
+  T* p;
+  int ld;
+  __device__ __forceinline__ T& at(int x, int y) const {
+    return kRowMajor ? p[x * ld + y] : p[y * ld + x];
+  }
+};
+template <typename T> __device__ View<T, true> rows_of(T* p, int ld) { return {p, ld}; }
+template <typename T> __device__ View<T, false> cols_of(T* p, int ld) { return {p, ld}; }
+
+// M(x, y), M(x, y + 1) as scalar_t bits in one register (lower half first).
+template <typename scalar_t, typename T, bool R>
+__device__ __forceinline__ uint32_t pair_bits(const View<T, R>& m, int x, int y) {
+  if constexpr (R && std::is_same_v<std::remove_const_t<T>, scalar_t>) {
+    return *reinterpret_cast<const uint32_t*>(&m.at(x, y));
+  } else {
+    const scalar_t lo = to<scalar_t>(m.at(x, y)), hi = to<scalar_t>(m.at(x, y + 1));
+    return static_cast<uint32_t>(lo.x) | (static_cast<uint32_t>(hi.x) << 16);
+  }
+}
+
+template <typename scalar_t>
+__device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                          uint32_t a3, uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+#endif
+}
+
+// acc (16 x 8 NT) += A (16 x K) B (K x 8 NT), for the calling warp: A(r, k) read
+// as a.at(r, k), B(k, n) as bt.at(n, k). kTC: tensor cores (K a multiple of 16,
+// operands rounded to scalar_t); else FMAs in acc_t.
+template <typename scalar_t, bool kTC, int NT, typename acc_t, typename TA, bool RA, typename TB,
+          bool RB>
+__device__ __forceinline__ void warp_gemm(acc_t (&acc)[NT][4], const View<TA, RA>& a,
+                                          const View<TB, RB>& bt, int K) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  if constexpr (kTC) {
+    for (int k0 = 0; k0 < K; k0 += 16) {
+      const uint32_t a0 = pair_bits<scalar_t>(a, g, k0 + 2 * t);
+      const uint32_t a1 = pair_bits<scalar_t>(a, g + 8, k0 + 2 * t);
+      const uint32_t a2 = pair_bits<scalar_t>(a, g, k0 + 2 * t + 8);
+      const uint32_t a3 = pair_bits<scalar_t>(a, g + 8, k0 + 2 * t + 8);
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        const uint32_t b0 = pair_bits<scalar_t>(bt, 8 * n + g, k0 + 2 * t);
+        const uint32_t b1 = pair_bits<scalar_t>(bt, 8 * n + g, k0 + 2 * t + 8);
+        mma_16816<scalar_t>(acc[n], a0, a1, a2, a3, b0, b1);
+      }
+    }
+  } else {
+    for (int k = 0; k < K; ++k) {
+      const acc_t lo = to<acc_t>(a.at(g, k)), hi = to<acc_t>(a.at(g + 8, k));
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        const acc_t b0 = to<acc_t>(bt.at(8 * n + 2 * t, k));
+        const acc_t b1 = to<acc_t>(bt.at(8 * n + 2 * t + 1, k));
+        acc[n][0] += lo * b0;
+        acc[n][1] += lo * b1;
+        acc[n][2] += hi * b0;
+        acc[n][3] += hi * b1;
+      }
+    }
+  }
+}
+
+// Fragment element e of slice n: its row within the warp's 16 and its column.
+__device__ __forceinline__ int frag_row(int e) { return ((threadIdx.x & 31) >> 2) + 8 * (e >> 1); }
+__device__ __forceinline__ int frag_col(int n, int e) { return 8 * n + 2 * (threadIdx.x & 3) + (e & 1); }
+
+template <typename acc_t, int NT>
+__device__ __forceinline__ void zero(acc_t (&acc)[NT][4]) {
+#pragma unroll
+  for (int n = 0; n < NT; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[n][e] = acc_t(0);
+}
+
+// Shared memory carved in 16-byte-aligned pieces; the host runs the same code
+// (with a null base) to size the launch.
+struct Carver {
+  unsigned char* base;
+  size_t used = 0;
+  template <typename T>
+  __host__ __device__ T* take(size_t count) {
+    used = (used + 15) & ~size_t(15);
+    T* p = reinterpret_cast<T*>(base + used);
+    used += count * sizeof(T);
+    return p;
+  }
+};
+
+// ---- tiles ------------------------------------------------------------------
+
+struct TileCoord {
+  int h;
+  int64_t s0;  // first sequence
+  int m0;      // first row within the sequence
+};
+
+template <int ROWS>
+__device__ TileCoord tile_coord(const Params& p, int64_t tile) {
+  TileCoord c;
+  c.h = static_cast<int>(tile / p.tiles_per_head);
+  const int64_t u = tile - c.h * p.tiles_per_head;
+  if (p.N <= ROWS) {
+    c.s0 = u * p.pack;
+    c.m0 = 0;
+  } else {
+    c.s0 = u / p.row_tiles;
+    c.m0 = static_cast<int>(u - c.s0 * p.row_tiles) * ROWS;
+  }
+  return c;
+}
+
+// Sequence (or -1 for padding) and position of each of a tile's ROWS rows.
+template <int ROWS>
+__device__ void tile_rows(const Params& p, int64_t s0, int m0, int* seq, int* pos) {
+  for (int r = threadIdx.x; r < ROWS; r += blockDim.x) {
+    int64_t s = s0;
+    int64_t i = m0 + r;
+    bool valid;
+    if (p.N <= ROWS) {
+      const int g = r / static_cast<int>(p.N);
+      s = s0 + g;
+      i = r - g * p.N;
+      valid = g < p.pack && s < p.S;
+    } else {
+      valid = i < p.N;
+    }
+    seq[r] = valid ? static_cast<int>(s) : -1;
+    pos[r] = static_cast<int>(i);
+  }
+}
+
+// ROWS x DP tile of a (S, N, H, d) tensor into shared memory (row stride LD),
+// zeros in padding rows and past d.
+template <typename scalar_t, int DP, int ROWS, int LD>
+__device__ void load_tile(scalar_t* dst, const scalar_t* __restrict__ src, Strides st, int h,
+                          const int* seq, const int* pos, int d) {
+  if constexpr (sizeof(scalar_t) == 2) {  // 16-byte copies (shared rows are 16-byte aligned)
+    constexpr int V = 8, CHUNKS = DP / V;
+    if (st.vec) {
+      for (int e = threadIdx.x; e < ROWS * CHUNKS; e += blockDim.x) {
+        const int r = e / CHUNKS, c = (e - r * CHUNKS) * V;
+        uint4 val = make_uint4(0, 0, 0, 0);
+        if (seq[r] >= 0 && c < d)
+          val = *reinterpret_cast<const uint4*>(src + seq[r] * st.s + pos[r] * st.n + h * st.h + c);
+        *reinterpret_cast<uint4*>(dst + r * LD + c) = val;
+      }
+      return;
+    }
+  }
+  for (int e = threadIdx.x; e < ROWS * DP; e += blockDim.x) {
+    const int r = e / DP, c = e - r * DP;
+    scalar_t val = to<scalar_t>(0.f);
+    if (seq[r] >= 0 && c < d) val = src[seq[r] * st.s + pos[r] * st.n + h * st.h + c];
+    dst[r * LD + c] = val;
+  }
+}
+
+// Buckets [b0, b0 + ROWS) of the table R (NB, d) as a ROWS x DP tile.
+template <typename scalar_t, int DP, int ROWS, int LD>
+__device__ void load_table_chunk(scalar_t* dst, const scalar_t* __restrict__ R, int b0, int NB,
+                                 int d) {
+  for (int e = threadIdx.x; e < ROWS * DP; e += blockDim.x) {
+    const int r = e / DP, c = e - r * DP;
+    scalar_t val = to<scalar_t>(0.f);
+    if (b0 + r < NB && c < d) val = R[static_cast<int64_t>(b0 + r) * d + c];
+    dst[r * LD + c] = val;
+  }
+}
+
+// ids_s[r][c]: the bucket of (query row r, key row c), -1 where masked.
+template <int ROWS>
+__device__ void load_buckets(const Params& p, const int* qseq, const int* qpos, const int* kseq,
+                             const int* kpos, int* ids_s) {
+  for (int e = threadIdx.x; e < ROWS * ROWS; e += blockDim.x) {
+    const int r = e / ROWS, c = e - r * ROWS;
+    int b = -1;
+    if (qseq[r] >= 0 && qseq[r] == kseq[c]) {
+      b = 0;
+      if (p.mode != kNone) {
+        b = p.ids[static_cast<int64_t>(qpos[r]) * p.N + kpos[c]];
+        CUDA_KERNEL_ASSERT(b >= 0 && b < p.NB);
+      }
+    }
+    ids_s[r * (ROWS + 1) + c] = b;
+  }
+}
+
+// qR[r][b] = Q_r . R[b] for the tile's rows, R staged ROWS buckets at a time in
+// `stage`. Ends with a barrier.
+template <typename scalar_t, int DP, int ROWS, typename acc_t>
+__device__ void contextual_table(const Params& p, int h, const scalar_t* Qs, scalar_t* stage,
+                                 acc_t* qR, int ldr) {
+  constexpr int LD = DP + kPad<scalar_t>;
+  const scalar_t* R =
+      static_cast<const scalar_t*>(p.rpe) + (p.per_head ? static_cast<int64_t>(h) * p.NB * p.d : 0);
+  const int warp = threadIdx.x >> 5;
+  for (int b0 = 0; b0 < p.NB; b0 += ROWS) {
+    load_table_chunk<scalar_t, DP, ROWS, LD>(stage, R, b0, p.NB, p.d);
+    __syncthreads();
+    acc_t acc[ROWS / 8][4];
+    zero(acc);
+    warp_gemm<scalar_t, kTensorCores<scalar_t>, ROWS / 8>(acc, rows_of(Qs + warp * 16 * LD, LD),
+                                                          rows_of(stage, LD), DP);
+#pragma unroll
+    for (int n = 0; n < ROWS / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        qR[(warp * 16 + frag_row(e)) * ldr + b0 + frag_col(n, e)] = acc[n][e];
+    __syncthreads();
+  }
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t relative_term(const Params& p, const acc_t* qR, int ldr,
+                                               const acc_t* bias, int r, int b) {
+  if (p.mode == kContextual) return qR[r * ldr + b];
+  if (p.mode == kBias) return bias[b];
+  return acc_t(0);
+}
+
+__host__ __device__ inline int table_width(int NB, int rows) {  // qR / dT row stride
+  return (NB + rows - 1) / rows * rows + 1;
+}
+
+// ---- shared-memory layouts (device carving and host sizing in one place) ------
+
+template <typename scalar_t, int DP, int ROWS>
+struct FwdSmem {
+  using acc_t = typename AccType<scalar_t>::type;
+  using p_t = std::conditional_t<kTensorCores<scalar_t>, scalar_t, acc_t>;
+  static constexpr int LD = DP + kPad<scalar_t>, LDP = ROWS + kPad<p_t>;
+  scalar_t *Qs, *Ks, *Vs;
+  p_t* Ps;
+  int *ids, *qseq, *qpos, *kseq, *kpos;
+  acc_t *qR, *bias;
+  size_t bytes;
+  __host__ __device__ FwdSmem(unsigned char* base, int NB, int mode) {
+    Carver c{base};
+    Qs = c.take<scalar_t>(ROWS * LD);
+    Ks = c.take<scalar_t>(ROWS * LD);
+    Vs = c.take<scalar_t>(ROWS * LD);
+    Ps = c.take<p_t>(ROWS * LDP);
+    ids = c.take<int>(ROWS * (ROWS + 1));
+    qseq = c.take<int>(ROWS);
+    qpos = c.take<int>(ROWS);
+    kseq = c.take<int>(ROWS);
+    kpos = c.take<int>(ROWS);
+    qR = c.take<acc_t>(mode == kContextual ? ROWS * table_width(NB, ROWS) : 0);
+    bias = c.take<acc_t>(mode == kBias ? NB : 0);
+    bytes = c.used;
+  }
+};
+
+// Shared by both backward kernels (dT only used by the dq kernel).
+template <typename scalar_t, int DP, int ROWS>
+struct BwdSmem {
+  using acc_t = typename AccType<scalar_t>::type;
+  using p_t = std::conditional_t<kTensorCores<scalar_t>, scalar_t, acc_t>;
+  static constexpr int LD = DP + kPad<scalar_t>, LDP = ROWS + kPad<p_t>, LDS = ROWS + 1;
+  scalar_t *Qs, *dOs, *Ks, *Vs;
+  p_t* Ps;     // dk/dv kernel: P^T then dS^T, in the GEMM operand type
+  acc_t* dSs;  // dq kernel: dS in acc type (for the GEMM and the bucket sums)
+  int *ids, *qseq, *qpos, *kseq, *kpos;
+  acc_t *lse, *delta, *qR, *dT, *bias;
+  size_t bytes;
+  __host__ __device__ BwdSmem(unsigned char* base, int NB, int mode, bool dq_kernel) {
+    Carver c{base};
+    Qs = c.take<scalar_t>(ROWS * LD);
+    dOs = c.take<scalar_t>(ROWS * LD);
+    Ks = c.take<scalar_t>(ROWS * LD);
+    Vs = c.take<scalar_t>(ROWS * LD);
+    Ps = c.take<p_t>(dq_kernel ? 0 : ROWS * LDP);
+    dSs = c.take<acc_t>(dq_kernel ? ROWS * LDS : 0);
+    ids = c.take<int>(ROWS * (ROWS + 1));
+    qseq = c.take<int>(ROWS);
+    qpos = c.take<int>(ROWS);
+    kseq = c.take<int>(ROWS);
+    kpos = c.take<int>(ROWS);
+    lse = c.take<acc_t>(ROWS);
+    delta = c.take<acc_t>(ROWS);
+    const int w = table_width(NB, ROWS);
+    qR = c.take<acc_t>(mode == kContextual ? ROWS * w : 0);
+    dT = c.take<acc_t>(dq_kernel && mode != kNone ? ROWS * w : 0);
+    bias = c.take<acc_t>(mode == kBias ? NB : 0);
+    bytes = c.used;
+  }
+};
+
+// lse and D of a query tile's rows (0 in padding rows, whose P is 0 anyway).
+template <int ROWS, typename acc_t>
+__device__ void load_row_stats(const Params& p, int h, const int* seq, const int* pos,
+                               acc_t* lse, acc_t* delta) {
+  for (int r = threadIdx.x; r < ROWS; r += blockDim.x) {
+    acc_t l = 0, dl = 0;
+    if (seq[r] >= 0) {
+      const int64_t at = (static_cast<int64_t>(seq[r]) * p.H + h) * p.N + pos[r];
+      l = static_cast<const acc_t*>(p.lse)[at];
+      dl = static_cast<const acc_t*>(p.delta)[at];
+    }
+    lse[r] = l;
+    delta[r] = dl;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__device__ void stage_bias(const Params& p, int h, acc_t* bias) {
+  if (p.mode != kBias) return;
+  const scalar_t* rpe = static_cast<const scalar_t*>(p.rpe) + static_cast<int64_t>(h) * p.NB;
+  for (int b = threadIdx.x; b < p.NB; b += blockDim.x) bias[b] = to<acc_t>(rpe[b]);
+}
+
+// Fragment rows r of (S, N, H, d) output tensors: element (r, c) written for c < d.
+template <typename scalar_t, int NT, typename acc_t>
+__device__ void store_rows(scalar_t* dst, const Params& p, int h, int row0, const int* seq,
+                           const int* pos, const acc_t (&acc)[NT][4], const acc_t (&mul)[2]) {
+#pragma unroll
+  for (int n = 0; n < NT; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = row0 + frag_row(e), c = frag_col(n, e);
+      if (seq[r] < 0 || c >= p.d) continue;
+      const int64_t at = ((static_cast<int64_t>(seq[r]) * p.N + pos[r]) * p.H + h) * p.d + c;
+      dst[at] = to<scalar_t>(acc[n][e] * mul[e >> 1]);
+    }
+}
+
+// ---- forward ------------------------------------------------------------------
+
+template <typename scalar_t, int DP, int ROWS>
+__global__ void __launch_bounds__(2 * ROWS) window_attention_fwd_kernel(const Params p) {
+  using acc_t = typename AccType<scalar_t>::type;
+  using L = FwdSmem<scalar_t, DP, ROWS>;
+  using p_t = typename L::p_t;
+  constexpr bool kTC = kTensorCores<scalar_t>;
+  constexpr int LD = L::LD, LDP = L::LDP, NTS = ROWS / 8, NTO = DP / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const L sm(smem_raw, p.NB, p.mode);
+  const int ldr = table_width(p.NB, ROWS);
+  const int warp = threadIdx.x >> 5, row0 = warp * 16;
+  const acc_t scale = static_cast<acc_t>(p.scale);
+  const acc_t neg_inf = -INFINITY;
+
+  const TileCoord tc = tile_coord<ROWS>(p, blockIdx.x);
+  tile_rows<ROWS>(p, tc.s0, tc.m0, sm.qseq, sm.qpos);
+  stage_bias<scalar_t>(p, tc.h, sm.bias);
+  __syncthreads();
+  load_tile<scalar_t, DP, ROWS, LD>(sm.Qs, static_cast<const scalar_t*>(p.q), p.q_st, tc.h,
+                                    sm.qseq, sm.qpos, p.d);
+  __syncthreads();
+  if (p.mode == kContextual) contextual_table<scalar_t, DP, ROWS>(p, tc.h, sm.Qs, sm.Ks, sm.qR, ldr);
+
+  acc_t o[NTO][4];
+  zero(o);
+  acc_t m[2] = {neg_inf, neg_inf}, l[2] = {0, 0};
+  const int key_tiles = p.N <= ROWS ? 1 : p.row_tiles;
+  for (int kt = 0; kt < key_tiles; ++kt) {
+    tile_rows<ROWS>(p, tc.s0, kt * ROWS, sm.kseq, sm.kpos);
+    __syncthreads();
+    load_tile<scalar_t, DP, ROWS, LD>(sm.Ks, static_cast<const scalar_t*>(p.k), p.k_st, tc.h,
+                                      sm.kseq, sm.kpos, p.d);
+    load_tile<scalar_t, DP, ROWS, LD>(sm.Vs, static_cast<const scalar_t*>(p.v), p.v_st, tc.h,
+                                      sm.kseq, sm.kpos, p.d);
+    load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
+    __syncthreads();
+
+    acc_t s[NTS][4];
+    zero(s);
+    warp_gemm<scalar_t, kTC, NTS>(s, rows_of(sm.Qs + row0 * LD, LD), rows_of(sm.Ks, LD), DP);
+    acc_t tile_max[2] = {neg_inf, neg_inf};
+#pragma unroll
+    for (int n = 0; n < NTS; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = row0 + frag_row(e), c = frag_col(n, e);
+        const int b = sm.ids[r * (ROWS + 1) + c];
+        s[n][e] = b < 0 ? neg_inf : scale * s[n][e] + relative_term(p, sm.qR, ldr, sm.bias, r, b);
+        tile_max[e >> 1] = fmax(tile_max[e >> 1], s[n][e]);
+      }
+    acc_t alpha[2], base[2];
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const acc_t m_new = fmax(m[hh], quad_max(tile_max[hh]));
+      base[hh] = m_new == neg_inf ? acc_t(0) : m_new;  // a row with no key yet: no NaN
+      alpha[hh] = dev_exp(m[hh] - base[hh]);
+      m[hh] = m_new;
+      l[hh] *= alpha[hh];
+    }
+#pragma unroll
+    for (int n = 0; n < NTO; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[n][e] *= alpha[e >> 1];
+#pragma unroll
+    for (int n = 0; n < NTS; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const acc_t pr = dev_exp(s[n][e] - base[e >> 1]);
+        l[e >> 1] += pr;
+        sm.Ps[(row0 + frag_row(e)) * LDP + frag_col(n, e)] = to<p_t>(pr);
+      }
+    __syncwarp();
+    warp_gemm<scalar_t, kTC, NTO>(o, rows_of(sm.Ps + row0 * LDP, LDP), cols_of(sm.Vs, LD), ROWS);
+    __syncthreads();  // K, V, the buckets and the key rows are replaced next
+  }
+
+  acc_t inv[2];
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    l[hh] = quad_sum(l[hh]);
+    inv[hh] = l[hh] > 0 ? acc_t(1) / l[hh] : acc_t(0);
+  }
+  store_rows<scalar_t>(static_cast<scalar_t*>(p.o), p, tc.h, row0, sm.qseq, sm.qpos, o, inv);
+  if ((threadIdx.x & 3) == 0) {
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int r = row0 + frag_row(2 * hh);
+      if (sm.qseq[r] < 0) continue;
+      const int64_t at = (static_cast<int64_t>(sm.qseq[r]) * p.H + tc.h) * p.N + sm.qpos[r];
+      static_cast<acc_t*>(p.lse)[at] = m[hh] + dev_log(l[hh]);
+    }
+  }
+}
+
+// ---- backward -------------------------------------------------------------------
+
+// D[s, h, i] = dO_i . O_i, one warp per row (rows ordered like lse).
+template <typename scalar_t>
+__global__ void window_attention_delta_kernel(const Params p) {
+  using acc_t = typename AccType<scalar_t>::type;
+  const int lane = threadIdx.x & 31;
+  const int64_t rows = p.S * p.H * p.N, warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+  const scalar_t* O = static_cast<const scalar_t*>(p.out);
+  const scalar_t* dO = static_cast<const scalar_t*>(p.dout);
+  for (int64_t row = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5); row < rows;
+       row += warps) {
+    const int64_t i = row % p.N, sh = row / p.N, h = sh % p.H, s = sh / p.H;
+    const scalar_t* o = O + s * p.out_st.s + i * p.out_st.n + h * p.out_st.h;
+    const scalar_t* g = dO + s * p.dout_st.s + i * p.dout_st.n + h * p.dout_st.h;
+    acc_t acc = 0;
+    for (int c = lane; c < p.d; c += 32) acc += to<acc_t>(o[c]) * to<acc_t>(g[c]);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (lane == 0) static_cast<acc_t*>(p.delta)[row] = acc;
+  }
+}
+
+// dK, dV of one key tile; the warps own its key rows.
+template <typename scalar_t, int DP, int ROWS>
+__global__ void __launch_bounds__(2 * ROWS) window_attention_dkdv_kernel(const Params p) {
+  using acc_t = typename AccType<scalar_t>::type;
+  using L = BwdSmem<scalar_t, DP, ROWS>;
+  using p_t = typename L::p_t;
+  constexpr bool kTC = kTensorCores<scalar_t>;
+  constexpr int LD = L::LD, LDP = L::LDP, NTS = ROWS / 8, NTO = DP / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const L sm(smem_raw, p.NB, p.mode, /*dq_kernel=*/false);
+  const int ldr = table_width(p.NB, ROWS);
+  const int warp = threadIdx.x >> 5, row0 = warp * 16;
+  const acc_t scale = static_cast<acc_t>(p.scale);
+
+  const TileCoord tc = tile_coord<ROWS>(p, blockIdx.x);
+  tile_rows<ROWS>(p, tc.s0, tc.m0, sm.kseq, sm.kpos);
+  stage_bias<scalar_t>(p, tc.h, sm.bias);
+  __syncthreads();
+  load_tile<scalar_t, DP, ROWS, LD>(sm.Ks, static_cast<const scalar_t*>(p.k), p.k_st, tc.h,
+                                    sm.kseq, sm.kpos, p.d);
+  load_tile<scalar_t, DP, ROWS, LD>(sm.Vs, static_cast<const scalar_t*>(p.v), p.v_st, tc.h,
+                                    sm.kseq, sm.kpos, p.d);
+
+  acc_t dk[NTO][4], dv[NTO][4];
+  zero(dk);
+  zero(dv);
+  const int query_tiles = p.N <= ROWS ? 1 : p.row_tiles;
+  for (int qt = 0; qt < query_tiles; ++qt) {
+    tile_rows<ROWS>(p, tc.s0, qt * ROWS, sm.qseq, sm.qpos);
+    __syncthreads();
+    load_tile<scalar_t, DP, ROWS, LD>(sm.Qs, static_cast<const scalar_t*>(p.q), p.q_st, tc.h,
+                                      sm.qseq, sm.qpos, p.d);
+    load_row_stats<ROWS>(p, tc.h, sm.qseq, sm.qpos, sm.lse, sm.delta);
+    load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
+    __syncthreads();
+    // R is staged in dO's buffer before dO arrives.
+    if (p.mode == kContextual) contextual_table<scalar_t, DP, ROWS>(p, tc.h, sm.Qs, sm.dOs, sm.qR, ldr);
+    load_tile<scalar_t, DP, ROWS, LD>(sm.dOs, static_cast<const scalar_t*>(p.dout), p.dout_st,
+                                      tc.h, sm.qseq, sm.qpos, p.d);
+    __syncthreads();
+
+    // P^T (key rows j, query columns i), recomputed from lse.
+    acc_t pt[NTS][4];
+    zero(pt);
+    warp_gemm<scalar_t, kTC, NTS>(pt, rows_of(sm.Ks + row0 * LD, LD), rows_of(sm.Qs, LD), DP);
+#pragma unroll
+    for (int n = 0; n < NTS; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = row0 + frag_row(e), i = frag_col(n, e);
+        const int b = sm.ids[i * (ROWS + 1) + j];
+        pt[n][e] = b < 0 ? acc_t(0)
+                         : dev_exp(scale * pt[n][e] + relative_term(p, sm.qR, ldr, sm.bias, i, b) -
+                                   sm.lse[i]);
+        sm.Ps[j * LDP + i] = to<p_t>(pt[n][e]);
+      }
+    __syncwarp();
+    warp_gemm<scalar_t, kTC, NTO>(dv, rows_of(sm.Ps + row0 * LDP, LDP), cols_of(sm.dOs, LD), ROWS);
+    acc_t dpt[NTS][4];
+    zero(dpt);
+    warp_gemm<scalar_t, kTC, NTS>(dpt, rows_of(sm.Vs + row0 * LD, LD), rows_of(sm.dOs, LD), DP);
+    __syncwarp();  // every lane is done reading P^T before dS^T replaces it
+#pragma unroll
+    for (int n = 0; n < NTS; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = row0 + frag_row(e), i = frag_col(n, e);
+        sm.Ps[j * LDP + i] = to<p_t>(pt[n][e] * (dpt[n][e] - sm.delta[i]));
+      }
+    __syncwarp();
+    warp_gemm<scalar_t, kTC, NTO>(dk, rows_of(sm.Ps + row0 * LDP, LDP), cols_of(sm.Qs, LD), ROWS);
+    __syncthreads();  // Q, dO, the buckets and the query rows are replaced next
+  }
+  const acc_t dk_mul[2] = {scale, scale}, one[2] = {1, 1};
+  store_rows<scalar_t>(static_cast<scalar_t*>(p.dk), p, tc.h, row0, sm.kseq, sm.kpos, dk, dk_mul);
+  store_rows<scalar_t>(static_cast<scalar_t*>(p.dv), p, tc.h, row0, sm.kseq, sm.kpos, dv, one);
+}
+
+// dQ of the group's tiles taken by this block, and the block's d(rpe) partial.
+// (..., 1): ptxas otherwise caps this kernel at 128 registers and spills; shared
+// memory allows two blocks per SM anyway.
+template <typename scalar_t, int DP, int ROWS>
+__global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const Params p) {
+  using acc_t = typename AccType<scalar_t>::type;
+  using L = BwdSmem<scalar_t, DP, ROWS>;
+  constexpr bool kTC = kTensorCores<scalar_t>;
+  constexpr int LD = L::LD, LDS = L::LDS, NTS = ROWS / 8, NTO = DP / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const L sm(smem_raw, p.NB, p.mode, /*dq_kernel=*/true);
+  const int ldr = table_width(p.NB, ROWS);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row0 = warp * 16;
+  const acc_t scale = static_cast<acc_t>(p.scale);
+  const int64_t group_tiles = p.num_tiles / p.groups;
+  acc_t* partial = p.mode == kNone ? nullptr
+                                   : static_cast<acc_t*>(p.partial) +
+                                         (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) *
+                                             p.group_width;
+
+  for (int64_t u = blockIdx.x; u < group_tiles; u += gridDim.x) {
+    const TileCoord tc = tile_coord<ROWS>(p, blockIdx.y * group_tiles + u);
+    tile_rows<ROWS>(p, tc.s0, tc.m0, sm.qseq, sm.qpos);
+    stage_bias<scalar_t>(p, tc.h, sm.bias);
+    if (p.mode != kNone)
+      for (int e = threadIdx.x; e < ROWS * ldr; e += blockDim.x) sm.dT[e] = acc_t(0);
+    __syncthreads();
+    load_tile<scalar_t, DP, ROWS, LD>(sm.Qs, static_cast<const scalar_t*>(p.q), p.q_st, tc.h,
+                                      sm.qseq, sm.qpos, p.d);
+    load_tile<scalar_t, DP, ROWS, LD>(sm.dOs, static_cast<const scalar_t*>(p.dout), p.dout_st,
+                                      tc.h, sm.qseq, sm.qpos, p.d);
+    load_row_stats<ROWS>(p, tc.h, sm.qseq, sm.qpos, sm.lse, sm.delta);
+    __syncthreads();
+    if (p.mode == kContextual) contextual_table<scalar_t, DP, ROWS>(p, tc.h, sm.Qs, sm.Ks, sm.qR, ldr);
+
+    acc_t dq[NTO][4];
+    zero(dq);
+    const int key_tiles = p.N <= ROWS ? 1 : p.row_tiles;
+    for (int kt = 0; kt < key_tiles; ++kt) {
+      tile_rows<ROWS>(p, tc.s0, kt * ROWS, sm.kseq, sm.kpos);
+      __syncthreads();
+      load_tile<scalar_t, DP, ROWS, LD>(sm.Ks, static_cast<const scalar_t*>(p.k), p.k_st, tc.h,
+                                        sm.kseq, sm.kpos, p.d);
+      load_tile<scalar_t, DP, ROWS, LD>(sm.Vs, static_cast<const scalar_t*>(p.v), p.v_st, tc.h,
+                                        sm.kseq, sm.kpos, p.d);
+      load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
+      __syncthreads();
+
+      acc_t s[NTS][4], dp[NTS][4];
+      zero(s);
+      zero(dp);
+      warp_gemm<scalar_t, kTC, NTS>(s, rows_of(sm.Qs + row0 * LD, LD), rows_of(sm.Ks, LD), DP);
+      warp_gemm<scalar_t, kTC, NTS>(dp, rows_of(sm.dOs + row0 * LD, LD), rows_of(sm.Vs, LD), DP);
+#pragma unroll
+      for (int n = 0; n < NTS; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = row0 + frag_row(e), c = frag_col(n, e);
+          const int b = sm.ids[r * (ROWS + 1) + c];
+          acc_t ds = 0;
+          if (b >= 0) {
+            const acc_t pr = dev_exp(scale * s[n][e] + relative_term(p, sm.qR, ldr, sm.bias, r, b) -
+                                     sm.lse[r]);
+            ds = pr * (dp[n][e] - sm.delta[r]);
+          }
+          sm.dSs[r * LDS + c] = ds;
+        }
+      __syncwarp();
+      warp_gemm<scalar_t, kTC, NTO>(dq, rows_of(sm.dSs + row0 * LDS, LDS), cols_of(sm.Ks, LD), ROWS);
+      if (p.mode != kNone && lane < 16) {  // dT[r][bucket] += dS[r][c], c in order
+        const int r = row0 + lane;
+        for (int c = 0; c < ROWS; ++c) {
+          const int b = sm.ids[r * (ROWS + 1) + c];
+          if (b >= 0) sm.dT[r * ldr + b] += sm.dSs[r * LDS + c];
+        }
+      }
+      __syncthreads();  // K, V, the buckets and the key rows are replaced next
+    }
+    acc_t mul[2] = {scale, scale};
+    if (p.mode == kContextual) {
+      // dq = scale * (dS K) + dT R, the latter in acc_t FMAs (no rounding of dT).
+#pragma unroll
+      for (int n = 0; n < NTO; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dq[n][e] *= scale;
+      mul[0] = mul[1] = acc_t(1);
+      const scalar_t* R = static_cast<const scalar_t*>(p.rpe) +
+                          (p.per_head ? static_cast<int64_t>(tc.h) * p.NB * p.d : 0);
+      for (int b0 = 0; b0 < p.NB; b0 += ROWS) {
+        load_table_chunk<scalar_t, DP, ROWS, LD>(sm.Ks, R, b0, p.NB, p.d);
+        __syncthreads();
+        warp_gemm<scalar_t, false, NTO>(dq, rows_of(sm.dT + row0 * ldr + b0, ldr), cols_of(sm.Ks, LD),
+                                        ROWS);
+        __syncthreads();
+      }
+    }
+    store_rows<scalar_t>(static_cast<scalar_t*>(p.dq), p, tc.h, row0, sm.qseq, sm.qpos, dq, mul);
+    if (p.mode == kContextual) {  // partial[b][c] += sum over rows of dT[r][b] q[r][c]
+      for (int64_t e = threadIdx.x; e < p.group_width; e += blockDim.x) {
+        const int b = static_cast<int>(e / p.d), c = static_cast<int>(e - b * p.d);
+        acc_t acc = 0;
+        for (int r = 0; r < ROWS; ++r) acc += sm.dT[r * ldr + b] * to<acc_t>(sm.Qs[r * LD + c]);
+        partial[e] += acc;
+      }
+    } else if (p.mode == kBias) {  // partial[b] += sum over rows of dT[r][b]
+      for (int b = threadIdx.x; b < p.NB; b += blockDim.x) {
+        acc_t acc = 0;
+        for (int r = 0; r < ROWS; ++r) acc += sm.dT[r * ldr + b];
+        partial[b] += acc;
+      }
+    }
+    __syncthreads();  // Q, dO, dT and the query rows are replaced next
+  }
+}
+
+// drpe[g][e] = sum over blocks, in block order, of partial[g][block][e].
+template <typename scalar_t, typename acc_t>
+__global__ void window_attention_drpe_kernel(const acc_t* __restrict__ partial,
+                                             scalar_t* __restrict__ drpe, int groups, int blocks,
+                                             int64_t width) {
+  const int64_t total = groups * width;
+  for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t g = idx / width, e = idx - g * width;
+    acc_t acc = 0;
+    for (int b = 0; b < blocks; ++b) acc += partial[(g * blocks + b) * width + e];
+    drpe[idx] = to<scalar_t>(acc);
+  }
+}
+
+// ---- host side ------------------------------------------------------------------
+
+constexpr int kHeadDims[] = {32, 64, 80, 128};
+
+int padded_head_dim(int64_t d) {
+  for (int dp : kHeadDims)
+    if (d <= dp) return dp;
+  TORCH_CHECK(false, "window_attention (CUDA): head dim d = ", d,
+              " is not supported; the CUDA kernel takes d <= 128 (q, k, v are (S, N, H, d))");
+  return 0;
+}
+
+template <typename Fn>
+void dispatch_head_dim(int dp, Fn&& fn) {
+  switch (dp) {
+    case 32: fn(std::integral_constant<int, 32>{}); break;
+    case 64: fn(std::integral_constant<int, 64>{}); break;
+    case 80: fn(std::integral_constant<int, 80>{}); break;
+    default: fn(std::integral_constant<int, 128>{}); break;
+  }
+}
+
+// The head dim contiguous (the kernels read rows through the other strides).
+at::Tensor rows_contiguous(const at::Tensor& x) {
+  return (x.size(3) <= 1 || x.stride(3) == 1) ? x : x.contiguous();
+}
+
+Strides strides_of(const at::Tensor& x) {
+  const int64_t v = 16 / x.element_size();
+  const bool vec = x.element_size() == 2 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
+                   x.stride(0) % v == 0 && x.stride(1) % v == 0 && x.stride(2) % v == 0 &&
+                   x.size(3) % v == 0;
+  return {x.stride(0), x.stride(1), x.stride(2), vec};
+}
+
+Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                   const c10::optional<at::Tensor>& rpe, const c10::optional<at::Tensor>& ids,
+                   c10::string_view rpe_mode, double scale, int rows) {
+  Params p{};
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.q_st = strides_of(q);
+  p.k_st = strides_of(k);
+  p.v_st = strides_of(v);
+  p.S = q.size(0);
+  p.N = q.size(1);
+  p.H = q.size(2);
+  p.d = static_cast<int>(q.size(3));
+  p.mode = rpe_mode == "contextual" ? kContextual : rpe_mode == "bias" ? kBias : kNone;
+  p.scale = scale;
+  if (p.mode != kNone) {
+    p.rpe = rpe->data_ptr();
+    p.ids = ids->data_ptr<int32_t>();
+    p.per_head = p.mode == kContextual && rpe->dim() == 3;
+    p.NB = static_cast<int>(rpe->size(p.mode == kBias ? 1 : rpe->dim() - 2));
+  }
+  p.pack = p.N <= rows ? static_cast<int>(rows / p.N) : 1;
+  p.row_tiles = p.N <= rows ? 1 : static_cast<int>((p.N + rows - 1) / rows);
+  p.tiles_per_head = p.N <= rows ? (p.S + p.pack - 1) / p.pack : p.S * p.row_tiles;
+  p.num_tiles = p.H * p.tiles_per_head;
+  const bool per_group_head = p.mode == kBias || p.per_head;
+  p.groups = per_group_head ? static_cast<int>(p.H) : 1;
+  p.group_width = p.mode == kContextual ? static_cast<int64_t>(p.NB) * p.d : p.NB;
+  return p;
+}
+
+template <typename Kernel>
+void launch(Kernel kernel, dim3 grid, int threads, size_t smem, const Params& p, const char* what) {
+  const size_t optin = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  TORCH_CHECK(smem <= optin, "window_attention (CUDA): the ", what,
+              " kernel needs ", smem, " bytes of shared memory for rpe with NB = ", p.NB,
+              " buckets and head dim ", p.d, ", more than this GPU's ", optin,
+              " per block; use fewer buckets or backend=\"cpu\"/\"torch\"");
+  if (smem > 48 * 1024)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+  kernel<<<grid, threads, smem, at::cuda::getCurrentCUDAStream()>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cuda(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const c10::optional<at::Tensor>& rpe_in, const c10::optional<at::Tensor>& ids_in,
+    c10::string_view rpe_mode, double scale) {
+  check_window_attention_args(q_in, k_in, v_in, rpe_in, ids_in, rpe_mode);
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const int64_t S = q_in.size(0), N = q_in.size(1), H = q_in.size(2), d = q_in.size(3);
+  const int dp = padded_head_dim(d);
+  const auto acc = acc_type_of(q_in.scalar_type());
+  auto out = at::empty({S, N, H, d}, q_in.options());
+  auto lse = at::empty({S, H, N}, q_in.options().dtype(acc));
+  if (q_in.numel() == 0) return {out, lse};
+  const auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
+  const bool has_table = rpe_mode != "none";
+  const auto rpe = has_table ? c10::optional<at::Tensor>(rpe_in->contiguous()) : c10::nullopt;
+  const auto ids = has_table ? c10::optional<at::Tensor>(ids_in->contiguous()) : c10::nullopt;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "window_attention_fwd_cuda", [&] {
+    constexpr int ROWS = kRows<scalar_t>;
+    Params p = make_params(q, k, v, rpe, ids, rpe_mode, scale, ROWS);
+    p.o = out.data_ptr();
+    p.lse = lse.data_ptr();
+    dispatch_head_dim(dp, [&](auto dp_const) {
+      constexpr int DP = decltype(dp_const)::value;
+      const size_t smem = FwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode).bytes;
+      launch(window_attention_fwd_kernel<scalar_t, DP, ROWS>, dim3(static_cast<unsigned>(p.num_tiles)), 2 * ROWS, smem, p,
+             "forward");
+    });
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_cuda(
+    const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in,
+    const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse_in,
+    const c10::optional<at::Tensor>& rpe_in, const c10::optional<at::Tensor>& ids_in,
+    c10::string_view rpe_mode, double scale) {
+  check_window_attention_args(q_in, k_in, v_in, rpe_in, ids_in, rpe_mode);
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const int64_t S = q_in.size(0), N = q_in.size(1), H = q_in.size(2), d = q_in.size(3);
+  TORCH_CHECK(grad_out_in.sizes() == q_in.sizes() && out_in.sizes() == q_in.sizes(),
+              "window_attention_bwd: grad_out and out must have q's shape ", q_in.sizes(),
+              ", got ", grad_out_in.sizes(), " and ", out_in.sizes());
+  TORCH_CHECK(lse_in.dim() == 3 && lse_in.size(0) == S && lse_in.size(1) == H && lse_in.size(2) == N,
+              "window_attention_bwd: lse must be (S, H, N) = (", S, ", ", H, ", ", N, "), got ",
+              lse_in.sizes());
+  const int dp = padded_head_dim(d);
+  const auto dtype = q_in.scalar_type();
+  const auto acc = acc_type_of(dtype);
+  const bool has_table = rpe_mode != "none";
+  auto dq = at::empty({S, N, H, d}, q_in.options());
+  auto dk = at::empty({S, N, H, d}, q_in.options());
+  auto dv = at::empty({S, N, H, d}, q_in.options());
+  auto drpe = has_table ? at::empty(rpe_in->sizes(), rpe_in->options()) : at::empty({0}, q_in.options());
+  if (q_in.numel() == 0) {
+    dq.zero_();
+    dk.zero_();
+    dv.zero_();
+    drpe.zero_();
+    return {dq, dk, dv, drpe};
+  }
+  const auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
+  const auto grad_out = rows_contiguous(grad_out_in.to(dtype)), out = rows_contiguous(out_in);
+  const auto lse = lse_in.to(acc).contiguous();
+  auto delta = at::empty({S, H, N}, q_in.options().dtype(acc));
+  const auto rpe = has_table ? c10::optional<at::Tensor>(rpe_in->contiguous()) : c10::nullopt;
+  const auto ids = has_table ? c10::optional<at::Tensor>(ids_in->contiguous()) : c10::nullopt;
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "window_attention_bwd_cuda", [&] {
+    using acc_t = typename AccType<scalar_t>::type;
+    constexpr int ROWS = kRows<scalar_t>;
+    Params p = make_params(q, k, v, rpe, ids, rpe_mode, scale, ROWS);
+    p.out = out.data_ptr();
+    p.out_st = strides_of(out);
+    p.dout = grad_out.data_ptr();
+    p.dout_st = strides_of(grad_out);
+    p.dq = dq.data_ptr();
+    p.dk = dk.data_ptr();
+    p.dv = dv.data_ptr();
+    p.lse = lse.data_ptr();
+    p.delta = delta.data_ptr();
+
+    const int64_t rows = S * H * N;
+    const int64_t delta_blocks = std::min<int64_t>((rows + 7) / 8, sms * 32);
+    window_attention_delta_kernel<scalar_t><<<static_cast<unsigned>(delta_blocks), 256, 0, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+    // A fixed number of blocks per table group: the d(rpe) partials (and so the
+    // summation order) depend only on the shapes and the GPU's SM count.
+    const int64_t group_tiles = p.num_tiles / p.groups;
+    const int64_t blocks = p.mode == kNone
+                               ? group_tiles
+                               : std::max<int64_t>(1, std::min<int64_t>(
+                                                          group_tiles, (4 * sms + p.groups - 1) / p.groups));
+    at::Tensor partial;
+    if (p.mode != kNone) {
+      partial = at::zeros({p.groups, blocks, p.group_width}, q.options().dtype(acc));
+      p.partial = partial.data_ptr();
+    }
+    dispatch_head_dim(dp, [&](auto dp_const) {
+      constexpr int DP = decltype(dp_const)::value;
+      const size_t dkdv_smem = BwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, false).bytes;
+      launch(window_attention_dkdv_kernel<scalar_t, DP, ROWS>, dim3(static_cast<unsigned>(p.num_tiles)), 2 * ROWS,
+             dkdv_smem, p, "backward dk/dv");
+      const size_t dq_smem = BwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, true).bytes;
+      launch(window_attention_dq_kernel<scalar_t, DP, ROWS>, dim3(static_cast<unsigned>(blocks), p.groups), 2 * ROWS,
+             dq_smem, p, "backward dq");
+    });
+    if (p.mode != kNone) {
+      const int64_t total = p.groups * p.group_width;
+      const int64_t threads = 256, grid = std::min<int64_t>((total + threads - 1) / threads, sms * 8);
+      window_attention_drpe_kernel<scalar_t, acc_t><<<static_cast<unsigned>(grid), threads, 0, stream>>>(
+          partial.data_ptr<acc_t>(), drpe.data_ptr<scalar_t>(), p.groups, static_cast<int>(blocks),
+          p.group_width);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {dq, dk, dv, drpe};
+}
+
+}  // namespace lomar_ops
