@@ -6,8 +6,8 @@ position term inside the logits, forward and backward.
       rpe_mode="bias":       term_ij = rpe[h, bucket_ids[i, j]]
       rpe=None:              no term (plain attention)
 
-Implementations: csrc/cpu/window_attention.cpp, lomar_ops/triton_kernels/window_attention.py,
-lomar_ops/reference/window_attention.py.
+Implementations: csrc/cuda/window_attention.cu, lomar_ops/triton_kernels/window_attention.py,
+csrc/cpu/window_attention.cpp, lomar_ops/reference/window_attention.py.
 Comparison formulations (eager, SDPA, FlexAttention): lomar_ops/comparisons.py."""
 
 from __future__ import annotations
