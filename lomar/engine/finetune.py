@@ -42,7 +42,7 @@ from torchvision.transforms import v2
 from .. import distributed
 from ..checkpoint import export_safetensors
 from ..config import ConfigError, save_config
-from ..data import ImageFiles, build_demo_digits, pretrain_transform
+from ..data import ImageFiles, build_demo_digits
 from ..models import create_model, model_names
 from ..run_log import RunLog, plot_loss_curve
 from ..schedule import scaled_lr
@@ -69,6 +69,7 @@ class FinetuneDataConfig:
 @dataclass(frozen=True)
 class AugmentConfig:
     min_scale: float = 0.08  # random-resized crop scale (min_scale, 1)
+    hflip: float = 0.5  # horizontal flip probability
     auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"
     color_jitter: Optional[float] = None  # unused by timm while auto_augment is set
     reprob: float = 0.25
@@ -152,6 +153,7 @@ class FinetuneConfig:
             ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
             ("drop_path", self.drop_path, 0 <= self.drop_path < 1, "in [0, 1)"),
             ("aug.min_scale", a.min_scale, 0 < a.min_scale <= 1, "in (0, 1]"),
+            ("aug.hflip", a.hflip, 0 <= a.hflip <= 1, "in [0, 1]"),
             ("aug.reprob", a.reprob, 0 <= a.reprob <= 1, "in [0, 1]"),
             ("aug.smoothing", a.smoothing, 0 <= a.smoothing < 1, "in [0, 1)"),
             ("aug.mixup", a.mixup, a.mixup >= 0, ">= 0"),
@@ -186,15 +188,16 @@ def _patch_posterize(transform) -> None:
 def _transforms(cfg: FinetuneConfig):
     """(train, val) transforms on uint8 (3, H, W) tensors; timm's work on PIL images."""
     size, a = cfg.data.input_size, cfg.aug
-    if cfg.linear_probe:
-        train = pretrain_transform(size, (a.min_scale, 1.0))
+    if cfg.linear_probe:  # random-resized crop + flip only
+        timm_train = create_transform(size, is_training=True, scale=(a.min_scale, 1.0),
+                                      hflip=a.hflip, color_jitter=None, interpolation="bicubic")
     else:
         timm_train = create_transform(
-            size, is_training=True, scale=(a.min_scale, 1.0), color_jitter=a.color_jitter,
-            auto_augment=a.auto_augment, interpolation="bicubic", re_prob=a.reprob,
-            re_mode=a.remode, re_count=a.recount)
+            size, is_training=True, scale=(a.min_scale, 1.0), hflip=a.hflip,
+            color_jitter=a.color_jitter, auto_augment=a.auto_augment, interpolation="bicubic",
+            re_prob=a.reprob, re_mode=a.remode, re_count=a.recount)
         _patch_posterize(timm_train)
-        train = v2.Compose([v2.ToPILImage(), timm_train])
+    train = v2.Compose([v2.ToPILImage(), timm_train])
     val = v2.Compose([v2.ToPILImage(), create_transform(
         size, is_training=False, interpolation="bicubic", crop_pct=cfg.data.eval_crop_pct)])
     return train, val
