@@ -136,7 +136,6 @@ def test_load_refuses_unrelated_or_misfitting_weights(tmp_path):
         load_encoder_weights(model, path)
 
 
-@pytest.mark.slow
 def test_resume_continues_exactly(folder, tmp_path):
     # The full recipe: RandAugment, random erasing, mixup/cutmix, drop path, smoothing.
     # 3 steps per epoch; warmup ends at step 3, so steps 0-3 see the same lr whether
@@ -201,7 +200,6 @@ def test_topk_correct():
     assert topk_correct(logits[:, :3], torch.tensor([0, 1, 2]), ks=(1, 5)) == [0, 3]
 
 
-@pytest.mark.slow
 def test_demo_digits(tmp_path):
     a = build_demo_digits(tmp_path / "a", size=16, seed=0)
     b = build_demo_digits(tmp_path / "b", size=16, seed=0)
