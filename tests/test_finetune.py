@@ -13,12 +13,12 @@ from lomar.checkpoint import export_safetensors, load_checkpoint, save_checkpoin
 from lomar.cli import main
 from lomar.config import ConfigError, load_config
 from lomar.data import build_demo_digits, find_images
-from lomar.engine import FinetuneConfig, finetune
+from lomar.engine import FinetuneConfig, finetune, probe_report
 from lomar.engine.finetune import set_train_mode, topk_correct
 from lomar.engine.init_weights import load_encoder_weights
 from lomar.engine.param_groups import no_weight_decay_names, param_groups_layer_decay
 from lomar.models import create_model
-from lomar.run_log import read_log
+from lomar.run_log import RunLog, read_log
 
 TINY = {"depth": 2, "embed_dim": 32, "num_heads": 2}
 CLASSES = ("red", "green", "blue")
@@ -224,3 +224,21 @@ def test_cli(capsys):
     assert "layer_decay: 0.65" in capsys.readouterr().out
     assert main(["finetune", "aug.mixupp=1"]) == 2
     assert "unknown key aug.mixupp" in capsys.readouterr().err
+
+
+def test_probe_report(tmp_path, capsys):
+    for run, accs in (("a", [50.0, 70.0, 65.0]), ("b", [40.0, 55.0, 60.0])):
+        log = RunLog(tmp_path / run, tensorboard=False)
+        for epoch, acc in enumerate(accs, 1):
+            log.log(epoch * 10, loss=1.0, epoch=float(epoch))
+            log.log(epoch * 10, val_top1=acc, epoch=float(epoch))
+        log.close()
+    assert probe_report.main([str(tmp_path / "cmp.png"), f"pre={tmp_path / 'a'}",
+                              f"rand={tmp_path / 'b'}"]) == 0
+    out = capsys.readouterr().out
+    assert "pre: final top-1 65.00%, best 70.00%" in out and "pre - rand: +5.00 points" in out
+    assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "log.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    with pytest.raises(ValueError, match="no val_top1"):
+        probe_report.main([str(tmp_path / "x.png"), f"untrained={tmp_path / 'c'}"])
