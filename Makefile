@@ -17,10 +17,20 @@ EXT_STAMP  := $(VENV)/.ext-built
 
 # The main job on an embedded default: every op checked against its reference,
 # then a small LoMaR pretrained on the offline photo set (loss curve and logs in
-# output/demo_pretrain/).
+# output/demo_pretrain/) and its reconstructions (the paper's Fig. 5, in
+# output/demo_pretrain/reconstruction.png), then linear probes of its encoder and of a
+# random-init one on scikit-learn's digits (output/demo_probe*/, comparison in
+# output/demo_probe.png).
 demo: $(EXT_STAMP)
 	$(PY) -m lomar_ops smoke
 	$(PY) -m lomar pretrain --config configs/demo_pretrain.yaml
+	$(PY) -m lomar visualize --checkpoint output/demo_pretrain/checkpoint-last.pt \
+		--window-size 5 --mask-ratio 0.75
+	$(PY) -m lomar finetune --config configs/demo_probe.yaml
+	$(PY) -m lomar finetune --config configs/demo_probe.yaml checkpoint=null \
+		output_dir=output/demo_probe_random
+	$(PY) -m lomar.engine.probe_report output/demo_probe.png \
+		pretrained=output/demo_probe random-init=output/demo_probe_random
 
 test: $(EXT_STAMP) cmake-test pytest
 
@@ -52,7 +62,7 @@ $(VENV_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install "torch>=2.6" torchvision numpy ninja pybind11 "cmake>=3.26" setuptools \
-		wheel pillow pyyaml safetensors tensorboard matplotlib scikit-image timm tqdm \
+		wheel pillow pyyaml safetensors tensorboard matplotlib scikit-image scikit-learn timm tqdm \
 		pytest pytest-benchmark
 	touch $@
 

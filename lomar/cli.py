@@ -1,12 +1,13 @@
 """The ``lomar`` command (also ``python -m lomar``).
 
     lomar pretrain [--config FILE.yaml] [key=value ...]
+    lomar finetune [--config FILE.yaml] [key=value ...]
     lomar visualize --checkpoint output/run/checkpoint-last.pt [--images DIR ...]
     lomar bench [--device cuda|cpu] [--quick] [--out DIR] [...]
     lomar info
 
 Overrides use the config's dotted keys (``optim.blr=1e-4 data.path=/data/train``);
-``lomar pretrain --help-config`` prints every key with its default."""
+``lomar pretrain --help-config`` (or ``finetune``) prints every key with its default."""
 
 from __future__ import annotations
 
@@ -64,6 +65,18 @@ def _bench(args) -> int:
     return 0
 
 
+def _finetune(args) -> int:
+    from .engine import FinetuneConfig, finetune
+
+    if args.help_config:
+        print(yaml.safe_dump(to_dict(FinetuneConfig()), sort_keys=False))
+        return 0
+    cfg = load_config(FinetuneConfig, args.config, args.overrides)
+    summary = finetune(cfg)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def _info(args) -> int:
     import lomar_ops
 
@@ -98,6 +111,12 @@ def main(argv=None) -> int:
 
     add_bench_arguments(b)
     b.set_defaults(run=_bench)
+    f = sub.add_parser("finetune", help="fine-tuning or linear probe of a (LoMaR-pretrained) "
+                                        "encoder (torchrun for several processes)")
+    f.add_argument("--config", help="YAML file (keys as in --help-config)")
+    f.add_argument("--help-config", action="store_true", help="print every key and its default")
+    f.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    f.set_defaults(run=_finetune)
     i = sub.add_parser("info", help="what lomar_ops was built with, which backends run here")
     i.set_defaults(run=_info)
     args = parser.parse_args(argv)

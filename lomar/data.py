@@ -141,3 +141,41 @@ def build_demo_photos(out_dir: str | Path, num_images: int = 256, size: int = 22
         Image.fromarray(crop.permute(1, 2, 0).contiguous().numpy()).save(out / f"photo_{i:05d}.png")
     stamp.write_text(tag)
     return out
+
+
+def build_demo_digits(out_dir: str | Path, size: int = 64, val_fraction: float = 0.2,
+                      seed: int = 0) -> Path:
+    """Write scikit-learn's handwritten digits (1797 8x8 images, 10 classes, shipped
+    inside the package: no download) as an ImageFolder ``train/<digit>/`` and
+    ``val/<digit>/`` of ``size`` x ``size`` RGB PNGs (bicubic upscaling, white on
+    black), split per class with a seeded shuffle (``val_fraction`` of each class in
+    val). Deterministic; an existing complete set with the same parameters is reused."""
+    if size < 8 or not 0 < val_fraction < 1:
+        raise ValueError(f"build_demo_digits: size must be >= 8 and val_fraction in (0, 1), "
+                         f"got size={size}, val_fraction={val_fraction}")
+    from sklearn.datasets import load_digits
+
+    out = Path(out_dir)
+    stamp = out / ".demo_digits"
+    tag = f"{size} {val_fraction} {seed}"
+    if stamp.is_file() and stamp.read_text() == tag:
+        return out
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float()[:, None] * (255.0 / 16.0)  # (N, 1, 8, 8)
+    images = v2.functional.resize(images, [size, size], interpolation=InterpolationMode.BICUBIC,
+                                  antialias=True)
+    images = images.clamp(0, 255).round().to(torch.uint8).expand(-1, 3, -1, -1)
+    labels = torch.from_numpy(digits.target)
+    g = torch.Generator().manual_seed(seed)
+    for label in range(10):
+        idx = (labels == label).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_val = max(1, round(len(idx) * val_fraction))
+        for split, part in (("val", idx[:n_val]), ("train", idx[n_val:])):
+            folder = out / split / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in part.tolist():
+                Image.fromarray(images[i].permute(1, 2, 0).contiguous().numpy()).save(
+                    folder / f"digit_{i:04d}.png")
+    stamp.write_text(tag)
+    return out

@@ -89,3 +89,34 @@ def plot_loss_curve(log_path: str | Path, png_path: str | Path, key: str = "loss
     fig.savefig(png_path)
     plt.close(fig)
     return png_path
+
+
+def plot_runs(runs: dict[str, str | Path], png_path: str | Path, key: str, x: str = "epoch",
+              title: str = "", ylabel: str | None = None) -> Path:
+    """One PNG with ``key`` against ``x`` for several runs: ``runs`` maps a label to
+    a log.jsonl (or the run folder holding it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for label, path in runs.items():
+        path = Path(path)
+        path = path / "log.jsonl" if path.is_dir() else path
+        points = [(r[x], r[key]) for r in read_log(path) if key in r and x in r]
+        if not points:
+            raise ValueError(f"plot_runs: no '{key}' values (with '{x}') in {path}")
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, label=label)
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel or key)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path)
+    plt.close(fig)
+    return png_path

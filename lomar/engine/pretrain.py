@@ -13,26 +13,23 @@ history nor of how many processes share the batch."""
 
 from __future__ import annotations
 
-import contextlib
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
 import torch
 from timm.optim import param_groups_weight_decay
-from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed
-from ..checkpoint import (export_safetensors, load_checkpoint, rng_state, save_checkpoint,
-                          set_rng_state)
-from ..config import ConfigError, save_config, to_dict
+from ..checkpoint import export_safetensors
+from ..config import ConfigError, save_config
 from ..data import ImageFiles, build_demo_photos, pretrain_transform
 from ..models import create_model, model_names
 from ..run_log import RunLog, plot_loss_curve
-from ..schedule import lr_at, scaled_lr, set_lr
-from .seeding import ResumableSampler, SeededItems, sample_generators
+from ..schedule import scaled_lr
+from .loop import StepLoop
+from .param_groups import no_weight_decay_names
+from .seeding import sample_generators
 
 DEMO_DATA = "demo"  # data.path value: the offline photo set built from scikit-image
 
@@ -139,108 +136,35 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
 def _run(cfg: PretrainConfig, info: distributed.DistInfo) -> dict:
     out = Path(cfg.output_dir)
-    dataset = SeededItems(_dataset(cfg, info), cfg.seed)  # fails clearly on a bad folder
-    sampler = ResumableSampler(len(dataset), cfg.seed, info.rank, info.world_size)
-    micro_per_epoch = len(sampler) // cfg.batch_size
-    steps_per_epoch = micro_per_epoch // cfg.optim.accum_iter
-    if steps_per_epoch < 1:
-        raise ConfigError(f"config: {len(dataset)} images give no full optimizer step per epoch "
-                          f"(batch_size {cfg.batch_size} x accum_iter {cfg.optim.accum_iter} "
-                          f"x {info.world_size} processes)")
-    total_steps = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
-    warmup_steps = min(total_steps, int(cfg.optim.warmup_epochs * steps_per_epoch))
-
+    dataset = _dataset(cfg, info)  # fails clearly on a bad folder
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, norm_pix_loss=cfg.norm_pix_loss,
                          window_sampling=cfg.mask.window_sampling, **cfg.model_kwargs)
     model.ops_backend = cfg.ops_backend
     model.to(info.device)
-    no_decay = {n for n, _ in model.named_parameters()
-                if n.endswith(("cls_token", "mask_token", "rpe_table"))}
-    groups = param_groups_weight_decay(model, cfg.optim.weight_decay, no_decay)
+    groups = param_groups_weight_decay(model, cfg.optim.weight_decay, no_weight_decay_names(model))
     effective_batch = cfg.batch_size * cfg.optim.accum_iter * info.world_size
     peak_lr = cfg.optim.lr or scaled_lr(cfg.optim.blr, effective_batch)
     optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=cfg.optim.betas)
-
-    step = 0
-    if cfg.resume:
-        state = load_checkpoint(cfg.resume, map_location=info.device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        step = int(state["step"])
-    net = DistributedDataParallel(model) if info.enabled else model
     log = RunLog(out, enabled=info.is_main)
+    loop = StepLoop("pretrain", cfg, info, dataset, model, optimizer, peak_lr, log)
+    if cfg.resume:
+        loop.resume(cfg.resume)
     if info.is_main:
         save_config(cfg, out / "config.yaml")
 
-    use_amp = cfg.amp and info.device.type == "cuda"
     K, n, ratio = cfg.mask.window_size, cfg.mask.num_windows, cfg.mask.mask_ratio
-    bar = None
-    if info.is_main and cfg.progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
 
-    def save(path_name: str) -> Path:
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": None,
-                 "step": step, "config": to_dict(cfg), "rng": rng_state()}
-        return save_checkpoint(out / path_name, state)
+    def compute_loss(net, batch, step, micro):
+        # One generator per sample, seeded by its index in the step's global batch
+        # (seeding.sample_generators): the DDP split does not change windows or masks.
+        world = info.world_size
+        g = sample_generators(cfg.seed, step, world * micro * cfg.batch_size + info.rank,
+                              len(batch[0]), stride=world)
+        return net(batch[0], K, n, ratio, generator=g)[0]
 
-    last_loss = math.nan
-    loader = None
-    while step < total_steps:
-        epoch, offset = divmod(step, steps_per_epoch)
-        dataset.epoch = epoch
-        sampler.set_position(epoch, offset * cfg.optim.accum_iter * cfg.batch_size)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
-                                             num_workers=cfg.data.num_workers, drop_last=True,
-                                             pin_memory=info.device.type == "cuda")
-        micro = 0
-        t0 = time.perf_counter()
-        for imgs, _ in loader:
-            imgs = imgs.to(info.device, non_blocking=True)
-            if micro % cfg.optim.accum_iter == 0:
-                set_lr(optimizer, lr_at(step, total_steps, warmup_steps, peak_lr, cfg.optim.min_lr))
-            world = info.world_size
-            g = sample_generators(cfg.seed, step, world * (micro % cfg.optim.accum_iter) *
-                                  cfg.batch_size + info.rank, len(imgs), stride=world)
-            last_micro = (micro + 1) % cfg.optim.accum_iter == 0
-            # Gradients are all-reduced on the last micro-batch of a step only.
-            sync = net.no_sync() if info.enabled and not last_micro else contextlib.nullcontext()
-            with sync:
-                with torch.autocast(info.device.type, torch.bfloat16, enabled=use_amp):
-                    loss = net(imgs, K, n, ratio, generator=g)[0]
-                if not distributed.all_finite(loss, info):
-                    raise FloatingPointError(
-                        f"pretrain: the loss is not finite at step {step} ({float(loss.detach())}); "
-                        f"stopped without updating the weights. The last good checkpoint is "
-                        f"{out / 'checkpoint-last.pt'} (if one was written).")
-                (loss / cfg.optim.accum_iter).backward()
-            micro += 1
-            if not last_micro:
-                continue
-            if cfg.optim.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            last_loss = distributed.mean_across(loss, info)
-            if step % cfg.log_every == 0 or step == total_steps:
-                elapsed = time.perf_counter() - t0
-                ips = micro * cfg.batch_size * info.world_size / max(elapsed, 1e-9)
-                log.log(step, loss=last_loss, lr=optimizer.param_groups[0]["lr"],
-                        images_per_s=ips, epoch=step / steps_per_epoch)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{ips:.1f}")
-            if bar is not None:
-                bar.update(1)
-            if info.is_main and (step % cfg.save_every == 0 or step == total_steps):
-                save("checkpoint-last.pt")
-            if step >= total_steps:
-                break
-    if bar is not None:
-        bar.close()
-    summary = {"steps": step, "loss": last_loss, "output_dir": str(out)}
+    last_loss = loop.run(compute_loss)
+    summary = {"steps": loop.step, "loss": last_loss, "output_dir": str(out)}
     if info.is_main:
         export_safetensors(model.state_dict(), out / "model.safetensors")
         log.close()
@@ -248,4 +172,3 @@ def _run(cfg: PretrainConfig, info: distributed.DistInfo) -> dict:
                                                     title=f"{cfg.model} pretraining loss"))
         summary["checkpoint"] = str(out / "checkpoint-last.pt")
     return summary
-

@@ -4,7 +4,18 @@ whatever the number of data-loader workers."""
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import torch
+
+
+def seed_all(seed: int) -> None:
+    """Seed torch (every device), Python's ``random`` and NumPy's global generator:
+    timm's augmentations and mixup draw from the last two."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
 
 
 def mix(*parts: int) -> int:
@@ -17,8 +28,9 @@ def mix(*parts: int) -> int:
 
 
 class SeededItems(torch.utils.data.Dataset):
-    """Wraps a dataset so that item ``i`` of epoch ``e`` is transformed under the
-    torch seed mix(seed, e, i): augmentation independent of workers and resumable."""
+    """Wraps a dataset so that item ``i`` of epoch ``e`` is transformed with every
+    generator seeded from mix(seed, e, i): augmentation independent of workers and
+    resumable."""
 
     def __init__(self, dataset, seed: int):
         self.dataset, self.seed, self.epoch = dataset, seed, 0
@@ -27,7 +39,7 @@ class SeededItems(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index):
-        torch.manual_seed(mix(self.seed, self.epoch, index))
+        seed_all(mix(self.seed, self.epoch, index))
         return self.dataset[index]
 
 

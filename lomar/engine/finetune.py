@@ -1,0 +1,389 @@
+"""Fine-tuning and linear probing of a LoMaR encoder: the recipe of
+shared/REFERENCE.md section 5 as defaults.
+
+    lomar finetune --config configs/finetune_vit_base.yaml data.path=/data/imagenet \\
+        checkpoint=output/pretrain/checkpoint-last.pt
+
+``data.path`` holds ``train/`` and ``val/`` in the ImageFolder layout (one
+sub-folder per class; ``digits`` builds scikit-learn's digits there, offline).
+
+Fine-tuning: timm's RandAugment (rand-m9-mstd0.5-inc1), random erasing 0.25,
+mixup 0.8 / cutmix 1.0 with soft-target cross-entropy (label smoothing 0.1),
+drop path 0.1, AdamW (0.9, 0.999), weight decay 0.05 (not on norms, biases,
+tokens, iRPE tables), layer-wise lr decay 0.65, lr = blr * effective batch / 256
+with blr 5e-4, 5 warmup epochs then cosine per iteration. Top-1/top-5 on val
+after every epoch; the best epoch is kept as ``checkpoint-best.pt``.
+
+Linear probe (``linear_probe: true``, MAE's protocol): the encoder is frozen (no
+gradients, eval mode); the head is BatchNorm1d(affine=False) + Linear on the
+encoder's pooled features (the same pooling as fine-tuning); augmentation is
+random-resized crop + flip only (no RandAugment, erasing, mixup, smoothing), no
+layer decay. MAE uses LARS at batch 16384; here the optimizer is ``optim.name``:
+AdamW, or SGD with momentum 0.9, which serve the usual batch sizes.
+
+Checkpoints, resume, logs and DDP work as for ``pretrain`` (lomar.engine.loop):
+augmentation, mixup and drop path are drawn from seeds that are functions of
+(seed, epoch, index) and (seed, step), so a resumed run repeats the straight one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+from PIL import Image
+from timm.data import Mixup, auto_augment, create_transform
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import param_groups_weight_decay
+from torch import nn
+from torchvision.transforms import v2
+
+from .. import distributed
+from ..checkpoint import export_safetensors
+from ..config import ConfigError, save_config
+from ..data import ImageFiles, build_demo_digits
+from ..models import create_model, model_names
+from ..run_log import RunLog, plot_loss_curve
+from ..schedule import scaled_lr
+from .init_weights import load_encoder_weights
+from .loop import StepLoop
+from .param_groups import no_weight_decay_names, param_groups_layer_decay
+from .seeding import mix, seed_all
+
+DEMO_DIGITS = "digits"  # data.path value: scikit-learn's digits as an ImageFolder
+
+
+@dataclass(frozen=True)
+class FinetuneDataConfig:
+    path: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    input_size: int = 224
+    eval_crop_pct: float = 0.875  # val: resize to input_size / crop_pct, center crop
+    num_workers: int = 2
+    on_corrupt: Literal["skip", "error"] = "skip"
+    digits_size: int = 64  # image side of the digits set when path is "digits"
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    min_scale: float = 0.08  # random-resized crop scale (min_scale, 1)
+    hflip: float = 0.5  # horizontal flip probability
+    auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"
+    color_jitter: Optional[float] = None  # unused by timm while auto_augment is set
+    reprob: float = 0.25
+    remode: Literal["const", "rand", "pixel"] = "pixel"
+    recount: int = 1
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: Literal["batch", "pair", "elem"] = "batch"
+    smoothing: float = 0.1
+
+
+@dataclass(frozen=True)
+class FinetuneOptimConfig:
+    name: Literal["adamw", "sgd"] = "adamw"
+    blr: float = 5e-4
+    lr: Optional[float] = None  # absolute lr; default blr * effective batch / 256
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw
+    momentum: float = 0.9  # sgd
+    layer_decay: float = 0.65
+    warmup_epochs: float = 5.0
+    min_lr: float = 1e-6
+    clip_grad: Optional[float] = None
+    accum_iter: int = 1
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    model: str = "vit_base_patch16"
+    model_kwargs: dict = field(default_factory=dict)
+    global_pool: bool = True  # mean-pooled patch features + fc_norm; false: cls token
+    drop_path: float = 0.1
+    checkpoint: Optional[str] = None  # pretraining weights (ours or the authors'); none: random
+    linear_probe: bool = False
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+    aug: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
+    batch_size: int = 64  # per process
+    epochs: float = 100.0
+    max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
+    seed: int = 0
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    amp: bool = True  # bf16 autocast on CUDA
+    ops_backend: Optional[str] = None
+    output_dir: str = "output/finetune"
+    save_every: int = 1000
+    log_every: int = 10
+    resume: Optional[str] = None
+    progress: bool = True
+
+    @property
+    def uses_mixup(self) -> bool:
+        return not self.linear_probe and (self.aug.mixup > 0 or self.aug.cutmix > 0)
+
+    def validate(self) -> None:
+        if not self.model.startswith("vit_") or self.model not in model_names():
+            known = [n for n in model_names() if n.startswith("vit_")]
+            raise ConfigError(f"config: model must be a fine-tuning encoder, got {self.model!r}; "
+                              f"known: {', '.join(known)}")
+        patch = int(self.model.rsplit("patch", 1)[1])
+        if self.data.input_size % patch:
+            raise ConfigError(f"config: data.input_size {self.data.input_size} must be a "
+                              f"multiple of the patch size {patch}")
+        if not self.data.path:
+            raise ConfigError(f"config: data.path is required (a folder with "
+                              f"{self.data.train_split}/ and {self.data.val_split}/, or "
+                              f"'{DEMO_DIGITS}' for scikit-learn's digits)")
+        for name in ("checkpoint", "resume"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"config: {name} file not found: {path}")
+        for name in ("batch_size", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config: {name} must be >= 1, got {getattr(self, name)}")
+        o, a = self.optim, self.aug
+        checks = [
+            ("optim.accum_iter", o.accum_iter, o.accum_iter >= 1, ">= 1"),
+            ("optim.layer_decay", o.layer_decay, 0 < o.layer_decay <= 1, "in (0, 1]"),
+            ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
+            ("drop_path", self.drop_path, 0 <= self.drop_path < 1, "in [0, 1)"),
+            ("aug.min_scale", a.min_scale, 0 < a.min_scale <= 1, "in (0, 1]"),
+            ("aug.hflip", a.hflip, 0 <= a.hflip <= 1, "in [0, 1]"),
+            ("aug.reprob", a.reprob, 0 <= a.reprob <= 1, "in [0, 1]"),
+            ("aug.smoothing", a.smoothing, 0 <= a.smoothing < 1, "in [0, 1)"),
+            ("aug.mixup", a.mixup, a.mixup >= 0, ">= 0"),
+            ("aug.cutmix", a.cutmix, a.cutmix >= 0, ">= 0"),
+            ("data.eval_crop_pct", self.data.eval_crop_pct, 0 < self.data.eval_crop_pct <= 1,
+             "in (0, 1]"),
+        ]
+        for name, value, ok, allowed in checks:
+            if not ok:
+                raise ConfigError(f"config: {name} must be {allowed}, got {value}")
+        if self.uses_mixup and self.batch_size % 2:
+            raise ConfigError(f"config: batch_size must be even with mixup/cutmix (timm pairs "
+                              f"images), got {self.batch_size}")
+
+
+def _posterize_zero_bits_black(img, bits_to_keep, **kwargs):
+    # RandAugment's PosterizeIncreasing keeps 0 bits at magnitude 10 (reached with
+    # m9-mstd0.5): a black image in the recipe's Pillow; Pillow >= 11 refuses 0 bits.
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return auto_augment.posterize(img, bits_to_keep, **kwargs)
+
+
+def _patch_posterize(transform) -> None:
+    for t in getattr(transform, "transforms", []):
+        if isinstance(t, auto_augment.RandAugment):
+            for op in t.ops:
+                if op.aug_fn is auto_augment.posterize:
+                    op.aug_fn = _posterize_zero_bits_black
+
+
+def _transforms(cfg: FinetuneConfig):
+    """(train, val) transforms on uint8 (3, H, W) tensors; timm's work on PIL images."""
+    size, a = cfg.data.input_size, cfg.aug
+    if cfg.linear_probe:  # random-resized crop + flip only
+        timm_train = create_transform(size, is_training=True, scale=(a.min_scale, 1.0),
+                                      hflip=a.hflip, color_jitter=None, interpolation="bicubic")
+    else:
+        timm_train = create_transform(
+            size, is_training=True, scale=(a.min_scale, 1.0), hflip=a.hflip,
+            color_jitter=a.color_jitter, auto_augment=a.auto_augment, interpolation="bicubic",
+            re_prob=a.reprob, re_mode=a.remode, re_count=a.recount)
+        _patch_posterize(timm_train)
+    train = v2.Compose([v2.ToPILImage(), timm_train])
+    val = v2.Compose([v2.ToPILImage(), create_transform(
+        size, is_training=False, interpolation="bicubic", crop_pct=cfg.data.eval_crop_pct)])
+    return train, val
+
+
+def _datasets(cfg: FinetuneConfig, info: distributed.DistInfo) -> tuple[ImageFiles, ImageFiles]:
+    root = Path(cfg.data.path)
+    if cfg.data.path == DEMO_DIGITS:
+        root = Path(cfg.output_dir) / "demo_digits"
+        if info.is_main:
+            build_demo_digits(root, size=cfg.data.digits_size, seed=0)
+        if info.enabled:
+            torch.distributed.barrier()
+    train_tf, val_tf = _transforms(cfg)
+    train = ImageFiles(root / cfg.data.train_split, train_tf, on_corrupt=cfg.data.on_corrupt)
+    val = ImageFiles(root / cfg.data.val_split, val_tf, on_corrupt=cfg.data.on_corrupt)
+    if not train.classes:
+        raise ConfigError(f"config: {train.root} must hold one sub-folder per class "
+                          f"(ImageFolder layout); it holds images only")
+    if val.classes != train.classes:
+        raise ConfigError(f"config: the classes of {val.root} ({', '.join(val.classes) or 'none'})"
+                          f" differ from those of {train.root} ({', '.join(train.classes)})")
+    return train, val
+
+
+def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> list[int]:
+    """How many rows have their target among the k highest logits, for each k (k is
+    capped at the number of classes). Counts, not means: they add across batches and
+    processes exactly."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hit = top == target[:, None]
+    return [int(hit[:, :k].any(dim=1).sum()) for k in ks]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, cfg: FinetuneConfig, info: distributed.DistInfo) -> dict:
+    """Top-1/top-5 accuracy (%) and cross-entropy over the whole val set; each process
+    takes every world_size-th image and the counts are summed."""
+    shard = torch.utils.data.Subset(dataset, range(info.rank, len(dataset), info.world_size))
+    loader = torch.utils.data.DataLoader(shard, batch_size=cfg.batch_size,
+                                         num_workers=cfg.data.num_workers)
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=info.device)  # top1, top5, loss, n
+    use_amp = cfg.amp and info.device.type == "cuda"
+    for imgs, target in loader:
+        imgs, target = imgs.to(info.device), target.to(info.device)
+        with torch.autocast(info.device.type, torch.bfloat16, enabled=use_amp):
+            logits = model(imgs).float()
+        top1, top5 = topk_correct(logits, target)
+        loss = nn.functional.cross_entropy(logits, target, reduction="sum")
+        sums += torch.tensor([top1, top5, float(loss), len(target)], dtype=torch.float64,
+                             device=info.device)
+    if info.enabled:
+        torch.distributed.all_reduce(sums)
+    model.train(was_training)
+    top1, top5, loss, n = sums.tolist()
+    return {"val_top1": 100 * top1 / n, "val_top5": 100 * top5 / n, "val_loss": loss / n}
+
+
+def _build_model(cfg: FinetuneConfig, num_classes: int, info) -> tuple[nn.Module, str]:
+    torch.manual_seed(cfg.seed)
+    kwargs = {"global_pool": cfg.global_pool, "drop_path_rate": 0.0 if cfg.linear_probe
+              else cfg.drop_path, **cfg.model_kwargs, "num_classes": num_classes}
+    model = create_model(cfg.model, **kwargs)
+    report = "random initialisation"
+    if cfg.checkpoint:
+        report = load_encoder_weights(model, cfg.checkpoint).summary()
+    if cfg.linear_probe:
+        head = nn.Linear(model.embed_dim, num_classes)
+        nn.init.trunc_normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
+        model.head = nn.Sequential(nn.BatchNorm1d(model.embed_dim, affine=False, eps=1e-6), head)
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith("head.")
+    model.ops_backend = cfg.ops_backend
+    return model.to(info.device), report
+
+
+def set_train_mode(model: nn.Module, linear_probe: bool) -> None:
+    """Train mode; a linear probe keeps the frozen encoder in eval mode (no drop path,
+    fixed statistics) and trains only its head."""
+    model.train(not linear_probe)
+    if linear_probe:
+        model.head.train()
+
+
+def _optimizer(cfg: FinetuneConfig, model: nn.Module, peak_lr: float) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if cfg.linear_probe:
+        groups = param_groups_weight_decay(model.head, o.weight_decay)
+    else:
+        groups = param_groups_layer_decay(model, o.weight_decay, o.layer_decay,
+                                          no_weight_decay_names(model))
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=peak_lr, momentum=o.momentum)
+    return torch.optim.AdamW(groups, lr=peak_lr, betas=o.betas)
+
+
+def _criterion(cfg: FinetuneConfig) -> nn.Module:
+    if cfg.uses_mixup:
+        return SoftTargetCrossEntropy()  # mixup makes the (smoothed) soft targets
+    if cfg.aug.smoothing > 0 and not cfg.linear_probe:
+        return LabelSmoothingCrossEntropy(cfg.aug.smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def finetune(cfg: FinetuneConfig) -> dict:
+    """Run (or resume) a fine-tuning or linear-probe job; returns a summary."""
+    cfg.validate()
+    info = distributed.setup(cfg.device)
+    try:
+        return _run(cfg, info)
+    finally:
+        distributed.cleanup()
+
+
+def _run(cfg: FinetuneConfig, info: distributed.DistInfo) -> dict:
+    out = Path(cfg.output_dir)
+    train_set, val_set = _datasets(cfg, info)  # fails clearly on a bad folder
+    num_classes = len(train_set.classes)
+    model, init_report = _build_model(cfg, num_classes, info)
+    if info.is_main:
+        print(f"finetune: {cfg.model}, {num_classes} classes, "
+              f"{'linear probe' if cfg.linear_probe else 'fine-tuning'}; init: {init_report}")
+    effective_batch = cfg.batch_size * cfg.optim.accum_iter * info.world_size
+    peak_lr = cfg.optim.lr or scaled_lr(cfg.optim.blr, effective_batch)
+    optimizer = _optimizer(cfg, model, peak_lr)
+    log = RunLog(out, enabled=info.is_main)
+    loop = StepLoop("linear probe" if cfg.linear_probe else "finetune", cfg, info, train_set,
+                    model, optimizer, peak_lr, log,
+                    trainable=model.head if cfg.linear_probe else None)
+    if cfg.resume:
+        loop.resume(cfg.resume)
+    if info.is_main:
+        save_config(cfg, out / "config.yaml")
+
+    mixup = None
+    if cfg.uses_mixup:
+        a = cfg.aug
+        mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mixup_prob,
+                      switch_prob=a.mixup_switch_prob, mode=a.mixup_mode,
+                      label_smoothing=a.smoothing, num_classes=num_classes)
+    criterion = _criterion(cfg)
+
+    def compute_loss(net, batch, step, micro):
+        seed_all(mix(cfg.seed, step, micro, info.rank))  # drop path and mixup draws
+        imgs, target = batch
+        if mixup is not None:
+            imgs, target = mixup(imgs, target)
+        if cfg.linear_probe:
+            with torch.no_grad():
+                features = model.forward_features(imgs)
+            return criterion(net(features), target)
+        return criterion(net(imgs), target)
+
+    latest: dict = {}
+
+    def after_step(step):
+        if step % loop.steps_per_epoch and step != loop.total_steps:
+            return
+        latest.update(evaluate(model, val_set, cfg, info))
+        set_train_mode(model, cfg.linear_probe)
+        log.log(step, epoch=step / loop.steps_per_epoch, **latest)
+        if latest["val_top1"] > loop.extra_state.get("best_top1", -1.0):
+            loop.extra_state.update(best_top1=latest["val_top1"], best_step=step)
+            if info.is_main:
+                loop.save("checkpoint-best.pt")
+        if info.is_main:
+            print(f"{loop.job} step {step} (epoch {step / loop.steps_per_epoch:.2f}): "
+                  f"val top-1 {latest['val_top1']:.2f}%, top-5 {latest['val_top5']:.2f}%, "
+                  f"best top-1 {loop.extra_state['best_top1']:.2f}%", flush=True)
+
+    set_train_mode(model, cfg.linear_probe)
+    last_loss = loop.run(compute_loss, after_step)
+    summary = {"steps": loop.step, "loss": last_loss, **latest,
+               "best_top1": loop.extra_state.get("best_top1"), "output_dir": str(out)}
+    if info.is_main:
+        export_safetensors(model.state_dict(), out / "model.safetensors")
+        log.close()
+        kind = "linear probe" if cfg.linear_probe else "fine-tuning"
+        summary["loss_curve"] = str(plot_loss_curve(out / "log.jsonl", out / "loss.png",
+                                                    title=f"{cfg.model} {kind} loss"))
+        if latest:
+            summary["accuracy_curve"] = str(plot_loss_curve(
+                out / "log.jsonl", out / "accuracy.png", key="val_top1",
+                title=f"{cfg.model} {kind}: val top-1 (%)"))
+        summary["checkpoint"] = str(out / "checkpoint-last.pt")
+    return summary

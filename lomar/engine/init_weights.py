@@ -1,0 +1,77 @@
+"""Initialise a fine-tuning encoder (LoMaRViT) from a pretraining checkpoint.
+
+Accepted: our ``checkpoint-last.pt`` (key ``model``) or ``model.safetensors`` from
+``lomar pretrain``, and the authors' checkpoints (detected by their iRPE table
+names, converted by :func:`lomar.checkpoint.convert_official`). The pretraining
+model's encoder (patch embedding, cls token, blocks) maps one to one onto the
+encoder's names; its mask token, final norm and pixel head have no place in the
+encoder and are reported as unused, the new fc_norm/head as newly initialised."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..checkpoint import convert_official, load_checkpoint
+
+OFFICIAL_RPE_SUFFIX = "attn.rpe_k.lookup_table_weight"
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    source: str          # "lomar" or "official"
+    loaded: list[str]    # encoder names taken from the checkpoint
+    missing: list[str]   # encoder names not in the checkpoint (newly initialised)
+    unused: list[str]    # checkpoint names the encoder has no place for
+
+    def summary(self) -> str:
+        return (f"{len(self.loaded)} tensors loaded ({self.source} checkpoint); newly "
+                f"initialised: {', '.join(self.missing) or 'none'}; unused: "
+                f"{', '.join(self.unused) or 'none'}")
+
+
+def read_state_dict(path: str | Path) -> tuple[dict, str]:
+    """(state dict in our names, "lomar" or "official") from a checkpoint file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(path))
+    else:
+        # The authors' files also hold their argparse options: allow that one class.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = load_checkpoint(path)
+        state = state.get("model", state)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint {path}: expected a state dict of tensors (under 'model' "
+                         f"or at the top level)")
+    if any(k.endswith(OFFICIAL_RPE_SUFFIX) for k in state):
+        return convert_official(state), "official"
+    return state, "lomar"
+
+
+def load_encoder_weights(model: nn.Module, path: str | Path) -> LoadReport:
+    """Copy the matching tensors of a pretraining checkpoint into ``model``; fails when
+    none match or a matching name has another shape (another architecture)."""
+    state, source = read_state_dict(path)
+    own = model.state_dict()
+    shared = [k for k in state if k in own]
+    if not shared:
+        raise ValueError(f"checkpoint {path}: none of its {len(state)} tensors match the "
+                         f"encoder's names (e.g. checkpoint {sorted(state)[:3]} vs encoder "
+                         f"{sorted(own)[:3]}); is it a LoMaR checkpoint?")
+    # A classifier trained for other classes is not reused (it is reported as unused).
+    shared = [k for k in shared if not (k.startswith("head.") and state[k].shape != own[k].shape)]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shared
+             if state[k].shape != own[k].shape]
+    if wrong:
+        raise ValueError(f"checkpoint {path} does not fit the model (another size?): "
+                         f"{'; '.join(wrong[:4])}")
+    model.load_state_dict({k: state[k] for k in shared}, strict=False)
+    return LoadReport(source, sorted(shared), sorted(set(own) - set(shared)),
+                      sorted(set(state) - set(shared)))

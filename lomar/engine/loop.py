@@ -1,0 +1,148 @@
+"""The optimizer-step loop shared by ``pretrain`` and ``finetune``.
+
+A job hands :class:`StepLoop` its dataset, model and optimizer and a function
+that turns a micro-batch into a loss; the loop owns what both recipes have in
+common: the resumable data order, steps per epoch, warmup + cosine per
+iteration, gradient accumulation (all-reduce on the last micro-batch only),
+bf16 autocast on GPU, the non-finite-loss stop, clipping, the progress bar, the
+JSONL/TensorBoard log and the atomic ``checkpoint-last.pt`` with exact resume.
+
+The config is read by name (both job configs have these keys): ``seed``,
+``batch_size``, ``epochs``, ``max_steps``, ``amp``, ``save_every``, ``log_every``,
+``progress``, ``data.num_workers`` and ``optim.{accum_iter, warmup_epochs,
+min_lr, clip_grad}``."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .. import distributed
+from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..config import ConfigError, to_dict
+from ..run_log import RunLog
+from ..schedule import lr_at, set_lr
+from .seeding import ResumableSampler, SeededItems
+
+# loss = compute_loss(net, batch, step, micro): micro is the index within the step.
+LossFn = Callable[[nn.Module, tuple, int, int], torch.Tensor]
+
+
+class StepLoop:
+    def __init__(self, job: str, cfg, info: distributed.DistInfo, dataset, model: nn.Module,
+                 optimizer: torch.optim.Optimizer, peak_lr: float, log: RunLog,
+                 trainable: Optional[nn.Module] = None):
+        """``trainable``: the module wrapped by DDP and called as ``net`` (the model by
+        default; a linear probe's head)."""
+        self.job, self.cfg, self.info, self.log = job, cfg, info, log
+        self.model, self.optimizer, self.peak_lr = model, optimizer, peak_lr
+        self.out = Path(cfg.output_dir)
+        self.dataset = SeededItems(dataset, cfg.seed)
+        self.sampler = ResumableSampler(len(dataset), cfg.seed, info.rank, info.world_size)
+        accum = cfg.optim.accum_iter
+        self.steps_per_epoch = len(self.sampler) // cfg.batch_size // accum
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"config: {len(dataset)} images give no full optimizer step per "
+                              f"epoch (batch_size {cfg.batch_size} x accum_iter {accum} "
+                              f"x {info.world_size} processes)")
+        self.total_steps = cfg.max_steps or max(1, int(cfg.epochs * self.steps_per_epoch))
+        self.warmup_steps = min(self.total_steps,
+                                int(cfg.optim.warmup_epochs * self.steps_per_epoch))
+        self.step = 0
+        self.extra_state: dict = {}  # job values saved with every checkpoint (e.g. best accuracy)
+        trainable = model if trainable is None else trainable
+        self.net = DistributedDataParallel(trainable) if info.enabled else trainable
+
+    def resume(self, path: str) -> dict:
+        """Load model, optimizer, RNG states, step and the job's extra state."""
+        state = load_checkpoint(path, map_location=self.info.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.extra_state = dict(state.get("extra", {}))
+        return state
+
+    def save(self, name: str, **extra) -> Path:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": None, "step": self.step, "config": to_dict(self.cfg),
+                 "rng": rng_state(), "extra": {**self.extra_state, **extra}}
+        return save_checkpoint(self.out / name, state)
+
+    def run(self, compute_loss: LossFn, after_step: Optional[Callable[[int], None]] = None) -> float:
+        """Train to ``total_steps``; ``after_step(step)`` runs after each optimizer step,
+        before that step's checkpoint. Returns the last loss (mean over processes)."""
+        cfg, info = self.cfg, self.info
+        accum = cfg.optim.accum_iter
+        use_amp = cfg.amp and info.device.type == "cuda"
+        bar = None
+        if info.is_main and cfg.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                       desc=self.job)
+        last_loss = math.nan
+        while self.step < self.total_steps:
+            epoch, offset = divmod(self.step, self.steps_per_epoch)
+            self.dataset.epoch = epoch
+            self.sampler.set_position(epoch, offset * accum * cfg.batch_size)
+            loader = torch.utils.data.DataLoader(
+                self.dataset, batch_size=cfg.batch_size, sampler=self.sampler,
+                num_workers=cfg.data.num_workers, drop_last=True,
+                pin_memory=info.device.type == "cuda")
+            micro = 0
+            t0 = time.perf_counter()
+            for batch in loader:
+                batch = tuple(t.to(info.device, non_blocking=True) for t in batch)
+                if micro % accum == 0:
+                    set_lr(self.optimizer, lr_at(self.step, self.total_steps, self.warmup_steps,
+                                                 self.peak_lr, cfg.optim.min_lr))
+                last_micro = (micro + 1) % accum == 0
+                # Gradients are all-reduced on the last micro-batch of a step only.
+                sync = (self.net.no_sync() if info.enabled and not last_micro
+                        else contextlib.nullcontext())
+                with sync:
+                    with torch.autocast(info.device.type, torch.bfloat16, enabled=use_amp):
+                        loss = compute_loss(self.net, batch, self.step, micro % accum)
+                    if not distributed.all_finite(loss, info):
+                        raise FloatingPointError(
+                            f"{self.job}: the loss is not finite at step {self.step} "
+                            f"({float(loss.detach())}); stopped without updating the weights. "
+                            f"The last good checkpoint is {self.out / 'checkpoint-last.pt'} "
+                            f"(if one was written).")
+                    (loss / accum).backward()
+                micro += 1
+                if not last_micro:
+                    continue
+                if cfg.optim.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                last_loss = distributed.mean_across(loss, info)
+                step = self.step
+                if step % cfg.log_every == 0 or step == self.total_steps:
+                    ips = micro * cfg.batch_size * info.world_size / max(time.perf_counter() - t0,
+                                                                         1e-9)
+                    self.log.log(step, loss=last_loss, lr=self.optimizer.param_groups[0]["lr"]
+                                 / self.optimizer.param_groups[0].get("lr_scale", 1.0),
+                                 images_per_s=ips, epoch=step / self.steps_per_epoch)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{ips:.1f}")
+                if after_step is not None:
+                    after_step(step)
+                if bar is not None:
+                    bar.update(1)
+                if info.is_main and (step % cfg.save_every == 0 or step == self.total_steps):
+                    self.save("checkpoint-last.pt")
+                if step >= self.total_steps:
+                    break
+        if bar is not None:
+            bar.close()
+        return last_loss
