@@ -11,9 +11,11 @@
 // (sequences, N, N) intermediates is written, read back or zero-filled.
 // The forward returns each row's log-sum-exp, so the backward recomputes the
 // probabilities from the inputs. The table gradient is a reduction over all
-// sequences: (sequence, head) pairs are summed in fixed groups whose partial sums
-// are added in group order, so it does not depend on the thread count: bitwise
-// repeatable.
+// sequences: (sequence, head) pairs are summed in fixed groups, each by one thread,
+// whose partial sums are added in group order, so it does not depend on how the
+// groups fall to threads: bitwise repeatable run to run. (The bias gradient is a
+// plain loop and the same for any thread count; the contextual one uses a BLAS GEMM
+// per group, whose last bits may change with the thread count.)
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
