@@ -21,16 +21,20 @@ import yaml
 from .config import ConfigError, load_config, to_dict
 
 
+def _run_job(config_cls, job, args) -> int:
+    """A training job from --config + overrides (or its keys, with --help-config)."""
+    if args.help_config:
+        print(yaml.safe_dump(to_dict(config_cls()), sort_keys=False))
+        return 0
+    summary = job(load_config(config_cls, args.config, args.overrides))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def _pretrain(args) -> int:
     from .engine import PretrainConfig, pretrain
 
-    if args.help_config:
-        print(yaml.safe_dump(to_dict(PretrainConfig()), sort_keys=False))
-        return 0
-    cfg = load_config(PretrainConfig, args.config, args.overrides)
-    summary = pretrain(cfg)
-    print(json.dumps(summary, indent=1))
-    return 0
+    return _run_job(PretrainConfig, pretrain, args)
 
 
 def _visualize(args) -> int:
@@ -68,13 +72,7 @@ def _bench(args) -> int:
 def _finetune(args) -> int:
     from .engine import FinetuneConfig, finetune
 
-    if args.help_config:
-        print(yaml.safe_dump(to_dict(FinetuneConfig()), sort_keys=False))
-        return 0
-    cfg = load_config(FinetuneConfig, args.config, args.overrides)
-    summary = finetune(cfg)
-    print(json.dumps(summary, indent=1))
-    return 0
+    return _run_job(FinetuneConfig, finetune, args)
 
 
 def _info(args) -> int:

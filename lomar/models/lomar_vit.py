@@ -105,6 +105,16 @@ class PatchEmbed(nn.Module):
         return F.linear(patches, w.permute(0, 2, 3, 1).reshape(w.shape[0], -1), self.proj.bias)
 
 
+def _init_pretrain_weights(model: nn.Module) -> None:
+    """MAE's initialisation of a pretraining model: linear/norm defaults, the patch
+    embedding as a linear map (xavier), cls and mask tokens N(0, 0.02)."""
+    _init_weights(model)
+    w = model.patch_embed.proj.weight.data
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    nn.init.normal_(model.cls_token, std=0.02)
+    nn.init.normal_(model.mask_token, std=0.02)
+
+
 def _init_weights(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.Linear):
@@ -245,11 +255,7 @@ class LoMaRPretrain(_WindowPretrain):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.encoder_pred = nn.Linear(embed_dim, patch_size * patch_size * in_chans)
-        _init_weights(self)
-        w = self.patch_embed.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.normal_(self.cls_token, std=0.02)
-        nn.init.normal_(self.mask_token, std=0.02)
+        _init_pretrain_weights(self)
 
     def forward(self, imgs, window_size=7, num_windows=4, mask_ratio=0.8, generator=None,
                 coords=None, window_mask=None):
@@ -306,11 +312,7 @@ class LoMaRPretrainAsymmetric(_WindowPretrain):
                   per_head_rpe=per_head_rpe) for _ in range(decoder_depth)])
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size * patch_size * in_chans)
-        _init_weights(self)
-        w = self.patch_embed.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.normal_(self.cls_token, std=0.02)
-        nn.init.normal_(self.mask_token, std=0.02)
+        _init_pretrain_weights(self)
 
     @staticmethod
     def visible_index(window_mask: torch.Tensor) -> torch.Tensor:
