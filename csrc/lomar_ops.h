@@ -28,20 +28,24 @@ void check_bucket_ids_range(const at::Tensor& bucket_ids, int64_t num_buckets, c
 
 // ---- window_attention: softmax(scale q k^T + relative term) v ----------------
 // q, k, v (S, N, H, d); rpe_mode "contextual" (rpe (NB, d) or (H, NB, d)), "bias"
-// (rpe (H, NB)) or "none". Forward returns (out (S, N, H, d), lse (S, H, N) fp32);
-// backward returns (dq, dk, dv, drpe) (drpe empty for "none").
+// (rpe (H, NB)) or "none". Forward returns (out (S, N, H, d), lse (S, H, N) fp32,
+// probs): probs is what the backward reuses, the softmax (S*H, N, N) on the CPU
+// (as the unfused formula keeps it) and empty on CUDA (the flash backward recomputes
+// it from lse). Backward takes them back and returns (dq, dk, dv, drpe) (drpe empty
+// for "none").
 void check_window_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                  const c10::optional<at::Tensor>& rpe,
                                  const c10::optional<at::Tensor>& bucket_ids,
                                  c10::string_view rpe_mode);
-std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_fwd_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& rpe, const c10::optional<at::Tensor>& bucket_ids,
     c10::string_view rpe_mode, double scale);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const at::Tensor& out, const at::Tensor& lse, const c10::optional<at::Tensor>& rpe,
-    const c10::optional<at::Tensor>& bucket_ids, c10::string_view rpe_mode, double scale);
+    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& probs,
+    const c10::optional<at::Tensor>& rpe, const c10::optional<at::Tensor>& bucket_ids,
+    c10::string_view rpe_mode, double scale);
 // ---- window_patchify: the pixels of K x K-patch windows, patch by patch -----
 // out[b, w, r*K + c, (py*p + px)*C + ch]
 //   = images[b, ch, (coords[b,w,0] + r)*p + py, (coords[b,w,1] + c)*p + px]
@@ -115,14 +119,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mask_substitute_backward_cuda(
 // Flash-style (csrc/cuda/window_attention.cu): head dim d <= 128; the shared
 // memory of a block bounds NB (an error names it); d(rpe) bitwise repeatable on
 // a given GPU.
-std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_fwd_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& rpe, const c10::optional<at::Tensor>& bucket_ids,
     c10::string_view rpe_mode, double scale);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_cuda(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const at::Tensor& out, const at::Tensor& lse, const c10::optional<at::Tensor>& rpe,
-    const c10::optional<at::Tensor>& bucket_ids, c10::string_view rpe_mode, double scale);
+    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& probs,
+    const c10::optional<at::Tensor>& rpe, const c10::optional<at::Tensor>& bucket_ids,
+    c10::string_view rpe_mode, double scale);
 at::Tensor masked_patch_loss_cuda(const at::Tensor& pred, const at::Tensor& target,
                                   const at::Tensor& mask, bool norm_pix, double eps);
 at::Tensor masked_patch_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& pred,

@@ -9,9 +9,9 @@ TORCH_LIBRARY(lomar_ops, m) {
   m.def("rpe_gather(Tensor table, Tensor bucket_ids) -> Tensor");
   m.def("rpe_gather_backward(Tensor grad_out, Tensor bucket_ids, int num_buckets) -> Tensor");
   m.def("window_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? rpe, Tensor? bucket_ids, "
-        "str rpe_mode, float scale) -> (Tensor, Tensor)");
+        "str rpe_mode, float scale) -> (Tensor out, Tensor lse, Tensor probs)");
   m.def("window_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
-        "Tensor lse, Tensor? rpe, Tensor? bucket_ids, str rpe_mode, float scale) "
+        "Tensor lse, Tensor probs, Tensor? rpe, Tensor? bucket_ids, str rpe_mode, float scale) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("window_patchify(Tensor images, Tensor coords, int window_size, int patch_size) -> Tensor");
   m.def("window_patchify_backward(Tensor grad_out, Tensor coords, int window_size, "

@@ -34,9 +34,15 @@ def check_same_device(op: str, **tensors: torch.Tensor) -> None:
 
 
 def check_index_range(op: str, name: str, ids: torch.Tensor, upper: int, upper_doc: str) -> None:
-    """Values of ``ids`` in [0, upper). Data-dependent, so checked in eager mode only
-    (under torch.compile the kernels' own checks apply)."""
-    if ids.numel() == 0 or torch.compiler.is_compiling():
+    """Values of ``ids`` in [0, upper). Eagerly: a ValueError naming the values found.
+    Under torch.compile the values are not known while tracing, so the check goes
+    into the graph as an asynchronous assert (a RuntimeError on the CPU, a device-side
+    assert on a GPU), which no kernel's out-of-range read can skip."""
+    if ids.numel() == 0:
+        return
+    if torch.compiler.is_compiling():
+        torch._assert_async(((ids >= 0) & (ids < upper)).all(),
+                            f"{op}: {name} must lie in [0, {upper}) ({upper_doc})")
         return
     lo, hi = torch.aminmax(ids)
     lo, hi = int(lo), int(hi)

@@ -230,6 +230,23 @@ def test_opcheck_triton_ops():
                                None if rpe is None else rpe.detach(), ids, name, 0.3), **kwargs)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_compiled_call_checks_bucket_ids(backend):
+    # Eagerly the ids are checked before any work; under torch.compile their values
+    # are unknown while tracing, so the check is an assert inside the graph. (On a
+    # GPU it is a device-side assert, which would end the test session's CUDA
+    # context: CPU only.)
+    torch._dynamo.reset()
+    q, k, v, rpe, ids = make_inputs((2, 50, 2, 16), "contextual", "shared", torch.float32, "cpu")
+    compiled = torch.compile(lambda q, ids: lomar_ops.window_attention(
+        q, k, v, rpe=rpe, bucket_ids=ids, backend=backend), fullgraph=True, dynamic=False)
+    compiled(q, ids)
+    bad = ids.clone()
+    bad[3, 7] = rpe.shape[0]
+    with pytest.raises(RuntimeError, match=r"bucket_ids must lie in \[0, 50\)"):
+        compiled(q, bad)
+
+
 @pytest.mark.parametrize("device,backend", [
     pytest.param("cpu", "cpu", id="cpu-cpu"), pytest.param("cpu", "torch", id="cpu-torch"),
     pytest.param("cuda", "triton", id="cuda-triton", marks=pytest.mark.gpu)])

@@ -2,26 +2,33 @@
 // (sequence, head), with the relative term of iRPE's contextual mode
 // (q_i . R[bucket(i, j)]), of the bias mode (rpe[h, bucket(i, j)]) or none.
 //
-// On a CPU the N x N logits of a short sequence fit in cache, so this kernel does
-// not tile like flash attention: the matrix products (q k^T, P v, their gradients
-// and the contextual table q R^T) go through ATen's batched GEMM (BLAS) in fp32
-// (fp64 for double), and everything between them (scale, the bucket gather of the
-// relative term, softmax and log-sum-exp, dS = P * (dP - D), the scatter of dS back
-// into buckets) is one fused pass over each logits row, so none of those
-// (sequences, N, N) intermediates is written, read back or zero-filled.
-// The forward returns each row's log-sum-exp, so the backward recomputes the
-// probabilities from the inputs. The table gradient is a reduction over all
-// sequences: (sequence, head) pairs are summed in fixed groups, each by one thread,
-// whose partial sums are added in group order, so it does not depend on how the
-// groups fall to threads: bitwise repeatable run to run. (The bias gradient is a
-// plain loop and the same for any thread count; the contextual one uses a BLAS GEMM
-// per group, whose last bits may change with the thread count.)
+// A CPU's caches hold the N x N logits of a few short sequences, so the work is cut
+// into groups of whole sequences (a group's intermediates fit in about a megabyte)
+// and each group runs start to finish on one thread: its q, k, v copied heads first
+// and cast, the matrix products (q k^T, P v, their gradients, the contextual table
+// q R^T) as ATen batched GEMMs (BLAS) in fp32 (fp64 for double), and everything
+// between them (scale, the bucket gather of the relative term, the row max, D,
+// dS = P * (dP - D), the scatter of dS back into buckets) fused into passes over
+// each logits row; the exponentials go through ATen's vectorised exp. Nothing of
+// size (S, H, N, N) or (S, H, N, NB) is ever allocated: every intermediate lives in
+// cache, and the results are written once, permuted into (S, N, H, d).
+// The forward keeps the probabilities P (S*H, N, N) for the backward, as the
+// unfused formula does (recomputing them cost a GEMM and a pass per group, a fifth
+// of the backward at N = 50); the relative table is then not needed there at all.
+// The table gradient is a reduction over all
+// sequences: each group adds into its own partial, and the partials are summed in
+// group order; groups depend on the shapes only, so d(rpe) does not depend on how
+// groups fall to threads: bitwise repeatable run to run. (Its last bits may change
+// with the thread count: with fewer groups than threads, the groups run one after
+// the other with multi-threaded GEMMs.)
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <limits>
 #include <vector>
 
@@ -31,8 +38,8 @@ namespace lomar_ops {
 
 namespace {
 
-constexpr int64_t kPairsPerGroup = 16;  // (s, h) pairs per partial sum of d(rpe)
-constexpr int64_t kRowsPerTask = 64;    // logits rows per parallel task
+constexpr int64_t kGroupElements = 1 << 17;  // target size of a group's N x N logits
+constexpr int64_t kRowsPerTask = 64;         // logits rows per task inside one group
 
 enum Mode { kNone = 0, kBias = 1, kContextual = 2 };
 
@@ -42,6 +49,8 @@ struct Problem {
   bool per_head = false;  // contextual table (H, NB, d) rather than (NB, d)
   at::ScalarType acc;     // fp32, or fp64 for double inputs
   double scale;
+  int64_t group = 1;      // sequences per group
+  int64_t groups() const { return (S + group - 1) / group; }
 };
 
 Problem problem_of(const at::Tensor& q, const c10::optional<at::Tensor>& rpe,
@@ -56,56 +65,115 @@ Problem problem_of(const at::Tensor& q, const c10::optional<at::Tensor>& rpe,
   }
   p.acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   p.scale = scale;
+  const int64_t per_sequence = std::max<int64_t>(1, p.H * p.N * std::max({p.N, p.d, p.NB}));
+  p.group = std::clamp<int64_t>(kGroupElements / per_sequence, 1, std::max<int64_t>(p.S, 1));
   return p;
 }
 
-// (S, N, H, d) -> (S*H, N, d) contiguous in the accumulation type.
-at::Tensor heads_first(const at::Tensor& t, const Problem& p) {
-  return t.permute({0, 2, 1, 3}).to(p.acc).contiguous().view({p.S * p.H, p.N, p.d});
+// Runs fn(first sequence, count) for every group: in parallel when there are enough
+// groups to share out, else one after the other with ATen's ops multi-threaded.
+template <typename Fn>
+void for_each_group(const Problem& p, Fn&& fn) {
+  auto run = [&](int64_t g) { fn(g * p.group, std::min(p.group, p.S - g * p.group)); };
+  if (p.groups() >= at::get_num_threads()) {
+    at::parallel_for(0, p.groups(), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) run(g);
+    });
+  } else {
+    for (int64_t g = 0; g < p.groups(); ++g) run(g);
+  }
 }
 
-// m @ x per (sequence, head), m (S*H, N, N) (or its transpose), x (S*H, N, d),
-// written straight into an (S, N, H, d) tensor: a GEMM batch per head whose output
-// rows are strided (BLAS takes that at full speed), instead of a transposed copy.
-at::Tensor to_tokens(const at::Tensor& m, bool transpose, const at::Tensor& x, const Problem& p) {
-  auto out = at::empty({p.S, p.N, p.H, p.d}, x.options());
-  const auto m4 = m.view({p.S, p.H, p.N, p.N});
-  const auto x4 = x.view({p.S, p.H, p.N, p.d});
-  for (int64_t h = 0; h < p.H; ++h) {
-    auto slot = out.select(2, h);
-    const auto mh = m4.select(1, h);
-    at::bmm_out(slot, transpose ? mh.transpose(1, 2) : mh, x4.select(1, h));
+// Runs fn(h, i, row) for the rows of a group's (count*H, N, ·) logits; nested in a
+// parallel group loop it runs serially. The name labels the pass in profiler traces.
+template <typename Fn>
+void for_each_row(const char* name, const Problem& p, int64_t count, Fn&& fn) {
+  RECORD_FUNCTION(name, std::vector<c10::IValue>());
+  at::parallel_for(0, count * p.H * p.N, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) fn((row / p.N) % p.H, row % p.N, row);
+  });
+}
+
+// Copies the d-vectors of sequences [first, first + count) between a token-layout
+// tensor (S, N, H, d) (any strides, last one 1) and a heads-first buffer
+// (count*H, N, d), casting: one memcpy per vector when the dtypes agree. (ATen's
+// copy_ of the permuted view ran at a quarter of this speed.)
+template <typename tok_t, typename acc_t, bool kToHeads>
+void move_vectors(tok_t* tok, const at::IntArrayRef tok_strides, acc_t* heads, int64_t first,
+                  int64_t count, const Problem& p) {
+  for (int64_t c = 0; c < count; ++c) {
+    for (int64_t h = 0; h < p.H; ++h) {
+      for (int64_t i = 0; i < p.N; ++i) {
+        tok_t* a = tok + (first + c) * tok_strides[0] + i * tok_strides[1] + h * tok_strides[2];
+        acc_t* b = heads + ((c * p.H + h) * p.N + i) * p.d;
+        if constexpr (std::is_same_v<tok_t, acc_t>) {
+          if (kToHeads) std::memcpy(b, a, p.d * sizeof(acc_t));
+          else std::memcpy(a, b, p.d * sizeof(acc_t));
+        } else {
+          for (int64_t e = 0; e < p.d; ++e) {
+            if (kToHeads) b[e] = static_cast<acc_t>(a[e]);
+            else a[e] = static_cast<tok_t>(b[e]);
+          }
+        }
+      }
+    }
   }
+}
+
+// Sequences [first, first + count) of an (S, N, H, d) tensor as (count*H, N, d),
+// heads first, in the accumulation type.
+at::Tensor heads_first(const at::Tensor& t, int64_t first, int64_t count, const Problem& p) {
+  auto out = at::empty({count * p.H, p.N, p.d}, t.options().dtype(p.acc));
+  if (t.stride(3) != 1) {
+    out.view({count, p.H, p.N, p.d}).copy_(t.narrow(0, first, count).permute({0, 2, 1, 3}));
+    return out;
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "heads_first", [&] {
+    using tok_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES(p.acc, "heads_first_acc", [&] {
+      move_vectors<tok_t, scalar_t, true>(const_cast<tok_t*>(t.const_data_ptr<tok_t>()), t.strides(),
+                                          out.data_ptr<scalar_t>(), first, count, p);
+    });
+  });
   return out;
 }
 
-// q @ R^T per bucket: (S*H, N, NB).
-at::Tensor contextual_table(const at::Tensor& qh, const at::Tensor& R, const Problem& p) {
-  if (!p.per_head) return at::matmul(qh, R.t());
-  return at::matmul(qh.view({p.S, p.H, p.N, p.d}), R.transpose(1, 2)).view({p.S * p.H, p.N, p.NB});
+// The reverse, into the sequences [first, first + count) of dst (S, N, H, d), contiguous.
+void write_tokens(const at::Tensor& dst, const at::Tensor& x, int64_t first, int64_t count,
+                  const Problem& p) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dst.scalar_type(), "write_tokens", [&] {
+    using tok_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES(p.acc, "write_tokens_acc", [&] {
+      move_vectors<tok_t, scalar_t, false>(dst.data_ptr<tok_t>(), dst.strides(),
+                                           x.data_ptr<scalar_t>(), first, count, p);
+    });
+  });
 }
 
-// What the fused row pass reads to add the relative term: the contextual table
-// q R^T (S*H, N, NB) or the bias table (H, NB), and the bucket map.
+// The relative term's inputs for one group: the contextual table q R^T
+// (count*H, N, NB) or the bias table (H, NB), and the bucket map.
 struct Relative {
-  at::Tensor table, ids64;
+  at::Tensor table;
+  const int64_t* ids = nullptr;
+  int64_t table_row(const Problem& p, int64_t h, int64_t row) const {
+    return p.mode == kBias ? h : row;
+  }
 };
 
-Relative relative_of(const at::Tensor& qh, const at::Tensor& R, const c10::optional<at::Tensor>& ids,
-                     const Problem& p) {
+Relative relative_of(const at::Tensor& qg, const at::Tensor& R, const at::Tensor& ids64,
+                     int64_t count, const Problem& p) {
   Relative r;
   if (p.mode == kNone) return r;
-  r.ids64 = ids->to(at::kLong).contiguous();
-  r.table = p.mode == kContextual ? contextual_table(qh, R, p).contiguous() : R;
+  r.ids = ids64.data_ptr<int64_t>();
+  if (p.mode == kBias) {
+    r.table = R;
+  } else if (p.per_head) {  // (count, H, N, d) @ (H, d, NB)
+    r.table = at::matmul(qg.view({count, p.H, p.N, p.d}), R.transpose(1, 2))
+                  .view({count * p.H, p.N, p.NB});
+  } else {
+    r.table = at::matmul(qg, R.t());
+  }
   return r;
-}
-
-// Runs fn(h, i, row) for every logits row in parallel; row = (s*H + h)*N + i.
-template <typename Fn>
-void for_each_row(const Problem& p, Fn&& fn) {
-  at::parallel_for(0, p.S * p.H * p.N, kRowsPerTask, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) fn((row / p.N) % p.H, row % p.N, row);
-  });
 }
 
 // Logits row in place: x_j = scale * (q k^T)_j + term_j. Returns its max.
@@ -115,165 +183,165 @@ acc_t finish_logits(acc_t* x, const Problem& p, const Relative& r, int64_t h, in
   const acc_t scale = static_cast<acc_t>(p.scale);
   acc_t m = -std::numeric_limits<acc_t>::infinity();
   if (p.mode == kNone) {
-    for (int64_t j = 0; j < p.N; ++j) m = std::max(m, x[j] *= scale);
+    for (int64_t j = 0; j < p.N; ++j) m = std::max(m, x[j] = scale * x[j]);
     return m;
   }
-  const int64_t* id = r.ids64.data_ptr<int64_t>() + i * p.N;
-  // contextual: this row of q R^T; bias: head h's row of the table.
-  const acc_t* t = r.table.data_ptr<acc_t>() + (p.mode == kContextual ? row : h) * p.NB;
+  const int64_t* id = r.ids + i * p.N;
+  const acc_t* t = r.table.data_ptr<acc_t>() + r.table_row(p, h, row) * p.NB;
   for (int64_t j = 0; j < p.N; ++j) m = std::max(m, x[j] = scale * x[j] + t[id[j]]);
   return m;
 }
 
-// Sum over (s, h) of per-pair tables, in fixed groups: table (S*H, X) -> (X) per
-// head or shared, written as (H or 1, X) in acc type.
-template <typename acc_t, typename PairFn>
-at::Tensor fixed_order_sum(const Problem& p, int64_t heads_out, int64_t width, PairFn&& add_pair) {
-  const int64_t pairs = p.S * p.H;
-  const int64_t groups = (pairs + kPairsPerGroup - 1) / kPairsPerGroup;
-  std::vector<acc_t> partial(groups * heads_out * width, acc_t(0));
-  at::parallel_for(0, groups, 1, [&](int64_t g_begin, int64_t g_end) {
-    for (int64_t g = g_begin; g < g_end; ++g) {
-      acc_t* part = partial.data() + g * heads_out * width;
-      const int64_t last = std::min(pairs, (g + 1) * kPairsPerGroup);
-      for (int64_t pair = g * kPairsPerGroup; pair < last; ++pair) {
-        const int64_t h = pair % p.H;
-        add_pair(pair, part + (heads_out == 1 ? 0 : h * width));
-      }
-    }
+// Probabilities of a group from its logits (count*H, N, N), in place, with lse.
+template <typename acc_t>
+void softmax_rows(at::Tensor& logits, acc_t* lse, const Problem& p, const Relative& r,
+                  int64_t count) {
+  acc_t* P = logits.data_ptr<acc_t>();
+  for_each_row("window_attention_cpu::logits", p, count, [&](int64_t h, int64_t i, int64_t row) {
+    acc_t* x = P + row * p.N;
+    const acc_t m = finish_logits(x, p, r, h, i, row);
+    for (int64_t j = 0; j < p.N; ++j) x[j] -= m;
+    lse[row] = m;
   });
-  auto total = at::zeros({heads_out, width}, at::TensorOptions().dtype(p.acc));
-  acc_t* t = total.data_ptr<acc_t>();
-  for (int64_t g = 0; g < groups; ++g)
-    for (int64_t e = 0; e < heads_out * width; ++e) t[e] += partial[g * heads_out * width + e];
-  return total;
+  logits.exp_();
+  const auto sum = logits.sum(-1, /*keepdim=*/true);
+  logits.div_(sum);
+  const acc_t* su = sum.data_ptr<acc_t>();
+  for (int64_t row = 0; row < count * p.H * p.N; ++row) lse[row] += std::log(su[row]);
+}
+
+at::Tensor rpe_in_acc(const c10::optional<at::Tensor>& rpe, const Problem& p) {
+  return p.mode ? rpe->to(p.acc).contiguous() : at::Tensor();
+}
+
+at::Tensor ids_long(const c10::optional<at::Tensor>& ids, const Problem& p) {
+  return p.mode ? ids->to(at::kLong).contiguous() : at::Tensor();
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_fwd_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& rpe, const c10::optional<at::Tensor>& ids,
     c10::string_view rpe_mode, double scale) {
   check_window_attention_args(q, k, v, rpe, ids, rpe_mode);
   const Problem p = problem_of(q, rpe, rpe_mode, scale);
   if (p.mode) check_bucket_ids_range(*ids, p.NB, "window_attention");
-  if (q.numel() == 0) {
-    return {at::empty({p.S, p.N, p.H, p.d}, q.options()),
-            at::empty({p.S, p.H, p.N}, q.options().dtype(p.acc))};
-  }
-  const auto qh = heads_first(q, p), kh = heads_first(k, p), vh = heads_first(v, p);
-  const auto R = p.mode ? rpe->to(p.acc).contiguous() : at::Tensor();
-  const Relative r = relative_of(qh, R, ids, p);
-  auto probs = at::bmm(qh, kh.transpose(1, 2));  // logits, then softmax in place
-  auto lse = at::empty({p.S, p.H, p.N}, qh.options());
-  AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "window_attention_fwd_cpu", [&] {
-    scalar_t* P = probs.data_ptr<scalar_t>();
-    scalar_t* L = lse.data_ptr<scalar_t>();
-    for_each_row(p, [&](int64_t h, int64_t i, int64_t row) {
-      scalar_t* x = P + row * p.N;
-      const scalar_t m = finish_logits(x, p, r, h, i, row);
-      scalar_t sum = 0;
-      for (int64_t j = 0; j < p.N; ++j) sum += (x[j] = std::exp(x[j] - m));
-      const scalar_t inv = scalar_t(1) / sum;
-      for (int64_t j = 0; j < p.N; ++j) x[j] *= inv;
-      L[row] = m + std::log(sum);
+  auto out = at::empty({p.S, p.N, p.H, p.d}, q.options());
+  auto lse = at::empty({p.S, p.H, p.N}, q.options().dtype(p.acc));
+  auto probs = at::empty({p.S * p.H, p.N, p.N}, q.options().dtype(p.acc));
+  if (q.numel() == 0) return {out, lse, probs};
+  const auto R = rpe_in_acc(rpe, p);
+  const auto ids64 = ids_long(ids, p);
+  AT_DISPATCH_FLOATING_TYPES(p.acc, "window_attention_fwd_cpu", [&] {
+    for_each_group(p, [&](int64_t first, int64_t count) {
+      const auto qg = heads_first(q, first, count, p), kg = heads_first(k, first, count, p);
+      const Relative r = relative_of(qg, R, ids64, count, p);
+      auto pg = probs.narrow(0, first * p.H, count * p.H);  // logits, then P in place
+      at::bmm_out(pg, qg, kg.transpose(1, 2));
+      softmax_rows(pg, lse.data_ptr<scalar_t>() + first * p.H * p.N, p, r, count);
+      write_tokens(out, at::bmm(pg, heads_first(v, first, count, p)), first, count, p);
     });
   });
-  return {to_tokens(probs, false, vh, p).to(q.scalar_type()), lse};
+  return {out, lse, probs};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const at::Tensor& out, const at::Tensor& lse, const c10::optional<at::Tensor>& rpe,
-    const c10::optional<at::Tensor>& ids, c10::string_view rpe_mode, double scale) {
+    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& probs,
+    const c10::optional<at::Tensor>& rpe, const c10::optional<at::Tensor>& ids,
+    c10::string_view rpe_mode, double scale) {
   check_window_attention_args(q, k, v, rpe, ids, rpe_mode);
   const Problem p = problem_of(q, rpe, rpe_mode, scale);
-  const auto dtype = q.scalar_type();
+  TORCH_CHECK(probs.dim() == 3 && probs.size(0) == p.S * p.H && probs.size(1) == p.N &&
+                  probs.size(2) == p.N && probs.scalar_type() == p.acc && probs.is_contiguous(),
+              "window_attention_bwd: probs must be the forward's contiguous (S*H, N, N) = (",
+              p.S * p.H, ", ", p.N, ", ", p.N, ") ", p.acc, " probabilities, got ", probs.sizes(),
+              " ", probs.scalar_type());
+  (void)out, (void)lse;  // D comes from P and dP, P from the forward
+  auto dq = at::empty({p.S, p.N, p.H, p.d}, q.options());
+  auto dk = at::empty_like(dq), dv = at::empty_like(dq);
   if (q.numel() == 0) {
-    auto z = at::zeros({p.S, p.N, p.H, p.d}, q.options());
-    return {z, z.clone(), z.clone(), p.mode ? at::zeros_like(*rpe) : at::empty({0}, q.options())};
+    return {dq.zero_(), dk.zero_(), dv.zero_(),
+            p.mode ? at::zeros_like(*rpe) : at::empty({0}, q.options())};
   }
-  const auto qh = heads_first(q, p), kh = heads_first(k, p), vh = heads_first(v, p);
-  const auto gh = heads_first(grad_out, p);
-  const auto R = p.mode ? rpe->to(p.acc).contiguous() : at::Tensor();
-
-  const Relative r = relative_of(qh, R, ids, p);
-  const auto lse_acc = lse.to(p.acc).contiguous();
-  // D_i = dO_i . O_i, read in the (S, N, H, d) layout: no copy of O.
-  const auto D = (grad_out.to(p.acc) * out.to(p.acc)).sum(3).contiguous();  // (S, N, H)
-  auto probs = at::bmm(qh, kh.transpose(1, 2));  // logits, then P in place
-  auto dS = at::bmm(gh, vh.transpose(1, 2));     // dP, then dS in place
-  // contextual: dT[pair, i, b] = sum of dS[pair, i, j] over the j in bucket b.
-  auto dT = p.mode == kContextual ? at::empty({p.S * p.H, p.N, p.NB}, dS.options()) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "window_attention_bwd_cpu", [&] {
-    scalar_t* P = probs.data_ptr<scalar_t>();
-    scalar_t* G = dS.data_ptr<scalar_t>();
-    const scalar_t* Lp = lse_acc.data_ptr<scalar_t>();
-    const scalar_t* Dp = D.data_ptr<scalar_t>();
-    scalar_t* T = dT.defined() ? dT.data_ptr<scalar_t>() : nullptr;
-    for_each_row(p, [&](int64_t h, int64_t i, int64_t row) {
-      scalar_t* x = P + row * p.N;
-      scalar_t* g = G + row * p.N;
-      finish_logits(x, p, r, h, i, row);
-      const scalar_t lse_row = Lp[row];
-      const scalar_t D_row = Dp[((row / (p.N * p.H)) * p.N + i) * p.H + h];
-      for (int64_t j = 0; j < p.N; ++j) {
-        x[j] = std::exp(x[j] - lse_row);
-        g[j] = x[j] * (g[j] - D_row);  // dS = P * (dP - D)
+  const auto R = rpe_in_acc(rpe, p);
+  const auto ids64 = ids_long(ids, p);
+  const int64_t* id_map = p.mode ? ids64.data_ptr<int64_t>() : nullptr;
+  // Per-group partial sums of d(rpe): (groups, H or 1, NB, d) or (groups, H, NB).
+  const int64_t heads_out = p.per_head ? p.H : 1;
+  auto partial = p.mode == kContextual ? at::zeros({p.groups(), heads_out, p.NB, p.d}, R.options())
+                 : p.mode == kBias     ? at::zeros({p.groups(), p.H, p.NB}, R.options())
+                                       : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(p.acc, "window_attention_bwd_cpu", [&] {
+    const scalar_t factor = static_cast<scalar_t>(p.scale);
+    for_each_group(p, [&](int64_t first, int64_t count) {
+      const auto qg = heads_first(q, first, count, p), kg = heads_first(k, first, count, p);
+      const auto vg = heads_first(v, first, count, p), gg = heads_first(grad_out, first, count, p);
+      const auto pg = probs.narrow(0, first * p.H, count * p.H);
+      const scalar_t* P = pg.data_ptr<scalar_t>();
+      auto dS = at::bmm(gg, vg.transpose(1, 2));  // dP, then scale * dS in place
+      // contextual: dT[row, b] = sum of dS[row, j] over the j in bucket b; bias: the
+      // same, summed over the group's rows into its partial of d(bias).
+      auto dT = p.mode == kContextual ? at::zeros({count * p.H, p.N, p.NB}, dS.options())
+                                      : at::Tensor();
+      scalar_t* T = p.mode == kContextual ? dT.data_ptr<scalar_t>()
+                    : p.mode == kBias ? partial.select(0, first / p.group).data_ptr<scalar_t>()
+                                      : nullptr;
+      scalar_t* G = dS.data_ptr<scalar_t>();
+      auto ds_row = [&](int64_t h, int64_t i, int64_t row) {
+        const scalar_t* x = P + row * p.N;
+        scalar_t* g = G + row * p.N;
+        // D_i = sum_j P_ij dP_ij (= dO_i . O_i): the whole row is here, so no read of O.
+        scalar_t D_row = 0;
+        for (int64_t j = 0; j < p.N; ++j) D_row += x[j] * g[j];
+        if (T) {
+          scalar_t* t = T + (p.mode == kBias ? h : row) * p.NB;
+          const int64_t* id = id_map + i * p.N;
+          for (int64_t j = 0; j < p.N; ++j) {
+            const scalar_t ds = x[j] * (g[j] - D_row);  // dS = P * (dP - D)
+            t[id[j]] += ds;
+            g[j] = ds * factor;
+          }
+        } else {
+          for (int64_t j = 0; j < p.N; ++j) g[j] = x[j] * (g[j] - D_row) * factor;
+        }
+      };
+      if (p.mode == kBias) {  // the rows of a head scatter into one table row: serially
+        RECORD_FUNCTION("window_attention_cpu::dS", std::vector<c10::IValue>());
+        for (int64_t row = 0; row < count * p.H * p.N; ++row) ds_row((row / p.N) % p.H, row % p.N, row);
+      } else {
+        for_each_row("window_attention_cpu::dS", p, count, ds_row);
       }
-      if (T) {
-        scalar_t* t = T + row * p.NB;
-        const int64_t* id = r.ids64.data_ptr<int64_t>() + i * p.N;
-        std::fill(t, t + p.NB, scalar_t(0));
-        for (int64_t j = 0; j < p.N; ++j) t[id[j]] += g[j];
+  auto dqg = at::bmm(dS, kg);
+      if (p.mode == kContextual) {  // + dT @ R, the relative term's share of dq
+        if (p.per_head) {
+          dqg.view({count, p.H, p.N, p.d}).add_(at::matmul(dT.view({count, p.H, p.N, p.NB}), R));
+        } else {
+          dqg.view({-1, p.d}).addmm_(dT.view({-1, p.NB}), R);
+        }
+        // dR += dT^T q over the group's rows (per head: over its sequences and rows).
+        auto part = partial.select(0, first / p.group);
+        if (p.per_head) {
+          part.baddbmm_(dT.view({count, p.H, p.N, p.NB}).permute({1, 3, 0, 2}).reshape({p.H, p.NB, -1}),
+                        qg.view({count, p.H, p.N, p.d}).transpose(0, 1).reshape({p.H, -1, p.d}));
+        } else {
+          part.select(0, 0).addmm_(dT.view({-1, p.NB}).t(), qg.view({-1, p.d}));
+        }
       }
+      write_tokens(dq, dqg, first, count, p);
+      write_tokens(dk, at::bmm(dS.transpose(1, 2), qg), first, count, p);
+      write_tokens(dv, at::bmm(pg.transpose(1, 2), gg), first, count, p);
     });
   });
-  auto dv = to_tokens(probs, true, gh, p);
-  auto dq = to_tokens(dS, false, kh, p).mul_(p.scale);
-  auto dk = to_tokens(dS, true, qh, p).mul_(p.scale);
-
   at::Tensor drpe = at::empty({0}, q.options());
-  if (p.mode == kContextual) {
-    const auto dq_rel = p.per_head ? at::matmul(dT.view({p.S, p.H, p.N, p.NB}), R)
-                                   : at::matmul(dT, R).view({p.S, p.H, p.N, p.d});
-    dq.permute({0, 2, 1, 3}).add_(dq_rel);
-    // dR[b] = sum over pairs and rows of dT[pair, i, b] * q[pair, i]: one GEMM per
-    // group of pairs (a shared table) or per pair (per-head tables), single-threaded
-    // inside the parallel loop, into the group's partial.
-    const int64_t heads_out = p.per_head ? p.H : 1;
-    const int64_t pairs = p.S * p.H;
-    const int64_t groups = (pairs + kPairsPerGroup - 1) / kPairsPerGroup;
-    auto partial = at::zeros({groups, heads_out, p.NB, p.d}, dT.options());
-    at::parallel_for(0, groups, 1, [&](int64_t g_begin, int64_t g_end) {
-      for (int64_t g = g_begin; g < g_end; ++g) {
-        const int64_t first = g * kPairsPerGroup, last = std::min(pairs, first + kPairsPerGroup);
-        if (!p.per_head) {
-          partial[g][0].addmm_(dT.narrow(0, first, last - first).reshape({-1, p.NB}).t(),
-                               qh.narrow(0, first, last - first).reshape({-1, p.d}));
-          continue;
-        }
-        for (int64_t pair = first; pair < last; ++pair) {
-          partial[g][pair % p.H].addmm_(dT[pair].t(), qh[pair]);
-        }
-      }
-    });
-    auto total = partial[0].clone();
-    for (int64_t g = 1; g < groups; ++g) total.add_(partial[g]);  // fixed order
-    drpe = (p.per_head ? total : total[0]).to(dtype);
-  } else if (p.mode == kBias) {
-    AT_DISPATCH_FLOATING_TYPES(dS.scalar_type(), "window_attention_dbias_cpu", [&] {
-      const scalar_t* dSp = dS.data_ptr<scalar_t>();
-      const int64_t* id = r.ids64.data_ptr<int64_t>();
-      auto total = fixed_order_sum<scalar_t>(p, p.H, p.NB, [&](int64_t pair, scalar_t* dB) {
-        const scalar_t* rows = dSp + pair * p.N * p.N;
-        for (int64_t e = 0; e < p.N * p.N; ++e) dB[id[e]] += rows[e];
-      });
-      drpe = total.to(dtype);
-    });
+  if (p.mode) {
+    RECORD_FUNCTION("window_attention_cpu::table_grad", std::vector<c10::IValue>());
+    auto total = partial.select(0, 0).clone();
+    for (int64_t g = 1; g < p.groups(); ++g) total.add_(partial.select(0, g));  // fixed order
+    drpe = (p.mode == kContextual && !p.per_head ? total.select(0, 0) : total).to(q.scalar_type());
   }
-  return {dq.to(dtype), dk.to(dtype), dv.to(dtype), drpe};
+  return {dq, dk, dv, drpe};
 }
 
 }  // namespace lomar_ops

@@ -887,7 +887,7 @@ at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDo
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_fwd_cuda(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const c10::optional<at::Tensor>& rpe_in, const c10::optional<at::Tensor>& ids_in,
     c10::string_view rpe_mode, double scale) {
@@ -898,7 +898,8 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cuda(
   const auto acc = acc_type_of(q_in.scalar_type());
   auto out = at::empty({S, N, H, d}, q_in.options());
   auto lse = at::empty({S, H, N}, q_in.options().dtype(acc));
-  if (q_in.numel() == 0) return {out, lse};
+  auto probs = at::empty({0}, q_in.options().dtype(acc));  // not kept: the backward recomputes P
+  if (q_in.numel() == 0) return {out, lse, probs};
   const auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
   const bool has_table = rpe_mode != "none";
   const auto rpe = has_table ? c10::optional<at::Tensor>(rpe_in->contiguous()) : c10::nullopt;
@@ -915,12 +916,13 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cuda(
              "forward");
     });
   });
-  return {out, lse};
+  return {out, lse, probs};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_cuda(
     const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in,
     const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse_in,
+    const at::Tensor& /*probs: empty, P is recomputed from lse*/,
     const c10::optional<at::Tensor>& rpe_in, const c10::optional<at::Tensor>& ids_in,
     c10::string_view rpe_mode, double scale) {
   check_window_attention_args(q_in, k_in, v_in, rpe_in, ids_in, rpe_mode);

@@ -17,14 +17,14 @@ namespace {
 
 using lomar_ops_test::throws_with;
 
-std::tuple<at::Tensor, at::Tensor> call_fwd(const at::Tensor& q, const at::Tensor& k,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_fwd(const at::Tensor& q, const at::Tensor& k,
                                             const at::Tensor& v,
                                             const std::optional<at::Tensor>& rpe,
                                             const std::optional<at::Tensor>& ids,
                                             const std::string& mode, double scale) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("lomar_ops::window_attention_fwd", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                            const at::Tensor&, const at::Tensor&, const at::Tensor&,
                            const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
                            c10::string_view, double)>();
@@ -80,16 +80,19 @@ bool forward_matches(const std::string& mode, bool per_head) {
                    : per_head     ? at::randn({H, NB, d}, opts)
                                   : at::randn({NB, d}, opts);
   const bool none = mode == "none";
-  auto [out, lse] = call_fwd(q, k, v, none ? std::nullopt : std::optional<at::Tensor>(rpe),
+  auto [out, lse, probs] = call_fwd(q, k, v, none ? std::nullopt : std::optional<at::Tensor>(rpe),
                              none ? std::nullopt : std::optional<at::Tensor>(ids), mode, 0.3);
   EXPECT(out.sizes() == q.sizes() && lse.sizes() == at::IntArrayRef({S, H, N}));
   EXPECT(at::allclose(out, naive(q, k, v, rpe, ids, mode, 0.3), 1e-12, 1e-12));
+  // probs: the softmax the backward reuses, rows summing to 1, consistent with lse
+  EXPECT(probs.sizes() == at::IntArrayRef({S * H, N, N}));
+  EXPECT(at::allclose(probs.sum(-1), at::ones({S * H, N}, opts), 1e-12, 1e-12));
   return true;
 }
 
 bool float_accumulates_in_fp32() {
   auto q = at::randn({2, 50, 2, 16}), k = at::randn({2, 50, 2, 16}), v = at::randn({2, 50, 2, 16});
-  auto [out, lse] = call_fwd(q, k, v, std::nullopt, std::nullopt, "none", 0.25);
+  auto [out, lse, probs] = call_fwd(q, k, v, std::nullopt, std::nullopt, "none", 0.25);
   EXPECT(lse.scalar_type() == at::kFloat);
   auto want = naive(q.to(at::kDouble), k.to(at::kDouble), v.to(at::kDouble), at::Tensor(),
                     at::Tensor(), "none", 0.25);

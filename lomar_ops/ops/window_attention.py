@@ -32,11 +32,14 @@ if _extension.AVAILABLE:
     @torch.library.register_fake("lomar_ops::window_attention_fwd")
     def _fwd_fake(q, k, v, rpe, bucket_ids, rpe_mode, scale):
         S, N, H, d = q.shape
-        lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-        return q.new_empty((S, N, H, d)), q.new_empty((S, H, N), dtype=lse_dtype)
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        # probs: the CPU kernel keeps the softmax for its backward; CUDA recomputes it.
+        probs_shape = (S * H, N, N) if q.device.type == "cpu" else (0,)
+        return (q.new_empty((S, N, H, d)), q.new_empty((S, H, N), dtype=acc),
+                q.new_empty(probs_shape, dtype=acc))
 
     @torch.library.register_fake("lomar_ops::window_attention_bwd")
-    def _bwd_fake(grad_out, q, k, v, out, lse, rpe, bucket_ids, rpe_mode, scale):
+    def _bwd_fake(grad_out, q, k, v, out, lse, probs, rpe, bucket_ids, rpe_mode, scale):
         S, N, H, d = q.shape
         drpe = rpe.new_empty(rpe.shape) if rpe is not None else q.new_empty((0,))
         return (q.new_empty((S, N, H, d)), q.new_empty((S, N, H, d)), q.new_empty((S, N, H, d)),
@@ -44,15 +47,15 @@ if _extension.AVAILABLE:
 
     def _setup_context(ctx, inputs, output):
         q, k, v, rpe, bucket_ids, rpe_mode, scale = inputs
-        out, lse = output
-        ctx.mark_non_differentiable(lse)
-        ctx.save_for_backward(q, k, v, out, lse, rpe, bucket_ids)
+        out, lse, probs = output
+        ctx.mark_non_differentiable(lse, probs)
+        ctx.save_for_backward(q, k, v, out, lse, probs, rpe, bucket_ids)
         ctx.rpe_mode, ctx.scale = rpe_mode, scale
 
-    def _backward(ctx, grad_out, _grad_lse):
-        q, k, v, out, lse, rpe, bucket_ids = ctx.saved_tensors
+    def _backward(ctx, grad_out, _grad_lse, _grad_probs):
+        q, k, v, out, lse, probs, rpe, bucket_ids = ctx.saved_tensors
         dq, dk, dv, drpe = torch.ops.lomar_ops.window_attention_bwd(
-            grad_out, q, k, v, out, lse, rpe, bucket_ids, ctx.rpe_mode, ctx.scale)
+            grad_out, q, k, v, out, lse, probs, rpe, bucket_ids, ctx.rpe_mode, ctx.scale)
         return dq, dk, dv, (drpe if rpe is not None else None), None, None, None
 
     torch.library.register_autograd("lomar_ops::window_attention_fwd", _backward,
@@ -146,8 +149,7 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         from ..triton_kernels.window_attention import window_attention_fwd_triton
         out, _ = window_attention_fwd_triton(q, k, v, rpe, ids, mode or "none", scale)
         return out
-    out, _ = torch.ops.lomar_ops.window_attention_fwd(q, k, v, rpe, ids, mode or "none", scale)
-    return out
+    return torch.ops.lomar_ops.window_attention_fwd(q, k, v, rpe, ids, mode or "none", scale)[0]
 
 
 def _unsupported_here(q, rpe, mode) -> dict[str, str]:

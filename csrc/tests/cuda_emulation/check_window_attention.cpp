@@ -18,18 +18,18 @@ void run_case(at::ScalarType dt, int64_t S, int64_t N, int64_t H, int64_t d, con
   }
   auto go = at::randn({S, N, H, d}, f64);
   const double scale = 1.0 / std::sqrt((double)d);
-  auto [o_ref, lse_ref] = window_attention_fwd_cpu(q, k, v, rpe, ids, mode, scale);
-  auto g_ref = window_attention_bwd_cpu(go, q, k, v, o_ref, lse_ref, rpe, ids, mode, scale);
+  auto [o_ref, lse_ref, p_ref] = window_attention_fwd_cpu(q, k, v, rpe, ids, mode, scale);
+  auto g_ref = window_attention_bwd_cpu(go, q, k, v, o_ref, lse_ref, p_ref, rpe, ids, mode, scale);
   at::Tensor ql, kl, vl;
   if (strided) {
     auto qkv = at::stack({q, k, v}, 2).to(dt); ql = qkv.select(2, 0); kl = qkv.select(2, 1); vl = qkv.select(2, 2);
   } else { ql = q.to(dt); kl = k.to(dt); vl = v.to(dt); }
   c10::optional<at::Tensor> rl = rpe ? c10::optional<at::Tensor>(rpe->to(dt)) : c10::nullopt;
   auto gl = go.to(dt);
-  auto [o, lse] = window_attention_fwd_cuda(ql, kl, vl, rl, ids, mode, scale);
-  auto g = window_attention_bwd_cuda(gl, ql, kl, vl, o, lse, rl, ids, mode, scale);
-  auto [o_low, lse_low] = window_attention_fwd_cpu(ql, kl, vl, rl, ids, mode, scale);
-  auto g_low = window_attention_bwd_cpu(gl, ql, kl, vl, o_low, lse_low, rl, ids, mode, scale);
+  auto [o, lse, p_cuda] = window_attention_fwd_cuda(ql, kl, vl, rl, ids, mode, scale);
+  auto g = window_attention_bwd_cuda(gl, ql, kl, vl, o, lse, p_cuda, rl, ids, mode, scale);
+  auto [o_low, lse_low, p_low] = window_attention_fwd_cpu(ql, kl, vl, rl, ids, mode, scale);
+  auto g_low = window_attention_bwd_cpu(gl, ql, kl, vl, o_low, lse_low, p_low, rl, ids, mode, scale);
   std::vector<at::Tensor> got = {o, lse, std::get<0>(g), std::get<1>(g), std::get<2>(g)};
   std::vector<at::Tensor> want = {o_ref, lse_ref, std::get<0>(g_ref), std::get<1>(g_ref), std::get<2>(g_ref)};
   std::vector<at::Tensor> low = {o_low, lse_low, std::get<0>(g_low), std::get<1>(g_low), std::get<2>(g_low)};
@@ -44,7 +44,7 @@ void run_case(at::ScalarType dt, int64_t S, int64_t N, int64_t H, int64_t d, con
     printf(" %s %.1e/%.1e%s", names[i], e, base, ok ? "" : " FAIL");
   }
   if (mode != "none") {
-    auto g2 = window_attention_bwd_cuda(gl, ql, kl, vl, o, lse, rl, ids, mode, scale);
+    auto g2 = window_attention_bwd_cuda(gl, ql, kl, vl, o, lse, p_cuda, rl, ids, mode, scale);
     bool same = at::equal(std::get<3>(g2), std::get<3>(g));
     if (!same) ++failures;
     printf(" repeat=%s", same ? "ok" : "FAIL");
