@@ -3,24 +3,25 @@
 // (q_i . R[bucket(i, j)]), of the bias mode (rpe[h, bucket(i, j)]) or none.
 //
 // A CPU's caches hold the N x N logits of a few short sequences, so the work is cut
-// into groups of whole sequences (a group's intermediates fit in about a megabyte)
+// into groups of whole sequences (a group's logits fit in about half a megabyte)
 // and each group runs start to finish on one thread: its q, k, v copied heads first
-// and cast, the matrix products (q k^T, P v, their gradients, the contextual table
-// q R^T) as ATen batched GEMMs (BLAS) in fp32 (fp64 for double), and everything
-// between them (scale, the bucket gather of the relative term, the row max, D,
-// dS = P * (dP - D), the scatter of dS back into buckets) fused into passes over
-// each logits row; the exponentials go through ATen's vectorised exp. Nothing of
-// size (S, H, N, N) or (S, H, N, NB) is ever allocated: every intermediate lives in
-// cache, and the results are written once, permuted into (S, N, H, d).
-// The forward keeps the probabilities P (S*H, N, N) for the backward, as the
-// unfused formula does (recomputing them cost a GEMM and a pass per group, a fifth
-// of the backward at N = 50); the relative table is then not needed there at all.
-// The table gradient is a reduction over all
-// sequences: each group adds into its own partial, and the partials are summed in
-// group order; groups depend on the shapes only, so d(rpe) does not depend on how
-// groups fall to threads: bitwise repeatable run to run. (Its last bits may change
-// with the thread count: with fewer groups than threads, the groups run one after
-// the other with multi-threaded GEMMs.)
+// and cast (a memcpy per d-vector), the matrix products (q k^T, P v, their
+// gradients, the contextual table q R^T) as ATen batched GEMMs (BLAS) in fp32 (fp64
+// for double), and everything between them (scale, the bucket gather of the
+// relative term, the row max, D, dS = P * (dP - D), the scatter of dS back into
+// buckets) fused into passes over each logits row; the exponentials go through
+// ATen's vectorised exp. The relative term's (S, H, N, NB) and (S, H, N, N)
+// tensors of the unfused formula never exist; the results are written once,
+// permuted into (S, N, H, d). The one full-size intermediate is P (S*H, N, N),
+// which the forward keeps for the backward as the unfused formula does
+// (recomputing it cost a GEMM and a pass per group, a fifth of the backward at
+// N = 50).
+// The table gradient is a reduction over all sequences: each group adds into its
+// own partial, and the partials are summed in group order; groups depend on the
+// shapes only, so d(rpe) does not depend on how groups fall to threads: bitwise
+// repeatable run to run. (Its last bits may change with the thread count: with
+// fewer groups than threads, the groups run one after the other with
+// multi-threaded GEMMs.)
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
@@ -28,8 +29,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <type_traits>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../lomar_ops.h"
