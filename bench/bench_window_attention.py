@@ -17,6 +17,7 @@ import torch
 
 import lomar_ops
 from common import bench_devices, device_name, time_case
+from lomar_ops.backends import unavailable_reason
 from lomar_ops.comparisons import COMPARISONS
 
 # name: ((S, N, H, d) on CUDA, (S, N, H, d) on CPU)
@@ -30,10 +31,13 @@ _IMPLEMENTED = importlib.import_module("lomar_ops.ops.window_attention")._IMPLEM
 
 
 def _providers():
+    # Backends that run tensors on the device; not Triton's CPU interpreter (it is for
+    # correctness, not speed).
     out = []
     for device in bench_devices():
         for backend in lomar_ops.BACKENDS:
-            if backend in _IMPLEMENTED and not (device.type == "cpu" and backend == "triton"):
+            if (backend in _IMPLEMENTED and unavailable_reason(backend, device) is None
+                    and not (device.type == "cpu" and backend == "triton")):
                 out.append(pytest.param(device, f"op:{backend}", id=f"{device.type}-{backend}"))
         for name in COMPARISONS:
             out.append(pytest.param(device, name, id=f"{device.type}-{name}"))

@@ -25,6 +25,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
+#include <c10/core/GradMode.h>
 
 #include <algorithm>
 #include <cmath>
@@ -73,9 +74,14 @@ Problem problem_of(const at::Tensor& q, const c10::optional<at::Tensor>& rpe,
 
 // Runs fn(first sequence, count) for every group: in parallel when there are enough
 // groups to share out, else one after the other with ATen's ops multi-threaded.
+// Worker threads start in grad mode while the caller (an autograd backward) may not
+// be: each group runs under NoGradGuard, so its views and in-place ops agree.
 template <typename Fn>
 void for_each_group(const Problem& p, Fn&& fn) {
-  auto run = [&](int64_t g) { fn(g * p.group, std::min(p.group, p.S - g * p.group)); };
+  auto run = [&](int64_t g) {
+    c10::NoGradGuard no_grad;
+    fn(g * p.group, std::min(p.group, p.S - g * p.group));
+  };
   if (p.groups() >= at::get_num_threads()) {
     at::parallel_for(0, p.groups(), 1, [&](int64_t begin, int64_t end) {
       for (int64_t g = begin; g < end; ++g) run(g);
@@ -95,35 +101,33 @@ void for_each_row(const char* name, const Problem& p, int64_t count, Fn&& fn) {
   });
 }
 
-// Copies the d-vectors of sequences [first, first + count) between a token-layout
-// tensor (S, N, H, d) (any strides, last one 1) and a heads-first buffer
+// Copies the d-vectors of sequences [first, first + count) from a token-layout
+// tensor (S, N, H, d) (any strides, last one 1) into a heads-first buffer
 // (count*H, N, d), casting: one memcpy per vector when the dtypes agree. (ATen's
 // copy_ of the permuted view ran at a quarter of this speed.)
-template <typename tok_t, typename acc_t, bool kToHeads>
-void move_vectors(tok_t* tok, const at::IntArrayRef tok_strides, acc_t* heads, int64_t first,
-                  int64_t count, const Problem& p) {
-  for (int64_t c = 0; c < count; ++c) {
-    for (int64_t h = 0; h < p.H; ++h) {
-      for (int64_t i = 0; i < p.N; ++i) {
-        tok_t* a = tok + (first + c) * tok_strides[0] + i * tok_strides[1] + h * tok_strides[2];
-        acc_t* b = heads + ((c * p.H + h) * p.N + i) * p.d;
-        if constexpr (std::is_same_v<tok_t, acc_t>) {
-          if (kToHeads) std::memcpy(b, a, p.d * sizeof(acc_t));
-          else std::memcpy(a, b, p.d * sizeof(acc_t));
-        } else {
-          for (int64_t e = 0; e < p.d; ++e) {
-            if (kToHeads) b[e] = static_cast<acc_t>(a[e]);
-            else a[e] = static_cast<tok_t>(b[e]);
-          }
-        }
+template <typename tok_t, typename acc_t>
+void copy_heads_first(const tok_t* tok, const at::IntArrayRef tok_strides, acc_t* heads,
+                      int64_t first, int64_t count, const Problem& p) {
+  // In parallel when one group is the whole call (few sequences); serial inside a
+  // parallel group loop.
+  at::parallel_for(0, count * p.H * p.N, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {  // row = (c*H + h)*N + i
+      const int64_t c = row / (p.H * p.N), h = (row / p.N) % p.H, i = row % p.N;
+      const tok_t* a = tok + (first + c) * tok_strides[0] + i * tok_strides[1] + h * tok_strides[2];
+      acc_t* b = heads + row * p.d;
+      if constexpr (std::is_same_v<tok_t, acc_t>) {
+        std::memcpy(b, a, p.d * sizeof(acc_t));
+      } else {
+        for (int64_t e = 0; e < p.d; ++e) b[e] = static_cast<acc_t>(a[e]);
       }
     }
-  }
+  });
 }
 
 // Sequences [first, first + count) of an (S, N, H, d) tensor as (count*H, N, d),
 // heads first, in the accumulation type.
 at::Tensor heads_first(const at::Tensor& t, int64_t first, int64_t count, const Problem& p) {
+  RECORD_FUNCTION("window_attention_cpu::heads_first", std::vector<c10::IValue>());
   auto out = at::empty({count * p.H, p.N, p.d}, t.options().dtype(p.acc));
   if (t.stride(3) != 1) {
     out.view({count, p.H, p.N, p.d}).copy_(t.narrow(0, first, count).permute({0, 2, 1, 3}));
@@ -132,23 +136,38 @@ at::Tensor heads_first(const at::Tensor& t, int64_t first, int64_t count, const 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "heads_first", [&] {
     using tok_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES(p.acc, "heads_first_acc", [&] {
-      move_vectors<tok_t, scalar_t, true>(const_cast<tok_t*>(t.const_data_ptr<tok_t>()), t.strides(),
-                                          out.data_ptr<scalar_t>(), first, count, p);
+      copy_heads_first<tok_t, scalar_t>(t.const_data_ptr<tok_t>(), t.strides(),
+                                        out.data_ptr<scalar_t>(), first, count, p);
     });
   });
   return out;
 }
 
-// The reverse, into the sequences [first, first + count) of dst (S, N, H, d), contiguous.
-void write_tokens(const at::Tensor& dst, const at::Tensor& x, int64_t first, int64_t count,
-                  const Problem& p) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dst.scalar_type(), "write_tokens", [&] {
-    using tok_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES(p.acc, "write_tokens_acc", [&] {
-      move_vectors<tok_t, scalar_t, false>(dst.data_ptr<tok_t>(), dst.strides(),
-                                           x.data_ptr<scalar_t>(), first, count, p);
-    });
-  });
+// Results are (S, N, H, d) views of heads-major (S, H, N, d) memory, as the unfused
+// formula returns them ((P v).transpose(1, 2)): each group's GEMMs write their rows
+// in place, and no permuting copy into token order (which cost as much as a GEMM)
+// is made; the consumer's reshape makes the one copy either way.
+// heads_major is the (S, H, N, d) memory; as_tokens gives the result's view.
+at::Tensor heads_major(const Problem& p, const at::TensorOptions& options) {
+  return at::empty({p.S, p.H, p.N, p.d}, options);
+}
+
+at::Tensor as_tokens(const at::Tensor& heads) { return heads.permute({0, 2, 1, 3}); }
+
+// The group's rows of a heads_major tensor as (count*H, N, d).
+at::Tensor group_rows(const at::Tensor& heads, int64_t first, int64_t count, const Problem& p) {
+  return heads.narrow(0, first, count).view({count * p.H, p.N, p.d});
+}
+
+// rows = a @ b into a heads_major result's group rows, through a buffer in the
+// accumulation type when the result is float16/bfloat16.
+void bmm_into(const at::Tensor& rows, const at::Tensor& a, const at::Tensor& b) {
+  if (rows.scalar_type() == a.scalar_type()) {
+    auto out = rows;
+    at::bmm_out(out, a, b);
+  } else {
+    rows.copy_(at::bmm(a, b));
+  }
 }
 
 // The relative term's inputs for one group: the contextual table q R^T
@@ -228,10 +247,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_fwd_cpu(
   check_window_attention_args(q, k, v, rpe, ids, rpe_mode);
   const Problem p = problem_of(q, rpe, rpe_mode, scale);
   if (p.mode) check_bucket_ids_range(*ids, p.NB, "window_attention");
-  auto out = at::empty({p.S, p.N, p.H, p.d}, q.options());
+  auto out = heads_major(p, q.options());
   auto lse = at::empty({p.S, p.H, p.N}, q.options().dtype(p.acc));
   auto probs = at::empty({p.S * p.H, p.N, p.N}, q.options().dtype(p.acc));
-  if (q.numel() == 0) return {out, lse, probs};
+  if (q.numel() == 0) return {as_tokens(out), lse, probs};
   const auto R = rpe_in_acc(rpe, p);
   const auto ids64 = ids_long(ids, p);
   AT_DISPATCH_FLOATING_TYPES(p.acc, "window_attention_fwd_cpu", [&] {
@@ -241,10 +260,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_fwd_cpu(
       auto pg = probs.narrow(0, first * p.H, count * p.H);  // logits, then P in place
       at::bmm_out(pg, qg, kg.transpose(1, 2));
       softmax_rows(pg, lse.data_ptr<scalar_t>() + first * p.H * p.N, p, r, count);
-      write_tokens(out, at::bmm(pg, heads_first(v, first, count, p)), first, count, p);
+      bmm_into(group_rows(out, first, count, p), pg, heads_first(v, first, count, p));
     });
   });
-  return {out, lse, probs};
+  return {as_tokens(out), lse, probs};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_cpu(
@@ -260,10 +279,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
               p.S * p.H, ", ", p.N, ", ", p.N, ") ", p.acc, " probabilities, got ", probs.sizes(),
               " ", probs.scalar_type());
   (void)out, (void)lse;  // D comes from P and dP, P from the forward
-  auto dq = at::empty({p.S, p.N, p.H, p.d}, q.options());
-  auto dk = at::empty_like(dq), dv = at::empty_like(dq);
+  auto dq = heads_major(p, q.options()), dk = heads_major(p, q.options()),
+       dv = heads_major(p, q.options());
   if (q.numel() == 0) {
-    return {dq.zero_(), dk.zero_(), dv.zero_(),
+    return {as_tokens(dq.zero_()), as_tokens(dk.zero_()), as_tokens(dv.zero_()),
             p.mode ? at::zeros_like(*rpe) : at::empty({0}, q.options())};
   }
   const auto R = rpe_in_acc(rpe, p);
@@ -282,13 +301,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
       const auto pg = probs.narrow(0, first * p.H, count * p.H);
       const scalar_t* P = pg.data_ptr<scalar_t>();
       auto dS = at::bmm(gg, vg.transpose(1, 2));  // dP, then scale * dS in place
-      // contextual: dT[row, b] = sum of dS[row, j] over the j in bucket b; bias: the
-      // same, summed over the group's rows into its partial of d(bias).
+      // contextual: dT[row, b] = sum of dS[row, j] over the j in bucket b. bias: dS
+      // summed over the group's sequences per (h, i, j) (a vector add), scattered into
+      // the group's partial of d(bias) once per group rather than once per row.
       auto dT = p.mode == kContextual ? at::zeros({count * p.H, p.N, p.NB}, dS.options())
                                       : at::Tensor();
-      scalar_t* T = p.mode == kContextual ? dT.data_ptr<scalar_t>()
-                    : p.mode == kBias ? partial.select(0, first / p.group).data_ptr<scalar_t>()
-                                      : nullptr;
+      auto dsum = p.mode == kBias ? at::zeros({p.H, p.N, p.N}, dS.options()) : at::Tensor();
+      scalar_t* T = dT.defined() ? dT.data_ptr<scalar_t>() : nullptr;
+      scalar_t* U = dsum.defined() ? dsum.data_ptr<scalar_t>() : nullptr;
       scalar_t* G = dS.data_ptr<scalar_t>();
       auto ds_row = [&](int64_t h, int64_t i, int64_t row) {
         const scalar_t* x = P + row * p.N;
@@ -297,24 +317,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
         scalar_t D_row = 0;
         for (int64_t j = 0; j < p.N; ++j) D_row += x[j] * g[j];
         if (T) {
-          scalar_t* t = T + (p.mode == kBias ? h : row) * p.NB;
+          scalar_t* t = T + row * p.NB;
           const int64_t* id = id_map + i * p.N;
           for (int64_t j = 0; j < p.N; ++j) {
             const scalar_t ds = x[j] * (g[j] - D_row);  // dS = P * (dP - D)
             t[id[j]] += ds;
             g[j] = ds * factor;
           }
+        } else if (U) {
+          scalar_t* u = U + (h * p.N + i) * p.N;
+          for (int64_t j = 0; j < p.N; ++j) {
+            const scalar_t ds = x[j] * (g[j] - D_row);
+            u[j] += ds;
+            g[j] = ds * factor;
+          }
         } else {
           for (int64_t j = 0; j < p.N; ++j) g[j] = x[j] * (g[j] - D_row) * factor;
         }
       };
-      if (p.mode == kBias) {  // the rows of a head scatter into one table row: serially
+      if (U) {  // rows (h, i) in parallel, each over the group's sequences in order
         RECORD_FUNCTION("window_attention_cpu::dS", std::vector<c10::IValue>());
-        for (int64_t row = 0; row < count * p.H * p.N; ++row) ds_row((row / p.N) % p.H, row % p.N, row);
+        at::parallel_for(0, p.H * p.N, kRowsPerTask, [&](int64_t begin, int64_t end) {
+          for (int64_t hi = begin; hi < end; ++hi)
+            for (int64_t c = 0; c < count; ++c) ds_row(hi / p.N, hi % p.N, c * p.H * p.N + hi);
+        });
+        scalar_t* dB = partial.select(0, first / p.group).data_ptr<scalar_t>();
+        for (int64_t h = 0; h < p.H; ++h)
+          for (int64_t e = 0; e < p.N * p.N; ++e) dB[h * p.NB + id_map[e]] += U[h * p.N * p.N + e];
       } else {
         for_each_row("window_attention_cpu::dS", p, count, ds_row);
       }
-  auto dqg = at::bmm(dS, kg);
+      const auto dq_rows = group_rows(dq, first, count, p);
+      auto dqg = dq_rows.scalar_type() == p.acc ? dq_rows : at::empty(dq_rows.sizes(), dS.options());
+      at::bmm_out(dqg, dS, kg);
       if (p.mode == kContextual) {  // + dT @ R, the relative term's share of dq
         if (p.per_head) {
           dqg.view({count, p.H, p.N, p.d}).add_(at::matmul(dT.view({count, p.H, p.N, p.NB}), R));
@@ -330,9 +365,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
           part.select(0, 0).addmm_(dT.view({-1, p.NB}).t(), qg.view({-1, p.d}));
         }
       }
-      write_tokens(dq, dqg, first, count, p);
-      write_tokens(dk, at::bmm(dS.transpose(1, 2), qg), first, count, p);
-      write_tokens(dv, at::bmm(pg.transpose(1, 2), gg), first, count, p);
+      if (!dqg.is_same(dq_rows)) dq_rows.copy_(dqg);
+      bmm_into(group_rows(dk, first, count, p), dS.transpose(1, 2), qg);
+      bmm_into(group_rows(dv, first, count, p), pg.transpose(1, 2), gg);
     });
   });
   at::Tensor drpe = at::empty({0}, q.options());
@@ -342,7 +377,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
     for (int64_t g = 1; g < p.groups(); ++g) total.add_(partial.select(0, g));  // fixed order
     drpe = (p.mode == kContextual && !p.per_head ? total.select(0, 0) : total).to(q.scalar_type());
   }
-  return {dq, dk, dv, drpe};
+  return {as_tokens(dq), as_tokens(dk), as_tokens(dv), drpe};
 }
 
 }  // namespace lomar_ops

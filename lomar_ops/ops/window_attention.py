@@ -29,21 +29,27 @@ TRITON_MAX_CONTEXTUAL_BUCKETS = 128
 
 if _extension.AVAILABLE:
 
+    def _result_like(q):
+        """An (S, N, H, d) result: contiguous from the CUDA kernel; on the CPU a view of
+        heads-major (S, H, N, d) memory, as the unfused formula returns it."""
+        S, N, H, d = q.shape
+        if q.device.type == "cpu":
+            return q.new_empty((S, H, N, d)).permute(0, 2, 1, 3)
+        return q.new_empty((S, N, H, d))
+
     @torch.library.register_fake("lomar_ops::window_attention_fwd")
     def _fwd_fake(q, k, v, rpe, bucket_ids, rpe_mode, scale):
         S, N, H, d = q.shape
         acc = torch.float64 if q.dtype == torch.float64 else torch.float32
         # probs: the CPU kernel keeps the softmax for its backward; CUDA recomputes it.
         probs_shape = (S * H, N, N) if q.device.type == "cpu" else (0,)
-        return (q.new_empty((S, N, H, d)), q.new_empty((S, H, N), dtype=acc),
+        return (_result_like(q), q.new_empty((S, H, N), dtype=acc),
                 q.new_empty(probs_shape, dtype=acc))
 
     @torch.library.register_fake("lomar_ops::window_attention_bwd")
     def _bwd_fake(grad_out, q, k, v, out, lse, probs, rpe, bucket_ids, rpe_mode, scale):
-        S, N, H, d = q.shape
         drpe = rpe.new_empty(rpe.shape) if rpe is not None else q.new_empty((0,))
-        return (q.new_empty((S, N, H, d)), q.new_empty((S, N, H, d)), q.new_empty((S, N, H, d)),
-                drpe)
+        return _result_like(q), _result_like(q), _result_like(q), drpe
 
     def _setup_context(ctx, inputs, output):
         q, k, v, rpe, bucket_ids, rpe_mode, scale = inputs
