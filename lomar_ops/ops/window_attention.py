@@ -140,7 +140,8 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         backend: None, "cuda", "triton", "cpu" or "torch" (lomar_ops.backends).
 
     Returns:
-        (S, N, H, d) in q's dtype. Gradients flow to q, k, v and rpe; d(rpe) sums over
+        (S, N, H, d) in q's dtype (from the C++ CPU kernel, like the reference formula,
+        a view of (S, H, N, d) memory: ``.reshape`` it rather than ``.view``). Gradients flow to q, k, v and rpe; d(rpe) sums over
         all sequences (and heads, for a shared table) in fp32, deterministically.
     """
     _check(q, k, v, rpe, rpe_mode, bucket_ids, scale)
