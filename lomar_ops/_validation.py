@@ -44,11 +44,18 @@ def check_index_range(op: str, name: str, ids: torch.Tensor, upper: int, upper_d
         torch._assert_async(((ids >= 0) & (ids < upper)).all(),
                             f"{op}: {name} must lie in [0, {upper}) ({upper_doc})")
         return
+    # Reading the values back syncs a GPU, so a map that passed is not read again
+    # until it changes: bucket maps are constant buffers, checked on every layer's call.
+    # The version counter moves with any in-place write (to it or a view of it).
+    passed = (ids._version, upper)
+    if getattr(ids, "_lomar_range_checked", None) == passed:
+        return
     lo, hi = torch.aminmax(ids)
     lo, hi = int(lo), int(hi)
     if lo < 0 or hi >= upper:
         raise ValueError(f"{op}: {name} must lie in [0, {upper}) ({upper_doc}), "
                          f"got values in [{lo}, {hi}]")
+    ids._lomar_range_checked = passed
 
 
 def check_positive_int(op: str, name: str, value, *, minimum: int = 1) -> int:

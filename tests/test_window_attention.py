@@ -230,6 +230,22 @@ def test_opcheck_triton_ops():
                                None if rpe is None else rpe.detach(), ids, name, 0.3), **kwargs)
 
 
+def test_bucket_ids_are_checked_again_against_a_smaller_table_or_after_a_write():
+    # A map that passed is not re-read (that would sync a GPU on every call) unless
+    # the table is different or the map has been written to.
+    q, k, v, rpe, ids = make_inputs((2, 50, 2, 16), "contextual", "shared", torch.float32, "cpu")
+    call = lambda table: lomar_ops.window_attention(q, k, v, rpe=table, bucket_ids=ids,
+                                                    backend="torch")
+    call(rpe)
+    assert int(ids.max()) >= 40
+    with pytest.raises(ValueError, match=r"bucket_ids must lie in \[0, 40\).*got values in"):
+        call(rpe[:40])
+    call(rpe)
+    ids[3, 7] = rpe.shape[0]
+    with pytest.raises(ValueError, match=r"bucket_ids must lie in \[0, 50\).*got values in"):
+        call(rpe)
+
+
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
 def test_compiled_call_checks_bucket_ids(backend):
     # Eagerly the ids are checked before any work; under torch.compile their values
