@@ -23,11 +23,11 @@ EXT_STAMP  := $(VENV)/.ext-built
 # output/demo_probe.png).
 demo: $(EXT_STAMP)
 	$(PY) -m lomar_ops smoke
-	$(PY) -m lomar pretrain --config configs/demo_pretrain.yaml
+	$(PY) -m lomar pretrain --config lomar/configs/demo_pretrain.yaml
 	$(PY) -m lomar visualize --checkpoint output/demo_pretrain/checkpoint-last.pt \
 		--window-size 5 --mask-ratio 0.75
-	$(PY) -m lomar finetune --config configs/demo_probe.yaml
-	$(PY) -m lomar finetune --config configs/demo_probe.yaml checkpoint=null \
+	$(PY) -m lomar finetune --config lomar/configs/demo_probe.yaml
+	$(PY) -m lomar finetune --config lomar/configs/demo_probe.yaml checkpoint=null \
 		output_dir=output/demo_probe_random
 	$(PY) -m lomar.engine.probe_report output/demo_probe.png \
 		pretrained=output/demo_probe random-init=output/demo_probe_random

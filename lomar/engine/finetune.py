@@ -1,7 +1,7 @@
 """Fine-tuning and linear probing of a LoMaR encoder: the recipe of
 shared/REFERENCE.md section 5 as defaults.
 
-    lomar finetune --config configs/finetune_vit_base.yaml data.path=/data/imagenet \\
+    lomar finetune --config lomar/configs/finetune_vit_base.yaml data.path=/data/imagenet \\
         checkpoint=output/pretrain/checkpoint-last.pt
 
 ``data.path`` holds ``train/`` and ``val/`` in the ImageFolder layout (one

@@ -1,6 +1,6 @@
 """LoMaR pretraining: the recipe of shared/REFERENCE.md section 5 as defaults.
 
-    lomar pretrain --config configs/pretrain_vit_base.yaml data.path=/data/imagenet/train
+    lomar pretrain --config lomar/configs/pretrain_vit_base.yaml data.path=/data/imagenet/train
 
 lr = blr * effective batch / 256; AdamW (0.9, 0.95), weight decay 0.05 off for
 norms, biases, tokens and iRPE tables; linear warmup then cosine per iteration;
