@@ -132,13 +132,31 @@ void check_window_geometry(int64_t window_size, int64_t patch_size, int64_t heig
 }  // namespace
 
 void check_window_patchify_args(const at::Tensor& images, const at::Tensor& coords,
-                                int64_t window_size, int64_t patch_size) {
+                                int64_t window_size, int64_t patch_size,
+                                const std::optional<at::Tensor>& mean,
+                                const std::optional<at::Tensor>& std,
+                                std::optional<at::ScalarType> out_dtype) {
   const char* op = "window_patchify";
   TORCH_CHECK(images.dim() == 4, op, ": images must be (B, C, H, W), got shape ",
               images.sizes());
-  TORCH_CHECK(is_float_type(images.scalar_type()), op,
-              ": images must be float16, bfloat16, float32 or float64, got ",
+  TORCH_CHECK(is_float_type(images.scalar_type()) || images.scalar_type() == at::kByte, op,
+              ": images must be uint8, float16, bfloat16, float32 or float64, got ",
               images.scalar_type());
+  TORCH_CHECK(!out_dtype || is_float_type(*out_dtype), op,
+              ": out_dtype must be float16, bfloat16, float32 or float64, got ",
+              out_dtype ? c10::toString(*out_dtype) : "none");
+  TORCH_CHECK(mean.has_value() == std.has_value(), op, ": mean and std go together, got ",
+              mean ? "mean" : "no mean", " and ", std ? "std" : "no std");
+  for (const auto* t : {&mean, &std}) {
+    if (!t->has_value()) continue;
+    const char* name = t == &mean ? "mean" : "std";
+    TORCH_CHECK((*t)->dim() == 1 && (*t)->size(0) == images.size(1), op, ": ", name,
+                " must be (C,) = (", images.size(1), ",), got shape ", (*t)->sizes());
+    TORCH_CHECK((*t)->scalar_type() == at::kDouble, op, ": ", name, " must be float64, got ",
+                (*t)->scalar_type());
+    TORCH_CHECK((*t)->device() == images.device(), op, ": ", name, " is on ", (*t)->device(),
+                " but images are on ", images.device());
+  }
   check_window_geometry(window_size, patch_size, images.size(2), images.size(3), op);
   check_coords(coords, images.size(0), images, op);
 }

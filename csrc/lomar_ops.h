@@ -50,9 +50,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
 // out[b, w, r*K + c, (py*p + px)*C + ch]
 //   = images[b, ch, (coords[b,w,0] + r)*p + py, (coords[b,w,1] + c)*p + px]
 // images (B, C, H, W) with any strides (read through them, never copied whole),
-// coords (B, n, 2) int32 (top row, left column in patch units).
+// coords (B, n, 2) int32 (top row, left column in patch units). Optionally the
+// pixel transform of the input pipeline, in float32 (float64 when images or output
+// are float64), rounded once to out_dtype (default: images' dtype, float32 for
+// uint8): x = value (/ 255 for uint8 images); with mean and std (float64 (C,)),
+// (x - mean[ch]) / std[ch]. Without any of these it is an exact copy.
 void check_window_patchify_args(const at::Tensor& images, const at::Tensor& coords,
-                                int64_t window_size, int64_t patch_size);
+                                int64_t window_size, int64_t patch_size,
+                                const std::optional<at::Tensor>& mean,
+                                const std::optional<at::Tensor>& std,
+                                std::optional<at::ScalarType> out_dtype);
 void check_window_patchify_backward_args(const at::Tensor& grad_out, const at::Tensor& coords,
                                          int64_t window_size, int64_t patch_size,
                                          int64_t height, int64_t width);
@@ -61,7 +68,10 @@ void check_window_coords_range(const at::Tensor& coords, int64_t grid_h, int64_t
                                int64_t window_size, const char* op);
 
 at::Tensor window_patchify_cpu(const at::Tensor& images, const at::Tensor& coords,
-                               int64_t window_size, int64_t patch_size);
+                               int64_t window_size, int64_t patch_size,
+                               const std::optional<at::Tensor>& mean,
+                               const std::optional<at::Tensor>& std,
+                               std::optional<at::ScalarType> out_dtype);
 // grad_images (B, C, height, width), contiguous: zero outside the windows,
 // overlapping windows summed in window order, in fp32 (fp64 for double).
 at::Tensor window_patchify_backward_cpu(const at::Tensor& grad_out, const at::Tensor& coords,
@@ -103,7 +113,10 @@ at::Tensor masked_patch_loss_backward_cpu(const at::Tensor& grad, const at::Tens
 
 #ifdef LOMAR_WITH_CUDA
 at::Tensor window_patchify_cuda(const at::Tensor& images, const at::Tensor& coords,
-                                int64_t window_size, int64_t patch_size);
+                                int64_t window_size, int64_t patch_size,
+                                const std::optional<at::Tensor>& mean,
+                                const std::optional<at::Tensor>& std,
+                                std::optional<at::ScalarType> out_dtype);
 at::Tensor window_patchify_backward_cuda(const at::Tensor& grad_out, const at::Tensor& coords,
                                          int64_t window_size, int64_t patch_size,
                                          int64_t height, int64_t width);

@@ -13,7 +13,8 @@ TORCH_LIBRARY(lomar_ops, m) {
   m.def("window_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
         "Tensor lse, Tensor probs, Tensor? rpe, Tensor? bucket_ids, str rpe_mode, float scale) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("window_patchify(Tensor images, Tensor coords, int window_size, int patch_size) -> Tensor");
+  m.def("window_patchify(Tensor images, Tensor coords, int window_size, int patch_size, "
+        "Tensor? mean=None, Tensor? std=None, ScalarType? out_dtype=None) -> Tensor");
   m.def("window_patchify_backward(Tensor grad_out, Tensor coords, int window_size, "
         "int patch_size, int height, int width) -> Tensor");
   m.def("mask_substitute(Tensor tokens, Tensor mask, Tensor mask_token, Tensor? cls_token) -> Tensor");

@@ -289,6 +289,131 @@ def test_torch_compile_fullgraph(device, backend):
         torch.testing.assert_close(got, want)
 
 
+# ---- the input pipeline's pixel transform: uint8 in, normalised patches out ----
+
+IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+# One rounding to the output dtype of the same float32 (float64) formula: the C++ and
+# torch backends agree to the bit; Triton may round that last step differently (its
+# CPU interpreter truncates float32 -> bfloat16; GPUs may divide to within 2 ulp), so
+# the tolerance is one ulp of the output dtype (two of float32).
+TRANSFORM_TOL = {
+    torch.float64: dict(atol=1e-12, rtol=1e-12),
+    torch.float32: dict(atol=1e-6, rtol=2.4e-7),
+    torch.float16: dict(atol=1e-3, rtol=2 ** -10),
+    torch.bfloat16: dict(atol=2 ** -7, rtol=2 ** -7),
+}
+
+
+def _transform_params():
+    return [pytest.param(device, backend, out_dtype, case, id=f"{device}-{backend}-{out_dtype}-{case}",
+                         marks=p.marks)
+            for p in devices_and_backends() for device, backend in [p.values]
+            for out_dtype in TRANSFORM_TOL for case in _cases_for(device, backend)]
+
+
+@pytest.mark.parametrize("device,backend,out_dtype,case", _transform_params())
+def test_uint8_images_normalised_in_the_gather(device, backend, out_dtype, case):
+    B, C, H, W, K, p, n = case
+    g = torch.Generator().manual_seed(sum(case))
+    images = torch.randint(0, 256, (B, C, H, W), generator=g, dtype=torch.uint8).to(device)
+    coords = make_coords(B, H // p, W // p, n, K, device)
+    mean = torch.rand(C, generator=g, dtype=torch.float64)
+    std = 0.1 + torch.rand(C, generator=g, dtype=torch.float64)
+    out = lomar_ops.window_patchify(images, coords, K, p, mean=mean, std=std, out_dtype=out_dtype,
+                                    backend=backend)
+    assert out.dtype == out_dtype and out.shape == (B, n, K * K, p * p * C)
+    want = window_patchify_reference(images.cpu(), coords.cpu(), K, p, mean, std, out_dtype)
+    torch.testing.assert_close(out.cpu(), want, **TRANSFORM_TOL[out_dtype])
+    # The reference is the formula: (v / 255 - mean) / std of the copied pixels.
+    pixels = window_patchify_reference(images.cpu().double(), coords.cpu(), K, p)
+    formula = (pixels.view(B, n, K * K, p * p, C) / 255 - mean) / std
+    torch.testing.assert_close(want.double(), formula.view_as(pixels),
+                               **TRANSFORM_TOL[out_dtype])
+
+
+@pytest.mark.parametrize("device,backend", devices_and_backends())
+def test_uint8_defaults_and_imagenet_values(device, backend):
+    case = CASES[1] if backend != "triton" else CASES[0]
+    B, C, H, W, K, p, n = case
+    images = torch.randint(0, 256, (B, C, H, W), dtype=torch.uint8, device=device)
+    coords = make_coords(B, H // p, W // p, n, K, device)
+    plain = lomar_ops.window_patchify(images, coords, K, p, backend=backend)  # v / 255, float32
+    copy = window_patchify_reference(images, coords, K, p, out_dtype=torch.float64)
+    assert plain.dtype == torch.float32
+    torch.testing.assert_close(plain.double(), copy, **TRANSFORM_TOL[torch.float32])
+    if C == 3:
+        out = lomar_ops.window_patchify(images, coords, K, p, backend=backend, **IMAGENET)
+        lists = lomar_ops.window_patchify(images, coords, K, p, backend=backend,
+                                          mean=torch.tensor(IMAGENET["mean"], device=device),
+                                          std=torch.tensor(IMAGENET["std"], device=device))
+        assert torch.equal(out, lists)  # float32 tensors and Python floats: one meaning
+
+
+@pytest.mark.parametrize("device,backend", devices_and_backends())
+def test_float_images_with_mean_std_and_out_dtype(device, backend):
+    case = CASES[3] if backend != "triton" else CASES[0]
+    B, C, H, W, K, p, n = case
+    images, coords = make_inputs(case, torch.float32, device)
+    mean, std = torch.randn(C, dtype=torch.float64), 0.5 + torch.rand(C, dtype=torch.float64)
+    images.requires_grad_(True)
+    out = lomar_ops.window_patchify(images, coords, K, p, mean=mean, std=std,
+                                    out_dtype=torch.bfloat16, backend=backend)
+    ref_images = images.detach().double().requires_grad_(True)
+    ref = window_patchify_reference(ref_images, coords, K, p, mean, std)
+    torch.testing.assert_close(out.double(), ref, **TRANSFORM_TOL[torch.bfloat16])
+    grad = torch.randn(out.shape, dtype=torch.float64).to(torch.bfloat16).to(device)
+    (got,) = torch.autograd.grad(out, images, grad)
+    (want,) = torch.autograd.grad(ref, ref_images, grad.double())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-6)  # fp32 sums, / std
+    # out_dtype only: a rounding of the copy.
+    half = lomar_ops.window_patchify(images.detach(), coords, K, p, out_dtype=torch.float16,
+                                     backend=backend)
+    assert torch.equal(half, window_patchify_reference(images.detach(), coords, K, p)
+                       .to(torch.float16))
+
+
+@pytest.mark.parametrize("device,backend", devices_and_backends())
+def test_gradcheck_float64_normalised(device, backend):
+    interpreted = (device, backend) == ("cpu", "triton")
+    case = (1, 2, 16, 16, 1, 8, 3) if interpreted else (2, 2, 16, 24, 2, 8, 3)
+    images, coords = make_inputs(case, torch.float64, device)
+    mean, std = torch.randn(2, dtype=torch.float64), 0.5 + torch.rand(2, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda x: lomar_ops.window_patchify(x, coords, case[4], case[5], mean=mean, std=std,
+                                            backend=backend),
+        (images.requires_grad_(True),), fast_mode=interpreted)
+
+
+def test_opcheck_cpu_op_with_the_transform():
+    images = torch.randint(0, 256, (2, 3, 32, 48), dtype=torch.uint8)
+    coords = make_coords(2, 4, 6, 3, 2, "cpu").int()
+    mean = torch.tensor(IMAGENET["mean"], dtype=torch.float64)
+    std = torch.tensor(IMAGENET["std"], dtype=torch.float64)
+    op = torch.ops.lomar_ops.window_patchify.default
+    torch.library.opcheck(op, (images, coords, 2, 8, mean, std, torch.bfloat16))
+    torch.library.opcheck(op, (images, coords, 2, 8, None, None, None))
+    floats = torch.randn(2, 3, 32, 48, requires_grad=True)
+    torch.library.opcheck(op, (floats, coords, 2, 8, mean, std, torch.float64))
+
+
+@pytest.mark.parametrize("device,backend", _compile_devices_and_backends())
+def test_torch_compile_fullgraph_uint8(device, backend):
+    torch._dynamo.reset()
+    B, C, H, W, K, p, n = 2, 3, 64, 80, 3, 16, 4
+    images = torch.randint(0, 256, (B, C, H, W), dtype=torch.uint8, device=device)
+    coords = make_coords(B, H // p, W // p, n, K, device)
+    mean = torch.tensor(IMAGENET["mean"], dtype=torch.float64, device=device)
+    std = torch.tensor(IMAGENET["std"], dtype=torch.float64, device=device)
+
+    def step(x, xy):
+        return lomar_ops.window_patchify(x, xy, K, p, mean=mean, std=std,
+                                         out_dtype=torch.bfloat16, backend=backend)
+
+    compiled = torch.compile(step, fullgraph=True, dynamic=False)
+    assert torch.equal(compiled(images, coords), step(images, coords))
+
+
 # ---- bad input ---------------------------------------------------------------
 
 def test_rejects_bad_arguments():
@@ -297,7 +422,8 @@ def test_rejects_bad_arguments():
     call = lomar_ops.window_patchify
     cases = [
         ((images.numpy(), coords, 2, 8), TypeError, "images must be a torch.Tensor"),
-        ((images.int(), coords, 2, 8), TypeError, "images must have dtype"),
+        ((images.int(), coords, 2, 8), TypeError,
+         r"images must have dtype in \(float16, bfloat16, float32, float64, uint8\)"),
         ((images[0], coords, 2, 8), ValueError, r"images must be 4-D \(B, C, H, W\)"),
         ((images, coords.float(), 2, 8), TypeError, r"coords must have dtype in \(int32, int64\)"),
         ((images, coords[0], 2, 8), ValueError, r"coords must be 3-D \(B, n, 2\)"),
@@ -326,6 +452,21 @@ def test_rejects_bad_arguments():
         for backend in ("cpu", "torch"):
             with pytest.raises(exc, match=match):
                 call(*args, backend=backend)
+    transform_cases = [
+        (dict(mean=(0.5, 0.5, 0.5)), ValueError, "mean and std go together"),
+        (dict(std=(0.5, 0.5, 0.5)), ValueError, "mean and std go together"),
+        (dict(mean=(0.5, 0.5), std=(1, 1, 1)), ValueError,
+         r"mean must have one value per channel, shape \(3,\), got shape \(2,\)"),
+        (dict(mean=(0, 0, 0), std=(1, 0, 1)), ValueError, r"std must be > 0 in every channel"),
+        (dict(mean=torch.zeros(3, dtype=torch.int64), std=(1, 1, 1)), TypeError,
+         "mean must be a float tensor or a sequence of floats"),
+        (dict(mean="abc", std=(1, 1, 1)), TypeError, "mean must be a float tensor"),
+        (dict(out_dtype=torch.int32), TypeError, "out_dtype must be None or one of"),
+    ]
+    for kwargs, exc, match in transform_cases:
+        for backend in ("cpu", "torch"):
+            with pytest.raises(exc, match=match):
+                call(images.to(torch.uint8), coords, 2, 8, backend=backend, **kwargs)
 
 
 def test_rejects_unknown_and_unavailable_backends(monkeypatch):

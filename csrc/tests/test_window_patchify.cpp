@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 
 namespace {
@@ -16,12 +17,16 @@ namespace {
 using lomar_ops_test::throws_with;
 
 at::Tensor call_patchify(const at::Tensor& images, const at::Tensor& coords, int64_t K,
-                         int64_t p) {
+                         int64_t p, const std::optional<at::Tensor>& mean = std::nullopt,
+                         const std::optional<at::Tensor>& std = std::nullopt,
+                         std::optional<at::ScalarType> out_dtype = std::nullopt) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("lomar_ops::window_patchify", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t,
-                                         int64_t)>();
-  return op.call(images, coords, K, p);
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t,
+                                         const std::optional<at::Tensor>&,
+                                         const std::optional<at::Tensor>&,
+                                         std::optional<at::ScalarType>)>();
+  return op.call(images, coords, K, p, mean, std, out_dtype);
 }
 
 at::Tensor call_patchify_backward(const at::Tensor& grad, const at::Tensor& coords, int64_t K,
@@ -107,6 +112,33 @@ bool forward_matches(at::ScalarType dtype) {
   return true;
 }
 
+// uint8 images, ImageNet's mean/std: (v / 255 - mean) / std in float32, rounded to the
+// output dtype; the float32 result is the float32 formula's to the bit.
+bool uint8_normalised(at::ScalarType out_dtype, double tol) {
+  const auto mean = at::tensor({0.485, 0.456, 0.406}, at::kDouble);
+  const auto std = at::tensor({0.229, 0.224, 0.225}, at::kDouble);
+  for (const auto& c : kCases) {
+    if (c.C != 3) continue;
+    auto images = at::randint(0, 256, {c.B, c.C, c.H, c.W}).to(at::kByte);
+    auto coords = random_coords(c);
+    auto out = call_patchify(images, coords, c.K, c.p, mean, std, out_dtype);
+    EXPECT(out.scalar_type() == out_dtype);
+    auto pixels = naive_forward(images, coords, c.K, c.p);  // (B, n, K*K, p*p*C), C fastest
+    auto m = mean.to(at::kFloat), s = std.to(at::kFloat);
+    auto want = ((pixels.to(at::kFloat) / 255).view({-1, 3}) - m).div(s).view(pixels.sizes());
+    EXPECT(at::allclose(out.to(at::kDouble), want.to(at::kDouble), tol, tol));
+    if (out_dtype == at::kFloat) EXPECT(at::equal(out, want));
+  }
+  // Without mean/std: v / 255.
+  const Case c = kCases[1];
+  auto images = at::randint(0, 256, {c.B, c.C, c.H, c.W}).to(at::kByte);
+  auto coords = random_coords(c);
+  auto out = call_patchify(images, coords, c.K, c.p);
+  EXPECT(out.scalar_type() == at::kFloat);
+  EXPECT(at::equal(out, naive_forward(images, coords, c.K, c.p).to(at::kFloat) / 255));
+  return true;
+}
+
 bool backward_matches(at::ScalarType dtype, double tol) {
   for (const auto& c : kCases) {
     auto grad = at::randn({c.B, c.n, c.K * c.K, c.p * c.p * c.C}).to(dtype);
@@ -156,6 +188,18 @@ bool bad_input_errors() {
   EXPECT(throws_with([&] { call_patchify(images, coords, 0, 8); }, "window_size must be >= 1"));
   EXPECT(throws_with([&] { call_patchify(images[0], coords, 2, 8); },
                      "images must be (B, C, H, W)"));
+  auto m = at::zeros({3}, at::kDouble);
+  EXPECT(throws_with([&] { call_patchify(images, coords, 2, 8, m, std::nullopt); },
+                     "mean and std go together"));
+  EXPECT(throws_with([&] { call_patchify(images, coords, 2, 8, m.to(at::kFloat), m); },
+                     "mean must be float64"));
+  EXPECT(throws_with([&] { call_patchify(images, coords, 2, 8, m, at::ones({2}, at::kDouble)); },
+                     "std must be (C,) = (3,)"));
+  EXPECT(throws_with([&] { call_patchify(images, coords, 2, 8, std::nullopt, std::nullopt,
+                                         at::kInt); },
+                     "out_dtype must be float16, bfloat16, float32 or float64"));
+  EXPECT(throws_with([&] { call_patchify(images.to(at::kInt), coords, 2, 8); },
+                     "images must be uint8, float16, bfloat16, float32 or float64"));
   EXPECT(throws_with([&] { call_patchify_backward(at::randn({1, 2, 4, 100}), coords, 2, 8,
                                                   32, 48); },
                      "grad_out must be (B, n, K*K, p*p*C)"));
@@ -175,6 +219,9 @@ int main(int argc, char** argv) {
       {"backward_double", [] { return backward_matches(at::kDouble, 1e-12); }},
       {"backward_half", [] { return backward_matches(at::kHalf, 1e-3); }},
       {"backward_bfloat16", [] { return backward_matches(at::kBFloat16, 8e-3); }},
+      {"uint8_normalised_float", [] { return uint8_normalised(at::kFloat, 0); }},
+      {"uint8_normalised_bfloat16", [] { return uint8_normalised(at::kBFloat16, 1.6e-2); }},
+      {"uint8_normalised_double", [] { return uint8_normalised(at::kDouble, 1e-6); }},
       {"non_contiguous_images", non_contiguous_images},
       {"bad_input_errors", bad_input_errors},
   };

@@ -17,14 +17,17 @@ from ..backends import resolve_backend
 from ..reference.window_patchify import window_patchify_reference
 
 _OP = "window_patchify"
+PIXEL_DTYPES = FLOAT_DTYPES + (torch.uint8,)
 
 if _extension.AVAILABLE:
 
     @torch.library.register_fake("lomar_ops::window_patchify")
-    def _window_patchify_fake(images, coords, window_size, patch_size):
+    def _window_patchify_fake(images, coords, window_size, patch_size, mean=None, std=None,
+                              out_dtype=None):
         B, C = images.shape[:2]
         return images.new_empty((B, coords.shape[1], window_size * window_size,
-                                 patch_size * patch_size * C))
+                                 patch_size * patch_size * C),
+                                dtype=out_dtype or default_out_dtype(images.dtype))
 
     @torch.library.register_fake("lomar_ops::window_patchify_backward")
     def _window_patchify_backward_fake(grad_out, coords, window_size, patch_size, height, width):
@@ -32,18 +35,69 @@ if _extension.AVAILABLE:
         return grad_out.new_empty((B, P // (patch_size * patch_size), height, width))
 
     def _setup_context(ctx, inputs, output):
-        images, coords, window_size, patch_size = inputs
-        ctx.save_for_backward(coords)
+        images, coords, window_size, patch_size, mean, std, out_dtype = inputs
+        ctx.save_for_backward(coords, std)
         ctx.geometry = (window_size, patch_size, images.shape[2], images.shape[3])
+        ctx.images_dtype = images.dtype
 
     def _backward(ctx, grad_out):
-        (coords,) = ctx.saved_tensors
+        coords, std = ctx.saved_tensors
+        # Summed in the images' dtype (fp32 sums at least): a bf16 output of fp32
+        # images must not round the gradient to bf16 before it reaches them.
         grad_images = torch.ops.lomar_ops.window_patchify_backward(
-            grad_out.contiguous(), coords, *ctx.geometry)
-        return grad_images, None, None, None
+            grad_out.to(ctx.images_dtype).contiguous(), coords, *ctx.geometry)
+        return scale_image_grad(grad_images, std, ctx.images_dtype), None, None, None, None, \
+            None, None
 
     torch.library.register_autograd("lomar_ops::window_patchify", _backward,
                                     setup_context=_setup_context)
+
+
+def default_out_dtype(images_dtype: torch.dtype) -> torch.dtype:
+    """float32 for uint8 images, else the images' dtype."""
+    return torch.float32 if images_dtype == torch.uint8 else images_dtype
+
+
+def scale_image_grad(grad_images: torch.Tensor, std: torch.Tensor | None,
+                     images_dtype: torch.dtype) -> torch.Tensor:
+    """The images' gradient from the summed window gradients: the chain rule of the
+    per-channel division by std (in fp32, fp64 for double), in the images' dtype."""
+    if std is not None:
+        work = torch.float64 if torch.float64 in (grad_images.dtype, images_dtype) \
+            else torch.float32
+        grad_images = grad_images.to(work) / std.to(work).view(1, -1, 1, 1)
+    return grad_images.to(images_dtype)
+
+
+def normalization(op: str, images: torch.Tensor, mean, std):
+    """(mean, std) as float64 (C,) tensors on the images' device, or (None, None)."""
+    if (mean is None) != (std is None):
+        raise ValueError(f"{op}: mean and std go together: got mean={'None' if mean is None else '...'}"
+                         f", std={'None' if std is None else '...'}")
+    if mean is None:
+        return None, None
+    C = images.shape[1]
+    out = []
+    for name, value in (("mean", mean), ("std", std)):
+        if isinstance(value, torch.Tensor):
+            if not value.dtype.is_floating_point:
+                raise TypeError(f"{op}: {name} must be a float tensor or a sequence of floats, "
+                                f"got dtype {value.dtype}")
+            t = value.detach().to(device=images.device, dtype=torch.float64)
+        else:
+            try:
+                t = torch.tensor([float(v) for v in value], dtype=torch.float64,
+                                 device=images.device)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"{op}: {name} must be a float tensor or a sequence of floats, "
+                                f"got {value!r}") from exc
+        if t.shape != (C,):
+            raise ValueError(f"{op}: {name} must have one value per channel, shape ({C},), "
+                             f"got shape {tuple(t.shape)}")
+        out.append(t)
+    if not torch.compiler.is_compiling() and not bool((out[1] > 0).all()):
+        raise ValueError(f"{op}: std must be > 0 in every channel, got {out[1].tolist()}")
+    return out[0], out[1]
 
 
 def check_window_coords(op: str, coords: torch.Tensor, grid_h: int, grid_w: int,
@@ -65,39 +119,57 @@ def check_window_coords(op: str, coords: torch.Tensor, grid_h: int, grid_w: int,
 
 
 def window_patchify(images: torch.Tensor, coords: torch.Tensor, window_size: int,
-                    patch_size: int, backend: str | None = None) -> torch.Tensor:
-    """The pixels of square windows of patches, patch by patch.
+                    patch_size: int, mean=None, std=None, out_dtype: torch.dtype | None = None,
+                    backend: str | None = None) -> torch.Tensor:
+    """The pixels of square windows of patches, patch by patch, optionally normalised.
 
     Reads only the windows' pixels, through the image's strides (channels-last and
     other non-contiguous images are not copied whole), so its cost does not depend
-    on the image size.
+    on the image size. With uint8 images and ``mean``/``std`` it is also the
+    normalisation of the input pipeline, fused into the gather: the loader ships
+    uint8 pixels (a quarter of float32's bytes) and only the windows' pixels are
+    ever converted.
 
     Args:
-        images: (B, C, H, W) float16/bfloat16/float32/float64, any strides; H and W
+        images: (B, C, H, W) uint8/float16/bfloat16/float32/float64, any strides; H and W
             multiples of ``patch_size``.
         coords: (B, n, 2) int32 or int64: (top row, left column) of each window in
             patch units, with 0 <= row <= H/p - K and 0 <= col <= W/p - K
             (e.g. from :func:`lomar_ops.sample_windows`).
         window_size: K, patches per window side.
         patch_size: p, pixels per patch side.
+        mean, std: None, or per-channel values (sequences of C floats or float tensors
+            of shape (C,)), given together, std > 0: the output is (x - mean) / std.
+            x is the pixel value, divided by 255 for uint8 images (so ImageNet's
+            mean/std in [0, 1] units apply to uint8 images as they do to
+            ``ToDtype(scale=True)`` images). Not differentiated.
+        out_dtype: float16/bfloat16/float32/float64 output; default the images' dtype
+            (float32 for uint8 images).
         backend: None, "cuda", "triton", "cpu" or "torch" (see lomar_ops.backends).
 
     Returns:
-        (B, n, K*K, p*p*C) contiguous, images' dtype, with
+        (B, n, K*K, p*p*C) contiguous, ``out_dtype``, with
         ``out[b, w, r*K + c, (py*p + px)*C + ch] =
-        images[b, ch, (row + r)*p + py, (col + c)*p + px]``: patches in raster order
+        f(images[b, ch, (row + r)*p + py, (col + c)*p + px])``: patches in raster order
         within a window, pixels in (row, column, channel) order within a patch. This
         is the loss target and, reshaped, the input of the patch-embedding linear map.
+        f is the identity for float images without mean/std (an exact copy); else it
+        is computed in float32 (float64 when the images or the output are float64)
+        and rounded once to ``out_dtype``.
 
-    Images normally need no gradient (they are data). When they do, the backward
-    is correct: zero outside the windows, overlapping windows summed (in fp32,
-    fp64 for double, deterministically); it writes a whole-image gradient.
+    Images normally need no gradient (they are data). When float images do, the
+    backward is correct: zero outside the windows, overlapping windows summed (in
+    fp32, fp64 for double, deterministically), divided by std; it writes a
+    whole-image gradient. uint8 images have no gradient.
     """
-    check_tensor(_OP, "images", images, ndim=4, dtypes=FLOAT_DTYPES, shape_doc="(B, C, H, W)")
+    check_tensor(_OP, "images", images, ndim=4, dtypes=PIXEL_DTYPES, shape_doc="(B, C, H, W)")
     check_tensor(_OP, "coords", coords, ndim=3, dtypes=INDEX_DTYPES, shape_doc="(B, n, 2)")
     check_same_device(_OP, images=images, coords=coords)
     K = check_positive_int(_OP, "window_size", window_size)
     p = check_positive_int(_OP, "patch_size", patch_size)
+    if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{_OP}: out_dtype must be None or one of float16, bfloat16, float32, "
+                        f"float64, got {out_dtype}")
     B, C, H, W = images.shape
     if coords.shape[0] != B or coords.shape[2] != 2:
         raise ValueError(f"{_OP}: coords must be (B, n, 2) = ({B}, n, 2) to match images "
@@ -109,12 +181,15 @@ def window_patchify(images: torch.Tensor, coords: torch.Tensor, window_size: int
     if K > grid_h or K > grid_w:
         raise ValueError(f"{_OP}: window_size {K} does not fit the patch grid "
                          f"(H/p, W/p) = ({grid_h}, {grid_w})")
+    mean, std = normalization(_OP, images, mean, std)
     check_window_coords(_OP, coords, grid_h, grid_w, K)
     chosen = resolve_backend(_OP, images.device, backend)
+    if out_dtype == default_out_dtype(images.dtype):
+        out_dtype = None  # the plain copy when nothing else changes
     if chosen == "torch":
-        return window_patchify_reference(images, coords, K, p)
+        return window_patchify_reference(images, coords, K, p, mean, std, out_dtype)
     xy = coords.to(torch.int32).contiguous()
     if chosen == "triton":
         from ..triton_kernels.window_patchify import window_patchify_triton
-        return window_patchify_triton(images, xy, K, p)
-    return torch.ops.lomar_ops.window_patchify(images, xy, K, p)
+        return window_patchify_triton(images, xy, K, p, mean, std, out_dtype)
+    return torch.ops.lomar_ops.window_patchify(images, xy, K, p, mean, std, out_dtype)

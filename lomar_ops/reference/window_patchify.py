@@ -1,16 +1,29 @@
 """window_patchify, pure PyTorch:
-out[b, w, r*K + c, (py*p + px)*C + ch] = images[b, ch, (row + r)*p + py, (col + c)*p + px]
-with (row, col) = coords[b, w]. Advanced indexing reads only the windows' pixels."""
+out[b, w, r*K + c, (py*p + px)*C + ch] = f(images[b, ch, (row + r)*p + py, (col + c)*p + px], ch)
+with (row, col) = coords[b, w] and, in the compute dtype (float64 if the images or the
+output are float64, else float32):
+    x = value / 255 for uint8 images, else value
+    f = (x - mean[ch]) / std[ch] with mean and std given, else x
+rounded once to ``out_dtype``. Advanced indexing reads only the windows' pixels."""
 
 import torch
 
 
+def compute_dtype(in_dtype: torch.dtype, out_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the pixel transform is computed in (every backend uses this rule)."""
+    return torch.float64 if torch.float64 in (in_dtype, out_dtype) else torch.float32
+
+
 def window_patchify_reference(images: torch.Tensor, coords: torch.Tensor, window_size: int,
-                              patch_size: int) -> torch.Tensor:
+                              patch_size: int, mean: torch.Tensor | None = None,
+                              std: torch.Tensor | None = None,
+                              out_dtype: torch.dtype | None = None) -> torch.Tensor:
     B, C, H, W = images.shape
     K, p = window_size, patch_size
     n = coords.shape[1]
     dtype = images.dtype
+    out_dtype = out_dtype or (torch.float32 if dtype == torch.uint8 else dtype)
+    transform = dtype == torch.uint8 or mean is not None or out_dtype != dtype
     if images.requires_grad and dtype in (torch.float16, torch.bfloat16):
         # Autograd's backward of indexing accumulates overlapping windows in the input's
         # dtype: index an fp32 copy so that it accumulates in fp32 (forward values are
@@ -26,4 +39,10 @@ def window_patchify_reference(images: torch.Tensor, coords: torch.Tensor, window
     # Index a (B, H, W, C) view: the result is (B, n, K[r], K[c], p[py], p[px], C).
     hwc = images.permute(0, 2, 3, 1)
     out = hwc[bs, ys.view(B, n, K, 1, p, 1), xs.view(B, n, 1, K, 1, p)]
-    return out.reshape(B, n, K * K, p * p * C).to(dtype)
+    if transform:
+        out = out.to(compute_dtype(dtype, out_dtype))
+        if dtype == torch.uint8:
+            out = out / 255
+        if mean is not None:
+            out = (out - mean.to(out.dtype)) / std.to(out.dtype)  # channel is the last axis
+    return out.reshape(B, n, K * K, p * p * C).to(out_dtype)

@@ -1,12 +1,16 @@
 """window_patchify in Triton: forward copy and a deterministic backward.
 
 Forward: one program per window patch (b, w, r, c) copies its p x (p*C) tile,
-loading the image through its strides (never a whole-image copy).
+loading the image through its strides (never a whole-image copy), through the
+input pipeline's pixel transform when asked (uint8 / 255, (x - mean) / std, the
+output dtype; see lomar_ops/reference/window_patchify.py).
 Backward: one program per (b, tile of image pixels) sums, channel by channel and
 window by window in index order, the gradients of the windows covering each pixel,
 in fp32 (fp64 for double): no atomics, zero outside every window."""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import triton
@@ -17,9 +21,11 @@ from ._launch import launch
 
 
 @triton.jit
-def _window_patchify_fwd_kernel(img_ptr, coords_ptr, out_ptr, n, K, p, C,
+def _window_patchify_fwd_kernel(img_ptr, coords_ptr, out_ptr, mean_ptr, std_ptr, n, K, p, C,
                                 stride_b, stride_c, stride_h, stride_w,
-                                BLOCK_PY: tl.constexpr, BLOCK_J: tl.constexpr):
+                                BLOCK_PY: tl.constexpr, BLOCK_J: tl.constexpr,
+                                TRANSFORM: tl.constexpr, FROM_U8: tl.constexpr,
+                                NORMALIZE: tl.constexpr, ACC_F64: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)  # ((b * n + w) * K + r) * K + c
     c = pid % K
     r = (pid // K) % K
@@ -37,6 +43,17 @@ def _window_patchify_fwd_kernel(img_ptr, coords_ptr, out_ptr, n, K, p, C,
            + x[None, :] * stride_w)
     ok = (py < p)[:, None] & (j < p * C)[None, :]
     v = tl.load(src, mask=ok)
+    if TRANSFORM:
+        acc_dtype = tl.float64 if ACC_F64 else tl.float32
+        x = v.to(acc_dtype)
+        if FROM_U8:
+            x = x / 255.0
+        if NORMALIZE:
+            in_c = j < p * C
+            m = tl.load(mean_ptr + ch, mask=in_c, other=0.0).to(acc_dtype)
+            s = tl.load(std_ptr + ch, mask=in_c, other=1.0).to(acc_dtype)
+            x = (x - m[None, :]) / s[None, :]
+        v = x.to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + pid * (p * p * C) + py[:, None] * (p * C) + j[None, :], v, mask=ok)
 
 
@@ -72,16 +89,26 @@ def _window_patchify_bwd_kernel(grad_ptr, coords_ptr, out_ptr, n, K, p, C, H, W,
 
 @triton_op("lomar_ops::window_patchify_triton", mutates_args=())
 def window_patchify_triton(images: torch.Tensor, coords: torch.Tensor, window_size: int,
-                           patch_size: int) -> torch.Tensor:
-    """images (B, C, H, W) any strides, coords (B, n, 2) int32 contiguous -> (B, n, K*K, p*p*C)."""
+                           patch_size: int, mean: Optional[torch.Tensor] = None,
+                           std: Optional[torch.Tensor] = None,
+                           out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """images (B, C, H, W) any strides, coords (B, n, 2) int32 contiguous, mean/std float64
+    (C,) or None -> (B, n, K*K, p*p*C) in out_dtype (default: the images' dtype, float32
+    for uint8)."""
     B, C, _, _ = images.shape
     n, K, p = coords.shape[1], window_size, patch_size
-    out = torch.empty((B, n, K * K, p * p * C), dtype=images.dtype, device=images.device)
+    out_dtype = out_dtype or (torch.float32 if images.dtype == torch.uint8 else images.dtype)
+    out = torch.empty((B, n, K * K, p * p * C), dtype=out_dtype, device=images.device)
     if out.numel() == 0:
         return out
+    from_u8 = images.dtype == torch.uint8
+    normalize = mean is not None
+    transform = from_u8 or normalize or out_dtype != images.dtype
     launch(_window_patchify_fwd_kernel, (B * n * K * K,))(
-        images, coords, out, n, K, p, C, *images.stride(),
-        BLOCK_PY=triton.next_power_of_2(p), BLOCK_J=triton.next_power_of_2(p * C))
+        images, coords, out, mean if normalize else out, std if normalize else out, n, K, p, C,
+        *images.stride(), BLOCK_PY=triton.next_power_of_2(p),
+        BLOCK_J=triton.next_power_of_2(p * C), TRANSFORM=transform, FROM_U8=from_u8,
+        NORMALIZE=normalize, ACC_F64=torch.float64 in (images.dtype, out_dtype))
     return out
 
 
@@ -105,15 +132,20 @@ def window_patchify_backward_triton(grad_out: torch.Tensor, coords: torch.Tensor
 
 
 def _setup_context(ctx, inputs, output):
-    images, coords, window_size, patch_size = inputs
-    ctx.save_for_backward(coords)
+    images, coords, window_size, patch_size, mean, std, out_dtype = inputs
+    ctx.save_for_backward(coords, std)
     ctx.geometry = (window_size, patch_size, images.shape[2], images.shape[3])
+    ctx.images_dtype = images.dtype
 
 
 def _backward(ctx, grad_out):
-    (coords,) = ctx.saved_tensors
-    grad_images = window_patchify_backward_triton(grad_out.contiguous(), coords, *ctx.geometry)
-    return grad_images, None, None, None
+    from ..ops.window_patchify import scale_image_grad
+
+    coords, std = ctx.saved_tensors
+    grad_images = window_patchify_backward_triton(grad_out.to(ctx.images_dtype).contiguous(),
+                                                  coords, *ctx.geometry)
+    return scale_image_grad(grad_images, std, ctx.images_dtype), None, None, None, None, None, \
+        None
 
 
 window_patchify_triton.register_autograd(_backward, setup_context=_setup_context)
