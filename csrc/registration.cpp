@@ -17,6 +17,8 @@ TORCH_LIBRARY(lomar_ops, m) {
         "Tensor? mean=None, Tensor? std=None, ScalarType? out_dtype=None) -> Tensor");
   m.def("window_patchify_backward(Tensor grad_out, Tensor coords, int window_size, "
         "int patch_size, int height, int width) -> Tensor");
+  // CPU only (the data loader's workers): a rectangle of a bicubic antialiased resize.
+  m.def("resize_region(Tensor image, float[] box, int[] size, int[] region) -> Tensor");
   m.def("mask_substitute(Tensor tokens, Tensor mask, Tensor mask_token, Tensor? cls_token) -> Tensor");
   // grad_cls_token is an empty (0,) tensor when has_cls is false.
   m.def("mask_substitute_backward(Tensor grad_out, Tensor mask, bool has_cls) "
@@ -33,6 +35,7 @@ TORCH_LIBRARY_IMPL(lomar_ops, CPU, m) {
   m.impl("window_attention_bwd", &lomar_ops::window_attention_bwd_cpu);
   m.impl("window_patchify", &lomar_ops::window_patchify_cpu);
   m.impl("window_patchify_backward", &lomar_ops::window_patchify_backward_cpu);
+  m.impl("resize_region", &lomar_ops::resize_region_cpu);
   m.impl("mask_substitute", &lomar_ops::mask_substitute_cpu);
   m.impl("mask_substitute_backward", &lomar_ops::mask_substitute_backward_cpu);
   m.impl("masked_patch_loss", &lomar_ops::masked_patch_loss_cpu);

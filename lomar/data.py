@@ -1,20 +1,40 @@
-"""Images from a folder, the pretraining augmentation, and the offline demo set.
+"""Images from a folder, the pretraining pipelines, and the offline demo set.
 
 Folder layouts: ImageFolder (one sub-folder per class, images anywhere below it)
-or flat (images directly in the folder, label -1). Files are decoded with Pillow,
-as torchvision's ImageFolder does (torchvision's own decoders are deprecated). A file that cannot be decoded is handled by a documented rule
+or flat (images directly in the folder, label -1). Files are decoded with Pillow
+(:mod:`lomar.decode`: EXIF orientation, greyscale, palette, CMYK, alpha and 16-bit
+files made RGB). A file that cannot be decoded is handled by a documented rule
 (``on_corrupt``): "skip" (default) warns once with its path and serves the next
-readable image in its place; "error" stops with its path."""
+readable image in its place; "error" stops with its path.
+
+Pretraining reads its data through one of two pipelines, which draw the same
+random-resized crop, flip and window corners for an item:
+
+- :class:`WindowCrops` ("windows", the default): only the LoMaR windows' pixels
+  are produced, straight from the file (a JPEG at reduced scale when the crop
+  allows it), as uint8; the model normalises them inside ``window_patchify``.
+  Its cost does not grow with the input size.
+- :class:`FullCrops` ("full"): the whole crop, as float32 normalised with
+  ImageNet's mean and std, as timm/MAE pipelines make it.
+
+The crop API under both is in :mod:`lomar.crop` (``sample_crop``,
+``render_crop``, ``render_windows``)."""
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
+
+import lomar_ops
+
+from .crop import Crop, render_crop, render_windows, sample_crop
+from .decode import CorruptImageError, decode_rgb, open_image, read_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,12 +44,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEMO_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png",
                "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "camera.png", "coins.png",
                "moon.png", "grass.png", "gravel.png", "brick.png")
-
-
-def read_rgb(path: str | Path) -> torch.Tensor:
-    """A file as a uint8 (3, H, W) RGB tensor."""
-    with Image.open(path) as image:
-        return v2.functional.pil_to_tensor(image.convert("RGB"))
 
 
 def _is_image(path: Path) -> bool:
@@ -58,7 +72,9 @@ def find_images(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
 
 class ImageFiles(torch.utils.data.Dataset):
     """(image, label) pairs from a folder; the image is a uint8 (3, H, W) RGB tensor
-    passed through ``transform``."""
+    passed through ``transform``. A transform with ``reads_files = True`` (the
+    pretraining pipelines) gets the file's path instead and decodes it itself; a
+    tuple it returns is spread into the item: (*outputs, label)."""
 
     def __init__(self, root: str | Path, transform=None, on_corrupt: str = "skip"):
         if on_corrupt not in ("skip", "error"):
@@ -72,26 +88,98 @@ class ImageFiles(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def _decode(self, path: Path) -> torch.Tensor:
-        return read_rgb(path)
+    def _load(self, path: Path):
+        if getattr(self.transform, "reads_files", False):
+            return self.transform(path)
+        image = read_rgb(path)
+        return self.transform(image) if self.transform is not None else image
 
     def __getitem__(self, index: int):
         for attempt in range(len(self.files)):
             i = (index + attempt) % len(self.files)
             path = self.files[i]
             try:
-                image = self._decode(path)
-            except OSError as exc:  # Pillow's errors for unreadable or truncated data
+                out = self._load(path)
+            except CorruptImageError as exc:
                 if self.on_corrupt == "error":
                     raise RuntimeError(f"corrupt image file {path}: {exc}") from exc
                 if path not in self._reported:
                     self._reported.add(path)
                     warnings.warn(f"skipping corrupt image file {path}: {exc}", stacklevel=2)
                 continue
-            if self.transform is not None:
-                image = self.transform(image)
-            return image, self.labels[i]
+            return (*out, self.labels[i]) if isinstance(out, tuple) else (out, self.labels[i])
         raise RuntimeError(f"no readable image under {self.root}: every file failed to decode")
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """What a pretraining pipeline draws per image: a random-resized crop to
+    ``input_size`` (``scale``, ``ratio``, flip with probability ``hflip``) and
+    ``num_windows`` corners of ``window_size`` x ``window_size``-patch windows on its
+    patch grid (uniform, independent per image)."""
+
+    input_size: int
+    patch_size: int
+    window_size: int
+    num_windows: int
+    scale: tuple[float, float] = (0.2, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+
+    def __post_init__(self):
+        grid = self.input_size // self.patch_size
+        if self.input_size % self.patch_size or not 1 <= self.window_size <= grid:
+            raise ValueError(f"WindowSpec: input_size {self.input_size} must be a multiple of "
+                             f"patch_size {self.patch_size} and window_size {self.window_size} "
+                             f"in [1, {grid}]")
+        if self.num_windows < 1:
+            raise ValueError(f"WindowSpec: num_windows must be >= 1, got {self.num_windows}")
+
+    def draw(self, image_size: tuple[int, int]) -> tuple[Crop, torch.Tensor]:
+        """(crop, coords (n, 2) int64) from the global generator, in this order: what
+        both pipelines draw for an item (seeded per item by the training loop)."""
+        crop = sample_crop(image_size, self.input_size, self.scale, self.ratio, self.hflip)
+        grid = self.input_size // self.patch_size
+        coords = lomar_ops.sample_windows(1, grid, grid, self.num_windows, self.window_size)[0]
+        return crop, coords
+
+
+class WindowCrops:
+    """The window pipeline: a file -> (windows (n, 3, K*p, K*p) uint8, coords (n, 2)).
+
+    Only the windows' pixels are produced (:func:`lomar.crop.render_windows`), a JPEG
+    decoded at 1/2, 1/4 or 1/8 scale when the crop shrinks it by that much
+    (``reduced_decode``): the cost per image does not grow with ``input_size``."""
+
+    reads_files = True
+
+    def __init__(self, spec: WindowSpec, reduced_decode: bool = True):
+        self.spec, self.reduced_decode = spec, reduced_decode
+
+    def __call__(self, source):
+        with open_image(source) as opened:
+            crop, coords = self.spec.draw(opened.size)
+            windows = render_windows(opened, crop, coords, self.spec.window_size,
+                                     self.spec.patch_size, reduced_decode=self.reduced_decode)
+        return windows, coords
+
+
+class FullCrops:
+    """The full-image pipeline: a file -> (crop (3, S, S) float32 normalised with
+    ImageNet's mean/std, coords (n, 2)), the same draws as :class:`WindowCrops`."""
+
+    reads_files = True
+
+    def __init__(self, spec: WindowSpec):
+        self.spec = spec
+
+    def __call__(self, source):
+        with open_image(source) as opened:
+            crop, coords = self.spec.draw(opened.size)
+            image = decode_rgb(opened).permute(2, 0, 1)
+        pixels = render_crop(image, crop)
+        return v2.functional.normalize(v2.functional.to_dtype(pixels, torch.float32, scale=True),
+                                       IMAGENET_MEAN, IMAGENET_STD), coords
 
 
 def pretrain_transform(size: int | tuple[int, int], scale=(0.2, 1.0)) -> v2.Compose:

@@ -60,6 +60,20 @@ class StepLoop:
         trainable = model if trainable is None else trainable
         self.net = DistributedDataParallel(trainable) if info.enabled else trainable
 
+    def _loader(self) -> torch.utils.data.DataLoader:
+        """One loader for the whole run: its workers live across epochs (the sampler's
+        (epoch, index) keys carry the epoch to them), and keep a whole optimizer step of
+        micro-batches (plus one) in flight."""
+        cfg, workers = self.cfg, self.cfg.data.num_workers
+        kwargs = {}
+        if workers > 0:
+            accum = cfg.optim.accum_iter
+            kwargs = dict(persistent_workers=True,
+                          prefetch_factor=max(2, math.ceil((accum + 1) / workers)))
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=workers,
+            drop_last=True, pin_memory=self.info.device.type == "cuda", **kwargs)
+
     def resume(self, path: str) -> dict:
         """Load model, optimizer, RNG states, step and the job's extra state."""
         state = load_checkpoint(path, map_location=self.info.device)
@@ -88,17 +102,14 @@ class StepLoop:
             bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
                        desc=self.job)
         last_loss = math.nan
+        loader = self._loader()
         while self.step < self.total_steps:
             epoch, offset = divmod(self.step, self.steps_per_epoch)
-            self.dataset.epoch = epoch
             self.sampler.set_position(epoch, offset * accum * cfg.batch_size)
-            loader = torch.utils.data.DataLoader(
-                self.dataset, batch_size=cfg.batch_size, sampler=self.sampler,
-                num_workers=cfg.data.num_workers, drop_last=True,
-                pin_memory=info.device.type == "cuda")
             micro = 0
             t0 = time.perf_counter()
-            for batch in loader:
+            waited = [0.0]  # seconds blocked on the loader since t0
+            for batch in _timed(loader, waited):
                 batch = tuple(t.to(info.device, non_blocking=True) for t in batch)
                 if micro % accum == 0:
                     set_lr(self.optimizer, lr_at(self.step, self.total_steps, self.warmup_steps,
@@ -128,11 +139,14 @@ class StepLoop:
                 last_loss = distributed.mean_across(loss, info)
                 step = self.step
                 if step % cfg.log_every == 0 or step == self.total_steps:
-                    ips = micro * cfg.batch_size * info.world_size / max(time.perf_counter() - t0,
-                                                                         1e-9)
+                    elapsed = max(time.perf_counter() - t0, 1e-9)
+                    ips = micro * cfg.batch_size * info.world_size / elapsed
+                    # data_wait: the share of the time spent waiting for the data loader
+                    # (0 when the workers keep up with the steps).
                     self.log.log(step, loss=last_loss, lr=self.optimizer.param_groups[0]["lr"]
                                  / self.optimizer.param_groups[0].get("lr_scale", 1.0),
-                                 images_per_s=ips, epoch=step / self.steps_per_epoch)
+                                 images_per_s=ips, data_wait=waited[0] / elapsed,
+                                 epoch=step / self.steps_per_epoch)
                     if bar is not None:
                         bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{ips:.1f}")
                 if after_step is not None:
@@ -146,3 +160,16 @@ class StepLoop:
         if bar is not None:
             bar.close()
         return last_loss
+
+
+def _timed(loader, waited: list):
+    """The loader's batches, adding the time spent waiting for each to waited[0]."""
+    it = iter(loader)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        waited[0] += time.perf_counter() - start
+        yield batch

@@ -7,9 +7,13 @@ norms, biases, tokens and iRPE tables; linear warmup then cosine per iteration;
 gradient accumulation; bf16 autocast on GPU; optional gradient clipping; DDP
 under torchrun. Checkpoints (model, optimizer, step, RNG states, config) are
 written atomically every ``save_every`` steps and at the end; ``resume`` continues
-exactly: data order, augmentation, windows and masks are functions of (seed,
-epoch, index) and (seed, step, index in the step's global batch), not of process
-history nor of how many processes share the batch."""
+exactly: data order, augmentation and windows are functions of (seed, epoch,
+index), masks of (seed, step, index in the step's global batch), not of process
+history nor of how many processes share the batch.
+
+Data: ``data.pipeline`` "windows" (default) decodes and resamples only the
+windows' pixels, ships them as uint8 and normalises them on the device inside
+``window_patchify``; "full" ships the whole normalised crop (lomar/data.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from timm.optim import param_groups_weight_decay
 from .. import distributed
 from ..checkpoint import export_safetensors
 from ..config import ConfigError, save_config
-from ..data import ImageFiles, build_demo_photos, pretrain_transform
+from ..data import FullCrops, ImageFiles, WindowCrops, WindowSpec, build_demo_photos
 from ..models import create_model, model_names
 from ..run_log import RunLog, plot_loss_curve
 from ..schedule import scaled_lr
@@ -39,6 +43,11 @@ class DataConfig:
     path: str = ""
     input_size: int = 224
     min_scale: float = 0.2
+    # "windows": only the windows' pixels are decoded and resampled, sent as uint8 and
+    # normalised on the device (cost flat in input_size); "full": the whole crop as
+    # normalised float32 (the MAE/timm pipeline). Both draw the same crops and windows.
+    pipeline: Literal["windows", "full"] = "windows"
+    reduced_decode: bool = True  # windows pipeline: JPEGs at 1/2, 1/4, 1/8 scale when possible
     num_workers: int = 2
     on_corrupt: Literal["skip", "error"] = "skip"
     demo_images: int = 512  # size of the demo set when path is "demo"
@@ -90,7 +99,7 @@ class PretrainConfig:
             known = [n for n in model_names() if n.startswith("lomar_vit_")]
             raise ConfigError(f"config: model must be a LoMaR pretraining model, got "
                               f"{self.model!r}; known: {', '.join(known)}")
-        patch = int(self.model.rsplit("patch", 1)[1].split("_")[0])  # ..._patch16[_dec512d8b]
+        patch = model_patch_size(self.model)
         size, K = self.data.input_size, self.mask.window_size
         if size % patch:
             raise ConfigError(f"config: data.input_size {size} must be a multiple of the "
@@ -106,12 +115,16 @@ class PretrainConfig:
                 raise ConfigError(f"config: {name} must be >= 1, got {getattr(self, name)}")
         if self.optim.accum_iter < 1 or self.mask.num_windows < 1:
             raise ConfigError("config: optim.accum_iter and mask.num_windows must be >= 1")
+        if self.data.pipeline == "windows" and self.mask.window_sampling != "image":
+            raise ConfigError("config: data.pipeline 'windows' draws each image's windows in "
+                              "the data loader, so mask.window_sampling must be 'image' (the "
+                              "authors' per-batch windows need data.pipeline=full)")
         if not self.data.path:
             raise ConfigError(f"config: data.path is required (an image folder, or "
                               f"'{DEMO_DATA}' for the offline demo photos)")
 
 
-def _dataset(cfg: PretrainConfig, info: distributed.DistInfo) -> ImageFiles:
+def _dataset(cfg: PretrainConfig, info: distributed.DistInfo, patch_size: int) -> ImageFiles:
     path = cfg.data.path
     if path == DEMO_DATA:
         path = str(Path(cfg.output_dir) / "demo_photos")
@@ -120,8 +133,16 @@ def _dataset(cfg: PretrainConfig, info: distributed.DistInfo) -> ImageFiles:
                               size=max(256, cfg.data.input_size), seed=0)
         if info.enabled:
             torch.distributed.barrier()
-    transform = pretrain_transform(cfg.data.input_size, (cfg.data.min_scale, 1.0))
+    spec = WindowSpec(cfg.data.input_size, patch_size, cfg.mask.window_size,
+                      cfg.mask.num_windows, scale=(cfg.data.min_scale, 1.0))
+    transform = (WindowCrops(spec, cfg.data.reduced_decode) if cfg.data.pipeline == "windows"
+                 else FullCrops(spec))
     return ImageFiles(path, transform, on_corrupt=cfg.data.on_corrupt)
+
+
+def model_patch_size(model: str) -> int:
+    """The patch size in a model name (..._patch16[_dec512d8b])."""
+    return int(model.rsplit("patch", 1)[1].split("_")[0])
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
@@ -136,7 +157,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
 def _run(cfg: PretrainConfig, info: distributed.DistInfo) -> dict:
     out = Path(cfg.output_dir)
-    dataset = _dataset(cfg, info)  # fails clearly on a bad folder
+    dataset = _dataset(cfg, info, model_patch_size(cfg.model))  # fails clearly on a bad folder
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, norm_pix_loss=cfg.norm_pix_loss,
                          window_sampling=cfg.mask.window_sampling, **cfg.model_kwargs)
@@ -156,12 +177,16 @@ def _run(cfg: PretrainConfig, info: distributed.DistInfo) -> dict:
     K, n, ratio = cfg.mask.window_size, cfg.mask.num_windows, cfg.mask.mask_ratio
 
     def compute_loss(net, batch, step, micro):
-        # One generator per sample, seeded by its index in the step's global batch
-        # (seeding.sample_generators): the DDP split does not change windows or masks.
+        # batch: (windows or crops, coords, labels). The crops and window corners come
+        # from the data loader, drawn per item from (seed, epoch, index); the masks from
+        # one generator per sample seeded by its index in the step's global batch
+        # (seeding.sample_generators): the DDP split changes neither.
         world = info.world_size
         g = sample_generators(cfg.seed, step, world * micro * cfg.batch_size + info.rank,
                               len(batch[0]), stride=world)
-        return net(batch[0], K, n, ratio, generator=g)[0]
+        # The authors' per-batch windows ("batch", full pipeline only) are drawn here.
+        coords = batch[1] if cfg.mask.window_sampling == "image" else None
+        return net(batch[0], K, n, ratio, generator=g, coords=coords)[0]
 
     last_loss = loop.run(compute_loss)
     summary = {"steps": loop.step, "loss": last_loss, "output_dir": str(out)}

@@ -30,22 +30,26 @@ def mix(*parts: int) -> int:
 class SeededItems(torch.utils.data.Dataset):
     """Wraps a dataset so that item ``i`` of epoch ``e`` is transformed with every
     generator seeded from mix(seed, e, i): augmentation independent of workers and
-    resumable."""
+    resumable. Keys are (epoch, index) pairs (what :class:`ResumableSampler` yields),
+    so that workers that live across epochs need no message when the epoch changes;
+    a bare index means epoch 0."""
 
     def __init__(self, dataset, seed: int):
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
+        self.dataset, self.seed = dataset, seed
 
     def __len__(self):
         return len(self.dataset)
 
-    def __getitem__(self, index):
-        seed_all(mix(self.seed, self.epoch, index))
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        seed_all(mix(self.seed, epoch, index))
         return self.dataset[index]
 
 
 class ResumableSampler(torch.utils.data.Sampler):
     """A permutation per epoch from mix(seed, epoch), this rank's share of it, from
-    ``start`` (batches already consumed in this epoch are skipped on resume)."""
+    ``start`` (batches already consumed in this epoch are skipped on resume), as
+    (epoch, index) keys for :class:`SeededItems`."""
 
     def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1):
         self.size, self.seed, self.rank, self.world = size, seed, rank, world
@@ -64,7 +68,8 @@ class ResumableSampler(torch.utils.data.Sampler):
         return max(0, self.size // self.world - self.start)
 
     def __iter__(self):
-        return iter(self._indices()[self.start:])
+        epoch = self.epoch
+        return ((epoch, i) for i in self._indices()[self.start:])
 
 
 def sample_generators(seed: int, step: int, first: int, count: int,

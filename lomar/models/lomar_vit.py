@@ -28,6 +28,7 @@ from torch import nn
 import lomar_ops
 from lomar_ops.reference.window_attention import window_attention_reference
 
+from ..data import IMAGENET_MEAN, IMAGENET_STD
 from ..pos_embed import sincos_2d
 
 
@@ -170,14 +171,24 @@ class _Encoder(nn.Module):
 
 class _WindowPretrain(_Encoder):
     """What both pretraining models share: argument checks, the window and mask draw,
+    the pixels of the windows (from images or from the window pipeline's windows)
     and the absolute sin-cos variant's position embedding."""
 
-    def _setup_pretrain(self, norm_pix_loss, abs_pos_embed, window_sampling):
+    def _setup_pretrain(self, norm_pix_loss, abs_pos_embed, window_sampling, pixel_mean,
+                        pixel_std):
         if window_sampling not in ("image", "batch"):
             raise ValueError(f"window_sampling must be 'image' or 'batch', got {window_sampling!r}")
         self.window_sampling = window_sampling
         self.norm_pix_loss = norm_pix_loss
         self.abs_pos_embed = abs_pos_embed
+        # uint8 pixels are normalised inside window_patchify with these (not saved: data
+        # constants, not weights).
+        for name, value in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
+            t = torch.as_tensor(value, dtype=torch.float64)
+            if t.shape != (self.in_chans,):
+                raise ValueError(f"{name} must have one value per channel ({self.in_chans}), "
+                                 f"got {tuple(t.shape)}")
+            self.register_buffer(name, t, persistent=False)
 
     def sample(self, imgs, window_size, num_windows, mask_ratio, generator=None):
         """(coords (B, n, 2), window_mask (B*n, K*K)) as the forward draws them.
@@ -190,9 +201,7 @@ class _WindowPretrain(_Encoder):
         from the first image's generator."""
         gh, gw = self.check_images(imgs)
         if isinstance(generator, (list, tuple)):
-            if len(generator) != imgs.shape[0]:
-                raise ValueError(f"generator: a list needs one generator per image, got "
-                                 f"{len(generator)} for a batch of {imgs.shape[0]}")
+            self._check_generators(generator, imgs.shape[0])
             draws = [self._draw(1, gh, gw, window_size, num_windows, mask_ratio, g, "cpu")
                      for g in generator]
             coords, mask = (torch.cat(parts).to(imgs.device) for parts in zip(*draws))
@@ -202,6 +211,24 @@ class _WindowPretrain(_Encoder):
         return self._draw(imgs.shape[0], gh, gw, window_size, num_windows, mask_ratio,
                           generator, imgs.device)
 
+    def sample_masks(self, batch, num_windows, window_size, mask_ratio, generator=None,
+                     device=None):
+        """(B*n, K*K) window masks alone (windows given, e.g. by the data loader); with a
+        list of B generators, image i's masks come from generator[i]."""
+        if isinstance(generator, (list, tuple)):
+            self._check_generators(generator, batch)
+            return torch.cat([lomar_ops.sample_window_masks(num_windows, window_size, mask_ratio,
+                                                            generator=g)
+                              for g in generator]).to(device)
+        return lomar_ops.sample_window_masks(batch * num_windows, window_size, mask_ratio,
+                                             generator=generator, device=device)
+
+    @staticmethod
+    def _check_generators(generator, batch):
+        if len(generator) != batch:
+            raise ValueError(f"generator: a list needs one generator per image, got "
+                             f"{len(generator)} for a batch of {batch}")
+
     def _draw(self, B, gh, gw, K, n, mask_ratio, generator, device):
         images = 1 if self.window_sampling == "batch" else B
         coords = lomar_ops.sample_windows(images, gh, gw, n, K, generator=generator, device=device)
@@ -209,19 +236,57 @@ class _WindowPretrain(_Encoder):
                                              device=device)
         return coords.expand(B, -1, -1).contiguous(), mask
 
+    def check_windows(self, windows, window_size):
+        """(B, n) of the window pipeline's (B, n, C, K*p, K*p) windows."""
+        side = window_size * self.patch_size
+        if windows.shape[2:] != (self.in_chans, side, side):
+            raise ValueError(f"imgs: windows must be (B, n, {self.in_chans}, K*p, K*p) = "
+                             f"(B, n, {self.in_chans}, {side}, {side}) for window_size "
+                             f"{window_size}, got {tuple(windows.shape)}")
+        return windows.shape[:2]
+
     def windows(self, imgs, window_size, num_windows, mask_ratio, generator, coords, window_mask):
-        """Checks the arguments; the given coords/window_mask, else a fresh draw."""
-        gh, gw = self.check_images(imgs)
-        if window_size > gh or window_size > gw:
-            raise ValueError(f"window_size {window_size} does not fit the patch grid "
-                             f"{gh}x{gw} of {imgs.shape[-2]}x{imgs.shape[-1]} images")
+        """Checks the arguments; the given coords/window_mask, else a fresh draw. Given
+        coords (or windows), only the masks are drawn."""
         if not 0 < mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
-        if coords is None or window_mask is None:
-            sampled = self.sample(imgs, window_size, num_windows, mask_ratio, generator)
-            coords = sampled[0] if coords is None else coords
-            window_mask = sampled[1] if window_mask is None else window_mask
+        if isinstance(imgs, torch.Tensor) and imgs.dim() == 5:  # the window pipeline's windows
+            B, n = self.check_windows(imgs, window_size)
+            if coords is None and self.abs_pos_embed:
+                raise ValueError("coords: the absolute position embedding needs the windows' "
+                                 "corners in the image; pass coords (B, n, 2) with the windows")
+            if coords is not None and tuple(coords.shape) != (B, n, 2):
+                raise ValueError(f"coords must be (B, n, 2) = ({B}, {n}, 2) to match the "
+                                 f"windows, got {tuple(coords.shape)}")
+        else:
+            gh, gw = self.check_images(imgs)
+            if window_size > gh or window_size > gw:
+                raise ValueError(f"window_size {window_size} does not fit the patch grid "
+                                 f"{gh}x{gw} of {imgs.shape[-2]}x{imgs.shape[-1]} images")
+            if coords is None:
+                sampled = self.sample(imgs, window_size, num_windows, mask_ratio, generator)
+                return sampled[0], sampled[1] if window_mask is None else window_mask
+            B, n = coords.shape[:2]
+        if window_mask is None:
+            window_mask = self.sample_masks(B, n, window_size, mask_ratio, generator, imgs.device)
         return coords, window_mask
+
+    def patchify(self, imgs, coords, window_size):
+        """(B, n, K*K, p*p*C) pixels of the windows, normalised with pixel_mean/pixel_std
+        when they are uint8: from (B, C, H, W) images and coords, or from the window
+        pipeline's (B, n, C, K*p, K*p) windows."""
+        K, p = window_size, self.patch_size
+        norm = {}
+        if imgs.dtype == torch.uint8:
+            norm = dict(mean=self.pixel_mean, std=self.pixel_std,
+                        out_dtype=self.patch_embed.proj.weight.dtype)
+        if imgs.dim() == 5:
+            B, n = imgs.shape[:2]
+            corner = torch.zeros(B * n, 1, 2, dtype=torch.int32, device=imgs.device)
+            patches = lomar_ops.window_patchify(imgs.flatten(0, 1), corner, K, p,
+                                                backend=self.ops_backend, **norm)
+            return patches.view(B, n, K * K, -1)
+        return lomar_ops.window_patchify(imgs, coords, K, p, backend=self.ops_backend, **norm)
 
     @staticmethod
     def _window_pos_embed(coords, K, dim):
@@ -239,19 +304,26 @@ class _WindowPretrain(_Encoder):
 class LoMaRPretrain(_WindowPretrain):
     """``loss, pred, mask = model(imgs, window_size=7, num_windows=4, mask_ratio=0.8)``.
 
+    imgs: (B, C, H, W) images, float (normalised) or uint8 (normalised here with
+    ``pixel_mean``/``pixel_std``, ImageNet's by default); or the window pipeline's
+    windows (B, n, C, K*p, K*p), uint8 or float, with their corners in ``coords``
+    (needed only by ``abs_pos_embed``; num_windows is then n).
     pred (B, n, K*K, p*p*C) predicted pixels of every window patch (normalised-pixel
     space when norm_pix_loss); mask (B, n, K*K) bool, True = masked (and in the loss).
     ``coords`` (B, n, 2) and ``window_mask`` (B*n, K*K) fix the windows and masks;
-    ``generator`` (one, or one per image: see :meth:`sample`) draws them reproducibly;
+    ``generator`` (one, or one per image: see :meth:`sample`) draws them reproducibly
+    (only the masks when coords are given);
     ``abs_pos_embed`` replaces iRPE with fixed sin-cos position embeddings of each
     window patch's place in the image."""
 
     def __init__(self, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
                  mlp_ratio=4.0, norm_pix_loss=True, rpe=True, rpe_ratio=1.9,
-                 per_head_rpe=False, abs_pos_embed=False, window_sampling="image"):
+                 per_head_rpe=False, abs_pos_embed=False, window_sampling="image",
+                 pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD):
         super().__init__(patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, 0.0,
                          rpe and not abs_pos_embed, rpe_ratio, per_head_rpe)
-        self._setup_pretrain(norm_pix_loss, abs_pos_embed, window_sampling)
+        self._setup_pretrain(norm_pix_loss, abs_pos_embed, window_sampling, pixel_mean,
+                             pixel_std)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.encoder_pred = nn.Linear(embed_dim, patch_size * patch_size * in_chans)
@@ -262,15 +334,15 @@ class LoMaRPretrain(_WindowPretrain):
         coords, window_mask = self.windows(imgs, window_size, num_windows, mask_ratio, generator,
                                            coords, window_mask)
         K, backend = window_size, self.ops_backend
-        B, n = coords.shape[:2]
-        patches = lomar_ops.window_patchify(imgs, coords, K, self.patch_size, backend=backend)
+        patches = self.patchify(imgs, coords, K)
+        B, n = patches.shape[:2]
         target = patches.flatten(0, 1)                                   # (S, K*K, p*p*C)
         tokens = self.patch_embed(target)
         if self.abs_pos_embed:
             tokens = tokens + self._window_pos_embed(coords, K, self.embed_dim).to(tokens.dtype)
         x = lomar_ops.mask_substitute(tokens, window_mask, self.mask_token.view(-1).to(tokens.dtype),
                                       self.cls_token.view(-1).to(tokens.dtype), backend=backend)
-        x = self.norm(self.run_blocks(x, self.bucket_ids(K, K, imgs.device)))
+        x = self.norm(self.run_blocks(x, self.bucket_ids(K, K, x.device)))
         pred = self.encoder_pred(x)[:, 1:]
         loss = lomar_ops.masked_patch_loss(pred, target, window_mask, norm_pix=self.norm_pix_loss,
                                            backend=backend)
@@ -298,10 +370,12 @@ class LoMaRPretrainAsymmetric(_WindowPretrain):
     def __init__(self, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
                  norm_pix_loss=True, rpe=True, rpe_ratio=1.9, per_head_rpe=False,
-                 abs_pos_embed=False, window_sampling="image"):
+                 abs_pos_embed=False, window_sampling="image", pixel_mean=IMAGENET_MEAN,
+                 pixel_std=IMAGENET_STD):
         super().__init__(patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, 0.0,
                          rpe and not abs_pos_embed, rpe_ratio, per_head_rpe)
-        self._setup_pretrain(norm_pix_loss, abs_pos_embed, window_sampling)
+        self._setup_pretrain(norm_pix_loss, abs_pos_embed, window_sampling, pixel_mean,
+                             pixel_std)
         self.decoder_embed_dim = decoder_embed_dim
         num_buckets = lomar_ops.irpe_num_buckets(rpe_ratio) if self.rpe else None
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
@@ -338,10 +412,10 @@ class LoMaRPretrainAsymmetric(_WindowPretrain):
         coords, window_mask = self.windows(imgs, window_size, num_windows, mask_ratio, generator,
                                            coords, window_mask)
         K, backend = window_size, self.ops_backend
-        B, n = coords.shape[:2]
+        patches = self.patchify(imgs, coords, K)
+        B, n = patches.shape[:2]
         S, L = B * n, K * K
-        target = lomar_ops.window_patchify(imgs, coords, K, self.patch_size,
-                                           backend=backend).flatten(0, 1)  # (S, L, p*p*C)
+        target = patches.flatten(0, 1)                                     # (S, L, p*p*C)
         visible = self.visible_index(window_mask)                          # (S, V)
         tokens = self.patch_embed(target.gather(1, visible[..., None].expand(-1, -1,
                                                                              target.shape[-1])))
@@ -349,7 +423,7 @@ class LoMaRPretrainAsymmetric(_WindowPretrain):
             pos = self._window_pos_embed(coords, K, self.embed_dim).to(tokens.dtype)
             tokens = tokens + pos.gather(1, visible[..., None].expand(-1, -1, pos.shape[-1]))
         x = torch.cat([self.cls_token.expand(S, -1, -1).to(tokens.dtype), tokens], dim=1)
-        enc_ids = self._encoder_bucket_ids(K, visible, imgs.device)
+        enc_ids = self._encoder_bucket_ids(K, visible, x.device)
         for blk in self.blocks:
             x = blk(x, enc_ids, backend)
         x = self.decoder_embed(self.norm(x))                               # (S, 1+V, Dd)
@@ -360,7 +434,7 @@ class LoMaRPretrainAsymmetric(_WindowPretrain):
         if self.abs_pos_embed:
             y = y + self._window_pos_embed(coords, K, Dd).to(y.dtype)
         y = torch.cat([x[:, :1], y], dim=1)
-        dec_ids = self.bucket_ids(K, K, imgs.device)
+        dec_ids = self.bucket_ids(K, K, y.device)
         for blk in self.decoder_blocks:
             y = blk(y, dec_ids, backend)
         pred = self.decoder_pred(self.decoder_norm(y))[:, 1:]
