@@ -101,11 +101,11 @@ def decode_rgb(opened: OpenedImage, reduce: int = 1) -> torch.Tensor:
         raise ValueError(f"reduce must be one of 1, 2, 4, 8, got {reduce}")
     image = opened.image
     w, h = image.size
+    if reduce > 1 and not opened.is_jpeg:
+        raise ValueError(f"{opened.name}: reduced-scale decoding is for JPEG files, this is "
+                         f"{image.format}")
     try:
         if reduce > 1:
-            if not opened.is_jpeg:
-                raise ValueError(f"{opened.name}: reduced-scale decoding is for JPEG files, "
-                                 f"this is {image.format}")
             image.draft("RGB", (w // reduce, h // reduce))
             want = (math.ceil(w / reduce), math.ceil(h / reduce))
             if image.size != want:
