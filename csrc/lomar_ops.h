@@ -77,14 +77,15 @@ at::Tensor window_patchify_cpu(const at::Tensor& images, const at::Tensor& coord
 at::Tensor window_patchify_backward_cpu(const at::Tensor& grad_out, const at::Tensor& coords,
                                         int64_t window_size, int64_t patch_size,
                                         int64_t height, int64_t width);
-// ---- resize_region: a rectangle of a bicubic antialiased uint8 resize ---------
+// ---- resize_region: rectangles of a bicubic antialiased uint8 resize ---------
 // image (H, W, C) uint8 (the decoder's layout); box (top, left, height, width) in
 // source pixels (fractional allowed); size (out_h, out_w) of the whole resize;
-// region (y0, x0, rows, cols) -> (C, rows, cols) uint8, equal to torchvision's
+// regions: n rectangles (y0, x0, rows, cols), flattened, all of one size
+// -> (n, C, rows, cols) uint8, rectangle i equal to torchvision's
 // resized_crop(..., BICUBIC, antialias=True)[:, y0:y0+rows, x0:x0+cols] for an
 // integer box. CPU only: it runs in the data loader's workers.
 at::Tensor resize_region_cpu(const at::Tensor& image, at::ArrayRef<double> box,
-                             at::IntArrayRef size, at::IntArrayRef region);
+                             at::IntArrayRef size, at::IntArrayRef regions);
 
 // ---- mask_substitute: masked rows -> mask_token, cls_token prepended ------
 // tokens (S, L, D), mask (S, L) bool, mask_token (D,), cls_token (D,) or none

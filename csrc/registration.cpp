@@ -17,8 +17,8 @@ TORCH_LIBRARY(lomar_ops, m) {
         "Tensor? mean=None, Tensor? std=None, ScalarType? out_dtype=None) -> Tensor");
   m.def("window_patchify_backward(Tensor grad_out, Tensor coords, int window_size, "
         "int patch_size, int height, int width) -> Tensor");
-  // CPU only (the data loader's workers): a rectangle of a bicubic antialiased resize.
-  m.def("resize_region(Tensor image, float[] box, int[] size, int[] region) -> Tensor");
+  // CPU only (the data loader's workers): rectangles of a bicubic antialiased resize.
+  m.def("resize_region(Tensor image, float[] box, int[] size, int[] regions) -> Tensor");
   m.def("mask_substitute(Tensor tokens, Tensor mask, Tensor mask_token, Tensor? cls_token) -> Tensor");
   // grad_cls_token is an empty (0,) tensor when has_cls is false.
   m.def("mask_substitute_backward(Tensor grad_out, Tensor mask, bool has_cls) "

@@ -4,6 +4,7 @@
     lomar finetune [--config FILE.yaml] [key=value ...]
     lomar visualize --checkpoint output/run/checkpoint-last.pt [--images DIR ...]
     lomar bench [--device cuda|cpu] [--quick] [--out DIR] [...]
+    lomar bench-data [--images DIR] [--sizes 224 448 1024 2048] [--out DIR]
     lomar info
 
 Overrides use the config's dotted keys (``optim.blr=1e-4 data.path=/data/train``);
@@ -69,6 +70,23 @@ def _bench(args) -> int:
     return 0
 
 
+def _bench_data(args) -> int:
+    from .benchmark.data_pipeline import run
+
+    if args.passes < 1 or any(s < 112 or s % 16 for s in args.sizes):
+        print(f"lomar bench-data: --passes must be >= 1 and --sizes multiples of 16 (the "
+              f"patch size) of at least 112 (four 7x7-patch windows), got --passes "
+              f"{args.passes}, --sizes {args.sizes}", file=sys.stderr)
+        return 2
+    try:
+        run(args.images, args.sizes, args.out, passes=args.passes)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"lomar bench-data: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.out}/data.json, {args.out}/data.png")
+    return 0
+
+
 def _finetune(args) -> int:
     from .engine import FinetuneConfig, finetune
 
@@ -109,6 +127,12 @@ def main(argv=None) -> int:
 
     add_bench_arguments(b)
     b.set_defaults(run=_bench)
+    d = sub.add_parser("bench-data", help="input pipeline cost per image: full crops vs only "
+                                          "the windows (decode, resample, bytes to the device)")
+    from .benchmark import add_data_arguments
+
+    add_data_arguments(d)
+    d.set_defaults(run=_bench_data)
     f = sub.add_parser("finetune", help="fine-tuning or linear probe of a (LoMaR-pretrained) "
                                         "encoder (torchrun for several processes)")
     f.add_argument("--config", help="YAML file (keys as in --help-config)")

@@ -20,7 +20,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
 from .decode import OpenedImage, decode_rgb, open_image
-from .resample import resize_region
+from .resample import resize_region, resize_regions
 
 __all__ = ["Crop", "sample_crop", "render_crop", "render_windows", "window_boxes"]
 
@@ -203,6 +203,5 @@ def render_windows(source, crop: Crop, coords: torch.Tensor, window_size: int,
         for i, (y0, x0, _) in enumerate(boxes):
             out[i] = union[:, y0 - y_lo:y0 - y_lo + side, x0 - x_lo:x0 - x_lo + side]
     else:
-        for i, (y0, x0, _) in enumerate(boxes):
-            out[i] = resize_region(hwc, box, crop.size, (y0, x0, side, side))
+        out = resize_regions(hwc, box, crop.size, [(y0, x0, side, side) for y0, x0, _ in boxes])
     return out.flip(-1) if crop.flip else out

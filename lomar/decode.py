@@ -62,7 +62,7 @@ class OpenedImage:
         if not self.is_jpeg:
             return 1
         w, h = self.image.size
-        return next(r for r in _REDUCTIONS if r <= shrink and w >= r and h >= r)
+        return next((r for r in _REDUCTIONS if r <= shrink and w >= r and h >= r), 1)
 
     def close(self) -> None:
         self.image.close()

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["resize_region", "resize_region_reference"]
+__all__ = ["resize_region", "resize_region_reference", "resize_regions"]
 
 
 def _check(image: torch.Tensor, box: Sequence[float], size: Sequence[int],
@@ -49,9 +49,17 @@ def resize_region(image: torch.Tensor, box: Sequence[float], size: Sequence[int]
         ``resized_crop(image_chw, top, left, height, width, size, BICUBIC,
         antialias=True)[:, y0:y0 + rows, x0:x0 + cols]`` for an integer box.
     """
-    _check(image, box, size, region)
+    return resize_regions(image, box, size, [region])[0]
+
+
+def resize_regions(image: torch.Tensor, box: Sequence[float], size: Sequence[int],
+                   regions: Sequence[Sequence[int]]) -> torch.Tensor:
+    """:func:`resize_region` for several rectangles of one size at once (the filter
+    taps are computed once): (n, C, rows, cols)."""
+    _check(image, box, size, regions[0] if len(regions) else ())
     return torch.ops.lomar_ops.resize_region(image, [float(v) for v in box],
-                                             [int(v) for v in size], [int(v) for v in region])
+                                             [int(v) for v in size],
+                                             [int(v) for r in regions for v in r])
 
 
 def _cubic(x: torch.Tensor) -> torch.Tensor:

@@ -156,6 +156,7 @@ def test_decompression_bombs_are_refused(monkeypatch, tmp_path):
 def test_reduced_decoding_sizes():
     data = jpeg_bytes(300, 500)
     with open_image(data) as opened:
+        assert opened.reduction_for(0.3) == 1  # upscaled
         assert opened.reduction_for(1.9) == 1 and opened.reduction_for(2) == 2
         assert opened.reduction_for(5.5) == 4 and opened.reduction_for(100) == 8
         assert tuple(decode_rgb(opened, reduce=8).shape) == (38, 63, 3)  # ceil(300/8), ceil(500/8)

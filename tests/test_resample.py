@@ -9,7 +9,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
-from lomar.resample import resize_region, resize_region_reference
+from lomar.resample import resize_region, resize_region_reference, resize_regions
 
 # torch resizes uint8 in fixed point (Pillow's algorithm) only with AVX2.
 EXACT = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
@@ -89,6 +89,18 @@ def test_reference_equals_torchvision():
     ref = resize_region_reference(chw.permute(1, 2, 0).contiguous(), (5, 6, 40, 60), (30, 90),
                                   (0, 0, 30, 90))
     assert (ref.int() - full.int()).abs().max() <= TOL
+
+
+def test_several_regions_at_once_equal_one_at_a_time():
+    hwc = _image(90, 70).permute(1, 2, 0).contiguous()
+    box, size = (3, 4, 80, 60), (256, 200)
+    regions = [(0, 0, 40, 48), (216, 152, 40, 48), (100, 77, 40, 48)]
+    many = resize_regions(hwc, box, size, regions)
+    assert many.shape == (3, 3, 40, 48)
+    for got, region in zip(many, regions):
+        assert torch.equal(got, resize_region(hwc, box, size, region))
+    with pytest.raises(RuntimeError, match=r"every region must have the first one's size"):
+        resize_regions(hwc, box, size, [(0, 0, 40, 48), (0, 0, 40, 47)])
 
 
 def test_rejects_bad_arguments():

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "../lomar_ops.h"
@@ -34,9 +35,10 @@ double keys_cubic(double x) {
   return 0.0;
 }
 
-// Quantised taps of one axis for the output positions [lo, lo + count): output i
-// reads `size[i]` source pixels from `first[i]` (absolute index) with weights
-// w[i * width ...], summed in fixed point with `precision` fractional bits.
+// Quantised taps of one axis for every output position: output i reads `size[i]`
+// source pixels from `first[i]` (absolute index) with weights w[i * width ...],
+// summed in fixed point with `precision` fractional bits (the same for the whole
+// axis: it is set by the axis's largest weight).
 struct AxisTaps {
   std::vector<int64_t> first, size;
   std::vector<int32_t> w;
@@ -44,29 +46,28 @@ struct AxisTaps {
   int precision = 0;
 };
 
-AxisTaps axis_taps(int64_t in_size, double start, double length, int64_t out_size, int64_t lo,
-                   int64_t count) {
+AxisTaps axis_taps(int64_t in_size, double start, double length, int64_t out_size) {
   const double scale = length / static_cast<double>(out_size);
   const double filter_scale = std::max(scale, 1.0);
   const double support = 2.0 * filter_scale;
-  const int64_t width = static_cast<int64_t>(std::ceil(support)) * 2 + 1;
+  AxisTaps taps;
+  taps.width = static_cast<int64_t>(std::ceil(support)) * 2 + 1;
+  const int64_t width = taps.width;
   // Coordinates relative to the box's first whole pixel: for an integer box they are
   // torchvision's crop coordinates exactly.
   const int64_t origin = static_cast<int64_t>(std::floor(start));
   const double offset = start - static_cast<double>(origin);
   const int64_t limit = std::min<int64_t>(static_cast<int64_t>(std::ceil(start + length)),
                                           in_size) - origin;
-  std::vector<double> weights(count * width, 0.0), scratch(width);
-  std::vector<int64_t> first(count), size(count);
+  std::vector<double> weights(out_size * width, 0.0);
+  taps.first.resize(out_size);
+  taps.size.resize(out_size);
   double max_weight = 0.0;
-  // Every output position, not only [lo, lo + count): the precision depends on the
-  // largest weight of the whole axis.
   for (int64_t i = 0; i < out_size; ++i) {
     const double center = offset + scale * (static_cast<double>(i) + 0.5);
     const int64_t xmin = std::max<int64_t>(static_cast<int64_t>(std::floor(center - support + 0.5)), 0);
     const int64_t xmax = std::min<int64_t>(static_cast<int64_t>(center + support + 0.5), limit);
-    const bool kept = i >= lo && i < lo + count;
-    double* wi = kept ? &weights[(i - lo) * width] : scratch.data();
+    double* wi = &weights[i * width];
     double total = 0.0;
     for (int64_t j = 0; j < xmax - xmin; ++j) {
       wi[j] = keys_cubic((static_cast<double>(j + xmin) - center + 0.5) / filter_scale);
@@ -76,13 +77,9 @@ AxisTaps axis_taps(int64_t in_size, double start, double length, int64_t out_siz
       if (total != 0.0) wi[j] /= total;
       max_weight = std::max(max_weight, wi[j]);
     }
-    if (kept) {
-      first[i - lo] = origin + xmin;
-      size[i - lo] = std::max<int64_t>(xmax - xmin, 0);
-    }
+    taps.first[i] = origin + xmin;
+    taps.size[i] = std::max<int64_t>(xmax - xmin, 0);
   }
-  AxisTaps taps;
-  taps.width = width;
   constexpr int kMaxPrecision = 32 - 8 - 2;  // int32 sums of uint8 * weight
   while (taps.precision < kMaxPrecision &&
          static_cast<int64_t>(0.5 + max_weight * static_cast<double>(int64_t(1) << (taps.precision + 1))) <
@@ -90,10 +87,8 @@ AxisTaps axis_taps(int64_t in_size, double start, double length, int64_t out_siz
     ++taps.precision;
   }
   const double one = static_cast<double>(int64_t(1) << taps.precision);
-  taps.first = std::move(first);
-  taps.size = std::move(size);
-  taps.w.resize(count * width);
-  for (int64_t i = 0; i < count * width; ++i) {
+  taps.w.resize(out_size * width);
+  for (int64_t i = 0; i < out_size * width; ++i) {
     const double v = weights[i] * one;
     taps.w[i] = static_cast<int32_t>(v < 0.0 ? v - 0.5 : v + 0.5);  // to nearest, ties away
   }
@@ -104,25 +99,32 @@ inline uint8_t to_uint8(int32_t acc, int precision) {
   return static_cast<uint8_t>(std::clamp(acc >> precision, 0, 255));
 }
 
-// Horizontal pass over source rows [row0, row0 + rows) of an (H, W, C) image into
-// tmp (rows, cols, C), then the vertical pass into out (C, out_rows, cols).
+// One region: the horizontal pass over the source rows [row0, row0 + rows) its output
+// rows read, for output columns [x0, x0 + cols), into tmp (rows, cols, C); then the
+// vertical pass for output rows [y0, y0 + out_rows) into out (C, out_rows, cols).
 template <int64_t C>
 void resample(const uint8_t* src, int64_t src_w, int64_t channels, const AxisTaps& tx,
-              const AxisTaps& ty, int64_t row0, int64_t rows, uint8_t* out) {
+              const AxisTaps& ty, int64_t y0, int64_t x0, int64_t out_rows, int64_t cols,
+              uint8_t* out) {
   const int64_t ch_n = C > 0 ? C : channels;
-  const int64_t cols = static_cast<int64_t>(tx.first.size());
-  const int64_t out_rows = static_cast<int64_t>(ty.first.size());
+  int64_t row0 = std::numeric_limits<int64_t>::max(), row1 = 0;
+  for (int64_t y = y0; y < y0 + out_rows; ++y) {
+    row0 = std::min(row0, ty.first[y]);
+    row1 = std::max(row1, ty.first[y] + ty.size[y]);
+  }
+  const int64_t rows = std::max<int64_t>(row1 - row0, 0);
   std::vector<uint8_t> tmp(rows * cols * ch_n);
   const int32_t half_x = int32_t(1) << (tx.precision - 1);
   for (int64_t r = 0; r < rows; ++r) {
     const uint8_t* line = src + (row0 + r) * src_w * ch_n;
     uint8_t* t = tmp.data() + r * cols * ch_n;
     for (int64_t x = 0; x < cols; ++x) {
-      const int32_t* w = tx.w.data() + x * tx.width;
-      const uint8_t* s = line + tx.first[x] * ch_n;
+      const int32_t* w = tx.w.data() + (x0 + x) * tx.width;
+      const int64_t taps = tx.size[x0 + x];
+      const uint8_t* s = line + tx.first[x0 + x] * ch_n;
       if constexpr (C == 3) {  // the three channels of a pixel in one pass over the taps
         int32_t a0 = half_x, a1 = half_x, a2 = half_x;
-        for (int64_t k = 0; k < tx.size[x]; ++k, s += 3) {
+        for (int64_t k = 0; k < taps; ++k, s += 3) {
           a0 += static_cast<int32_t>(s[0]) * w[k];
           a1 += static_cast<int32_t>(s[1]) * w[k];
           a2 += static_cast<int32_t>(s[2]) * w[k];
@@ -133,7 +135,7 @@ void resample(const uint8_t* src, int64_t src_w, int64_t channels, const AxisTap
       } else {
         for (int64_t ch = 0; ch < ch_n; ++ch) {
           int32_t acc = half_x;
-          for (int64_t k = 0; k < tx.size[x]; ++k) acc += static_cast<int32_t>(s[k * ch_n + ch]) * w[k];
+          for (int64_t k = 0; k < taps; ++k) acc += static_cast<int32_t>(s[k * ch_n + ch]) * w[k];
           t[x * ch_n + ch] = to_uint8(acc, tx.precision);
         }
       }
@@ -143,9 +145,9 @@ void resample(const uint8_t* src, int64_t src_w, int64_t channels, const AxisTap
   std::vector<int32_t> acc(cols * ch_n);
   for (int64_t y = 0; y < out_rows; ++y) {
     std::fill(acc.begin(), acc.end(), half_y);
-    const int32_t* w = ty.w.data() + y * ty.width;
-    for (int64_t k = 0; k < ty.size[y]; ++k) {  // contiguous rows of tmp: vectorises
-      const uint8_t* t = tmp.data() + (ty.first[y] + k - row0) * cols * ch_n;
+    const int32_t* w = ty.w.data() + (y0 + y) * ty.width;
+    for (int64_t k = 0; k < ty.size[y0 + y]; ++k) {  // contiguous rows of tmp: vectorises
+      const uint8_t* t = tmp.data() + (ty.first[y0 + y] + k - row0) * cols * ch_n;
       const int32_t wk = w[k];
       for (int64_t j = 0; j < cols * ch_n; ++j) acc[j] += static_cast<int32_t>(t[j]) * wk;
     }
@@ -158,16 +160,16 @@ void resample(const uint8_t* src, int64_t src_w, int64_t channels, const AxisTap
 }  // namespace
 
 at::Tensor resize_region_cpu(const at::Tensor& image, at::ArrayRef<double> box,
-                             at::IntArrayRef size, at::IntArrayRef region) {
+                             at::IntArrayRef size, at::IntArrayRef regions) {
   const char* op = "resize_region";
   TORCH_CHECK(image.dim() == 3 && image.scalar_type() == at::kByte, op,
               ": image must be a uint8 (H, W, C) tensor, got ", image.scalar_type(), " of shape ",
               image.sizes());
   TORCH_CHECK(image.device().is_cpu(), op, ": image must be on the CPU, got ", image.device());
-  TORCH_CHECK(box.size() == 4 && size.size() == 2 && region.size() == 4, op,
-              ": box must be [top, left, height, width], size [out_h, out_w] and region "
-              "[y0, x0, rows, cols], got ", box.size(), ", ", size.size(), " and ", region.size(),
-              " values");
+  TORCH_CHECK(box.size() == 4 && size.size() == 2 && !regions.empty() && regions.size() % 4 == 0,
+              op, ": box must be [top, left, height, width], size [out_h, out_w] and regions "
+              "[y0, x0, rows, cols] per region, got ", box.size(), ", ", size.size(), " and ",
+              regions.size(), " values");
   const int64_t H = image.size(0), W = image.size(1), C = image.size(2);
   const double top = box[0], left = box[1], height = box[2], width = box[3];
   TORCH_CHECK(H > 0 && W > 0 && C > 0, op, ": image is empty, shape ", image.sizes());
@@ -176,28 +178,34 @@ at::Tensor resize_region_cpu(const at::Tensor& image, at::ArrayRef<double> box,
               op, ": box (top, left, height, width) = (", top, ", ", left, ", ", height, ", ",
               width, ") must lie inside the ", H, "x", W, " image and not be empty");
   const int64_t out_h = size[0], out_w = size[1];
-  const int64_t y0 = region[0], x0 = region[1], rows = region[2], cols = region[3];
   TORCH_CHECK(out_h > 0 && out_w > 0, op, ": size must be positive, got (", out_h, ", ", out_w,
               ")");
-  TORCH_CHECK(y0 >= 0 && x0 >= 0 && rows > 0 && cols > 0 && y0 + rows <= out_h &&
-                  x0 + cols <= out_w,
-              op, ": region (y0, x0, rows, cols) = (", y0, ", ", x0, ", ", rows, ", ", cols,
-              ") must lie inside the ", out_h, "x", out_w, " output");
-  const auto src = image.contiguous();
-  const AxisTaps tx = axis_taps(W, left, width, out_w, x0, cols);
-  const AxisTaps ty = axis_taps(H, top, height, out_h, y0, rows);
-  int64_t row0 = H, row1 = 0;
-  for (int64_t y = 0; y < rows; ++y) {
-    row0 = std::min(row0, ty.first[y]);
-    row1 = std::max(row1, ty.first[y] + ty.size[y]);
+  const int64_t n = static_cast<int64_t>(regions.size()) / 4;
+  const int64_t rows = regions[2], cols = regions[3];
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t y0 = regions[4 * i], x0 = regions[4 * i + 1];
+    TORCH_CHECK(regions[4 * i + 2] == rows && regions[4 * i + 3] == cols, op,
+                ": every region must have the first one's size (", rows, ", ", cols, "), region ",
+                i, " has (", regions[4 * i + 2], ", ", regions[4 * i + 3], ")");
+    TORCH_CHECK(y0 >= 0 && x0 >= 0 && rows > 0 && cols > 0 && y0 + rows <= out_h &&
+                    x0 + cols <= out_w,
+                op, ": region (y0, x0, rows, cols) = (", y0, ", ", x0, ", ", rows, ", ", cols,
+                ") must lie inside the ", out_h, "x", out_w, " output");
   }
-  auto out = at::empty({C, rows, cols}, image.options());
+  const auto src = image.contiguous();
+  // The taps of both axes once for all regions (each needs the whole axis's precision).
+  const AxisTaps tx = axis_taps(W, left, width, out_w);
+  const AxisTaps ty = axis_taps(H, top, height, out_h);
+  auto out = at::empty({n, C, rows, cols}, image.options());
   const uint8_t* s = src.const_data_ptr<uint8_t>();
   uint8_t* o = out.data_ptr<uint8_t>();
-  if (C == 3) {
-    resample<3>(s, W, C, tx, ty, row0, row1 - row0, o);
-  } else {
-    resample<0>(s, W, C, tx, ty, row0, row1 - row0, o);
+  for (int64_t i = 0; i < n; ++i) {
+    uint8_t* dst = o + i * C * rows * cols;
+    if (C == 3) {
+      resample<3>(s, W, C, tx, ty, regions[4 * i], regions[4 * i + 1], rows, cols, dst);
+    } else {
+      resample<0>(s, W, C, tx, ty, regions[4 * i], regions[4 * i + 1], rows, cols, dst);
+    }
   }
   return out;
 }

@@ -44,6 +44,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bench/ceilings.py's JSON: MFU against its measured matmul peak too")
 
 
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``lomar bench-data``'s flags (lomar/benchmark/data_pipeline.py)."""
+    parser.add_argument("--images", default=None,
+                        help="folder of JPEGs (default: offline ImageNet-sized and 12-megapixel "
+                             "JPEGs made from the photos inside scikit-image)")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[224, 448, 1024, 2048],
+                        help="input sizes (default 224 448 1024 2048)")
+    parser.add_argument("--passes", type=int, default=5, help="timed passes over the files")
+    parser.add_argument("--out", default="bench/results/data", help="output folder")
+
+
 def config_from_args(args: argparse.Namespace, command: str):
     """The BenchConfig of parsed arguments: --quick's defaults, then explicit flags."""
     import torch

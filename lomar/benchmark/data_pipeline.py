@@ -1,0 +1,257 @@
+"""``lomar bench-data``: the input pipeline's cost per image, full crops against windows.
+
+    lomar bench-data --out DIR                          # offline JPEGs, 224 to 2048
+    lomar bench-data --images DIR --sizes 224 448 1024 --out DIR
+
+For each source set and input size, both pretraining pipelines run on the same files
+with the same draws (crop, flip, four 7x7-patch windows of 16-pixel patches), on one
+thread, interleaved file by file:
+
+- "full": today's full-image pipeline, ``read_rgb`` then ``pretrain_transform``
+  (random-resized crop, bicubic antialiased, flip, float32, ImageNet normalisation);
+  what it sends to the device is the (3, S, S) float32 crop.
+- "windows": :class:`lomar.data.WindowCrops`, which decodes JPEGs at reduced scale
+  when the crop shrinks them 2x or more and resamples only the windows; it sends
+  (4, 3, 112, 112) uint8 windows and their (4, 2) int64 corners.
+
+Written to DIR: ``data.json`` (one record per pipeline, source set and size:
+``ms_per_image`` the median over passes of a pass's mean, ``bytes_per_image`` as sent
+to the device, ``psnr_db`` of the window pixels against the full-scale pipeline's
+pixels at the same windows (null for "full", and null with ``max_abs_diff`` 0 when
+they are identical)), ``data.png`` and ``decoders.json`` (decode time of each source
+set with Pillow at full and reduced scale, and with simplejpeg when installed).
+
+Without ``--images``, sources are made offline from the photos inside scikit-image:
+"imagenet" (each photo resized to fit 500x375, ImageNet's typical size) and "12mp"
+(4000x3000 mosaics of the photos at their native resolution, so that the JPEG carries
+a photograph's detail, not an upscaled one's smoothness), JPEG quality 90."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import lomar_ops
+
+from ..crop import render_crop
+from ..data import DEMO_PHOTOS, WindowCrops, WindowSpec, pretrain_transform
+from ..decode import decode_rgb, open_image, read_rgb
+from ..engine.seeding import mix, seed_all
+
+WINDOW = dict(patch_size=16, window_size=7, num_windows=4)
+
+
+def build_sources(out: Path, seed: int = 0) -> dict[str, list[Path]]:
+    """The offline source sets: {"imagenet": [...], "12mp": [...]} of JPEG paths."""
+    import skimage.data
+
+    src = Path(skimage.data.__file__).parent
+    photos = [np.asarray(Image.open(src / name).convert("RGB")) for name in DEMO_PHOTOS
+              if not name.startswith(("moon", "camera", "coins", "grass", "gravel", "brick"))]
+    sets: dict[str, list[Path]] = {"imagenet": [], "12mp": []}
+    folder = out / "sources"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, photo in enumerate(photos):
+        image = Image.fromarray(photo)
+        s = min(500 / image.width, 375 / image.height)  # fit 500x375, as ImageNet's photos
+        image = image.resize((round(image.width * s), round(image.height * s)),
+                             Image.Resampling.BICUBIC)
+        path = folder / f"imagenet_{i:02d}.jpg"
+        image.save(path, quality=90)
+        sets["imagenet"].append(path)
+    rng = np.random.default_rng(seed)
+    for k in range(4):
+        canvas = np.zeros((3000, 4000, 3), np.uint8)
+        y = 0
+        while y < 3000:
+            x, row = 0, 0
+            while x < 4000:
+                p = photos[rng.integers(len(photos))]
+                if rng.random() < 0.5:
+                    p = p[:, ::-1]
+                h, w = min(p.shape[0], 3000 - y), min(p.shape[1], 4000 - x)
+                canvas[y:y + h, x:x + w] = p[:h, :w]
+                x, row = x + w, max(row, h)
+            y += row
+        path = folder / f"12mp_{k:02d}.jpg"
+        Image.fromarray(canvas).save(path, quality=90)
+        sets["12mp"].append(path)
+    return sets
+
+
+def _full_pipeline(size: int):
+    transform = pretrain_transform(size)
+    return lambda path: transform(read_rgb(path))
+
+
+def _exact_windows(path: Path, spec: WindowSpec, draw_seed: int) -> torch.Tensor:
+    """The windows at full-scale decoding (the full pipeline's pixels), same draw."""
+    seed_all(draw_seed, devices=False)
+    with open_image(path) as opened:
+        crop, coords = spec.draw(opened.size)
+        pixels = render_crop(decode_rgb(opened).permute(2, 0, 1), crop)
+    K, p = spec.window_size, spec.patch_size
+    return torch.stack([pixels[:, r * p:(r + K) * p, c * p:(c + K) * p]
+                        for r, c in coords.tolist()])
+
+
+def measure(files: list[Path], size: int, passes: int, seed: int = 0) -> dict[str, dict]:
+    """ms per image (median of the passes' means), bytes per image, and the window
+    pixels' PSNR against full-scale decoding, for both pipelines on ``files``."""
+    spec = WindowSpec(size, **WINDOW)
+    pipelines = {"full": _full_pipeline(size), "windows": WindowCrops(spec)}
+    times = {name: [] for name in pipelines}
+    sent = {name: 0 for name in pipelines}
+    for k in range(passes):
+        spent = {name: 0.0 for name in pipelines}
+        for i, path in enumerate(files):
+            for name, pipeline in pipelines.items():
+                seed_all(mix(seed, k, i), devices=False)  # both pipelines: the same draws
+                start = time.perf_counter()
+                out = pipeline(path)
+                spent[name] += time.perf_counter() - start
+                if k == 0:
+                    tensors = out if isinstance(out, tuple) else (out,)
+                    sent[name] += sum(t.numel() * t.element_size() for t in tensors)
+        for name in pipelines:
+            times[name].append(spent[name] / len(files) * 1e3)
+    squared, count, max_diff = 0.0, 0, 0
+    for i, path in enumerate(files):
+        seed_all(mix(seed, 0, i), devices=False)
+        windows, _ = pipelines["windows"](path)
+        exact = _exact_windows(path, spec, mix(seed, 0, i))
+        diff = windows.double() - exact.double()
+        squared += float(diff.pow(2).sum())
+        count += diff.numel()
+        max_diff = max(max_diff, int(diff.abs().max()))
+    mse = squared / count
+    psnr = None if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+    return {name: {"ms_per_image": statistics.median(times[name]),
+                   "ms_per_image_passes": times[name],
+                   "bytes_per_image": sent[name] // len(files),
+                   "psnr_db": psnr if name == "windows" else None,
+                   **({"max_abs_diff": max_diff} if name == "windows" else {})}
+            for name in pipelines}
+
+
+def measure_decoders(files: list[Path], repeats: int) -> dict[str, float]:
+    """Median ms to decode one file of the set: Pillow at 1, 1/2, 1/4, 1/8 scale, and
+    simplejpeg at full scale when it is installed (the same libjpeg-turbo, less glue)."""
+    out = {}
+    for reduce in (1, 2, 4, 8):
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for path in files:
+                with open_image(path) as opened:
+                    decode_rgb(opened, reduce=reduce)
+            runs.append((time.perf_counter() - start) / len(files) * 1e3)
+        out[f"pillow_1/{reduce}"] = statistics.median(runs)
+    try:
+        import simplejpeg
+    except ImportError:
+        return out
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for path in files:
+            simplejpeg.decode_jpeg(path.read_bytes(), colorspace="RGB")
+        runs.append((time.perf_counter() - start) / len(files) * 1e3)
+    out["simplejpeg_1/1"] = statistics.median(runs)
+    return out
+
+
+def plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {"full": "--", "windows": "-"}
+    for source in dict.fromkeys(r["source"] for r in records):
+        for pipeline in ("full", "windows"):
+            mine = sorted((r for r in records if r["source"] == source
+                           and r["pipeline"] == pipeline), key=lambda r: r["input_size"])
+            if not mine:
+                continue
+            sizes = [r["input_size"] for r in mine]
+            label = f"{pipeline}, {source}"
+            ax_t.plot(sizes, [r["ms_per_image"] for r in mine], styles[pipeline], marker="o",
+                      label=label)
+            ax_b.plot(sizes, [r["bytes_per_image"] / 2 ** 20 for r in mine], styles[pipeline],
+                      marker="o", label=label)
+    for ax, ylabel in ((ax_t, "ms per image (one thread, log)"),
+                       (ax_b, "MiB per image to the device (log)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("input size (pixels per side)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    sizes = sorted({r["input_size"] for r in records})
+    ax_t.set_xticks(sizes, [str(s) for s in sizes])
+    ax_b.set_xticks(sizes, [str(s) for s in sizes])
+    fig.suptitle("Input pipeline per image: the whole crop (full) vs only the LoMaR windows "
+                 "(4 windows of 7x7 patches)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(images: str | None, sizes, out: str, passes: int = 5, seed: int = 0,
+        log=print) -> list[dict]:
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if images:
+        files = sorted(p for p in Path(images).iterdir()
+                       if p.suffix.lower() in (".jpg", ".jpeg"))
+        if not files:
+            raise ValueError(f"--images: no .jpg/.jpeg files in {images}")
+        sets = {Path(images).name: files}
+    else:
+        sets = build_sources(out_dir, seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the figures are per worker thread
+    records: list[dict] = []
+    decoders = {}
+    try:
+        for source, files in sets.items():
+            with open_image(files[0]) as opened:
+                shape = "x".join(str(v) for v in reversed(opened.size))
+            label = f"{source} ({len(files)} JPEGs, {shape})"
+            decoders[label] = measure_decoders(files, repeats=max(3, passes))
+            for size in sizes:
+                for pipeline, rec in measure(files, size, passes, seed).items():
+                    records.append({"pipeline": pipeline, "source": label, "input_size": size,
+                                    **rec})
+                    log(f"{pipeline:>8} {label:<40} {size:>5}  {rec['ms_per_image']:8.2f} ms"
+                        f"  {rec['bytes_per_image']:>10} B"
+                        + (f"  PSNR {rec['psnr_db']:.1f} dB" if rec.get("psnr_db") else ""))
+                _write(out_dir, records, decoders, sizes, passes)
+    finally:
+        torch.set_num_threads(threads)
+    plot(records, out_dir / "data.png")
+    return records
+
+
+def _write(out_dir: Path, records, decoders, sizes, passes) -> None:
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.processor() or platform.machine()}, one thread",
+            "torch": torch.__version__, "lomar_ops": lomar_ops.__version__,
+            "pillow": Image.__version__, "sizes": list(sizes), "passes": passes, **WINDOW}
+    for name, value in (("data.json", records),
+                        ("decoders.json", {"meta": meta, "ms_per_file": decoders}),
+                        ("meta.json", meta)):
+        tmp = out_dir / f"{name}.tmp"
+        tmp.write_text(json.dumps(value, indent=1))
+        tmp.replace(out_dir / name)
