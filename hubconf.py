@@ -12,6 +12,6 @@ references. See docs/training.md, "torch.hub"."""
 
 from lomar.hub import entry_points as _entry_points
 
-dependencies = ["torch", "timm", "yaml", "safetensors", "numpy"]
+dependencies = ["torch", "torchvision", "timm", "yaml", "safetensors", "numpy"]
 
 globals().update(_entry_points())

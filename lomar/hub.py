@@ -30,10 +30,10 @@ import inspect
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
-from .checkpoint import load_checkpoint
+from .engine.finetune import attach_probe_head
+from .engine.init_weights import load_encoder_state, read_checkpoint
 from .models import create_model, model_names
 from .models.lomar_vit import LoMaRPretrain, LoMaRPretrainAsymmetric, LoMaRViT
 
@@ -51,25 +51,9 @@ def _model_class(name: str) -> type[nn.Module]:
     return LoMaRPretrainAsymmetric if name.endswith("_dec512d8b") else LoMaRPretrain
 
 
-def read_weights(checkpoint: str | Path) -> tuple[dict, dict, str]:
-    """(state dict in our names, the job's config or {}, "lomar" or "official")."""
-    from .engine.init_weights import read_state_dict
-
-    path = Path(checkpoint)
-    state, source = read_state_dict(path)  # safetensors, ours, or the authors' (converted)
-    config: dict = {}
-    if source == "lomar" and path.suffix == ".safetensors":
-        beside = path.parent / "config.yaml"
-        if beside.is_file():
-            config = yaml.safe_load(beside.read_text()) or {}
-    elif source == "lomar":
-        config = load_checkpoint(path).get("config") or {}
-    return state, config, source
-
-
 def _kwargs_from_config(name: str, config: dict, state: dict) -> dict:
     """The model arguments a checkpoint implies: its job's ``model_kwargs`` that the
-    model's class accepts, norm_pix_loss and global_pool, the class count of a head."""
+    model's class accepts, norm_pix_loss, global_pool, window_sampling, a head's classes."""
     accepted = set(inspect.signature(_model_class(name)).parameters)
     kwargs = {k: v for k, v in (config.get("model_kwargs") or {}).items() if k in accepted}
     job = {"norm_pix_loss": config.get("norm_pix_loss"), "global_pool": config.get("global_pool"),
@@ -92,18 +76,14 @@ def load_model(name: str, checkpoint: str | Path | None = None, **kwargs) -> nn.
                          f"{', '.join(hub_model_names())}")
     if checkpoint is None:
         return create_model(name, **kwargs)
-    state, config, source = read_weights(checkpoint)
+    state, source, config = read_checkpoint(checkpoint)  # ours or the authors' (converted)
     model = create_model(name, **{**_kwargs_from_config(name, config, state), **kwargs})
-    if name.startswith(ENCODER_PREFIX) and "head.1.weight" in state:
-        from .engine.finetune import attach_probe_head  # a linear probe's head
-
+    if name.startswith(ENCODER_PREFIX) and "head.1.weight" in state:  # a linear probe's head
         attach_probe_head(model, model.num_classes)
     if name.startswith(PRETRAIN_PREFIX) or any(k.startswith("head.") for k in state):
         _load_whole(model, state, name, checkpoint, config.get("model"))
     else:  # a pretraining checkpoint into an encoder: the encoder's part, a new head
-        from .engine.init_weights import load_encoder_weights
-
-        load_encoder_weights(model, checkpoint)
+        load_encoder_state(model, state, source, checkpoint)
     return model
 
 
