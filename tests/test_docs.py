@@ -124,3 +124,16 @@ def test_configs_shown_are_shipped():
             resolve_config(name)
         except ConfigError as exc:
             pytest.fail(f"--config {name} is shown in the docs: {exc}")
+
+
+def test_front_page_figure_is_drawn_from_the_record(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "resolution_cost", ROOT / "docs" / "figures" / "resolution_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.DEFAULT_RESULTS.is_file()
+    out = module.draw(module.DEFAULT_RESULTS, tmp_path / "figure.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert "docs/figures/resolution_cost.png" in (ROOT / "README.md").read_text()
