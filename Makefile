@@ -1,7 +1,7 @@
 # Two commands on a fresh machine:  make demo   and   make test
 # Both create .venv, install torch and this package (building the C++/CUDA
 # extension), then run. Variables: PYTHON (the interpreter that makes the venv),
-# LOMAR_CUDA=auto|0|1, TORCH_CUDA_ARCH_LIST, MAX_JOBS (see README).
+# LOMAR_CUDA=auto|0|1, TORCH_CUDA_ARCH_LIST, MAX_JOBS (see docs/install.md).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -23,11 +23,11 @@ EXT_STAMP  := $(VENV)/.ext-built
 # output/demo_probe.png).
 demo: $(EXT_STAMP)
 	$(PY) -m lomar_ops smoke
-	$(PY) -m lomar pretrain --config lomar/configs/demo_pretrain.yaml
+	$(PY) -m lomar pretrain --config demo_pretrain
 	$(PY) -m lomar visualize --checkpoint output/demo_pretrain/checkpoint-last.pt \
 		--window-size 5 --mask-ratio 0.75
-	$(PY) -m lomar finetune --config lomar/configs/demo_probe.yaml
-	$(PY) -m lomar finetune --config lomar/configs/demo_probe.yaml checkpoint=null \
+	$(PY) -m lomar finetune --config demo_probe
+	$(PY) -m lomar finetune --config demo_probe checkpoint=null \
 		output_dir=output/demo_probe_random
 	$(PY) -m lomar.engine.probe_report output/demo_probe.png \
 		pretrained=output/demo_probe random-init=output/demo_probe_random
@@ -51,7 +51,7 @@ bench: $(EXT_STAMP)
 	$(PY) bench/summarize.py bench/results/cpu-latest
 	$(PY) -m lomar bench --device cpu --quick --out bench/results/cpu-latest/throughput
 
-# On a GPU machine (no network: uses the python already there, see shared/GPU.md).
+# On a GPU machine (no network: uses the python already there; see docs/gpu.md).
 gpu-check:
 	bash bench/gpu_check.sh
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared GPU script (shared/GPU.md): versions, build, GPU tests, kernel
+# The one prepared GPU script (docs/gpu.md): versions, build, GPU tests, kernel
 # benchmarks, the end-to-end throughput comparison (lomar bench), results as
 # JSON/CSV/PNG under $OUT (default bench/results/latest), and a short table last.
 # Runs with the python already on the machine (no network there).

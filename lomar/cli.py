@@ -1,14 +1,17 @@
 """The ``lomar`` command (also ``python -m lomar``).
 
-    lomar pretrain [--config FILE.yaml] [key=value ...]
-    lomar finetune [--config FILE.yaml] [key=value ...]
+    lomar pretrain [--config NAME|FILE.yaml] [key=value ...]
+    lomar finetune [--config NAME|FILE.yaml] [key=value ...]
+    lomar configs [NAME]
     lomar visualize --checkpoint output/run/checkpoint-last.pt [--images DIR ...]
     lomar bench [--device cuda|cpu] [--quick] [--out DIR] [...]
     lomar bench-data [--images DIR] [--sizes 224 448 1024 2048] [--out DIR]
     lomar info
 
-Overrides use the config's dotted keys (``optim.blr=1e-4 data.path=/data/train``);
-``lomar pretrain --help-config`` (or ``finetune``) prints every key with its default."""
+``--config`` takes a YAML file or the name of a config shipped with the package
+(``lomar configs`` lists them). Overrides use the config's dotted keys
+(``optim.blr=1e-4 data.path=/data/train``); ``lomar pretrain --help-config`` (or
+``finetune``) prints every key with its default."""
 
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ import sys
 
 import yaml
 
-from .config import ConfigError, load_config, to_dict
+from ._version import __version__
+from .config import ConfigError, config_description, load_config, packaged_configs, to_dict
 
 
 def _run_job(config_cls, job, args) -> int:
@@ -93,6 +97,23 @@ def _finetune(args) -> int:
     return _run_job(FinetuneConfig, finetune, args)
 
 
+def _configs(args) -> int:
+    """The packaged configs (name and description), or one of them as YAML text."""
+    configs = packaged_configs()
+    if args.name:
+        name = args.name[:-len(".yaml")] if args.name.endswith(".yaml") else args.name
+        if name not in configs:
+            print(f"lomar configs: no packaged config {args.name!r}; packaged: "
+                  f"{', '.join(configs)}", file=sys.stderr)
+            return 2
+        print(configs[name].read_text(), end="")
+        return 0
+    width = max(map(len, configs))
+    for name, path in configs.items():
+        print(f"{name:<{width}}  {config_description(path)}")
+    return 0
+
+
 def _info(args) -> int:
     import lomar_ops
 
@@ -103,9 +124,12 @@ def _info(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="lomar", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"lomar {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    config_help = "a packaged config's name (see 'lomar configs') or a YAML file (keys as in " \
+                  "--help-config)"
     p = sub.add_parser("pretrain", help="LoMaR pretraining (torchrun for several processes)")
-    p.add_argument("--config", help="YAML file (keys as in --help-config)")
+    p.add_argument("--config", help=config_help)
     p.add_argument("--help-config", action="store_true", help="print every key and its default")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p.set_defaults(run=_pretrain)
@@ -135,10 +159,13 @@ def main(argv=None) -> int:
     d.set_defaults(run=_bench_data)
     f = sub.add_parser("finetune", help="fine-tuning or linear probe of a (LoMaR-pretrained) "
                                         "encoder (torchrun for several processes)")
-    f.add_argument("--config", help="YAML file (keys as in --help-config)")
+    f.add_argument("--config", help=config_help)
     f.add_argument("--help-config", action="store_true", help="print every key and its default")
     f.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     f.set_defaults(run=_finetune)
+    c = sub.add_parser("configs", help="the configs shipped with the package, or one of them")
+    c.add_argument("name", nargs="?", help="print this config's YAML (to copy and edit)")
+    c.set_defaults(run=_configs)
     i = sub.add_parser("info", help="what lomar_ops was built with, which backends run here")
     i.set_defaults(run=_info)
     args = parser.parse_args(argv)

@@ -1,12 +1,15 @@
 """Typed configs: dataclasses filled from a YAML file, then from command-line
 overrides ``key.sub=value`` (values parsed as YAML: 3, 1.5e-4, true, [224, 224]).
 
-Unknown keys and values of the wrong type fail before any work starts, naming the
-key, the value and what is allowed."""
+The file is a path, or the name of a config shipped inside the package
+(``lomar/configs/<name>.yaml``, listed by ``lomar configs``), so that an installed
+package finds its configs wherever it is run from. Unknown keys and values of the
+wrong type fail before any work starts, naming the key, the value and what is allowed."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import types
 import typing
 from pathlib import Path
@@ -119,14 +122,45 @@ def _replace_path(cfg, parts: list[str], value, full_key: str):
     return dataclasses.replace(cfg, **{head: _replace_path(child, parts[1:], value, full_key)})
 
 
+def packaged_configs() -> dict[str, Path]:
+    """``{name: path}`` of the YAML configs shipped in the package (lomar/configs/),
+    sorted by name; the name is the file name without ``.yaml``."""
+    folder = importlib.resources.files("lomar") / "configs"
+    files = [Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")]
+    return {f.name[:-len(".yaml")]: f for f in sorted(files)}
+
+
+def config_description(path: str | Path) -> str:
+    """The first comment line of a config file (its one-line description), or ""."""
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def resolve_config(value: str | Path) -> Path:
+    """The config file ``value`` names: an existing file as given, else the packaged
+    config of that name (``pretrain_vit_base_448``, with or without ``.yaml``)."""
+    path = Path(value)
+    if path.is_file():
+        return path
+    packaged = packaged_configs()
+    name = path.name[:-len(".yaml")] if path.name.endswith(".yaml") else path.name
+    if path.parent == Path(".") and name in packaged:
+        return packaged[name]
+    raise ConfigError(f"config: file not found: {value} (nor is it a packaged config; "
+                      f"packaged: {', '.join(packaged)}; 'lomar configs' lists them)")
+
+
 def load_config(cls, path: str | Path | None = None, overrides: typing.Iterable[str] = ()):
-    """Defaults of ``cls``, then the YAML file at ``path``, then ``overrides``; then
-    ``cfg.validate()`` when the class defines it."""
+    """Defaults of ``cls``, then the YAML file ``path`` (a path or a packaged config's
+    name, see :func:`resolve_config`), then ``overrides``; then ``cfg.validate()``
+    when the class defines it."""
     data = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config: file not found: {path}")
+        path = resolve_config(path)
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config: {path} must hold a mapping at the top level")

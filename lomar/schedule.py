@@ -1,4 +1,4 @@
-"""Learning-rate rules of the LoMaR/MAE recipes (shared/REFERENCE.md section 5):
+"""Learning-rate rules of the LoMaR/MAE recipes (docs/method.md#pretraining-recipe):
 the linear scaling rule, then a linear warmup and a half-cycle cosine decay,
 evaluated at every iteration (fractional epochs), with per-group ``lr_scale``
 (layer-wise decay) honoured."""

@@ -9,6 +9,8 @@ pure-PyTorch implementations behind one function and a backend chooser.
 
 from __future__ import annotations
 
+from lomar._version import __version__  # the distribution's one version number
+
 from . import _extension
 from ._build_info import build_info, format_build_info
 from .backends import (BACKENDS, BackendUnavailableError, available_backends, backend_report,
@@ -18,10 +20,8 @@ from .ops import (mask_substitute, masked_patch_loss, rpe_gather, window_attenti
                   window_attention_qkvpacked, window_patchify)
 from .sampling import sample_window_masks, sample_windows
 
-__version__ = "0.1.0"
-
 __all__ = [
-    "BACKENDS", "BackendUnavailableError", "available_backends", "backend_report",
+    "__version__", "BACKENDS", "BackendUnavailableError", "available_backends", "backend_report",
     "build_info", "format_build_info", "irpe_bucket_ids", "irpe_num_buckets",
     "mask_substitute", "masked_patch_loss", "piecewise_index", "resolve_backend", "rpe_gather",
     "sample_window_masks", "sample_windows", "window_attention", "window_attention_qkvpacked",

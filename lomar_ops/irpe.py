@@ -3,7 +3,7 @@ Encoding for Vision Transformer"), in the configuration LoMaR uses: "product"
 method, piecewise index with alpha, beta, gamma = 1x, 2x, 8x ``ratio``, and one
 extra bucket shared by every pair that involves a cls token.
 
-See shared/REFERENCE.md section 2. The map is built once per grid size and is
+See docs/method.md#irpe-the-relative-position-encoding. The map is built once per grid size and is
 shared by all windows, heads and layers."""
 
 from __future__ import annotations

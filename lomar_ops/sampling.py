@@ -1,5 +1,5 @@
-"""Random windows and masks of the LoMaR step (REFERENCE.md section 1, steps 1-2),
-pure PyTorch on the given device, reproducible through a torch.Generator."""
+"""Random windows and masks of the LoMaR step (docs/method.md#the-pretraining-step,
+steps 1-2), pure PyTorch on the given device, reproducible through a torch.Generator."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The authors' LoMaR pretraining forward, written from shared/REFERENCE.md
-(sections 1 and 2) with their parameter names and layouts, independently of
+"""The authors' LoMaR pretraining forward, written from docs/method.md (the step,
+iRPE, their state-dict names) with their parameter names and layouts, independently of
 lomar.models: it embeds the whole image with a convolution and gathers window
 tokens (as their code does), computes iRPE buckets with its own scalar loops,
 and reads the iRPE table in their (heads, head_dim, buckets) layout. Used only to

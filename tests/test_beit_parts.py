@@ -58,7 +58,7 @@ def test_dvae_architecture_size_and_cost():
         logits = model(x)
     assert logits.shape == (1, 8192, 14, 14)
     gmac = counter.get_total_flops() / 2 / 1e9
-    assert abs(gmac - 26.1) < 0.1  # REFERENCE.md section 4's hand count
+    assert abs(gmac - 26.1) < 0.1  # the hand count of docs/method.md#baselines
 
 
 def test_dvae_tokens():

@@ -5,6 +5,7 @@ from typing import Literal, Optional
 
 import pytest
 
+import lomar
 from lomar.config import ConfigError, apply_override, load_config, save_config, to_dict
 
 
@@ -74,3 +75,48 @@ def test_bad_files(tmp_path):
 def test_override_returns_new_instance():
     cfg = Job()
     assert apply_override(cfg, "optim.blr=1").optim.blr == 1.0 and cfg.optim.blr == 1.5e-4
+
+
+PACKAGED = {"demo_pretrain", "demo_probe", "finetune_vit_base_448", "pretrain_vit_base_448"}
+
+
+def test_packaged_configs_by_name_or_path(tmp_path, monkeypatch):
+    import yaml
+
+    from lomar.config import config_description, from_dict, packaged_configs, resolve_config
+    from lomar.engine import FinetuneConfig, PretrainConfig
+
+    configs = packaged_configs()
+    assert set(configs) == PACKAGED and all(p.suffix == ".yaml" for p in configs.values())
+    for name, path in configs.items():
+        assert config_description(path), f"{name}: no first comment line"
+        job = FinetuneConfig if "probe" in name or "finetune" in name else PretrainConfig
+        # Only known keys of the right types (its data paths need not exist here).
+        from_dict(job, yaml.safe_load(path.read_text()))
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config("demo_pretrain") == configs["demo_pretrain"]
+    assert resolve_config("demo_pretrain.yaml") == configs["demo_pretrain"]
+    cfg = load_config(PretrainConfig, "demo_pretrain", ["max_steps=3"])
+    assert cfg.mask.window_size == 5 and cfg.max_steps == 3
+    # A file wins over a name; a path with folders is never a name.
+    (tmp_path / "demo_pretrain").write_text("batch_size: 7\n")
+    assert load_config(PretrainConfig, "demo_pretrain", ["data.path=x"]).batch_size == 7
+    with pytest.raises(ConfigError, match=r"file not found: configs/demo_pretrain.yaml \(nor is "
+                                          r"it a packaged config; packaged: demo_pretrain, "):
+        resolve_config("configs/demo_pretrain.yaml")
+
+
+def test_lomar_configs_command(capsys):
+    from lomar.cli import main
+
+    assert main(["configs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert {line.split()[0] for line in lines} == PACKAGED
+    assert any("9 windows" in line for line in lines if line.startswith("pretrain_vit_base_448"))
+    assert main(["configs", "demo_probe"]) == 0
+    assert "linear_probe: true" in capsys.readouterr().out
+    assert main(["configs", "nope"]) == 2
+    assert "no packaged config 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"lomar {lomar.__version__}"

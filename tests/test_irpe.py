@@ -1,5 +1,6 @@
 """iRPE bucket ids against an independent, scalar transcription of
-shared/REFERENCE.md section 2 (per-axis piecewise index, product buckets)."""
+docs/method.md#irpe-the-relative-position-encoding (per-axis piecewise index,
+product buckets)."""
 
 import math
 

@@ -1,5 +1,5 @@
-"""`lomar bench`: FLOPs counted from the models against REFERENCE.md section 4's hand
-counts, the ratio table, bad arguments, and the CPU run end to end (JSON and PNG)."""
+"""`lomar bench`: FLOPs counted from the models against the hand counts of
+docs/method.md#why-the-cost-does-not-grow-with-the-image, the ratio table, bad arguments, and the CPU run end to end (JSON and PNG)."""
 
 import json
 

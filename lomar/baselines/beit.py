@@ -1,5 +1,5 @@
 """BEiT pretraining (Bao et al., "BEiT: BERT Pre-Training of Image Transformers"),
-as shared/REFERENCE.md section 4 describes it, on lomar_ops, and the same objective
+as docs/method.md#baselines describes it, on lomar_ops, and the same objective
 on LoMaR windows (the paper's Table 5).
 
 :class:`BEiTPretrain` (``beit_base_patch16``): ViT-B on all L + 1 tokens, masked

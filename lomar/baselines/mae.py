@@ -1,5 +1,5 @@
 """MAE (He et al., "Masked Autoencoders Are Scalable Vision Learners"), exactly as
-shared/REFERENCE.md section 4 describes it, with the parameter names of the
+docs/method.md#baselines describes it, with the parameter names of the
 authors' checkpoints so their weights load with strict=True.
 
 Encoder: ViT on the visible 25% of the patches (per-sample random masking by

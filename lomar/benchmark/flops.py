@@ -5,7 +5,8 @@ torch.utils.flop_counter.FlopCounterMode counts matrix products and convolutions
 are opaque to it, so the count runs the model with ``ops_backend="torch"``: the
 reference ops compute the same products as the fused ones (attention's q.k and
 p.v, iRPE's q.R), in plain torch ops the counter sees. Elementwise work (softmax,
-LayerNorm, the loss) is not counted, as in the hand counts of REFERENCE.md section 4."""
+LayerNorm, the loss) is not counted, as in the hand counts of
+docs/method.md#why-the-cost-does-not-grow-with-the-image."""
 
 from __future__ import annotations
 

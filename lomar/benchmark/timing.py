@@ -17,7 +17,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def make_optimizer(model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    """The pretraining recipe's AdamW (REFERENCE.md section 5); fused on CUDA."""
+    """The pretraining recipe's AdamW (docs/method.md#pretraining-recipe); fused on CUDA."""
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05,
                              fused=device.type == "cuda")

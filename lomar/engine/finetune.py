@@ -1,7 +1,7 @@
 """Fine-tuning and linear probing of a LoMaR encoder: the recipe of
-shared/REFERENCE.md section 5 as defaults.
+docs/method.md#fine-tuning-recipe as defaults (the job: docs/training.md).
 
-    lomar finetune --config lomar/configs/finetune_vit_base.yaml data.path=/data/imagenet \\
+    lomar finetune --config finetune_vit_base_448 data.path=/data/imagenet \\
         checkpoint=output/pretrain/checkpoint-last.pt
 
 ``data.path`` holds ``train/`` and ``val/`` in the ImageFolder layout (one
@@ -258,6 +258,16 @@ def evaluate(model: nn.Module, dataset, cfg: FinetuneConfig, info: distributed.D
     return {"val_top1": 100 * top1 / n, "val_top5": 100 * top5 / n, "val_loss": loss / n}
 
 
+def attach_probe_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """Replace the encoder's head by the linear probe's: BatchNorm1d(affine=False) +
+    Linear (weights N(0, 0.01) truncated, zero bias), as MAE's protocol has it."""
+    head = nn.Linear(model.embed_dim, num_classes)
+    nn.init.trunc_normal_(head.weight, std=0.01)
+    nn.init.zeros_(head.bias)
+    model.head = nn.Sequential(nn.BatchNorm1d(model.embed_dim, affine=False, eps=1e-6), head)
+    return model
+
+
 def _build_model(cfg: FinetuneConfig, num_classes: int, info) -> tuple[nn.Module, str]:
     torch.manual_seed(cfg.seed)
     kwargs = {"global_pool": cfg.global_pool, "drop_path_rate": 0.0 if cfg.linear_probe
@@ -267,10 +277,7 @@ def _build_model(cfg: FinetuneConfig, num_classes: int, info) -> tuple[nn.Module
     if cfg.checkpoint:
         report = load_encoder_weights(model, cfg.checkpoint).summary()
     if cfg.linear_probe:
-        head = nn.Linear(model.embed_dim, num_classes)
-        nn.init.trunc_normal_(head.weight, std=0.01)
-        nn.init.zeros_(head.bias)
-        model.head = nn.Sequential(nn.BatchNorm1d(model.embed_dim, affine=False, eps=1e-6), head)
+        attach_probe_head(model, num_classes)
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith("head.")
     model.ops_backend = cfg.ops_backend

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
 from ..checkpoint import convert_official, load_checkpoint
@@ -34,31 +35,49 @@ class LoadReport:
                 f"{', '.join(self.unused) or 'none'}")
 
 
-def read_state_dict(path: str | Path) -> tuple[dict, str]:
-    """(state dict in our names, "lomar" or "official") from a checkpoint file."""
+def read_checkpoint(path: str | Path) -> tuple[dict, str, dict]:
+    """(state dict in our names, "lomar" or "official", the job's config or {}) from a
+    checkpoint file, read once. The config is the one stored in our checkpoint-*.pt,
+    or the run's config.yaml beside a model.safetensors."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    config = {}
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         state = load_file(str(path))
+        beside = path.parent / "config.yaml"
+        if beside.is_file():
+            config = yaml.safe_load(beside.read_text()) or {}
     else:
         # The authors' files also hold their argparse options: allow that one class.
         with torch.serialization.safe_globals([argparse.Namespace]):
             state = load_checkpoint(path)
+        config = state.get("config") if isinstance(state.get("config"), dict) else {}
         state = state.get("model", state)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"checkpoint {path}: expected a state dict of tensors (under 'model' "
                          f"or at the top level)")
     if any(k.endswith(OFFICIAL_RPE_SUFFIX) for k in state):
-        return convert_official(state), "official"
-    return state, "lomar"
+        return convert_official(state), "official", {}
+    return state, "lomar", config
+
+
+def read_state_dict(path: str | Path) -> tuple[dict, str]:
+    """(state dict in our names, "lomar" or "official") from a checkpoint file."""
+    state, source, _ = read_checkpoint(path)
+    return state, source
 
 
 def load_encoder_weights(model: nn.Module, path: str | Path) -> LoadReport:
     """Copy the matching tensors of a pretraining checkpoint into ``model``; fails when
     none match or a matching name has another shape (another architecture)."""
     state, source = read_state_dict(path)
+    return load_encoder_state(model, state, source, path)
+
+
+def load_encoder_state(model: nn.Module, state: dict, source: str, path) -> LoadReport:
+    """:func:`load_encoder_weights` for a state dict already read from ``path``."""
     own = model.state_dict()
     shared = [k for k in state if k in own]
     if not shared:

@@ -1,6 +1,7 @@
-"""LoMaR pretraining: the recipe of shared/REFERENCE.md section 5 as defaults.
+"""LoMaR pretraining: the recipe of docs/method.md#pretraining-recipe as defaults
+(the job: docs/training.md).
 
-    lomar pretrain --config lomar/configs/pretrain_vit_base.yaml data.path=/data/imagenet/train
+    lomar pretrain --config pretrain_vit_base_448 data.path=/data/imagenet/train
 
 lr = blr * effective batch / 256; AdamW (0.9, 0.95), weight decay 0.05 off for
 norms, biases, tokens and iRPE tables; linear warmup then cosine per iteration;

@@ -1,4 +1,4 @@
-"""LoMaR models (shared/REFERENCE.md sections 1 and 2), built on lomar_ops.
+"""LoMaR models (docs/method.md: the pretraining step, iRPE), built on lomar_ops.
 
 Pretraining (:class:`LoMaRPretrain`): for each image, ``num_windows`` random
 K x K-patch windows (independent per image by default; ``window_sampling="batch"``
@@ -364,7 +364,7 @@ class LoMaRPretrainAsymmetric(_WindowPretrain):
     window (masks do), so the encoder's attention takes an (S, N, N) map, which the
     fused window_attention (one (N, N) map) does not: it runs the pure-PyTorch reference
     formula instead. Sharing one mask per batch would keep the fused op but would
-    change the masking of section 1. With ``abs_pos_embed``, fixed sin-cos embeddings
+    change the masking of docs/method.md#the-pretraining-step. With ``abs_pos_embed``, fixed sin-cos embeddings
     of the patches' places in the image, in the encoder and (decoder width) the decoder."""
 
     def __init__(self, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,

@@ -1,5 +1,5 @@
 """mask_substitute: masked rows of each window sequence replaced by the learned
-mask token, the cls token prepended (REFERENCE.md section 1, step 3).
+mask token, the cls token prepended (docs/method.md#the-pretraining-step, step 3).
 
 Implementations: csrc/cpu/mask_substitute.cpp, csrc/cuda/mask_substitute.cu,
 lomar_ops/triton_kernels/mask_substitute.py, lomar_ops/reference/mask_substitute.py.

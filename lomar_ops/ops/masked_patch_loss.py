@@ -1,5 +1,5 @@
 """masked_patch_loss: the normalised-pixel reconstruction loss of MAE and LoMaR,
-averaged over masked patches only (REFERENCE.md section 1, step 6).
+averaged over masked patches only (docs/method.md#the-pretraining-step, step 6).
 
 Implementations: csrc/cpu/masked_patch_loss.cpp, csrc/cuda/masked_patch_loss.cu,
 lomar_ops/triton_kernels/masked_patch_loss.py, lomar_ops/reference/masked_patch_loss.py.

@@ -1,5 +1,5 @@
 """window_patchify: the pixels of K x K-patch windows, patch by patch, in the
-loss-target layout (REFERENCE.md section 1, step 6).
+loss-target layout (docs/method.md#the-pretraining-step, step 6).
 
 Implementations: csrc/cpu/window_patchify.cpp, csrc/cuda/window_patchify.cu,
 lomar_ops/triton_kernels/window_patchify.py, lomar_ops/reference/window_patchify.py.
