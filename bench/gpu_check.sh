@@ -47,6 +47,7 @@ echo "== 5. end-to-end throughput: LoMaR vs MAE vs BEiT, ViT-B/16 (lomar bench)"
 throughput_status=0
 $PY -m lomar bench --device cuda --out "$OUT/throughput" --resolutions 224 448 1024 384 512 768 \
     --max-batch 128 --warmup 2 --iters 5 --phase-iters 1 --budget-s 180 \
+    --data-workers "$(( $(nproc) > 4 ? $(nproc) - 2 : 2 ))" \
     --ceilings "$OUT/ceilings.json" || throughput_status=$?
 
 echo "== 6. summary"

@@ -143,3 +143,18 @@ def test_bench_end_to_end_on_cpu(tmp_path, capsys):
     table = (out / "ratios.md").read_text()
     assert "| lomar / mae | 112 |" in table and "| beit_window | 112 | 4 | 2 |" in table
     assert "lomar / mae" in capsys.readouterr().out
+
+
+def test_bench_fed_by_the_window_pipeline(tmp_path):
+    """--data-workers: LoMaR steps fed by the loader report their wait for data."""
+    out = tmp_path / "fed"
+    argv = ["bench", "--device", "cpu", "--size", "tiny", "--resolutions", "112", "--methods",
+            "lomar", "mae", "--batch", "2", "--warmup", "1", "--iters", "2", "--phase-iters", "0",
+            "--threads", "1", "--data-workers", "1", "--out", str(out)]
+    assert main(argv) == 0
+    cases = {c["method"]: c for c in json.loads((out / "results.json").read_text())["cases"]}
+    lomar = cases["lomar"]
+    assert 0 <= lomar["data_wait_share"] <= 1 and lomar["fed_images_per_s"] > 0
+    assert lomar["data_workers"] == 1 and any((out / "sources" / "imagenet").glob("*.jpg"))
+    assert "data_wait_share" not in cases["mae"]  # MAE takes whole images
+    assert "waiting for data" in (out / "ratios.md").read_text()

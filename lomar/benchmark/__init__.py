@@ -40,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "references); default: each method's own")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's own choice)")
+    parser.add_argument("--data-workers", type=int, default=None,
+                        help="also feed the LoMaR steps from the window pipeline with this many "
+                             "loader processes and report the share of the step spent waiting "
+                             "for data (default 0: synthetic images only)")
+    parser.add_argument("--data-images", default=None,
+                        help="JPEG folder for --data-workers (default: offline ImageNet-sized "
+                             "JPEGs made from the photos inside scikit-image)")
     parser.add_argument("--ceilings", default=None,
                         help="bench/ceilings.py's JSON: MFU against its measured matmul peak too")
 
@@ -63,7 +70,8 @@ def config_from_args(args: argparse.Namespace, command: str):
 
     values = dict(QUICK) if args.quick else {}
     for key in ("batch", "max_batch", "methods", "resolutions", "size", "warmup", "iters",
-                "phase_iters", "budget_s", "ceilings", "out", "threads", "ops_backend"):
+                "phase_iters", "budget_s", "ceilings", "out", "threads", "ops_backend",
+                "data_workers", "data_images"):
         value = getattr(args, key)
         if value is not None:
             values[key] = tuple(value) if isinstance(value, list) else value

@@ -50,26 +50,32 @@ from ..engine.seeding import mix, seed_all
 WINDOW = dict(patch_size=16, window_size=7, num_windows=4)
 
 
-def build_sources(out: Path, seed: int = 0) -> dict[str, list[Path]]:
-    """The offline source sets: {"imagenet": [...], "12mp": [...]} of JPEG paths."""
+def build_sources(out: Path, seed: int = 0, sets=("imagenet", "12mp"),
+                  subfolders: bool = False) -> dict[str, list[Path]]:
+    """The offline source sets: {"imagenet": [...], "12mp": [...]} of JPEG paths, under
+    out/sources (or out/sources/<set>/ with ``subfolders``)."""
     import skimage.data
 
     src = Path(skimage.data.__file__).parent
     photos = [np.asarray(Image.open(src / name).convert("RGB")) for name in DEMO_PHOTOS
               if not name.startswith(("moon", "camera", "coins", "grass", "gravel", "brick"))]
-    sets: dict[str, list[Path]] = {"imagenet": [], "12mp": []}
-    folder = out / "sources"
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, photo in enumerate(photos):
+    made: dict[str, list[Path]] = {name: [] for name in sets}
+
+    def folder_for(name: str) -> Path:
+        folder = out / "sources" / name if subfolders else out / "sources"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    for i, photo in enumerate(photos if "imagenet" in sets else []):
         image = Image.fromarray(photo)
         s = min(500 / image.width, 375 / image.height)  # fit 500x375, as ImageNet's photos
         image = image.resize((round(image.width * s), round(image.height * s)),
                              Image.Resampling.BICUBIC)
-        path = folder / f"imagenet_{i:02d}.jpg"
+        path = folder_for("imagenet") / f"imagenet_{i:02d}.jpg"
         image.save(path, quality=90)
-        sets["imagenet"].append(path)
+        made["imagenet"].append(path)
     rng = np.random.default_rng(seed)
-    for k in range(4):
+    for k in range(4 if "12mp" in sets else 0):
         canvas = np.zeros((3000, 4000, 3), np.uint8)
         y = 0
         while y < 3000:
@@ -82,10 +88,10 @@ def build_sources(out: Path, seed: int = 0) -> dict[str, list[Path]]:
                 canvas[y:y + h, x:x + w] = p[:h, :w]
                 x, row = x + w, max(row, h)
             y += row
-        path = folder / f"12mp_{k:02d}.jpg"
+        path = folder_for("12mp") / f"12mp_{k:02d}.jpg"
         Image.fromarray(canvas).save(path, quality=90)
-        sets["12mp"].append(path)
-    return sets
+        made["12mp"].append(path)
+    return made
 
 
 def _full_pipeline(size: int):

@@ -139,6 +139,13 @@ def ratios_markdown(results: dict) -> str:
                      f"{c['batch']} | {c['images_per_s']:.1f} | {c['ms_per_image']:.2f} | "
                      f"{f['forward'] / 1e9:.1f} ({f['tokenizer'] / 1e9:.1f}) | "
                      f"{f['train'] / 1e9:.1f} | {mem} | {mfu} | {split} |")
+    fed = [c for c in _ok(results) if "data_wait_share" in c]
+    if fed:
+        lines += ["", "## Steps fed by the window pipeline (share of the step waiting for data)",
+                  "", "| method | res | loader processes | images/s fed | waiting for data |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {c['method']} | {c['resolution']} | {c['data_workers']} | "
+                  f"{c['fed_images_per_s']:.1f} | {c['data_wait_share']:.0%} |" for c in fed]
     if results["size"] != "base":
         lines += ["", f"Model size '{results['size']}' is reduced from ViT-B: these ratios "
                   "show the trend, not the paper's ViT-B figures."]

@@ -16,9 +16,10 @@ import torch
 import lomar_ops
 
 from . import flops as flop_count
-from .methods import METHODS, PAPER_WINDOWS, SIZES, check_resolution, resolved_ops
+from .methods import (METHODS, PAPER_WINDOWS, PATCH, SIZES, WINDOW, check_resolution,
+                      resolved_ops)
 from .report import write_all
-from .timing import PhaseTimer, make_optimizer, search_batch, time_steps
+from .timing import PhaseTimer, make_optimizer, search_batch, time_fed_steps, time_steps
 
 FULL_RESOLUTIONS = (224, 384, 448, 512, 768, 1024)
 DEFAULT_CPU_BATCH = 2
@@ -39,6 +40,8 @@ class BenchConfig:
     ceilings: str | None = None
     threads: int | None = None  # torch CPU threads; None: torch's default
     ops_backend: str | None = None  # every method's lomar_ops backend; None: each its own
+    data_workers: int = 0  # > 0: LoMaR steps also fed by the window pipeline (data wait share)
+    data_images: str | None = None  # JPEG folder for those steps; None: offline ImageNet-sized
     seed: int = 0
     command: str = "lomar bench"
     out: str = "bench/results/throughput"
@@ -58,7 +61,8 @@ class BenchConfig:
         for name, value, low in (("--batch", self.batch, 1), ("--max-batch", self.max_batch, 1),
                                  ("--warmup", self.warmup, 0), ("--iters", self.iters, 1),
                                  ("--phase-iters", self.phase_iters, 0),
-                                 ("--threads", self.threads, 1)):
+                                 ("--threads", self.threads, 1),
+                                 ("--data-workers", self.data_workers, 0)):
             if value is not None and value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
         if self.ops_backend is not None:
@@ -138,6 +142,8 @@ def _case(cfg, method, res, device, header) -> dict:
         case["flops_per_image"] = flop_count.count_flops(model, *make_inputs(1))
     except torch.cuda.OutOfMemoryError:
         return {**case, "status": f"out of memory at batch {batch}"}
+    if cfg.data_workers and method.name.startswith("lomar"):
+        case.update(_fed(cfg, model, method, res, batch, device))
     train = case["flops_per_image"]["train"]
     case["achieved_tflops"] = train * case["images_per_s"] / 1e12
     peaks = header["peak_bf16_tflops"]
@@ -145,6 +151,29 @@ def _case(cfg, method, res, device, header) -> dict:
     case["mfu_vs_measured_matmul"] = flop_count.mfu(train, case["images_per_s"],
                                                     peaks["measured_matmul"])
     return {**case, "status": "ok"}
+
+
+def _fed(cfg, model, method, res, batch, device) -> dict:
+    """Steps of ``model`` fed by the window pipeline with ``cfg.data_workers`` loader
+    processes: how much of the step waits for data (lomar/benchmark/timing.py)."""
+    from ..data import ImageFiles, WindowCrops, WindowSpec
+    from .data_pipeline import build_sources
+
+    folder = Path(cfg.data_images) if cfg.data_images else Path(cfg.out) / "sources" / "imagenet"
+    if not cfg.data_images and not any(folder.glob("*.jpg")):
+        build_sources(folder.parent.parent, sets=("imagenet",), subfolders=True)
+    n = method.windows(res)
+    files = ImageFiles(folder, WindowCrops(WindowSpec(res, PATCH, WINDOW, n)))
+    steps = cfg.warmup + cfg.iters
+    sampler = torch.utils.data.RandomSampler(files, replacement=True, num_samples=batch * steps,
+                                             generator=torch.Generator().manual_seed(cfg.seed))
+    loader = torch.utils.data.DataLoader(files, batch_size=batch, sampler=sampler,
+                                         num_workers=cfg.data_workers, drop_last=True,
+                                         pin_memory=device.type == "cuda",
+                                         prefetch_factor=4, persistent_workers=False)
+    optimizer = make_optimizer(model, device)
+    fed = time_fed_steps(model, loader, n, optimizer, device, cfg.warmup, cfg.iters)
+    return {**fed, "data_workers": cfg.data_workers, "data_images": str(folder)}
 
 
 def run(cfg: BenchConfig, log=print) -> dict:
@@ -192,6 +221,8 @@ def _line(case: dict) -> str:
     if case["status"] != "ok":
         return f"{head}  {case['status']}"
     mfu = f"  MFU {case['mfu']:.1%}" if case.get("mfu") else ""
+    fed = (f"  fed by {case['data_workers']} workers: {case['fed_images_per_s']:.1f} img/s, "
+           f"{case['data_wait_share']:.0%} waiting for data" if "data_wait_share" in case else "")
     return (f"{head}  batch {case['batch']:>4}  {case['images_per_s']:9.1f} img/s  "
             f"{case['ms_per_image']:8.2f} ms/img  "
-            f"{case['flops_per_image']['train'] / 1e9:8.1f} GFLOP/img (train){mfu}")
+            f"{case['flops_per_image']['train'] / 1e9:8.1f} GFLOP/img (train){mfu}{fed}")

@@ -156,3 +156,31 @@ class PhaseTimer:
         if "tokenizer_end" in m:
             split["tokenizer_ms"] = tokenizer
         return {k: v * 1e3 for k, v in split.items()}
+
+
+def time_fed_steps(model, loader, num_windows: int, optimizer, device: torch.device,
+                   warmup: int, iters: int) -> dict:
+    """Training steps fed by the window pipeline's loader (uint8 windows and their
+    corners, pinned and copied without blocking): the share of the wall time spent
+    waiting for the loader, and the images per second end to end."""
+    batches = iter(loader)
+
+    def step(wait: list) -> int:
+        start = time.perf_counter()
+        windows, coords, _ = next(batches)
+        wait[0] += time.perf_counter() - start
+        windows = windows.to(device, non_blocking=True)
+        coords = coords.to(device, non_blocking=True)
+        train_step(model, windows, {"num_windows": num_windows, "coords": coords}, optimizer)
+        return windows.shape[0]
+
+    for _ in range(warmup):
+        step([0.0])
+    synchronize(device)
+    waited, images = [0.0], 0
+    start = time.perf_counter()
+    for _ in range(iters):
+        images += step(waited)
+    synchronize(device)
+    wall = time.perf_counter() - start
+    return {"data_wait_share": waited[0] / wall, "fed_images_per_s": images / wall}
