@@ -45,11 +45,13 @@ cmake-test: $(VENV_STAMP)
 	$(VENV)/bin/ctest --test-dir build-cmake --output-on-failure
 
 # CPU benchmarks (pytest-benchmark); tagged CSV/JSON under bench/results/cpu-latest,
-# then the end-to-end throughput comparison at reduced scale (lomar bench --quick).
+# then the end-to-end throughput comparison at reduced scale (lomar bench --quick), then
+# the input pipeline's cost per image, full crops against windows (lomar bench-data).
 bench: $(EXT_STAMP)
 	LOMAR_BENCH_OUT=bench/results/cpu-latest $(PY) -m pytest bench -q -p no:cacheprovider -o python_files='bench_*.py'
 	$(PY) bench/summarize.py bench/results/cpu-latest
 	$(PY) -m lomar bench --device cpu --quick --out bench/results/cpu-latest/throughput
+	$(PY) -m lomar bench-data --out bench/results/cpu-latest/data
 
 # On a GPU machine (no network: uses the python already there; see docs/gpu.md).
 gpu-check:
