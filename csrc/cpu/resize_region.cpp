@@ -113,47 +113,56 @@ void resample(const uint8_t* src, int64_t src_w, int64_t channels, const AxisTap
     row1 = std::max(row1, ty.first[y] + ty.size[y]);
   }
   const int64_t rows = std::max<int64_t>(row1 - row0, 0);
-  std::vector<uint8_t> tmp(rows * cols * ch_n);
-  const int32_t half_x = int32_t(1) << (tx.precision - 1);
+  // The horizontal pass runs on a transposed copy of the source rectangle it reads,
+  // so that, like the vertical pass, it sums whole contiguous lines (all rows and
+  // channels of one source column) with one weight: the loops vectorise. Integer
+  // sums: the order changes nothing.
+  int64_t col0 = std::numeric_limits<int64_t>::max(), col1 = 0;
+  for (int64_t x = x0; x < x0 + cols; ++x) {
+    col0 = std::min(col0, tx.first[x]);
+    col1 = std::max(col1, tx.first[x] + tx.size[x]);
+  }
+  const int64_t line = rows * ch_n;  // one source column of the rectangle, all channels
+  std::vector<uint8_t> columns(std::max<int64_t>(col1 - col0, 0) * line);
   for (int64_t r = 0; r < rows; ++r) {
-    const uint8_t* line = src + (row0 + r) * src_w * ch_n;
-    uint8_t* t = tmp.data() + r * cols * ch_n;
+    const uint8_t* s = src + ((row0 + r) * src_w + col0) * ch_n;
+    for (int64_t c = 0; c < col1 - col0; ++c)
+      for (int64_t ch = 0; ch < ch_n; ++ch) columns[c * line + r * ch_n + ch] = s[c * ch_n + ch];
+  }
+  std::vector<uint8_t> tmp(rows * cols * ch_n);  // (rows, cols, C)
+  {
+    const int32_t half_x = int32_t(1) << (tx.precision - 1);
+    std::vector<int32_t> acc_buf(line);
+    int32_t* __restrict acc = acc_buf.data();
     for (int64_t x = 0; x < cols; ++x) {
+      std::fill(acc, acc + line, half_x);
       const int32_t* w = tx.w.data() + (x0 + x) * tx.width;
-      const int64_t taps = tx.size[x0 + x];
-      const uint8_t* s = line + tx.first[x0 + x] * ch_n;
-      if constexpr (C == 3) {  // the three channels of a pixel in one pass over the taps
-        int32_t a0 = half_x, a1 = half_x, a2 = half_x;
-        for (int64_t k = 0; k < taps; ++k, s += 3) {
-          a0 += static_cast<int32_t>(s[0]) * w[k];
-          a1 += static_cast<int32_t>(s[1]) * w[k];
-          a2 += static_cast<int32_t>(s[2]) * w[k];
-        }
-        t[x * 3] = to_uint8(a0, tx.precision);
-        t[x * 3 + 1] = to_uint8(a1, tx.precision);
-        t[x * 3 + 2] = to_uint8(a2, tx.precision);
-      } else {
-        for (int64_t ch = 0; ch < ch_n; ++ch) {
-          int32_t acc = half_x;
-          for (int64_t k = 0; k < taps; ++k) acc += static_cast<int32_t>(s[k * ch_n + ch]) * w[k];
-          t[x * ch_n + ch] = to_uint8(acc, tx.precision);
-        }
+      for (int64_t k = 0; k < tx.size[x0 + x]; ++k) {
+        const uint8_t* __restrict c = columns.data() + (tx.first[x0 + x] + k - col0) * line;
+        const int32_t wk = w[k];
+        for (int64_t j = 0; j < line; ++j) acc[j] += static_cast<int32_t>(c[j]) * wk;
       }
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t ch = 0; ch < ch_n; ++ch)
+          tmp[(r * cols + x) * ch_n + ch] = to_uint8(acc[r * ch_n + ch], tx.precision);
     }
   }
   const int32_t half_y = int32_t(1) << (ty.precision - 1);
-  std::vector<int32_t> acc(cols * ch_n);
+  const int64_t row_len = cols * ch_n;
+  std::vector<int32_t> acc_buf(row_len);
+  int32_t* __restrict acc = acc_buf.data();
   for (int64_t y = 0; y < out_rows; ++y) {
-    std::fill(acc.begin(), acc.end(), half_y);
+    std::fill(acc, acc + row_len, half_y);
     const int32_t* w = ty.w.data() + (y0 + y) * ty.width;
     for (int64_t k = 0; k < ty.size[y0 + y]; ++k) {  // contiguous rows of tmp: vectorises
-      const uint8_t* t = tmp.data() + (ty.first[y0 + y] + k - row0) * cols * ch_n;
+      const uint8_t* __restrict t = tmp.data() + (ty.first[y0 + y] + k - row0) * row_len;
       const int32_t wk = w[k];
-      for (int64_t j = 0; j < cols * ch_n; ++j) acc[j] += static_cast<int32_t>(t[j]) * wk;
+      for (int64_t j = 0; j < row_len; ++j) acc[j] += static_cast<int32_t>(t[j]) * wk;
     }
-    for (int64_t x = 0; x < cols; ++x)
-      for (int64_t ch = 0; ch < ch_n; ++ch)
-        out[(ch * out_rows + y) * cols + x] = to_uint8(acc[x * ch_n + ch], ty.precision);
+    for (int64_t ch = 0; ch < ch_n; ++ch) {
+      uint8_t* __restrict dst = out + (ch * out_rows + y) * cols;
+      for (int64_t x = 0; x < cols; ++x) dst[x] = to_uint8(acc[x * ch_n + ch], ty.precision);
+    }
   }
 }
 

@@ -5,7 +5,7 @@
 
 For each source set and input size, both pretraining pipelines run on the same files
 with the same draws (crop, flip, four 7x7-patch windows of 16-pixel patches), on one
-thread, interleaved file by file:
+thread, in passes over all the files that alternate between the pipelines:
 
 - "full": today's full-image pipeline, ``read_rgb`` then ``pretrain_transform``
   (random-resized crop, bicubic antialiased, flip, float32, ImageNet normalisation);
@@ -118,18 +118,22 @@ def measure(files: list[Path], size: int, passes: int, seed: int = 0) -> dict[st
     times = {name: [] for name in pipelines}
     sent = {name: 0 for name in pipelines}
     for k in range(passes):
-        spent = {name: 0.0 for name in pipelines}
-        for i, path in enumerate(files):
-            for name, pipeline in pipelines.items():
+        # A pipeline's pass over all the files, then the other's, in alternating order:
+        # each runs with its own working set in the caches, as in a loader process (a
+        # 50 MB full crop between two files would evict the other's).
+        order = list(pipelines) if k % 2 == 0 else list(pipelines)[::-1]
+        for name in order:
+            spent = 0.0
+            for i, path in enumerate(files):
                 seed_all(mix(seed, k, i), devices=False)  # both pipelines: the same draws
                 start = time.perf_counter()
-                out = pipeline(path)
-                spent[name] += time.perf_counter() - start
+                out = pipelines[name](path)
+                spent += time.perf_counter() - start
                 if k == 0:
                     tensors = out if isinstance(out, tuple) else (out,)
                     sent[name] += sum(t.numel() * t.element_size() for t in tensors)
-        for name in pipelines:
-            times[name].append(spent[name] / len(files) * 1e3)
+                del out
+            times[name].append(spent / len(files) * 1e3)
     squared, count, max_diff = 0.0, 0, 0
     for i, path in enumerate(files):
         seed_all(mix(seed, 0, i), devices=False)
@@ -232,9 +236,12 @@ def run(images: str | None, sizes, out: str, passes: int = 5, seed: int = 0,
     decoders = {}
     try:
         for source, files in sets.items():
-            with open_image(files[0]) as opened:
-                shape = "x".join(str(v) for v in reversed(opened.size))
-            label = f"{source} ({len(files)} JPEGs, {shape})"
+            sides = []
+            for path in files:
+                with open_image(path) as opened:
+                    sides.append(opened.size)
+            shape = f"{max(w for _, w in sides)}x{max(h for h, _ in sides)}"
+            label = f"{source} ({len(files)} JPEGs, up to {shape})"
             decoders[label] = measure_decoders(files, repeats=max(3, passes))
             for size in sizes:
                 for pipeline, rec in measure(files, size, passes, seed).items():
