@@ -2,12 +2,14 @@
 
     lomar pretrain [--config FILE.yaml] [key=value ...]
     lomar finetune [--config FILE.yaml] [key=value ...]
+    lomar detect [--config FILE.yaml] [key=value ...]
     lomar visualize --checkpoint output/run/checkpoint-last.pt [--images DIR ...]
     lomar bench [--device cuda|cpu] [--quick] [--out DIR] [...]
     lomar info
 
 Overrides use the config's dotted keys (``optim.blr=1e-4 data.path=/data/train``);
-``lomar pretrain --help-config`` (or ``finetune``) prints every key with its default."""
+``lomar pretrain --help-config`` (or ``finetune``, ``detect``) prints every key with its
+default."""
 
 from __future__ import annotations
 
@@ -75,6 +77,12 @@ def _finetune(args) -> int:
     return _run_job(FinetuneConfig, finetune, args)
 
 
+def _detect(args) -> int:
+    from .engine import DetectConfig, detect
+
+    return _run_job(DetectConfig, detect, args)
+
+
 def _info(args) -> int:
     import lomar_ops
 
@@ -115,6 +123,13 @@ def main(argv=None) -> int:
     f.add_argument("--help-config", action="store_true", help="print every key and its default")
     f.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     f.set_defaults(run=_finetune)
+    d = sub.add_parser("detect", help="Mask R-CNN / Faster R-CNN with the encoder as a ViTDet "
+                                      "backbone, on COCO-format data (torchrun for several "
+                                      "processes)")
+    d.add_argument("--config", help="YAML file (keys as in --help-config)")
+    d.add_argument("--help-config", action="store_true", help="print every key and its default")
+    d.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    d.set_defaults(run=_detect)
     i = sub.add_parser("info", help="what lomar_ops was built with, which backends run here")
     i.set_defaults(run=_info)
     args = parser.parse_args(argv)
