@@ -5,10 +5,9 @@ prediction figures (:mod:`.figures`). The job is ``lomar detect``
 (:mod:`lomar.engine.detect`)."""
 
 from .coco import CocoDetection, collate, load_coco
-from .detector import DETECTORS, SquareTransform, build_detector, detector_param_groups
+from .detector import DETECTORS, SquareTransform, build_detector
 from .evaluate import coco_ap, coco_results
 from .synthetic import build_demo_detection
 
 __all__ = ["DETECTORS", "CocoDetection", "SquareTransform", "build_demo_detection",
-           "build_detector", "coco_ap", "coco_results", "collate", "detector_param_groups",
-           "load_coco"]
+           "build_detector", "coco_ap", "coco_results", "collate", "load_coco"]

@@ -1,6 +1,5 @@
-"""torchvision's Mask R-CNN / Faster R-CNN around a ViTDet backbone, and its
-optimizer parameter groups (layer-wise lr decay in the backbone, full lr in the
-pyramid and the heads)."""
+"""torchvision's Mask R-CNN / Faster R-CNN around a ViTDet backbone, at a fixed
+square input size."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from ..data import IMAGENET_MEAN, IMAGENET_STD
-from ..engine.param_groups import no_weight_decay_names, param_groups_layer_decay
 
 DETECTORS = ("mask_rcnn", "faster_rcnn")
 ROI_LEVELS = ["0", "1", "2", "3"]  # the RoI heads pool strides 4-32; the RPN also sees "pool"
@@ -85,23 +83,3 @@ def build_detector(backbone: nn.Module, num_classes: int, kind: str = "mask_rcnn
         model = FasterRCNN(backbone, None, **kwargs)
     model.transform = SquareTransform(input_size)
     return model
-
-
-def detector_param_groups(detector: nn.Module, weight_decay: float,
-                          layer_decay: float) -> list[dict]:
-    """The backbone's groups from :func:`param_groups_layer_decay` (patch embedding
-    and block i at layer_decay ** (depth + 1 - layer), the pyramid at the full lr),
-    then the heads at the full lr; no weight decay on norms, biases and iRPE tables."""
-    backbone = detector.backbone
-    groups = param_groups_layer_decay(backbone, weight_decay, layer_decay,
-                                      no_weight_decay_names(backbone))
-    top = len(backbone.blocks) + 1
-    heads = {True: [], False: []}
-    for name, param in detector.named_parameters():
-        if param.requires_grad and not name.startswith("backbone."):
-            heads[not (param.ndim <= 1 or name.endswith(".bias"))].append(param)
-    for decay, params in heads.items():
-        if params:
-            groups.append({"params": params, "weight_decay": weight_decay if decay else 0.0,
-                           "lr_scale": 1.0, "layer": top})
-    return groups

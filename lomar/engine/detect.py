@@ -35,18 +35,20 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import torch
+from torch import nn
 
 from .. import distributed
 from ..checkpoint import export_safetensors
 from ..config import ConfigError, save_config
 from ..detection import (CocoDetection, build_demo_detection, build_detector, coco_ap,
-                         coco_results, collate, detector_param_groups)
+                         coco_results, collate)
 from ..detection.figures import draw_predictions, plot_ap
 from ..models import SIZES, create_model, model_names
 from ..run_log import RunLog, plot_loss_curve
 from ..schedule import scaled_lr
 from .init_weights import LoadReport, load_encoder_weights
 from .loop import StepLoop
+from .param_groups import no_weight_decay_names, param_groups_layer_decay
 from .seeding import mix, seed_all
 
 SYNTHETIC = "synthetic"  # data.path value: the offline digits-on-photos set
@@ -230,6 +232,26 @@ def build_model(cfg: DetectConfig, num_classes: int) -> tuple[torch.nn.Module, s
                            det.box_batch_size_per_image, det.detections_per_image,
                            det.rpn_proposals)
     return model, report + "; detector heads: new"
+
+
+def detector_param_groups(detector: nn.Module, weight_decay: float,
+                          layer_decay: float) -> list[dict]:
+    """The backbone's groups from :func:`param_groups_layer_decay` (patch embedding
+    and block i at layer_decay ** (depth + 1 - layer), the pyramid at the full lr),
+    then the heads at the full lr; no weight decay on norms, biases and iRPE tables."""
+    backbone = detector.backbone
+    groups = param_groups_layer_decay(backbone, weight_decay, layer_decay,
+                                      no_weight_decay_names(backbone))
+    top = len(backbone.blocks) + 1
+    heads = {True: [], False: []}
+    for name, param in detector.named_parameters():
+        if param.requires_grad and not name.startswith("backbone."):
+            heads[not (param.ndim <= 1 or name.endswith(".bias"))].append(param)
+    for decay, params in heads.items():
+        if params:
+            groups.append({"params": params, "weight_decay": weight_decay if decay else 0.0,
+                           "lr_scale": 1.0, "layer": top})
+    return groups
 
 
 @torch.no_grad()
