@@ -77,9 +77,10 @@ def draw_predictions(model, dataset, png_path: str | Path, count: int = 4,
             canvas = draw_segmentation_masks(canvas, masks, alpha=0.45)
         labels = [f"{dataset.categories[int(c) - 1]} {float(s):.2f}"
                   for c, s in zip(pred["labels"].cpu()[keep], pred["scores"].cpu()[keep])]
-        canvas = draw_bounding_boxes(canvas, pred["boxes"].float().cpu()[keep] * zoom,
-                                     labels=labels, colors="yellow",
-                                     width=max(1, canvas.shape[-1] // 200))
+        if labels:
+            canvas = draw_bounding_boxes(canvas, pred["boxes"].float().cpu()[keep] * zoom,
+                                         labels=labels, colors="yellow",
+                                         width=max(1, canvas.shape[-1] // 200))
         panels.append(canvas)
     model.train(was_training)
     side = max(max(p.shape[-2:]) for p in panels)
