@@ -216,3 +216,14 @@ def test_cli(capsys):
     assert "layer_decay: 0.7" in out and "window_size: 14" in out
     assert main(["detect", "detector.kindd=x"]) == 2
     assert "unknown key detector.kindd" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["demo_detect.yaml", "detect_vitdet_base_1024.yaml"])
+def test_shipped_configs_load(name):
+    from pathlib import Path
+
+    import lomar
+
+    path = Path(lomar.__file__).parent / "configs" / name
+    cfg = load_config(DetectConfig, path, ["checkpoint=null"])
+    assert cfg.model.startswith("vitdet_") and cfg.data.input_size % 32 == 0
