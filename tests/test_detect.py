@@ -74,7 +74,8 @@ def test_train_items_jitter_and_flip_consistently(coco_dir):
     plain = CocoDetection(*args, scale_range=(1.0, 1.0), hflip=0.0)
     flipped = CocoDetection(*args, scale_range=(1.0, 1.0), hflip=1.0)
     (img, t), (img_f, t_f) = plain[0], flipped[0]
-    assert img.shape == (3, 64, 64) and img.dtype == torch.float32 and 0 <= img.min() <= img.max() <= 1
+    assert img.shape == (3, 64, 64) and img.dtype == torch.float32
+    assert 0 <= img.min() <= img.max() <= 1
     assert torch.equal(img_f, img.flip(-1)) and torch.equal(t_f["masks"], t["masks"].flip(-1))
     assert torch.equal(t_f["boxes"][:, [0, 2]], 64 - t["boxes"][:, [2, 0]])
     coco = plain.coco

@@ -96,7 +96,8 @@ def test_fused_ops_equal_reference_ops():
         model = backbone(window_size=3, global_blocks=(1,))
         model.ops_backend = ops
         out = model(imgs)
-        sum((v * torch.linspace(-1, 1, v.numel()).view_as(v)).sum() for v in out.values()).backward()
+        loss = sum((v * torch.linspace(-1, 1, v.numel()).view_as(v)).sum() for v in out.values())
+        loss.backward()
         results.append(({k: v.detach() for k, v in out.items()},
                         {n: p.grad for n, p in model.named_parameters()}))
     (out_a, grads_a), (out_b, grads_b) = results
@@ -260,9 +261,10 @@ def test_detector_layer_decay_groups():
     where = {id(p): g for g in groups for p in g["params"]}
     params = dict(model.named_parameters())
     assert len(where) == len(params) == sum(len(g["params"]) for g in groups)
-    expected = {"backbone.patch_embed.proj.weight": 0.5 ** 4, "backbone.blocks.0.attn.qkv.weight":
-                0.5 ** 3, "backbone.blocks.2.mlp.fc2.bias": 0.5, "backbone.pyramid.output.0.1.weight":
-                1.0, "rpn.head.conv.0.0.weight": 1.0, "roi_heads.box_head.fc6.weight": 1.0}
+    expected = {"backbone.patch_embed.proj.weight": 0.5 ** 4,
+                "backbone.blocks.0.attn.qkv.weight": 0.5 ** 3,
+                "backbone.blocks.2.mlp.fc2.bias": 0.5, "backbone.pyramid.output.0.1.weight": 1.0,
+                "rpn.head.conv.0.0.weight": 1.0, "roi_heads.box_head.fc6.weight": 1.0}
     for name, scale in expected.items():
         assert where[id(params[name])]["lr_scale"] == pytest.approx(scale), name
     no_decay = {n for n, p in params.items() if where[id(p)]["weight_decay"] == 0}

@@ -62,5 +62,5 @@ def create_model(name: str, **kwargs):
     raise ValueError(f"unknown model {name!r}; known: {', '.join(model_names())}")
 
 
-__all__ = ["IRPEAttention", "LoMaRPretrain", "LoMaRPretrainAsymmetric", "LoMaRViT", "ViTDetBackbone",
-           "create_model", "model_names"]
+__all__ = ["IRPEAttention", "LoMaRPretrain", "LoMaRPretrainAsymmetric", "LoMaRViT",
+           "ViTDetBackbone", "create_model", "model_names"]
