@@ -34,7 +34,7 @@ tests_status=0
 $PY -m pytest tests -q -m "not slow" -p no:cacheprovider --maxfail=25 \
     --junitxml="$OUT/gpu_tests.xml" || tests_status=$?
 
-echo "== 4. ceilings and kernel benchmarks"
+echo "== 4. ceilings, kernel benchmarks and the ViTDet backbone (bench_vitdet.py)"
 $PY bench/ceilings.py --out "$OUT"
 # A failing benchmark case must not hide the others' figures: report, go on.
 bench_status=0

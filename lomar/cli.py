@@ -3,6 +3,7 @@
     lomar pretrain [--config NAME|FILE.yaml] [key=value ...]
     lomar finetune [--config NAME|FILE.yaml] [key=value ...]
     lomar configs [NAME]
+    lomar detect [--config NAME|FILE.yaml] [key=value ...]
     lomar visualize --checkpoint output/run/checkpoint-last.pt [--images DIR ...]
     lomar bench [--device cuda|cpu] [--quick] [--out DIR] [...]
     lomar bench-data [--images DIR] [--sizes 224 448 1024 2048] [--out DIR]
@@ -11,7 +12,7 @@
 ``--config`` takes a YAML file or the name of a config shipped with the package
 (``lomar configs`` lists them). Overrides use the config's dotted keys
 (``optim.blr=1e-4 data.path=/data/train``); ``lomar pretrain --help-config`` (or
-``finetune``) prints every key with its default."""
+``finetune``, ``detect``) prints every key with its default."""
 
 from __future__ import annotations
 
@@ -114,6 +115,12 @@ def _configs(args) -> int:
     return 0
 
 
+def _detect(args) -> int:
+    from .engine import DetectConfig, detect
+
+    return _run_job(DetectConfig, detect, args)
+
+
 def _info(args) -> int:
     import lomar_ops
 
@@ -166,6 +173,13 @@ def main(argv=None) -> int:
     c = sub.add_parser("configs", help="the configs shipped with the package, or one of them")
     c.add_argument("name", nargs="?", help="print this config's YAML (to copy and edit)")
     c.set_defaults(run=_configs)
+    d = sub.add_parser("detect", help="Mask R-CNN / Faster R-CNN with the encoder as a ViTDet "
+                                      "backbone, on COCO-format data (torchrun for several "
+                                      "processes)")
+    d.add_argument("--config", help=config_help)
+    d.add_argument("--help-config", action="store_true", help="print every key and its default")
+    d.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    d.set_defaults(run=_detect)
     i = sub.add_parser("info", help="what lomar_ops was built with, which backends run here")
     i.set_defaults(run=_info)
     args = parser.parse_args(argv)

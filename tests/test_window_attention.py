@@ -392,3 +392,23 @@ def _bad_cases():
 def test_rejects_bad_arguments(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         lomar_ops.window_attention(**kwargs)
+
+
+# ---- autocast -------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["contextual", "bias"])
+def test_cpu_kernel_under_autocast_equals_it_outside(mode):
+    # Inside autocast the kernel's own fp32 GEMMs must not be recast to bf16: the op
+    # runs in its inputs' dtype (bf16 here, as a bf16 linear layer would give it).
+    q, k, v, rpe, ids = make_inputs((3, 17, 2, 16), mode, "shared", torch.bfloat16, "cpu")
+    q, k, v, rpe = (t.requires_grad_() for t in (q, k, v, rpe))
+    grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    results = []
+    for autocast in (False, True):
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            out = lomar_ops.window_attention(q, k, v, rpe=rpe, rpe_mode=mode, bucket_ids=ids,
+                                             backend="cpu")
+            results.append((out, *torch.autograd.grad(out, (q, k, v, rpe), grad)))
+    for a, b in zip(*results):
+        assert a.dtype == b.dtype == torch.bfloat16
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -26,6 +26,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 #include <c10/core/GradMode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <algorithm>
 #include <cmath>
@@ -244,6 +245,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_fwd_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& rpe, const c10::optional<at::Tensor>& ids,
     c10::string_view rpe_mode, double scale) {
+  // Under autocast the op runs in its inputs' dtype; the GEMMs below must keep the
+  // fp32/fp64 accumulators they are given (autocast would recast them to bf16/fp16).
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   check_window_attention_args(q, k, v, rpe, ids, rpe_mode);
   const Problem p = problem_of(q, rpe, rpe_mode, scale);
   if (p.mode) check_bucket_ids_range(*ids, p.NB, "window_attention");
@@ -271,6 +275,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
     const at::Tensor& out, const at::Tensor& lse, const at::Tensor& probs,
     const c10::optional<at::Tensor>& rpe, const c10::optional<at::Tensor>& ids,
     c10::string_view rpe_mode, double scale) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // as above
   check_window_attention_args(q, k, v, rpe, ids, rpe_mode);
   const Problem p = problem_of(q, rpe, rpe_mode, scale);
   TORCH_CHECK(probs.dim() == 3 && probs.size(0) == p.S * p.H && probs.size(1) == p.N &&

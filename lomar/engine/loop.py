@@ -35,14 +35,27 @@ from .seeding import ResumableSampler, SeededItems
 LossFn = Callable[[nn.Module, tuple, int, int], torch.Tensor]
 
 
+def to_device(batch, device: torch.device):
+    """``batch`` with every tensor, nested in tuples, lists and dicts, on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
 class StepLoop:
     def __init__(self, job: str, cfg, info: distributed.DistInfo, dataset, model: nn.Module,
                  optimizer: torch.optim.Optimizer, peak_lr: float, log: RunLog,
-                 trainable: Optional[nn.Module] = None):
+                 trainable: Optional[nn.Module] = None, collate_fn: Optional[Callable] = None):
         """``trainable``: the module wrapped by DDP and called as ``net`` (the model by
-        default; a linear probe's head)."""
+        default; a linear probe's head). ``collate_fn``: the DataLoader's (default:
+        stacking); a batch may nest tensors in tuples, lists and dicts."""
         self.job, self.cfg, self.info, self.log = job, cfg, info, log
         self.model, self.optimizer, self.peak_lr = model, optimizer, peak_lr
+        self.collate_fn = collate_fn
         self.out = Path(cfg.output_dir)
         self.dataset = SeededItems(dataset, cfg.seed)
         self.sampler = ResumableSampler(len(dataset), cfg.seed, info.rank, info.world_size)
@@ -72,7 +85,8 @@ class StepLoop:
                           prefetch_factor=max(2, math.ceil((accum + 1) / workers)))
         return torch.utils.data.DataLoader(
             self.dataset, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=workers,
-            drop_last=True, pin_memory=self.info.device.type == "cuda", **kwargs)
+            drop_last=True, collate_fn=self.collate_fn,
+            pin_memory=self.info.device.type == "cuda", **kwargs)
 
     def resume(self, path: str) -> dict:
         """Load model, optimizer, RNG states, step and the job's extra state."""
@@ -110,7 +124,7 @@ class StepLoop:
             t0 = time.perf_counter()
             waited = [0.0]  # seconds blocked on the loader since t0
             for batch in _timed(loader, waited):
-                batch = tuple(t.to(info.device, non_blocking=True) for t in batch)
+                batch = to_device(tuple(batch), info.device)
                 if micro % accum == 0:
                     set_lr(self.optimizer, lr_at(self.step, self.total_steps, self.warmup_steps,
                                                  self.peak_lr, cfg.optim.min_lr))

@@ -5,12 +5,15 @@
   encoder-decoder variant (paper's Fig. 4) with MAE's light decoder (512 wide, 8 blocks,
   16 heads);
 * ``vit_{small,base,large,huge}_patch{16,14,8}``: encoders for fine-tuning and inference;
+* ``vitdet_{small,base,large,huge}_patch{16,14,8}``: the encoder as a ViTDet backbone with
+  its simple feature pyramid, for torchvision's detectors (lomar/models/vitdet.py);
 * ``mae_vit_{base,large}_patch16_dec512d8b``, ``mae_vit_huge_patch14_dec512d8b``: MAE;
 * ``beit_base_patch16``, ``beit_window_base_patch16``: BEiT, and BEiT on LoMaR windows."""
 
 from __future__ import annotations
 
 from .lomar_vit import IRPEAttention, LoMaRPretrain, LoMaRPretrainAsymmetric, LoMaRViT
+from .vitdet import ViTDetBackbone
 
 SIZES = {  # embed_dim, depth, num_heads
     "small": (384, 12, 6),
@@ -33,7 +36,7 @@ def _baselines() -> dict:
 
 
 def model_names() -> list[str]:
-    names = [f"{kind}_{size}_patch{p}" for kind in ("lomar_vit", "vit") for size in SIZES
+    names = [f"{kind}_{size}_patch{p}" for kind in ("lomar_vit", "vit", "vitdet") for size in SIZES
              for p in PATCHES]
     asymmetric = [f"lomar_vit_{size}_patch{p}{DECODER}" for size in SIZES for p in PATCHES]
     return names + asymmetric + list(_baselines())
@@ -44,7 +47,8 @@ def create_model(name: str, **kwargs):
     baselines = _baselines()
     if name in baselines:
         return baselines[name](name, **kwargs)
-    base, defaults, kinds = name, {}, (("lomar_vit_", LoMaRPretrain), ("vit_", LoMaRViT))
+    base, defaults, kinds = name, {}, (("lomar_vit_", LoMaRPretrain), ("vit_", LoMaRViT),
+                                  ("vitdet_", ViTDetBackbone))
     if name.startswith("lomar_vit_") and name.endswith(DECODER):
         base, defaults = name[:-len(DECODER)], DECODER_ARGS
         kinds = (("lomar_vit_", LoMaRPretrainAsymmetric),)
@@ -58,5 +62,5 @@ def create_model(name: str, **kwargs):
     raise ValueError(f"unknown model {name!r}; known: {', '.join(model_names())}")
 
 
-__all__ = ["IRPEAttention", "LoMaRPretrain", "LoMaRPretrainAsymmetric", "LoMaRViT", "create_model",
-           "model_names"]
+__all__ = ["IRPEAttention", "LoMaRPretrain", "LoMaRPretrainAsymmetric", "LoMaRViT",
+           "ViTDetBackbone", "create_model", "model_names"]
