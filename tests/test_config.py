@@ -77,20 +77,22 @@ def test_override_returns_new_instance():
     assert apply_override(cfg, "optim.blr=1").optim.blr == 1.0 and cfg.optim.blr == 1.5e-4
 
 
-PACKAGED = {"demo_pretrain", "demo_probe", "finetune_vit_base_448", "pretrain_vit_base_448"}
+PACKAGED = {"demo_detect", "demo_pretrain", "demo_probe", "detect_vitdet_base_1024",
+            "finetune_vit_base_448", "pretrain_vit_base_448"}
 
 
 def test_packaged_configs_by_name_or_path(tmp_path, monkeypatch):
     import yaml
 
     from lomar.config import config_description, from_dict, packaged_configs, resolve_config
-    from lomar.engine import FinetuneConfig, PretrainConfig
+    from lomar.engine import DetectConfig, FinetuneConfig, PretrainConfig
 
     configs = packaged_configs()
     assert set(configs) == PACKAGED and all(p.suffix == ".yaml" for p in configs.values())
     for name, path in configs.items():
         assert config_description(path), f"{name}: no first comment line"
-        job = FinetuneConfig if "probe" in name or "finetune" in name else PretrainConfig
+        job = (DetectConfig if "detect" in name else
+               FinetuneConfig if "probe" in name or "finetune" in name else PretrainConfig)
         # Only known keys of the right types (its data paths need not exist here).
         from_dict(job, yaml.safe_load(path.read_text()))
     monkeypatch.chdir(tmp_path)

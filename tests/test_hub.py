@@ -33,6 +33,7 @@ def runs(tmp_path_factory):
     pretrain(load_config(PretrainConfig, None, COMMON + [
         "model=lomar_vit_small_patch16", "data.input_size=64", "mask.window_size=3",
         "mask.num_windows=2", "norm_pix_loss=false", "mask.window_sampling=batch",
+        "data.pipeline=full",
         f"data.path={photos}", f"output_dir={tmp / 'pretrain'}"]))
     write_folder(tmp / "imgs" / "train", 4, seed=0)
     write_folder(tmp / "imgs" / "val", 2, seed=1)
