@@ -104,7 +104,7 @@ def test_packaged_configs_by_name_or_path(tmp_path, monkeypatch):
     (tmp_path / "demo_pretrain").write_text("batch_size: 7\n")
     assert load_config(PretrainConfig, "demo_pretrain", ["data.path=x"]).batch_size == 7
     with pytest.raises(ConfigError, match=r"file not found: configs/demo_pretrain.yaml \(nor is "
-                                          r"it a packaged config; packaged: demo_pretrain, "):
+                                          r"it a packaged config; packaged: demo_detect, demo_pretrain, "):
         resolve_config("configs/demo_pretrain.yaml")
 
 
