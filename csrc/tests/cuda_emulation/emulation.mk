@@ -1,0 +1,44 @@
+# Builds the emulation checks of run.sh (which sets these variables):
+#   ROOT      repository root          CUDA_DIR  where the .cu files are read from
+#   OUT       this mode's build folder  REF       the CPU ops' objects (any mode)
+#   MODE      none | thread | address   TORCH     torch's package folder
+#   PYTHON    runs emulate_cu.py
+# Targets: $(OUT)/check_<op> for the ops in csrc/cuda/<op>.cu.
+HERE := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
+CXX ?= g++
+Q := $(if $(V),,@)  # V=1 shows the commands
+
+# -O1: the emulation runs thousands of threads, not long loops; -g1: source lines in
+# sanitizer reports.
+FLAGS := -std=c++20 -O1 -g1 -DLOMAR_WITH_CUDA -Wno-unknown-pragmas -I$(ROOT)/csrc -I$(HERE) \
+         -I$(OUT) -isystem $(TORCH)/include -isystem $(TORCH)/include/torch/csrc/api/include
+SANITIZE_none :=
+SANITIZE_thread := -fsanitize=thread
+SANITIZE_address := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+SANITIZE := $(SANITIZE_$(MODE))
+LIBS := -L$(TORCH)/lib -ltorch -ltorch_cpu -lc10 -Wl,-rpath,$(TORCH)/lib -pthread
+
+# The CPU ops the kernels are compared with: built once, without sanitizers (they are
+# the reference, not what is checked).
+REF_SOURCES := checks cpu/rpe_gather cpu/window_patchify cpu/mask_substitute \
+               cpu/masked_patch_loss cpu/window_attention
+REF_OBJECTS := $(REF_SOURCES:%=$(REF)/%.o)
+
+$(REF)/%.o: $(ROOT)/csrc/%.cpp $(HERE)/emulation.mk
+	@mkdir -p $(dir $@)
+	@echo "  compile $(notdir $<) (the CPU op)"
+	$(Q)$(CXX) $(FLAGS) -MMD -MP -c $< -o $@
+
+$(OUT)/%_emulated.cpp: $(CUDA_DIR)/%.cu $(HERE)/emulate_cu.py
+	@mkdir -p $(OUT)
+	$(Q)$(PYTHON) $(HERE)/emulate_cu.py $< $@
+
+$(OUT)/check_%.o: $(HERE)/check_%.cpp $(OUT)/%_emulated.cpp $(HERE)/emulation.mk
+	@echo "  compile $*.cu (emulated, sanitize=$(MODE))"
+	$(Q)$(CXX) $(FLAGS) $(SANITIZE) -MMD -MP -c $< -o $@
+
+$(OUT)/check_%: $(OUT)/check_%.o $(REF_OBJECTS)
+	$(Q)$(CXX) $(SANITIZE) $^ $(LIBS) -o $@
+
+.PRECIOUS: $(OUT)/%_emulated.cpp $(OUT)/check_%.o $(REF)/%.o
+-include $(wildcard $(OUT)/*.d $(REF)/*.d $(REF)/cpu/*.d)
