@@ -124,6 +124,9 @@ int main(int argc, char** argv) {
       // Tails of each dtype's tile (N = rows + 1); head dims 24 (padded to 32), 64,
       // 80, 128; strided (qkv-packed) inputs.
       attention("tails fp64: S=2 N=17 H=2 d=24 bias", true, {2, 17, 2, 24, "bias"}, {kDouble}),
+      // dq blocks that take several tiles (10 tiles, 8 blocks), in fp64's small tiles.
+      attention("dq blocks loop: S=5 N=17 H=1 d=24 contextual", true,
+                {5, 17, 1, 24, "contextual", false, false, 20}, {kDouble}),
       attention("tails fp32: S=2 N=33 H=1 d=128 contextual strided", true,
                 {2, 33, 1, 128, "contextual", false, true, 40}, {kFloat}),
       attention("tails fp16/bf16: S=1 N=65 H=1 d=80 none", true, {1, 65, 1, 80, "none"}, {kBFloat16, kHalf}),

@@ -10,24 +10,29 @@
 #   --sanitize address  AddressSanitizer + UBSan: out-of-bounds global and shared
 #                       accesses, misaligned vector loads (memcheck)
 #   --quick             the CI set (small shapes, every code path)
-# Exit status non-zero on any mismatch, sanitizer report or emulation error. Builds go
-# to $LOMAR_EMU_WORK (default $TMPDIR/lomar_cuda_emulation) and are reused.
+#   --case TEXT         only the cases whose name holds TEXT (repeatable; --list shows them)
+#   --list              list the cases
+# Exit status: 0 all passed; 1 a mismatch, sanitizer report or emulation error; 2 bad
+# arguments; 3 the build failed. Builds go to $LOMAR_EMU_WORK (default
+# $TMPDIR/lomar_cuda_emulation) and are reused.
 # Other knobs: MAX_JOBS (parallel compiles, default 2), PYTHON (an interpreter with
 # torch; default .venv/bin/python, else python3), LOMAR_EMU_ARCH (80: the emulated
 # card's limits, sm_80 being the tighter), LOMAR_EMU_CUDA_DIR (read the .cu files from
-# there: the mutation test).
+# there) and LOMAR_EMU_OUT (build there): the mutation test.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
 all_ops=(rpe_gather window_patchify mask_substitute masked_patch_loss window_attention)
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
-sanitize=none quick=() ops=()
+usage() { sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+sanitize=none quick=() ops=() cases=() list=()
 while (($#)); do
   case $1 in
     --sanitize) sanitize=${2:-}; shift 2 ;;
     --sanitize=*) sanitize=${1#*=}; shift ;;
     --quick) quick=(--quick); shift ;;
+    --case) cases+=("${2:-}"); shift 2 ;;
+    --list) list=(--list); shift ;;
     -h|--help) usage 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; usage 2 >&2 ;;
     *) ops+=("$1"); shift ;;
@@ -49,12 +54,13 @@ cuda_dir=${LOMAR_EMU_CUDA_DIR:-$root/csrc/cuda}
 work=${LOMAR_EMU_WORK:-${TMPDIR:-/tmp}/lomar_cuda_emulation}
 out=$work/$sanitize
 [[ $cuda_dir == "$root/csrc/cuda" ]] || out=$work/$(echo "$cuda_dir" | cksum | cut -d' ' -f1)-$sanitize
+out=${LOMAR_EMU_OUT:-$out}
 
 targets=()
 for op in "${ops[@]}"; do targets+=("$out/check_$op"); done
 make --no-print-directory -f "$here/emulation.mk" -j"${MAX_JOBS:-2}" ROOT="$root" \
   CUDA_DIR="$cuda_dir" OUT="$out" REF="$work/ref" MODE="$sanitize" TORCH="$torch_dir" \
-  PYTHON="$python" "${targets[@]}"
+  PYTHON="$python" "${targets[@]}" || { echo "run.sh: the build failed" >&2; exit 3; }
 
 # Any report ends the process with a non-zero status.
 export TSAN_OPTIONS="halt_on_error=1 exitcode=66 history_size=3 ${TSAN_OPTIONS:-}"
@@ -66,7 +72,8 @@ status=0 summary=()
 for op in "${ops[@]}"; do
   echo "== $op (sanitize=$sanitize${quick:+, quick})"
   start=$SECONDS
-  if "$out/check_$op" "${quick[@]}"; then result=passed; else result="FAILED (exit $?)"; status=1; fi
+  if "$out/check_$op" "${quick[@]}" "${list[@]}" "${cases[@]}"; then result=passed
+  else result="FAILED (exit $?)"; status=1; fi
   summary+=("$(printf '%-18s %-16s %4ds' "$op" "$result" $((SECONDS - start)))")
 done
 echo "== cuda emulation, sanitize=$sanitize${quick:+ (quick)}:"
