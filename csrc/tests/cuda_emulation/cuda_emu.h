@@ -820,11 +820,15 @@ inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
   do {                           \
     if (!(cond)) emu::fail("device-side assert failed: %s (%s:%d)", #cond, __FILE__, __LINE__); \
   } while (0)
-#define C10_CUDA_CHECK(expr)                                                              \
-  do {                                                                                    \
-    const cudaError_t emu_err_ = (expr);                                                  \
-    TORCH_CHECK(emu_err_ == cudaSuccess, "CUDA error: ", cudaGetErrorString(emu_err_), " (", \
-                emu::device().last_error_detail, ")");                                    \
+// As c10's: a failed call raises, and the error it left is cleared.
+#define C10_CUDA_CHECK(expr)                                                         \
+  do {                                                                               \
+    const cudaError_t emu_err_ = (expr);                                             \
+    if (emu_err_ != cudaSuccess) {                                                   \
+      const std::string emu_detail_ = emu::device().last_error_detail;               \
+      (void)cudaGetLastError();                                                      \
+      TORCH_CHECK(false, "CUDA error: ", cudaGetErrorString(emu_err_), " (", emu_detail_, ")"); \
+    }                                                                                \
   } while (0)
 #define C10_CUDA_KERNEL_LAUNCH_CHECK() C10_CUDA_CHECK(cudaGetLastError())
 

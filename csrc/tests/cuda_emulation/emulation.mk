@@ -29,13 +29,20 @@ $(REF)/%.o: $(ROOT)/csrc/%.cpp $(HERE)/emulation.mk
 	@echo "  compile $(notdir $<) (the CPU op)"
 	$(Q)$(CXX) $(FLAGS) -MMD -MP -c $< -o $@
 
+$(OUT)/emulator_selftest_emulated.cpp: $(HERE)/emulator_selftest.cu $(HERE)/emulate_cu.py
+	@mkdir -p $(OUT)
+	$(Q)$(PYTHON) $(HERE)/emulate_cu.py $< $@
+
 $(OUT)/%_emulated.cpp: $(CUDA_DIR)/%.cu $(HERE)/emulate_cu.py
 	@mkdir -p $(OUT)
 	$(Q)$(PYTHON) $(HERE)/emulate_cu.py $< $@
 
+COMPILE_CHECK = @echo "  compile $(notdir $<) (emulated CUDA, sanitize=$(MODE))"; \
+                $(CXX) $(FLAGS) $(SANITIZE) -MMD -MP -c $< -o $@
 $(OUT)/check_%.o: $(HERE)/check_%.cpp $(OUT)/%_emulated.cpp $(HERE)/emulation.mk
-	@echo "  compile $*.cu (emulated, sanitize=$(MODE))"
-	$(Q)$(CXX) $(FLAGS) $(SANITIZE) -MMD -MP -c $< -o $@
+	$(COMPILE_CHECK)
+$(OUT)/check_emulator.o: $(HERE)/check_emulator.cpp $(OUT)/emulator_selftest_emulated.cpp $(HERE)/emulation.mk
+	$(COMPILE_CHECK)
 
 $(OUT)/check_%: $(OUT)/check_%.o $(REF_OBJECTS)
 	$(Q)$(CXX) $(SANITIZE) $^ $(LIBS) -o $@

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the CUDA kernels of csrc/cuda/ on the CPU and compares them with the CPU ops.
 #   csrc/tests/cuda_emulation/run.sh [--sanitize none|thread|address] [--quick] [OP ...]
-# OP: rpe_gather window_patchify mask_substitute masked_patch_loss window_attention
-# (default: all). One std::thread per CUDA thread (cuda_emu.h), the .cu rewritten
+# OP: rpe_gather window_patchify mask_substitute masked_patch_loss window_attention, and
+# emulator (cuda_emu.h's own checks); default: all. One std::thread per CUDA thread (cuda_emu.h), the .cu rewritten
 # only where C++ cannot say the same (emulate_cu.py), each kernel file compared with
 # its CPU op by check_<op>.cpp: forward and backward, every dtype, odd shapes.
 #   --sanitize thread   ThreadSanitizer: races between the threads of a block (or two
@@ -22,7 +22,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
-all_ops=(rpe_gather window_patchify mask_substitute masked_patch_loss window_attention)
+all_ops=(emulator rpe_gather window_patchify mask_substitute masked_patch_loss window_attention)
 
 usage() { sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 sanitize=none quick=() ops=() cases=() list=()
