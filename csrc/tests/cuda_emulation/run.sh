@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the CUDA kernels of csrc/cuda/ on the CPU and compares them with the CPU ops.
 #   csrc/tests/cuda_emulation/run.sh [--sanitize none|thread|address] [--quick] [OP ...]
+# (make emulate: every mode and the mutation test; make emulate-quick: CI's set.)
 # OP: rpe_gather window_patchify mask_substitute masked_patch_loss window_attention, and
 # emulator (cuda_emu.h's own checks); default: all. One std::thread per CUDA thread (cuda_emu.h), the .cu rewritten
 # only where C++ cannot say the same (emulate_cu.py), each kernel file compared with
@@ -51,7 +52,9 @@ python=${PYTHON:-}
 [[ -n $python ]] || { [[ -x $root/.venv/bin/python ]] && python=$root/.venv/bin/python || python=python3; }
 torch_dir=$("$python" -c "import torch, os; print(os.path.dirname(torch.__file__))")
 cuda_dir=${LOMAR_EMU_CUDA_DIR:-$root/csrc/cuda}
-work=${LOMAR_EMU_WORK:-${TMPDIR:-/tmp}/lomar_cuda_emulation}
+# One build folder per torch and compiler (their headers are not tracked as dependencies).
+key=$( { echo "$torch_dir"; "$python" -c "import torch; print(torch.__version__)"; "${CXX:-g++}" --version | head -1; } | cksum | cut -d' ' -f1)
+work=${LOMAR_EMU_WORK:-${TMPDIR:-/tmp}/lomar_cuda_emulation}/$key
 out=$work/$sanitize
 [[ $cuda_dir == "$root/csrc/cuda" ]] || out=$work/$(echo "$cuda_dir" | cksum | cut -d' ' -f1)-$sanitize
 out=${LOMAR_EMU_OUT:-$out}
