@@ -173,9 +173,11 @@ def main():
         sys.exit("mutation_test.py: no mutation matches")
     work = tempfile.mkdtemp(prefix="lomar_mutants_")
     env = dict(os.environ, MAX_JOBS="1")
-    # The CPU ops' objects, shared by every mutant: built once, before mutants run in parallel.
-    subprocess.run([os.path.join(HERE, "run.sh"), "--list", "emulator"], env=dict(os.environ),
-                   check=True, capture_output=True)
+    # What every mutant shares (the CPU ops' objects, each mode's precompiled headers):
+    # built once, before mutants run in parallel.
+    for mode in sorted({m.mode for m in chosen}):
+        subprocess.run([os.path.join(HERE, "run.sh"), "--sanitize", mode, "--list", "emulator"],
+                       env=dict(os.environ), check=True, capture_output=True)
     failed = 0
     try:
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:

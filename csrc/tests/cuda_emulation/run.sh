@@ -58,12 +58,13 @@ work=${LOMAR_EMU_WORK:-${TMPDIR:-/tmp}/lomar_cuda_emulation}/$key
 out=$work/$sanitize
 [[ $cuda_dir == "$root/csrc/cuda" ]] || out=$work/$(echo "$cuda_dir" | cksum | cut -d' ' -f1)-$sanitize
 out=${LOMAR_EMU_OUT:-$out}
+pch=$work/$sanitize  # mutants share the mode's precompiled headers
 
 targets=()
 for op in "${ops[@]}"; do targets+=("$out/check_$op"); done
 make --no-print-directory -f "$here/emulation.mk" -j"${MAX_JOBS:-2}" ROOT="$root" \
-  CUDA_DIR="$cuda_dir" OUT="$out" REF="$work/ref" MODE="$sanitize" TORCH="$torch_dir" \
-  PYTHON="$python" "${targets[@]}" || { echo "run.sh: the build failed" >&2; exit 3; }
+  CUDA_DIR="$cuda_dir" OUT="$out" REF="$work/ref" PCH="$pch" MODE="$sanitize" \
+  TORCH="$torch_dir" PYTHON="$python" "${targets[@]}" || { echo "run.sh: the build failed" >&2; exit 3; }
 
 # Any report ends the process with a non-zero status.
 export TSAN_OPTIONS="halt_on_error=1 exitcode=66 history_size=3 ${TSAN_OPTIONS:-}"
