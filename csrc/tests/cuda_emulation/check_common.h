@@ -151,6 +151,7 @@ inline int main(int argc, char** argv, const std::vector<Case>& cases) {
     else if (a == "--list") list = true;
     else filters.push_back(a);
   }
+  if (!list) std::printf("  kernel source: %s\n", emu::kernel_source);
   int ran = 0, errors = 0;
   for (const auto& c : cases) {
     if (quick && !c.quick) continue;

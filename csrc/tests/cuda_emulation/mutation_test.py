@@ -147,6 +147,9 @@ def run_one(m, work, env):
                           capture_output=True, text=True, timeout=1800)
     seconds = time.time() - start
     output = proc.stdout + proc.stderr
+    ran = re.findall(r"kernel source: (\S+)", output)
+    if proc.returncode != 3 and ran != [os.path.join(cuda_dir, m.file)]:
+        return m, "INVALID", f"the checks ran {ran}, not the mutant", seconds
     if proc.returncode == 0:
         return m, "NOT CAUGHT", "the emulation passed", seconds
     if proc.returncode != 1:

@@ -58,7 +58,7 @@ work=${LOMAR_EMU_WORK:-${TMPDIR:-/tmp}/lomar_cuda_emulation}/$key
 out=$work/$sanitize
 [[ $cuda_dir == "$root/csrc/cuda" ]] || out=$work/$(echo "$cuda_dir" | cksum | cut -d' ' -f1)-$sanitize
 out=${LOMAR_EMU_OUT:-$out}
-pch=$work/$sanitize  # mutants share the mode's precompiled headers
+pch=$work/$sanitize/pch  # mutants share the mode's precompiled headers
 
 targets=()
 for op in "${ops[@]}"; do targets+=("$out/check_$op"); done
