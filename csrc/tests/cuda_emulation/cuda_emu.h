@@ -207,7 +207,7 @@ struct Block {
   dim3 grid, block;
   unsigned nthreads, nwarps;
   size_t dynamic_bytes;
-  int dynamic_limit;  // bytes a block may use in all (48 KB, or the opted-in size)
+  int total_limit;  // static plus dynamic shared memory (48 KB, or the opt-in maximum)
 
   uint3 index;
   std::mutex m;
@@ -228,7 +228,7 @@ struct Block {
 
   Block(const char* k, const char* f, int l, dim3 g, dim3 b, size_t smem, int limit, uint3 idx)
       : kernel(k), file(f), line(l), grid(g), block(b), nthreads(b.x * b.y * b.z),
-        nwarps((nthreads + 31) / 32), dynamic_bytes(smem), dynamic_limit(limit), index(idx),
+        nwarps((nthreads + 31) / 32), dynamic_bytes(smem), total_limit(limit), index(idx),
         warp_bar(nwarps), exited(nthreads, 0) {
     slots[0] = std::make_unique_for_overwrite<LaneSlot[]>(nthreads);
     slots[1] = std::make_unique_for_overwrite<LaneSlot[]>(nthreads);
@@ -256,11 +256,11 @@ inline thread_local ThreadCtx ctx;
 [[noreturn]] inline void vfail(const char* fmt, va_list ap) {
   char msg[2048];
   std::vsnprintf(msg, sizeof msg, fmt, ap);
-  if (Block* t = ctx.block) {
+  if (Block* blk = ctx.block) {
     std::fprintf(stderr,
                  "\ncuda emulation: %s\n  in kernel %s (launched at %s:%d), block (%u,%u,%u) "
                  "thread (%u,%u,%u)\n",
-                 msg, t->kernel, t->file, t->line, t->index.x, t->index.y, t->index.z,
+                 msg, blk->kernel, blk->file, blk->line, blk->index.x, blk->index.y, blk->index.z,
                  threadIdx.x, threadIdx.y, threadIdx.z);
   } else {
     std::fprintf(stderr, "\ncuda emulation: %s\n", msg);
@@ -276,33 +276,33 @@ inline thread_local ThreadCtx ctx;
 }
 
 // Every live thread of the block waits on something none of them will signal.
-inline void check_deadlock(Block& t) {
-  if (t.blocked + t.exited_count < t.nthreads) return;
+inline void check_deadlock(Block& blk) {
+  if (blk.blocked + blk.exited_count < blk.nthreads) return;
   std::string where;
-  if (t.block_bar.waiting)
-    where += " " + std::to_string(t.block_bar.waiting) + " at __syncthreads (line " +
-             std::to_string(t.block_bar.site) + ");";
-  for (unsigned w = 0; w < t.nwarps; ++w)
-    if (t.warp_bar[w].waiting)
-      where += " " + std::to_string(t.warp_bar[w].waiting) + " of warp " + std::to_string(w) +
-               " in a warp collective (mask " + std::to_string(t.warp_bar[w].mask) + ");";
+  if (blk.block_bar.waiting)
+    where += " " + std::to_string(blk.block_bar.waiting) + " at __syncthreads (line " +
+             std::to_string(blk.block_bar.site) + ");";
+  for (unsigned w = 0; w < blk.nwarps; ++w)
+    if (blk.warp_bar[w].waiting)
+      where += " " + std::to_string(blk.warp_bar[w].waiting) + " of warp " + std::to_string(w) +
+               " in a warp collective;";
   fail("deadlock: every live thread of the block waits:%s %u exited", where.c_str(),
-       t.exited_count);
+       blk.exited_count);
 }
 
-// Waits for bar's generation to move on (the caller holds t.m and has arrived;
+// Waits for bar's generation to move on (the caller holds blk.m and has arrived;
 // returns without it).
-inline void wait_for(Block& t, Barrier& bar, std::unique_lock<std::mutex>& lock) {
+inline void wait_for(Block& blk, Barrier& bar, std::unique_lock<std::mutex>& lock) {
   const uint32_t gen = bar.gen.load(std::memory_order_relaxed);
-  ++t.blocked;
-  check_deadlock(t);
+  ++blk.blocked;
+  check_deadlock(blk);
   lock.unlock();
   wait_while_equal(bar.gen, gen);
 }
 
 // Lets bar's waiters go; waiters: how many of its arrivals are blocked in wait_for.
-inline void release(Block& t, Barrier& bar, int waiters) {
-  t.blocked -= waiters;
+inline void release(Block& blk, Barrier& bar, int waiters) {
+  blk.blocked -= waiters;
   bar.waiting = 0;
   bar.gen.fetch_add(1, std::memory_order_release);
   wake_all(bar.gen);
@@ -311,9 +311,9 @@ inline void release(Block& t, Barrier& bar, int waiters) {
 // Block barrier: every thread at the same __syncthreads; exited threads count as
 // arrived (PTX: a barrier held up only by exited threads is released).
 inline void syncthreads(int site) {
-  Block& t = *ctx.block;
-  std::unique_lock<std::mutex> lock(t.m);
-  Barrier& bar = t.block_bar;
+  Block& blk = *ctx.block;
+  std::unique_lock<std::mutex> lock(blk.m);
+  Barrier& bar = blk.block_bar;
   if (bar.waiting == 0) {
     bar.site = site;
   } else if (bar.site != site) {
@@ -322,28 +322,28 @@ inline void syncthreads(int site) {
          site, bar.waiting, bar.site);
   }
   ++bar.waiting;
-  if (bar.waiting + t.exited_count == t.nthreads) {
-    release(t, bar, bar.waiting - 1);
+  if (bar.waiting + blk.exited_count == blk.nthreads) {
+    release(blk, bar, bar.waiting - 1);
     return;
   }
-  wait_for(t, bar, lock);
+  wait_for(blk, bar, lock);
 }
 
 // A warp collective: the lanes named in mask each put a slot in, wait for one
 // another, then each reads what it needs (read(slots of this generation)).
 template <typename Put, typename Get>
 inline void warp_collective(int kind, unsigned mask, Put&& put, Get&& get) {
-  Block& t = *ctx.block;
+  Block& blk = *ctx.block;
   const unsigned w = ctx.warp, lane = ctx.lane;
-  std::unique_lock<std::mutex> lock(t.m);
+  std::unique_lock<std::mutex> lock(blk.m);
   if (!(mask >> lane & 1u)) fail("warp collective: the calling lane %u is not in mask 0x%08x", lane, mask);
-  if (mask & ~t.existing_mask(w))
+  if (mask & ~blk.existing_mask(w))
     fail("warp collective: mask 0x%08x names lanes that do not exist (warp %u has %u lanes)", mask,
-         w, t.lanes_in_warp(w));
+         w, blk.lanes_in_warp(w));
   for (unsigned l = 0; l < 32; ++l)
-    if ((mask >> l & 1u) && t.exited[32 * w + l])
+    if ((mask >> l & 1u) && blk.exited[32 * w + l])
       fail("warp collective: mask 0x%08x names lane %u, which has exited", mask, l);
-  Barrier& bar = t.warp_bar[w];
+  Barrier& bar = blk.warp_bar[w];
   if (bar.waiting == 0) {
     bar.kind = kind;
     bar.mask = mask;
@@ -354,14 +354,14 @@ inline void warp_collective(int kind, unsigned mask, Put&& put, Get&& get) {
   }
   // Two buffers: a lane can be at most one collective ahead, so none overwrites a slot
   // that another still reads.
-  LaneSlot* slots = t.slots[bar.gen.load(std::memory_order_relaxed) & 1].get() + 32 * w;
+  LaneSlot* slots = blk.slots[bar.gen.load(std::memory_order_relaxed) & 1].get() + 32 * w;
   put(slots[lane]);
   ++bar.waiting;
   if (static_cast<unsigned>(bar.waiting) == static_cast<unsigned>(std::popcount(mask))) {
-    release(t, bar, bar.waiting - 1);
+    release(blk, bar, bar.waiting - 1);
     lock.unlock();
   } else {
-    wait_for(t, bar, lock);
+    wait_for(blk, bar, lock);
   }
   get(static_cast<const LaneSlot*>(slots));
 }
@@ -466,22 +466,22 @@ inline T* dynamic_shared(size_t align) {
 // reaches the declaration (site: its source line), exactly its size.
 template <typename T>
 inline T& static_shared(int site) {
-  Block& t = *ctx.block;
-  std::lock_guard<std::mutex> g(t.m);
-  for (auto& s : t.statics)
+  Block& blk = *ctx.block;
+  std::lock_guard<std::mutex> g(blk.m);
+  for (auto& s : blk.statics)
     if (s.site == site) return *reinterpret_cast<T*>(s.p);
   static_assert(alignof(T) <= 16, "__shared__ variables aligned beyond 16 bytes");
-  t.static_bytes += sizeof(T);
+  blk.static_bytes += sizeof(T);
   const size_t per_block = device().props.sharedMemPerBlock;
-  if (t.static_bytes > per_block)
-    fail("static shared memory of %zu bytes exceeds the %zu a block may declare", t.static_bytes,
+  if (blk.static_bytes > per_block)
+    fail("static shared memory of %zu bytes exceeds the %zu a block may declare", blk.static_bytes,
          per_block);
-  if (t.static_bytes + t.dynamic_bytes > static_cast<size_t>(t.dynamic_limit))
+  if (blk.static_bytes + blk.dynamic_bytes > static_cast<size_t>(blk.total_limit))
     fail("static (%zu) plus dynamic (%zu) shared memory exceeds this kernel's %d bytes",
-         t.static_bytes, t.dynamic_bytes, t.dynamic_limit);
+         blk.static_bytes, blk.dynamic_bytes, blk.total_limit);
   auto* p = static_cast<unsigned char*>(::operator new[](sizeof(T), std::align_val_t(16)));
   fill_garbage(p, sizeof(T));
-  t.statics.push_back({site, sizeof(T), p});
+  blk.statics.push_back({site, sizeof(T), p});
   return *reinterpret_cast<T*>(p);
 }
 
@@ -496,17 +496,17 @@ inline void check_launch_bounds(long max_threads, long = 0, long = 0) {
 // The thread leaves the kernel: it no longer holds up block barriers, and no warp
 // collective may still wait for it.
 inline void exit_thread() {
-  Block& t = *ctx.block;
-  std::unique_lock<std::mutex> lock(t.m);
-  t.exited[ctx.tid] = 1;
-  ++t.exited_count;
-  Barrier& wb = t.warp_bar[ctx.warp];
+  Block& blk = *ctx.block;
+  std::unique_lock<std::mutex> lock(blk.m);
+  blk.exited[ctx.tid] = 1;
+  ++blk.exited_count;
+  Barrier& wb = blk.warp_bar[ctx.warp];
   if (wb.waiting && (wb.mask >> ctx.lane & 1u))
     fail("lane %u exits while lanes of its warp wait for it in a warp collective (mask 0x%08x)",
          ctx.lane, wb.mask);
-  if (t.block_bar.waiting && t.block_bar.waiting + t.exited_count == t.nthreads)
-    release(t, t.block_bar, t.block_bar.waiting);
-  if (t.exited_count < t.nthreads) check_deadlock(t);
+  if (blk.block_bar.waiting && blk.block_bar.waiting + blk.exited_count == blk.nthreads)
+    release(blk, blk.block_bar, blk.block_bar.waiting);
+  if (blk.exited_count < blk.nthreads) check_deadlock(blk);
 }
 
 // ---- atomics (on global or shared memory) ------------------------------------------------
@@ -595,7 +595,9 @@ inline bool to_dim3(N n, dim3& out) {
     return true;
   } else {
     static_assert(std::is_integral_v<N>, "launch configuration: an integer or dim3");
-    if (n < 0 || static_cast<unsigned long long>(n) > 0xffffffffull) return false;
+    if constexpr (std::is_signed_v<N>)
+      if (n < 0) return false;
+    if (static_cast<unsigned long long>(n) > 0xffffffffull) return false;
     out = dim3(static_cast<unsigned>(n));
     return true;
   }
