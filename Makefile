@@ -13,7 +13,7 @@ CSRC := $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.cu csrc/*/*.cuh) cs
 VENV_STAMP := $(VENV)/.deps-installed
 EXT_STAMP  := $(VENV)/.ext-built
 
-.PHONY: demo demo-detect test pytest cmake-test bench gpu-check info clean
+.PHONY: demo demo-detect test pytest cmake-test emulate emulate-quick bench gpu-check info clean
 
 # The main job on an embedded default: every op checked against its reference,
 # then a small LoMaR pretrained on the offline photo set (loss curve and logs in
@@ -57,6 +57,22 @@ cmake-test: $(VENV_STAMP)
 		-DLOMAR_CUDA=$(LOMAR_CUDA) -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja)
 	$(VENV)/bin/cmake --build build-cmake -j $${MAX_JOBS:-$$(nproc)}
 	$(VENV)/bin/ctest --test-dir build-cmake --output-on-failure
+
+# Every CUDA kernel run on the CPU, one thread per CUDA thread, and compared with the
+# CPU ops (csrc/tests/cuda_emulation/run.sh); again under ThreadSanitizer (races,
+# barrier misuse) and AddressSanitizer + UBSan (out-of-bounds, misaligned accesses);
+# then the mutation test (planted faults must be caught). emulate-quick: the CI set,
+# under both sanitizers. Builds go to $TMPDIR/lomar_cuda_emulation.
+EMULATE := PYTHON=$(abspath $(PY)) csrc/tests/cuda_emulation/run.sh
+emulate: $(VENV_STAMP)
+	$(EMULATE) --sanitize none
+	$(EMULATE) --sanitize thread
+	$(EMULATE) --sanitize address
+	PYTHON=$(abspath $(PY)) $(PY) csrc/tests/cuda_emulation/mutation_test.py
+
+emulate-quick: $(VENV_STAMP)
+	$(EMULATE) --quick --sanitize thread
+	$(EMULATE) --quick --sanitize address
 
 # CPU benchmarks (pytest-benchmark); tagged CSV/JSON under bench/results/cpu-latest,
 # then the end-to-end throughput comparison at reduced scale (lomar bench --quick), then

@@ -1,9 +1,11 @@
 // The small harness the C++ unit tests share: EXPECT (fails the current case
 // with its file, line and condition), throws_with (an error whose message holds
 // a given text), and run_cases (all cases, or the one named on the command line;
-// PASS/FAIL per case; exit status for ctest).
+// each case seeded from its name, so it sees the same inputs alone or in the full
+// run, whatever ran before it; PASS/FAIL per case; exit status for ctest).
 #pragma once
 
+#include <ATen/Context.h>
 #include <c10/util/Exception.h>
 
 #include <cstdio>
@@ -42,6 +44,9 @@ inline int run_cases(int argc, char** argv,
   for (const auto& [name, fn] : cases) {
     if (argc > 1 && name != argv[1]) continue;
     ++ran;
+    uint64_t seed = 1469598103934665603ull;  // FNV-1a of the case's name
+    for (unsigned char c : name) seed = (seed ^ c) * 1099511628211ull;
+    at::manual_seed(seed);
     const bool ok = fn();
     std::printf("%s %s\n", ok ? "PASS" : "FAIL", name.c_str());
     failed += ok ? 0 : 1;

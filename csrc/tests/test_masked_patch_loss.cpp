@@ -160,7 +160,6 @@ bool bad_input_errors() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  at::manual_seed(0);
   const std::map<std::string, std::function<bool()>> cases = {
       // fp32 arithmetic for every dtype below double: the loss to a few fp32 ulps
       // of sums; dpred to fp32 statistics, then the rounding to the dtype.

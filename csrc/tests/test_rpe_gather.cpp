@@ -115,7 +115,6 @@ bool bad_input_errors() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  at::manual_seed(0);
   const std::map<std::string, std::function<bool()>> cases = {
       {"forward_float", [] { return forward_matches(at::kFloat); }},
       {"forward_double", [] { return forward_matches(at::kDouble); }},

@@ -90,13 +90,73 @@ bool forward_matches(const std::string& mode, bool per_head) {
   return true;
 }
 
+// Bound on |out - exact| for the fp32 op, elementwise, from the standard model of
+// floating-point arithmetic (u = 2^-24, gamma_n = n u / (1 - n u)), whatever the
+// summation order or blocking of the GEMMs, the thread count or the SIMD width:
+//   logit   |ds_ij| <= gamma_d scale sum_x |q_ix k_jx| + u |s_ij|, and s_ij - max
+//           rounds once more (u |s_ij - m_i|); a shift common to a row cancels in
+//           the softmax, so p_ij's relative error is at most 2 b_i + gamma_N + 4u,
+//           b_i = max_j (|ds_ij| + u |s_ij - m_i|) (exp within 1 ulp, the row sum,
+//           the division);
+//   out     P v sums N terms: |d out_ix| <= (gamma_N + rel(p)) sum_j p_ij |v_jx|.
+// Twice that covers the second-order terms. Inputs (S, N, H, d) in double, "none" mode.
+at::Tensor fp32_error_bound(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            double scale) {
+  const int64_t S = q.size(0), N = q.size(1), H = q.size(2), d = q.size(3);
+  const double u = std::ldexp(1.0, -24);
+  auto gamma = [&](int64_t n) { return n * u / (1 - n * u); };
+  auto bound = at::zeros({S, N, H, d}, at::kDouble);
+  auto qa = q.accessor<double, 4>(), ka = k.accessor<double, 4>(), va = v.accessor<double, 4>();
+  auto ba = bound.accessor<double, 4>();
+  std::vector<double> s(N), p(N);
+  for (int64_t b = 0; b < S; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < N; ++i) {
+        double m = -INFINITY, worst = 0;
+        std::vector<double> ds(N);
+        for (int64_t j = 0; j < N; ++j) {
+          double dot = 0, mag = 0;
+          for (int64_t x = 0; x < d; ++x) {
+            dot += qa[b][i][h][x] * ka[b][j][h][x];
+            mag += std::abs(qa[b][i][h][x] * ka[b][j][h][x]);
+          }
+          s[j] = scale * dot;
+          ds[j] = gamma(d) * scale * mag + u * std::abs(s[j]);
+          m = std::max(m, s[j]);
+        }
+        double z = 0;
+        for (int64_t j = 0; j < N; ++j) {
+          worst = std::max(worst, ds[j] + u * std::abs(s[j] - m));
+          z += std::exp(s[j] - m);
+        }
+        const double rel_p = 2 * worst + gamma(N) + 4 * u;
+        for (int64_t j = 0; j < N; ++j) p[j] = std::exp(s[j] - m) / z;
+        for (int64_t x = 0; x < d; ++x) {
+          double mass = 0;
+          for (int64_t j = 0; j < N; ++j) mass += p[j] * std::abs(va[b][j][h][x]);
+          ba[b][i][h][x] = 2 * (gamma(N) + rel_p) * mass;
+        }
+      }
+  return bound;
+}
+
 bool float_accumulates_in_fp32() {
   auto q = at::randn({2, 50, 2, 16}), k = at::randn({2, 50, 2, 16}), v = at::randn({2, 50, 2, 16});
   auto [out, lse, probs] = call_fwd(q, k, v, std::nullopt, std::nullopt, "none", 0.25);
   EXPECT(lse.scalar_type() == at::kFloat);
-  auto want = naive(q.to(at::kDouble), k.to(at::kDouble), v.to(at::kDouble), at::Tensor(),
-                    at::Tensor(), "none", 0.25);
-  EXPECT(at::allclose(out.to(at::kDouble), want, 1e-5, 1e-5));
+  const auto q64 = q.to(at::kDouble), k64 = k.to(at::kDouble), v64 = v.to(at::kDouble);
+  const auto want = naive(q64, k64, v64, at::Tensor(), at::Tensor(), "none", 0.25);
+  const auto err = (out.to(at::kDouble) - want).abs();
+  const auto ratio = err / fp32_error_bound(q64, k64, v64, 0.25);
+  const double worst = ratio.max().item<double>();
+  if (!(worst <= 1)) {
+    const int64_t at = ratio.argmax().item<int64_t>();
+    std::fprintf(stderr, "fp32 forward: error %.3g at flat index %ld is %.3g times its bound\n",
+                 err.flatten()[at].item<double>(), at, worst);
+  }
+  EXPECT(worst <= 1);
+  // fp32 does work: the result is not the exact one.
+  EXPECT(err.max().item<double>() > 0);
   return true;
 }
 
@@ -120,7 +180,6 @@ bool bad_input_errors() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  at::manual_seed(0);
   const std::map<std::string, std::function<bool()>> cases = {
       {"forward_contextual_shared", [] { return forward_matches("contextual", false); }},
       {"forward_contextual_per_head", [] { return forward_matches("contextual", true); }},

@@ -1,84 +1,157 @@
-// Emulated CUDA window_attention against the CPU op (see run.sh).
-#include "window_attention_emulated.cpp"  // written by run.sh
-#include <cstdio>
-#include <ATen/Parallel.h>
+// Emulated CUDA window_attention (csrc/cuda/window_attention.cu) against the CPU op:
+// out, lse and the four gradients of every dtype (tensor-core mma for fp16/bf16),
+// each within 3x the CPU op's own error in that dtype, d(rpe) bitwise repeatable; and
+// the shared-memory limits: a table that needs the opt-in beyond 48 KB, and one that
+// fits an H100 (sm_90) but not an A100 (sm_80), where the op must say so.
+#include "window_attention_emulated.cpp"  // written by emulate_cu.py
+
+#include "check_common.h"
+
+namespace {
+
 using namespace lomar_ops;
+using emu_check::Case;
 
-static int failures = 0;
-double maxerr(const at::Tensor& a, const at::Tensor& b) { return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>(); }
+struct Shape {
+  int64_t S, N, H, d;
+  const char* mode;  // contextual, bias or none
+  bool per_head = false;
+  bool strided = false;  // q, k, v as views of one (S, N, 3, H, d) tensor
+  int64_t NB = 50;
+};
 
-void run_case(at::ScalarType dt, int64_t S, int64_t N, int64_t H, int64_t d, const std::string& mode, bool per_head, bool strided, int64_t NB = 50) {
-  at::manual_seed(S * 1000 + N * 10 + H + d);
+void check(at::ScalarType dt, const Shape& s) {
   auto f64 = at::TensorOptions().dtype(at::kDouble);
-  auto q = at::randn({S, N, H, d}, f64), k = at::randn({S, N, H, d}, f64), v = at::randn({S, N, H, d}, f64);
-  c10::optional<at::Tensor> rpe, ids;
+  auto q = at::randn({s.S, s.N, s.H, s.d}, f64), k = at::randn({s.S, s.N, s.H, s.d}, f64),
+       v = at::randn({s.S, s.N, s.H, s.d}, f64);
+  const std::string mode = s.mode;
+  std::optional<at::Tensor> rpe, ids;
   if (mode != "none") {
-    ids = at::randint(0, NB, {N, N}, at::TensorOptions().dtype(at::kInt));
-    rpe = mode == "bias" ? at::randn({H, NB}, f64) : (per_head ? 0.5 * at::randn({H, NB, d}, f64) : 0.5 * at::randn({NB, d}, f64));
+    ids = at::randint(0, s.NB, {s.N, s.N}, at::TensorOptions().dtype(at::kInt));
+    rpe = mode == "bias" ? at::randn({s.H, s.NB}, f64)
+          : s.per_head   ? 0.5 * at::randn({s.H, s.NB, s.d}, f64)
+                         : 0.5 * at::randn({s.NB, s.d}, f64);
   }
-  auto go = at::randn({S, N, H, d}, f64);
-  const double scale = 1.0 / std::sqrt((double)d);
-  auto [o_ref, lse_ref, p_ref] = window_attention_fwd_cpu(q, k, v, rpe, ids, mode, scale);
-  auto g_ref = window_attention_bwd_cpu(go, q, k, v, o_ref, lse_ref, p_ref, rpe, ids, mode, scale);
+  auto go = at::randn({s.S, s.N, s.H, s.d}, f64);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(s.d));
+  // The inputs rounded to dt; the fp64 reference takes the same rounded values.
   at::Tensor ql, kl, vl;
-  if (strided) {
-    auto qkv = at::stack({q, k, v}, 2).to(dt); ql = qkv.select(2, 0); kl = qkv.select(2, 1); vl = qkv.select(2, 2);
-  } else { ql = q.to(dt); kl = k.to(dt); vl = v.to(dt); }
-  c10::optional<at::Tensor> rl = rpe ? c10::optional<at::Tensor>(rpe->to(dt)) : c10::nullopt;
-  auto gl = go.to(dt);
-  auto [o, lse, p_cuda] = window_attention_fwd_cuda(ql, kl, vl, rl, ids, mode, scale);
-  auto g = window_attention_bwd_cuda(gl, ql, kl, vl, o, lse, p_cuda, rl, ids, mode, scale);
-  auto [o_low, lse_low, p_low] = window_attention_fwd_cpu(ql, kl, vl, rl, ids, mode, scale);
-  auto g_low = window_attention_bwd_cpu(gl, ql, kl, vl, o_low, lse_low, p_low, rl, ids, mode, scale);
-  std::vector<at::Tensor> got = {o, lse, std::get<0>(g), std::get<1>(g), std::get<2>(g)};
-  std::vector<at::Tensor> want = {o_ref, lse_ref, std::get<0>(g_ref), std::get<1>(g_ref), std::get<2>(g_ref)};
-  std::vector<at::Tensor> low = {o_low, lse_low, std::get<0>(g_low), std::get<1>(g_low), std::get<2>(g_low)};
-  if (mode != "none") { got.push_back(std::get<3>(g)); want.push_back(std::get<3>(g_ref)); low.push_back(std::get<3>(g_low)); }
-  const char* names[] = {"out", "lse", "dq", "dk", "dv", "drpe"};
-  printf("%-9s S=%ld N=%ld H=%ld d=%ld %-10s%s%s:", c10::toString(dt), S, N, H, d, mode.c_str(), per_head ? " per_head" : "", strided ? " strided" : "");
-  for (size_t i = 0; i < got.size(); ++i) {
-    double e = maxerr(got[i], want[i]), base = maxerr(low[i], want[i]);
-    double tol = dt == at::kDouble ? 1e-10 : 3 * base + (dt == at::kFloat ? 1e-5 : dt == at::kHalf ? 1e-3 : 8e-3);
-    bool ok = e <= tol && std::isfinite(e);
-    if (!ok) ++failures;
-    printf(" %s %.1e/%.1e%s", names[i], e, base, ok ? "" : " FAIL");
+  if (s.strided) {
+    auto qkv = at::stack({q, k, v}, 2).to(dt);
+    ql = qkv.select(2, 0), kl = qkv.select(2, 1), vl = qkv.select(2, 2);
+  } else {
+    ql = q.to(dt), kl = k.to(dt), vl = v.to(dt);
   }
+  std::optional<at::Tensor> rl = rpe ? std::optional<at::Tensor>(rpe->to(dt)) : std::nullopt;
+  const auto gl = go.to(dt);
+  auto up = [](const std::optional<at::Tensor>& t) {
+    return t ? std::optional<at::Tensor>(t->to(at::kDouble)) : std::nullopt;
+  };
+  const auto q64 = ql.to(at::kDouble), k64 = kl.to(at::kDouble), v64 = vl.to(at::kDouble),
+             g64 = gl.to(at::kDouble);
+  auto [o_ref, lse_ref, p_ref] = window_attention_fwd_cpu(q64, k64, v64, up(rl), ids, mode, scale);
+  auto g_ref = window_attention_bwd_cpu(g64, q64, k64, v64, o_ref, lse_ref, p_ref, up(rl), ids,
+                                        mode, scale);
+  auto [o_cpu, lse_cpu, p_cpu] = window_attention_fwd_cpu(ql, kl, vl, rl, ids, mode, scale);
+  auto g_cpu = window_attention_bwd_cpu(gl, ql, kl, vl, o_cpu, lse_cpu, p_cpu, rl, ids, mode, scale);
+  auto [o, lse, p] = window_attention_fwd_cuda(ql, kl, vl, rl, ids, mode, scale);
+  auto g = window_attention_bwd_cuda(gl, ql, kl, vl, o, lse, p, rl, ids, mode, scale);
+
+  const std::string t = std::string(c10::toString(dt)) + " ";
+  const auto acc = dt == at::kDouble ? at::kDouble : at::kFloat;
+  emu_check::close(t + "out", o, o_cpu, o_ref, dt);
+  emu_check::close(t + "lse", lse, lse_cpu, lse_ref, acc);
+  emu_check::close(t + "dq", std::get<0>(g), std::get<0>(g_cpu), std::get<0>(g_ref), dt);
+  emu_check::close(t + "dk", std::get<1>(g), std::get<1>(g_cpu), std::get<1>(g_ref), dt);
+  emu_check::close(t + "dv", std::get<2>(g), std::get<2>(g_cpu), std::get<2>(g_ref), dt);
   if (mode != "none") {
-    auto g2 = window_attention_bwd_cuda(gl, ql, kl, vl, o, lse, p_cuda, rl, ids, mode, scale);
-    bool same = at::equal(std::get<3>(g2), std::get<3>(g));
-    if (!same) ++failures;
-    printf(" repeat=%s", same ? "ok" : "FAIL");
+    emu_check::close(t + "drpe", std::get<3>(g), std::get<3>(g_cpu), std::get<3>(g_ref), dt);
+    auto again = window_attention_bwd_cuda(gl, ql, kl, vl, o, lse, p, rl, ids, mode, scale);
+    emu_check::same(t + "drpe repeat", std::get<3>(again), std::get<3>(g));
   }
-  printf("\n");
-  fflush(stdout);
 }
 
+const at::ScalarType kLowp[] = {at::kBFloat16, at::kHalf};
+
+Case attention(std::string name, bool quick, Shape s, std::vector<at::ScalarType> dts = {}) {
+  if (dts.empty()) dts.assign(std::begin(emu_check::kAllTypes), std::end(emu_check::kAllTypes));
+  return {name, quick, [=] {
+            for (auto dt : dts) check(dt, s);
+          }};
+}
+
+// The dq kernel's shared memory for a bf16 contextual table of NB buckets, d <= 32 (its
+// own sizing code): the limits cases below are chosen by it and say so if it moves.
+size_t dq_smem_bf16(int NB) { return BwdSmem<c10::BFloat16, 32, 64>(nullptr, NB, kContextual, true).bytes; }
+
+// NB = 100: the backward kernels need more than 48 KB (the cudaFuncSetAttribute opt-in)
+// and fit an A100.
+void opt_in_case() {
+  const size_t bytes = dq_smem_bf16(100);
+  emu_check::verdict(bytes > 48 * 1024 && bytes <= 163 * 1024,
+                     "dq kernel shared memory " + std::to_string(bytes) + " in (48 KB, 163 KB]");
+  check(at::kBFloat16, {2, 50, 1, 32, "contextual", false, false, 100});
+}
+
+// NB = 256: the dq kernel fits an H100's 227 KB but not an A100's 163 KB.
+void h100_only_case() {
+  const size_t bytes = dq_smem_bf16(256);
+  emu_check::verdict(bytes > 163 * 1024 && bytes <= 227 * 1024,
+                     "dq kernel shared memory " + std::to_string(bytes) + " in (163 KB, 227 KB]");
+  const Shape s{1, 50, 1, 32, "contextual", false, false, 256};
+  emu::set_arch(80);
+  emu_check::expect_error("sm_80 backward", [&] { check(at::kBFloat16, s); },
+                          "more than this GPU's 166912 per block");
+  emu::set_arch(90);
+  check(at::kBFloat16, s);
+  emu::set_arch(emu::env_int("LOMAR_EMU_ARCH", 80));
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
-  at::set_num_threads(1);
-  std::string which = argc > 1 ? argv[1] : "f64";
-  std::vector<at::ScalarType> dts;
-  if (which == "f64") dts = {at::kDouble};
-  else if (which == "f32") dts = {at::kFloat};
-  else if (which == "extra") {
-    for (auto dt : {at::kBFloat16, at::kFloat}) {
-      run_case(dt, 20, 50, 1, 64, "contextual", false, false, 100);  // blocks loop over tiles; 2 R chunks
-      run_case(dt, 40, 17, 2, 32, "bias", false, false);             // packed, partial tiles, per-head groups
-      run_case(dt, 5, 32, 2, 64, "contextual", true, true, 70);
-      run_case(dt, 1, 197, 1, 64, "contextual", false, false);        // 4 row tiles, tail 5
-      run_case(dt, 2, 64, 1, 80, "bias", false, false, 3);
-    }
-    printf("failures: %d\n", failures);
-    return failures != 0;
-  }
-  else dts = {at::kBFloat16, at::kHalf};
-  for (auto dt : dts) {
-    run_case(dt, 3, 2, 1, 32, "contextual", false, false);
-    run_case(dt, 2, 17, 2, 64, "contextual", true, false);
-    run_case(dt, 2, 50, 2, 64, "bias", false, true);
-    run_case(dt, 1, 65, 1, 80, "none", false, false);
-    run_case(dt, 1, 100, 2, 128, "contextual", false, true);
-    run_case(dt, 3, 33, 1, 24, "contextual", false, false);
-  }
-  printf("failures: %d\n", failures);
-  return failures != 0;
+  using at::kBFloat16, at::kHalf, at::kFloat, at::kDouble;
+  // (S, N, H, d, mode, per_head, strided, NB). Tiles: 64 rows (fp16/bf16), 32 (fp32),
+  // 16 (fp64); sequences with N <= rows are packed several to a tile. The quick set
+  // covers each dtype packed and with a tail tile, every mode and head-dim padding.
+  return emu_check::main(argc, argv, {
+      // The C++ tests' shapes.
+      attention("S=2 N=7 H=3 d=8 contextual per-head", true, {2, 7, 3, 8, "contextual", true, false, 9}),
+      attention("S=2 N=7 H=3 d=8 contextual", false, {2, 7, 3, 8, "contextual", false, false, 9}),
+      attention("S=2 N=7 H=3 d=8 bias", false, {2, 7, 3, 8, "bias", false, false, 9}),
+      attention("S=2 N=50 H=2 d=16 none", false, {2, 50, 2, 16, "none"}),
+      attention("one element", true, {1, 1, 1, 1, "contextual", false, false, 1}),
+      // Tails of each dtype's tile (N = rows + 1); head dims 24 (padded to 32), 64,
+      // 80, 128; strided (qkv-packed) inputs.
+      attention("tails fp64: S=2 N=17 H=2 d=24 bias", true, {2, 17, 2, 24, "bias"}, {kDouble}),
+      // dq blocks that take several tiles (10 tiles, 8 blocks), in fp64's small tiles.
+      attention("dq blocks loop: S=5 N=17 H=1 d=24 contextual", true,
+                {5, 17, 1, 24, "contextual", false, false, 20}, {kDouble}),
+      attention("tails fp32: S=2 N=33 H=1 d=128 contextual strided", true,
+                {2, 33, 1, 128, "contextual", false, true, 40}, {kFloat}),
+      attention("tails fp16/bf16: S=1 N=65 H=1 d=80 none", true, {1, 65, 1, 80, "none"}, {kBFloat16, kHalf}),
+      attention("S=2 N=50 H=2 d=64 bias strided", true, {2, 50, 2, 64, "bias", false, true}, {kBFloat16}),
+      attention("S=2 N=50 H=2 d=64 bias strided (all dtypes)", false, {2, 50, 2, 64, "bias", false, true}),
+      attention("tails: S=1 N=65 H=1 d=80 none", false, {1, 65, 1, 80, "none"}),
+      attention("tails: S=2 N=33 H=1 d=128 contextual strided", false,
+                {2, 33, 1, 128, "contextual", false, true, 40}),
+      attention("tails: S=3 N=17 H=1 d=24 bias", false, {3, 17, 1, 24, "bias"}),
+      attention("S=3 N=2 H=1 d=32 contextual", false, {3, 2, 1, 32, "contextual"}),
+      attention("S=2 N=17 H=2 d=64 contextual per-head", false, {2, 17, 2, 64, "contextual", true}),
+      attention("S=1 N=100 H=2 d=128 contextual strided", false, {1, 100, 2, 128, "contextual", false, true}),
+      attention("S=3 N=33 H=1 d=24 contextual", false, {3, 33, 1, 24, "contextual"}),
+      // Blocks that loop over tiles (d(rpe) partials), several table chunks, 4 row
+      // tiles with a tail of 5, fewer buckets than a warp.
+      attention("S=20 N=50 H=1 d=64 contextual NB=100", false,
+                {20, 50, 1, 64, "contextual", false, false, 100}, {kBFloat16, kFloat}),
+      attention("S=40 N=17 H=2 d=32 bias", false, {40, 17, 2, 32, "bias"}, {kBFloat16, kFloat}),
+      attention("S=5 N=32 H=2 d=64 contextual per-head strided NB=70", false,
+                {5, 32, 2, 64, "contextual", true, true, 70}, {kBFloat16, kFloat}),
+      attention("S=1 N=197 H=1 d=64 contextual", false, {1, 197, 1, 64, "contextual"},
+                {kBFloat16, kFloat}),
+      attention("S=2 N=64 H=1 d=80 bias NB=3", false, {2, 64, 1, 80, "bias", false, false, 3},
+                {kBFloat16, kFloat}),
+      {"shared memory over 48 KB (opt-in)", true, opt_in_case},
+      {"shared memory for sm_90 only", false, h100_only_case},
+  });
 }

@@ -1,107 +1,849 @@
-// A minimal CPU emulation of the CUDA features csrc/cuda/window_attention.cu uses (see run.sh).
+// CPU emulation of the CUDA execution model that csrc/cuda/*.cu use, for checking the
+// kernels on machines without a GPU (see run.sh). Each CUDA thread is a std::thread;
+// the threads of a block meet at real barriers, so ThreadSanitizer sees exactly the
+// ordering CUDA guarantees (and reports the races a GPU would hide), and
+// AddressSanitizer sees shared memory allocated at exactly the launch's size.
+//
+// What it models: grids and blocks in 1 to 3 dimensions (two blocks run at a time,
+// so races between blocks show too), __syncthreads (every thread must reach the same
+// one; exited threads count as arrived, as in PTX), warps of 32 lanes (__syncwarp,
+// shuffles, votes, mma.sync m16n8k16 from PTX's fragment layout: every lane named in
+// a mask must take part, none may have exited), dynamic and static shared memory
+// filled with a NaN pattern, atomics, __launch_bounds__, cudaFuncSetAttribute, and
+// the launch limits of the emulated device (sm_80 or sm_90). Misuse is reported with
+// the kernel, block, thread and source line, then the process aborts, as a device
+// trap would end a CUDA context. emulate_cu.py rewrites what C++ cannot express
+// (<<<...>>>, __shared__ declarations, __launch_bounds__, inline PTX).
 #pragma once
-#include <ATen/ATen.h>
-#include <c10/util/Half.h>
-#include <c10/util/BFloat16.h>
-#include <barrier>
-#include <thread>
-#include <vector>
-#include <memory>
-#include <cassert>
-#include <cmath>
-#include <cstdint>
-#include <cstring>
 
+#include <ATen/ATen.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <bit>
+#include <cmath>
+#include <condition_variable>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+// ---- CUDA C++ keywords ----------------------------------------------------------
 #define __device__
 #define __host__
 #define __global__
 #define __forceinline__ inline
-#define __launch_bounds__(...)
+#define __noinline__ __attribute__((noinline))
 #define __align__(n) alignas(n)
-#undef CUDA_KERNEL_ASSERT
-#define CUDA_KERNEL_ASSERT(x) do { if (!(x)) { fprintf(stderr, "device assert failed: %s\n", #x); abort(); } } while (0)
-#define C10_CUDA_KERNEL_LAUNCH_CHECK() do {} while (0)
-#define C10_CUDA_CHECK(x) (void)(x)
+#ifndef EMU_CUDA_ARCH  // stands for __CUDA_ARCH__ in the kernel sources (emulate_cu.py)
+#define EMU_CUDA_ARCH 800
+#endif
 
-struct uint3_ { unsigned x = 0, y = 0, z = 0; };
-struct dim3 { unsigned x, y, z; dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {} };
-inline thread_local uint3_ threadIdx, blockIdx, blockDim, gridDim;
-enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
-template <typename K> int cudaFuncSetAttribute(K, cudaFuncAttribute, int) { return 0; }
+// ---- runtime types ----------------------------------------------------------------
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorLaunchOutOfResources = 701,
+};
+enum cudaFuncAttribute {
+  cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
+  cudaFuncAttributePreferredSharedMemoryCarveout = 9,
+};
+using cudaStream_t = struct CUstream_st*;
+
+struct uint3 { unsigned x, y, z; };
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(16) int4 { int x, y, z, w; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) uint2 { unsigned x, y; };
+struct alignas(8) float2 { float x, y; };
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+inline int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline uint2 make_uint2(unsigned x, unsigned y) { return {x, y}; }
+inline float2 make_float2(float x, float y) { return {x, y}; }
+constexpr int warpSize = 32;
+
+inline thread_local uint3 threadIdx, blockIdx;
+inline thread_local dim3 blockDim, gridDim;
+
+// cudaDeviceProp's fields that host code reads.
+struct cudaDeviceProp {
+  const char* name;
+  int major, minor, multiProcessorCount, maxThreadsPerBlock, warpSize;
+  size_t sharedMemPerBlock, sharedMemPerBlockOptin, sharedMemPerMultiprocessor;
+  int maxThreadsDim[3], maxGridSize[3];
+};
 
 namespace emu {
-struct Warp { std::unique_ptr<std::barrier<>> bar; double slot[32]; uint32_t a[32][4], b[32][2]; };
-struct Block { std::unique_ptr<std::barrier<>> bar; std::vector<Warp> warps; unsigned char* smem; };
-inline thread_local Block* cur = nullptr;
-inline void syncthreads() { cur->bar->arrive_and_wait(); }
-inline Warp& warp() { return cur->warps[threadIdx.x / 32]; }
-inline void syncwarp() { warp().bar->arrive_and_wait(); }
-template <typename T> T shfl_xor(T v, int off) {
-  Warp& w = warp(); int lane = threadIdx.x & 31;
-  w.slot[lane] = static_cast<double>(v); w.bar->arrive_and_wait();
-  T r = static_cast<T>(w.slot[lane ^ off]); w.bar->arrive_and_wait(); return r;
+
+// ---- the emulated device ------------------------------------------------------------
+// A100 and H100 limits (CUDA programming guide, compute capabilities table). Few SMs:
+// host code sizes grids by the SM count, and small grids exercise grid-stride loops.
+inline cudaDeviceProp props_for(int arch, int sms) {
+  cudaDeviceProp p{};
+  p.name = arch >= 90 ? "emulated sm_90" : "emulated sm_80";
+  p.major = arch / 10;
+  p.minor = arch % 10;
+  p.multiProcessorCount = sms;
+  p.maxThreadsPerBlock = 1024;
+  p.warpSize = 32;
+  p.sharedMemPerBlock = 48 * 1024;
+  p.sharedMemPerBlockOptin = arch >= 90 ? 227 * 1024 : 163 * 1024;
+  p.sharedMemPerMultiprocessor = arch >= 90 ? 228 * 1024 : 164 * 1024;
+  p.maxThreadsDim[0] = p.maxThreadsDim[1] = 1024;
+  p.maxThreadsDim[2] = 64;
+  p.maxGridSize[0] = std::numeric_limits<int>::max();
+  p.maxGridSize[1] = p.maxGridSize[2] = 65535;
+  return p;
 }
-template <typename S> float unpack(uint32_t bits, int hi) {
-  uint16_t u = hi ? (bits >> 16) : (bits & 0xffff);
-  return static_cast<float>(S(u, S::from_bits()));
+
+inline int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : fallback;
 }
-template <typename S> void mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
-  Warp& w = warp(); int lane = threadIdx.x & 31;
-  w.a[lane][0] = a0; w.a[lane][1] = a1; w.a[lane][2] = a2; w.a[lane][3] = a3; w.b[lane][0] = b0; w.b[lane][1] = b1;
-  w.bar->arrive_and_wait();
-  float A[16][16], B[16][8];
-  for (int L = 0; L < 32; ++L) {
-    int g = L >> 2, t = L & 3;
-    for (int hi = 0; hi < 2; ++hi) {
-      A[g][2 * t + hi] = unpack<S>(w.a[L][0], hi);
-      A[g + 8][2 * t + hi] = unpack<S>(w.a[L][1], hi);
-      A[g][2 * t + 8 + hi] = unpack<S>(w.a[L][2], hi);
-      A[g + 8][2 * t + 8 + hi] = unpack<S>(w.a[L][3], hi);
-      B[2 * t + hi][g] = unpack<S>(w.b[L][0], hi);
-      B[2 * t + 8 + hi][g] = unpack<S>(w.b[L][1], hi);
-    }
+
+struct Device {
+  cudaDeviceProp props = props_for(env_int("LOMAR_EMU_ARCH", 80), env_int("LOMAR_EMU_SMS", 2));
+  int concurrent_blocks = std::max(1, env_int("LOMAR_EMU_CONCURRENT_BLOCKS", 2));
+  std::mutex m;  // kernel attributes, last error
+  std::vector<std::pair<const void*, int>> max_dynamic_smem;  // cudaFuncSetAttribute
+  cudaError_t last_error = cudaSuccess;
+  std::string last_error_detail;
+};
+inline Device& device() {
+  static Device d;
+  return d;
+}
+// Which card the host code and the launch checks see (the tests switch it); a new
+// device starts without kernel attributes.
+inline void set_arch(int arch) {
+  std::lock_guard<std::mutex> g(device().m);
+  device().props = props_for(arch, device().props.multiProcessorCount);
+  device().max_dynamic_smem.clear();
+}
+
+inline void set_error(cudaError_t e, const std::string& detail) {
+  std::lock_guard<std::mutex> g(device().m);
+  device().last_error = e;
+  device().last_error_detail = detail;
+}
+
+inline int max_dynamic_smem_of(const void* kernel) {
+  std::lock_guard<std::mutex> g(device().m);
+  for (auto& [k, v] : device().max_dynamic_smem)
+    if (k == kernel) return v;
+  return -1;
+}
+
+// The pattern every fresh shared-memory and device allocation is filled with: NaN
+// in fp64, fp32, fp16 and bf16 at any 2-byte offset, INT_MAX as int32, and not a
+// valid bool, so a read before write changes the result or trips a sanitizer.
+inline void fill_garbage(void* p, size_t n) {
+  static const unsigned char pattern[4] = {0xFF, 0xFF, 0xFF, 0x7F};
+  auto* b = static_cast<unsigned char*>(p);
+  for (size_t i = 0; i < n; ++i) b[i] = pattern[i & 3];
+}
+
+// ---- a block: its threads, barriers and shared memory ------------------------------------
+
+// Sleeps until *word != old (a futex: no spinning, which on a few cores only delays
+// the threads being waited for). Ordering comes from the acquire load around it.
+inline void wait_while_equal(std::atomic<uint32_t>& word, uint32_t old) {
+  static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
+  while (word.load(std::memory_order_acquire) == old)
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAIT_PRIVATE, old, nullptr,
+            nullptr, 0);
+}
+inline void wake_all(std::atomic<uint32_t>& word) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr,
+          nullptr, 0);
+}
+
+// Arrivals are counted under the block's mutex; waiters sleep on the generation
+// outside the mutex, so a release wakes them without a convoy.
+struct Barrier {
+  std::atomic<uint32_t> gen{0};
+  int waiting = 0;
+  int site = 0;           // __syncthreads: the source line of the first arrival
+  int kind = 0;           // warp collectives: what the first lane called
+  unsigned mask = 0;
+};
+
+// What a lane hands to a warp collective (a shuffle value, a vote, mma fragments).
+struct LaneSlot {
+  alignas(16) unsigned char bytes[32];
+};
+
+enum Kind : int { kSyncwarp = 1, kShfl, kVote, kMma };
+
+struct Block {
+  const char* kernel;
+  const char* file;
+  int line;
+  dim3 grid, block;
+  unsigned nthreads, nwarps;
+  size_t dynamic_bytes;
+  int total_limit;  // static plus dynamic shared memory (48 KB, or the opt-in maximum)
+
+  uint3 index;
+  std::mutex m;
+  Barrier block_bar;
+  std::vector<Barrier> warp_bar;
+  std::unique_ptr<LaneSlot[]> slots[2];  // [gen & 1][thread]
+  std::vector<char> exited;
+  unsigned exited_count = 0, blocked = 0;
+
+  unsigned char* dynamic_smem = nullptr;
+  struct Static {
+    int site;
+    size_t bytes;
+    unsigned char* p;
+  };
+  std::vector<Static> statics;
+  size_t static_bytes = 0;
+
+  Block(const char* k, const char* f, int l, dim3 g, dim3 b, size_t smem, int limit, uint3 idx)
+      : kernel(k), file(f), line(l), grid(g), block(b), nthreads(b.x * b.y * b.z),
+        nwarps((nthreads + 31) / 32), dynamic_bytes(smem), total_limit(limit), index(idx),
+        warp_bar(nwarps), exited(nthreads, 0) {
+    slots[0] = std::make_unique_for_overwrite<LaneSlot[]>(nthreads);
+    slots[1] = std::make_unique_for_overwrite<LaneSlot[]>(nthreads);
+    // Exactly the launch's size (no slack for an overrun to hide in).
+    dynamic_smem = static_cast<unsigned char*>(::operator new[](smem, std::align_val_t(16)));
+    fill_garbage(dynamic_smem, smem);
   }
-  int g = lane >> 2, t = lane & 3;
-  for (int k = 0; k < 16; ++k) {
-    c[0] += A[g][k] * B[k][2 * t]; c[1] += A[g][k] * B[k][2 * t + 1];
-    c[2] += A[g + 8][k] * B[k][2 * t]; c[3] += A[g + 8][k] * B[k][2 * t + 1];
+  ~Block() {
+    ::operator delete[](dynamic_smem, std::align_val_t(16));
+    for (auto& s : statics) ::operator delete[](s.p, std::align_val_t(16));
   }
-  w.bar->arrive_and_wait();
-}
-inline unsigned char* smem() { return cur->smem; }
-struct Launch {
-  dim3 grid, block; size_t smem;
-  template <typename K, typename... Args> void operator()(K kernel, Args... args) const {
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        Block blk;
-        const unsigned n = block.x;
-        blk.bar = std::make_unique<std::barrier<>>(n);
-        blk.warps.resize((n + 31) / 32);
-        for (auto& w : blk.warps) w.bar = std::make_unique<std::barrier<>>(32);
-        std::vector<unsigned char> mem(smem + 16, 0xCD);  // garbage, as on a GPU
-        blk.smem = mem.data() + (16 - reinterpret_cast<uintptr_t>(mem.data()) % 16) % 16;
-        std::vector<std::thread> th;
-        for (unsigned t = 0; t < n; ++t)
-          th.emplace_back([&, t] {
-            threadIdx = {t, 0, 0}; blockIdx = {bx, by, 0}; blockDim = {block.x, 1, 1};
-            gridDim = {grid.x, grid.y, 1}; cur = &blk; kernel(args...);
-          });
-        for (auto& x : th) x.join();
-      }
+  unsigned lanes_in_warp(unsigned w) const { return std::min(32u, nthreads - 32 * w); }
+  unsigned existing_mask(unsigned w) const {
+    const unsigned n = lanes_in_warp(w);
+    return n == 32 ? 0xffffffffu : (1u << n) - 1;
   }
 };
-inline Launch launch(dim3 g, dim3 b, size_t s = 0, int = 0) { return {g, b, s}; }
-}  // namespace emu
-#define __syncthreads() emu::syncthreads()
-#define __syncwarp() emu::syncwarp()
-template <typename T> T __shfl_xor_sync(unsigned, T v, int off) { return emu::shfl_xor(v, off); }
 
-namespace at::cuda {
-struct Props { int multiProcessorCount = 3; size_t sharedMemPerBlockOptin = 227 * 1024; };
-inline Props* getCurrentDeviceProperties() { static Props p; return &p; }
-inline int getCurrentCUDAStream() { return 0; }
+struct ThreadCtx {
+  Block* block = nullptr;
+  unsigned tid = 0, warp = 0, lane = 0;
+};
+inline thread_local ThreadCtx ctx;
+
+[[noreturn]] inline void vfail(const char* fmt, va_list ap) {
+  char msg[2048];
+  std::vsnprintf(msg, sizeof msg, fmt, ap);
+  if (Block* blk = ctx.block) {
+    std::fprintf(stderr,
+                 "\ncuda emulation: %s\n  in kernel %s (launched at %s:%d), block (%u,%u,%u) "
+                 "thread (%u,%u,%u)\n",
+                 msg, blk->kernel, blk->file, blk->line, blk->index.x, blk->index.y, blk->index.z,
+                 threadIdx.x, threadIdx.y, threadIdx.z);
+  } else {
+    std::fprintf(stderr, "\ncuda emulation: %s\n", msg);
+  }
+  std::fflush(stderr);
+  std::abort();
 }
-namespace c10::cuda { struct CUDAGuard { explicit CUDAGuard(c10::Device) {} }; }
-struct alignas(16) uint4 { unsigned x, y, z, w; };
-inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+[[noreturn]] inline void fail(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+[[noreturn]] inline void fail(const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vfail(fmt, ap);
+}
+
+// Every live thread of the block waits on something none of them will signal.
+inline void check_deadlock(Block& blk) {
+  if (blk.blocked + blk.exited_count < blk.nthreads) return;
+  std::string where;
+  if (blk.block_bar.waiting)
+    where += " " + std::to_string(blk.block_bar.waiting) + " at __syncthreads (line " +
+             std::to_string(blk.block_bar.site) + ");";
+  for (unsigned w = 0; w < blk.nwarps; ++w)
+    if (blk.warp_bar[w].waiting)
+      where += " " + std::to_string(blk.warp_bar[w].waiting) + " of warp " + std::to_string(w) +
+               " in a warp collective;";
+  fail("deadlock: every live thread of the block waits:%s %u exited", where.c_str(),
+       blk.exited_count);
+}
+
+// Waits for bar's generation to move on (the caller holds blk.m and has arrived;
+// returns without it).
+inline void wait_for(Block& blk, Barrier& bar, std::unique_lock<std::mutex>& lock) {
+  const uint32_t gen = bar.gen.load(std::memory_order_relaxed);
+  ++blk.blocked;
+  check_deadlock(blk);
+  lock.unlock();
+  wait_while_equal(bar.gen, gen);
+}
+
+// Lets bar's waiters go; waiters: how many of its arrivals are blocked in wait_for.
+inline void release(Block& blk, Barrier& bar, int waiters) {
+  blk.blocked -= waiters;
+  bar.waiting = 0;
+  bar.gen.fetch_add(1, std::memory_order_release);
+  wake_all(bar.gen);
+}
+
+// Block barrier: every thread at the same __syncthreads; exited threads count as
+// arrived (PTX: a barrier held up only by exited threads is released).
+inline void syncthreads(int site) {
+  Block& blk = *ctx.block;
+  std::unique_lock<std::mutex> lock(blk.m);
+  Barrier& bar = blk.block_bar;
+  if (bar.waiting == 0) {
+    bar.site = site;
+  } else if (bar.site != site) {
+    fail("__syncthreads at line %d while %d thread(s) of the block wait at the one at line %d "
+         "(a barrier in divergent code)",
+         site, bar.waiting, bar.site);
+  }
+  ++bar.waiting;
+  if (bar.waiting + blk.exited_count == blk.nthreads) {
+    release(blk, bar, bar.waiting - 1);
+    return;
+  }
+  wait_for(blk, bar, lock);
+}
+
+// A warp collective: the lanes named in mask each put a slot in, wait for one
+// another, then each reads what it needs (read(slots of this generation)).
+template <typename Put, typename Get>
+inline void warp_collective(int kind, unsigned mask, Put&& put, Get&& get) {
+  Block& blk = *ctx.block;
+  const unsigned w = ctx.warp, lane = ctx.lane;
+  std::unique_lock<std::mutex> lock(blk.m);
+  if (!(mask >> lane & 1u)) fail("warp collective: the calling lane %u is not in mask 0x%08x", lane, mask);
+  if (mask & ~blk.existing_mask(w))
+    fail("warp collective: mask 0x%08x names lanes that do not exist (warp %u has %u lanes)", mask,
+         w, blk.lanes_in_warp(w));
+  for (unsigned l = 0; l < 32; ++l)
+    if ((mask >> l & 1u) && blk.exited[32 * w + l])
+      fail("warp collective: mask 0x%08x names lane %u, which has exited", mask, l);
+  Barrier& bar = blk.warp_bar[w];
+  if (bar.waiting == 0) {
+    bar.kind = kind;
+    bar.mask = mask;
+  } else if (bar.kind != kind || bar.mask != mask) {
+    fail("warp collective (kind %d, mask 0x%08x) meets another (kind %d, mask 0x%08x) in the "
+         "same warp: lanes diverged",
+         kind, mask, bar.kind, bar.mask);
+  }
+  // Two buffers: a lane can be at most one collective ahead, so none overwrites a slot
+  // that another still reads.
+  LaneSlot* slots = blk.slots[bar.gen.load(std::memory_order_relaxed) & 1].get() + 32 * w;
+  put(slots[lane]);
+  ++bar.waiting;
+  if (static_cast<unsigned>(bar.waiting) == static_cast<unsigned>(std::popcount(mask))) {
+    release(blk, bar, bar.waiting - 1);
+    lock.unlock();
+  } else {
+    wait_for(blk, bar, lock);
+  }
+  get(static_cast<const LaneSlot*>(slots));
+}
+
+inline void syncwarp(unsigned mask) {
+  warp_collective(kSyncwarp, mask, [](LaneSlot&) {}, [](const LaneSlot*) {});
+}
+
+// Shuffles (PTX shfl.sync): the source lane within the lane's width-segment; a
+// source outside the segment (up/down/bfly) returns the caller's own value.
+enum ShflMode { kIdx, kUp, kDown, kBfly };
+template <typename T>
+inline T shfl(unsigned mask, T v, int arg, int width, ShflMode mode) {
+  static_assert(sizeof(T) <= sizeof(LaneSlot::bytes) && std::is_trivially_copyable_v<T>);
+  if (width <= 0 || width > 32 || (width & (width - 1)))
+    fail("shuffle width %d is not a power of two in [1, 32]", width);
+  const int lane = static_cast<int>(ctx.lane), base = lane & ~(width - 1);
+  int src;
+  switch (mode) {
+    case kIdx: src = base + (arg & (width - 1)); break;
+    case kUp: src = lane - arg >= base ? lane - arg : lane; break;
+    case kDown: src = lane + arg < base + width ? lane + arg : lane; break;
+    default: src = (lane ^ arg) < base + width && (lane ^ arg) >= base ? lane ^ arg : lane; break;
+  }
+  if (!(mask >> src & 1u)) fail("shuffle reads lane %d, which is not in mask 0x%08x", src, mask);
+  T out;
+  warp_collective(
+      kShfl, mask, [&](LaneSlot& s) { std::memcpy(s.bytes, &v, sizeof(T)); },
+      [&](const LaneSlot* s) { std::memcpy(&out, s[src].bytes, sizeof(T)); });
+  return out;
+}
+
+inline unsigned ballot(unsigned mask, bool pred) {
+  unsigned out = 0;
+  warp_collective(
+      kVote, mask, [&](LaneSlot& s) { s.bytes[0] = pred; },
+      [&](const LaneSlot* s) {
+        for (unsigned l = 0; l < 32; ++l)
+          if ((mask >> l & 1u) && s[l].bytes[0]) out |= 1u << l;
+      });
+  return out;
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.<AB>.<AB>.f32: D = A B + C for the warp, A
+// 16x16 and B 16x8 in registers as PTX documents (lane = 4 g + t holds A rows g and
+// g + 8, columns 2t, 2t + 1, 2t + 8, 2t + 9; B rows 2t, 2t + 1, 2t + 8, 2t + 9 of
+// column g; D rows g and g + 8, columns 2t and 2t + 1). Products are exact in fp32;
+// they are summed in k order (the hardware's order and rounding are its own).
+template <typename AB>
+inline void mma_m16n8k16(float* d0, float* d1, float* d2, float* d3, uint32_t a0, uint32_t a1,
+                         uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1, float c0, float c1,
+                         float c2, float c3) {
+  auto half_of = [](uint32_t bits, int hi) {
+    return static_cast<float>(AB(static_cast<uint16_t>(hi ? bits >> 16 : bits & 0xffff),
+                                 AB::from_bits()));
+  };
+  float out[4] = {c0, c1, c2, c3};
+  warp_collective(
+      kMma, 0xffffffffu,
+      [&](LaneSlot& s) {
+        const uint32_t regs[6] = {a0, a1, a2, a3, b0, b1};
+        std::memcpy(s.bytes, regs, sizeof regs);
+      },
+      [&](const LaneSlot* s) {
+        float A[16][16], B[16][8];
+        for (int L = 0; L < 32; ++L) {
+          uint32_t r[6];
+          std::memcpy(r, s[L].bytes, sizeof r);
+          const int g = L >> 2, t = L & 3;
+          for (int hi = 0; hi < 2; ++hi) {
+            A[g][2 * t + hi] = half_of(r[0], hi);
+            A[g + 8][2 * t + hi] = half_of(r[1], hi);
+            A[g][2 * t + 8 + hi] = half_of(r[2], hi);
+            A[g + 8][2 * t + 8 + hi] = half_of(r[3], hi);
+            B[2 * t + hi][g] = half_of(r[4], hi);
+            B[2 * t + 8 + hi][g] = half_of(r[5], hi);
+          }
+        }
+        const int g = static_cast<int>(ctx.lane) >> 2, t = static_cast<int>(ctx.lane) & 3;
+        for (int k = 0; k < 16; ++k) {
+          out[0] += A[g][k] * B[k][2 * t];
+          out[1] += A[g][k] * B[k][2 * t + 1];
+          out[2] += A[g + 8][k] * B[k][2 * t];
+          out[3] += A[g + 8][k] * B[k][2 * t + 1];
+        }
+      });
+  *d0 = out[0];
+  *d1 = out[1];
+  *d2 = out[2];
+  *d3 = out[3];
+}
+
+// ---- shared memory ------------------------------------------------------------------
+
+template <typename T>
+inline T* dynamic_shared(size_t align) {
+  if (align > 16) fail("extern __shared__ aligned to %zu bytes: the emulation aligns to 16", align);
+  return reinterpret_cast<T*>(ctx.block->dynamic_smem);
+}
+
+// A __shared__ variable: one allocation per block, made by the first thread that
+// reaches the declaration (site: its source line), exactly its size.
+template <typename T>
+inline T& static_shared(int site) {
+  Block& blk = *ctx.block;
+  std::lock_guard<std::mutex> g(blk.m);
+  for (auto& s : blk.statics)
+    if (s.site == site) return *reinterpret_cast<T*>(s.p);
+  static_assert(alignof(T) <= 16, "__shared__ variables aligned beyond 16 bytes");
+  blk.static_bytes += sizeof(T);
+  const size_t per_block = device().props.sharedMemPerBlock;
+  if (blk.static_bytes > per_block)
+    fail("static shared memory of %zu bytes exceeds the %zu a block may declare", blk.static_bytes,
+         per_block);
+  if (blk.static_bytes + blk.dynamic_bytes > static_cast<size_t>(blk.total_limit))
+    fail("static (%zu) plus dynamic (%zu) shared memory exceeds this kernel's %d bytes",
+         blk.static_bytes, blk.dynamic_bytes, blk.total_limit);
+  auto* p = static_cast<unsigned char*>(::operator new[](sizeof(T), std::align_val_t(16)));
+  fill_garbage(p, sizeof(T));
+  blk.statics.push_back({site, sizeof(T), p});
+  return *reinterpret_cast<T*>(p);
+}
+
+// __launch_bounds__(max threads[, min blocks per SM[, max blocks per cluster]]): a
+// launch with more threads per block fails on a GPU.
+inline void check_launch_bounds(long max_threads, long = 0, long = 0) {
+  if (ctx.block->nthreads > static_cast<unsigned long>(max_threads))
+    fail("a launch of %u threads per block exceeds the kernel's __launch_bounds__(%ld)",
+         ctx.block->nthreads, max_threads);
+}
+
+// The thread leaves the kernel: it no longer holds up block barriers, and no warp
+// collective may still wait for it.
+inline void exit_thread() {
+  Block& blk = *ctx.block;
+  std::unique_lock<std::mutex> lock(blk.m);
+  blk.exited[ctx.tid] = 1;
+  ++blk.exited_count;
+  Barrier& wb = blk.warp_bar[ctx.warp];
+  if (wb.waiting && (wb.mask >> ctx.lane & 1u))
+    fail("lane %u exits while lanes of its warp wait for it in a warp collective (mask 0x%08x)",
+         ctx.lane, wb.mask);
+  if (blk.block_bar.waiting && blk.block_bar.waiting + blk.exited_count == blk.nthreads)
+    release(blk, blk.block_bar, blk.block_bar.waiting);
+  if (blk.exited_count < blk.nthreads) check_deadlock(blk);
+}
+
+// ---- atomics (on global or shared memory) ------------------------------------------------
+template <typename T>
+inline T atomic_add(T* p, T v) {
+  return std::atomic_ref<T>(*p).fetch_add(v);
+}
+template <typename T, typename F>
+inline T atomic_update(T* p, F f) {
+  std::atomic_ref<T> a(*p);
+  T old = a.load();
+  while (!a.compare_exchange_weak(old, f(old))) {
+  }
+  return old;
+}
+
+// ---- the threads that play CUDA threads ---------------------------------------------------
+// Kept from launch to launch (creating threads is what costs most under TSan); a
+// launch hands worker i its job and waits for all of them, which orders launches as
+// one stream does.
+class Pool {
+ public:
+  void run(unsigned count, const std::function<void(unsigned)>& job) {
+    while (workers_.size() < count) workers_.push_back(std::make_unique<Worker>(this, workers_.size()));
+    {
+      std::lock_guard<std::mutex> g(m_);
+      remaining_ = count;
+    }
+    for (unsigned i = 0; i < count; ++i) workers_[i]->start(&job);
+    std::unique_lock<std::mutex> lock(m_);
+    done_.wait(lock, [&] { return remaining_ == 0; });
+  }
+  ~Pool() {
+    for (auto& w : workers_) w->start(nullptr);
+    for (auto& w : workers_) w->thread.join();
+  }
+
+ private:
+  struct Worker {
+    Pool* pool;
+    unsigned index;
+    std::mutex m;
+    std::condition_variable cv;
+    const std::function<void(unsigned)>* job = nullptr;
+    bool go = false;
+    std::thread thread;
+    Worker(Pool* p, size_t i) : pool(p), index(static_cast<unsigned>(i)), thread([this] { loop(); }) {}
+    void start(const std::function<void(unsigned)>* j) {
+      std::lock_guard<std::mutex> g(m);
+      job = j;
+      go = true;
+      cv.notify_one();
+    }
+    void loop() {
+      for (;;) {
+        const std::function<void(unsigned)>* j;
+        {
+          std::unique_lock<std::mutex> lock(m);
+          cv.wait(lock, [&] { return go; });
+          go = false;
+          j = job;
+        }
+        if (!j) return;
+        (*j)(index);
+        std::lock_guard<std::mutex> g(pool->m_);
+        if (--pool->remaining_ == 0) pool->done_.notify_one();
+      }
+    }
+  };
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::mutex m_;
+  std::condition_variable done_;
+  unsigned remaining_ = 0;
+};
+inline Pool& pool() {
+  static Pool p;
+  return p;
+}
+
+// ---- launches -------------------------------------------------------------------------
+
+template <typename N>
+inline bool to_dim3(N n, dim3& out) {
+  if constexpr (std::is_same_v<N, dim3>) {
+    out = n;
+    return true;
+  } else {
+    static_assert(std::is_integral_v<N>, "launch configuration: an integer or dim3");
+    if constexpr (std::is_signed_v<N>)
+      if (n < 0) return false;
+    if (static_cast<unsigned long long>(n) > 0xffffffffull) return false;
+    out = dim3(static_cast<unsigned>(n));
+    return true;
+  }
+}
+
+// What <<<grid, block, smem, stream>>> becomes (emulate_cu.py): checked against the
+// device's limits as the CUDA runtime checks them, then run block by block.
+template <typename K>
+struct Launch {
+  K kernel;
+  const char* name;
+  const char* file;
+  int line;
+  dim3 grid, block;
+  size_t smem;
+  std::string error;  // why the configuration is invalid, if it is
+
+  template <typename... Args>
+  void operator()(Args... args) const {
+    if (!error.empty()) {
+      set_error(cudaErrorInvalidConfiguration,
+                std::string(name) + " at " + file + ":" + std::to_string(line) + ": " + error);
+      return;
+    }
+    const cudaDeviceProp& p = device().props;
+    const unsigned long long threads = 1ull * block.x * block.y * block.z;
+    const unsigned long long blocks = 1ull * grid.x * grid.y * grid.z;
+    std::string bad;
+    if (threads == 0 || blocks == 0)
+      bad = "an empty grid or block";
+    else if (block.x > 1024 || block.y > 1024 || block.z > 64 || threads > 1024)
+      bad = "a block of more than 1024 threads (or over 1024 x 1024 x 64)";
+    else if (grid.x > static_cast<unsigned>(p.maxGridSize[0]) || grid.y > 65535 || grid.z > 65535)
+      bad = "a grid over the limits (2^31 - 1, 65535, 65535)";
+    const int attr = max_dynamic_smem_of(reinterpret_cast<const void*>(kernel));
+    const size_t limit = attr >= 0 ? static_cast<size_t>(attr) : p.sharedMemPerBlock;
+    if (bad.empty() && smem > limit)
+      bad = std::to_string(smem) + " bytes of dynamic shared memory, over the kernel's " +
+            std::to_string(limit) +
+            (attr >= 0 ? " (set by cudaFuncSetAttribute)"
+                       : " (48 KB without cudaFuncSetAttribute opt-in)");
+    if (!bad.empty()) {
+      set_error(smem > limit ? cudaErrorInvalidValue : cudaErrorInvalidConfiguration,
+                std::string(name) + " at " + file + ":" + std::to_string(line) + " on " + p.name +
+                    ": " + bad + " (grid " + std::to_string(grid.x) + "x" + std::to_string(grid.y) +
+                    "x" + std::to_string(grid.z) + ", block " + std::to_string(block.x) + "x" +
+                    std::to_string(block.y) + "x" + std::to_string(block.z) + ", " +
+                    std::to_string(smem) + " bytes)");
+      return;
+    }
+    // Threads go from block to block on their own: thread t of a slot runs thread t
+    // of blocks s, s + slots, ... and meets its block's other threads only at that
+    // block's barriers. A block's state is made by its first thread and dropped once
+    // all its threads have moved on. Blocks of different slots run at the same time,
+    // so a race between blocks is a race here too.
+    const unsigned slots = static_cast<unsigned>(
+        std::min<unsigned long long>(blocks, static_cast<unsigned>(device().concurrent_blocks)));
+    const int total_limit =  // static plus dynamic shared memory
+        static_cast<int>(attr >= 0 ? p.sharedMemPerBlockOptin : p.sharedMemPerBlock);
+    struct Made {
+      unsigned long long index;
+      std::unique_ptr<Block> block;
+      unsigned entered;
+    };
+    struct Slot {
+      std::mutex m;
+      std::vector<Made> made;  // in block order
+    };
+    std::vector<Slot> slot(slots);
+    const unsigned n = static_cast<unsigned>(threads);
+    auto block_for = [&](unsigned s, unsigned long long b) -> Block& {
+      std::lock_guard<std::mutex> g(slot[s].m);
+      auto& made = slot[s].made;
+      auto it = std::find_if(made.begin(), made.end(), [&](const Made& m) { return m.index == b; });
+      if (it == made.end()) {
+        const uint3 idx{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
+                        static_cast<unsigned>(b / (1ull * grid.x * grid.y))};
+        made.push_back({b, std::make_unique<Block>(name, file, line, grid, block, smem, total_limit, idx), 0});
+        it = made.end() - 1;
+      }
+      Block& blk = *it->block;
+      // Once every thread has entered block b, all have left the ones before it.
+      if (++it->entered == n) made.erase(made.begin(), it);
+      return blk;
+    };
+    const std::tuple<Args...> packed(args...);
+    pool().run(slots * n, [&](unsigned worker) {
+      const unsigned s = worker / n, tid = worker % n;
+      threadIdx = {tid % block.x, tid / block.x % block.y, tid / (block.x * block.y)};
+      blockDim = block;
+      gridDim = grid;
+      for (unsigned long long b = s; b < blocks; b += slots) {
+        Block& blk = block_for(s, b);
+        ctx = {&blk, tid, tid / 32, tid % 32};
+        blockIdx = blk.index;
+        std::apply(kernel, packed);
+        exit_thread();
+      }
+      ctx = {};
+    });
+  }
+};
+
+// launch(kernel, name, file, line, grid, block[, dynamic shared bytes[, stream]]).
+template <typename K, typename G, typename B, typename... Rest>
+inline Launch<K> launch(K kernel, const char* name, const char* file, int line, G grid, B block,
+                        Rest... rest) {
+  static_assert(sizeof...(Rest) <= 2, "<<<grid, block, shared memory, stream>>>");
+  Launch<K> l{kernel, name, file, line, {}, {}, 0, {}};
+  if constexpr (sizeof...(Rest) >= 1) {
+    const auto smem = std::get<0>(std::make_tuple(rest...));
+    using S = std::decay_t<decltype(smem)>;
+    static_assert(std::is_integral_v<S>, "shared memory size: an integer");
+    if constexpr (std::is_signed_v<S>)
+      if (smem < 0) l.error = "a negative dynamic shared memory size";
+    l.smem = static_cast<size_t>(smem);
+  }
+  if (!to_dim3(grid, l.grid)) l.error = "the grid size does not fit an unsigned int";
+  if (!to_dim3(block, l.block)) l.error = "the block size does not fit an unsigned int";
+  return l;
+}
+
+inline cudaError_t get_last_error(bool clear) {
+  std::lock_guard<std::mutex> g(device().m);
+  const cudaError_t e = device().last_error;
+  if (clear) device().last_error = cudaSuccess;
+  return e;
+}
+
+}  // namespace emu
+
+// ---- the CUDA runtime API and device functions -------------------------------------------
+inline cudaError_t cudaGetLastError() { return emu::get_last_error(true); }
+inline cudaError_t cudaPeekAtLastError() { return emu::get_last_error(false); }
+inline const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
+  }
+  return "unknown error";
+}
+
+template <typename K>
+inline cudaError_t cudaFuncSetAttribute(K kernel, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaSuccess;
+  auto& d = emu::device();
+  if (value < 0 || static_cast<size_t>(value) > d.props.sharedMemPerBlockOptin) {
+    emu::set_error(cudaErrorInvalidValue,
+                   "cudaFuncSetAttribute(MaxDynamicSharedMemorySize, " + std::to_string(value) +
+                       ") over " + d.props.name + "'s opt-in limit of " +
+                       std::to_string(d.props.sharedMemPerBlockOptin) + " bytes");
+    return cudaErrorInvalidValue;
+  }
+  std::lock_guard<std::mutex> g(d.m);
+  const void* key = reinterpret_cast<const void*>(kernel);
+  for (auto& [k, v] : d.max_dynamic_smem)
+    if (k == key) {
+      v = value;
+      return cudaSuccess;
+    }
+  d.max_dynamic_smem.emplace_back(key, value);
+  return cudaSuccess;
+}
+
+#define __syncthreads() emu::syncthreads(__LINE__)
+inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::syncwarp(mask); }
+template <typename T>
+inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
+  return emu::shfl(mask, v, src, width, emu::kIdx);
+}
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  return emu::shfl(mask, v, lane_mask, width, emu::kBfly);
+}
+template <typename T>
+inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  return emu::shfl(mask, v, static_cast<int>(delta), width, emu::kUp);
+}
+template <typename T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  return emu::shfl(mask, v, static_cast<int>(delta), width, emu::kDown);
+}
+inline unsigned __ballot_sync(unsigned mask, int pred) { return emu::ballot(mask, pred != 0); }
+inline int __any_sync(unsigned mask, int pred) { return emu::ballot(mask, pred != 0) != 0; }
+inline int __all_sync(unsigned mask, int pred) { return emu::ballot(mask, pred != 0) == mask; }
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+template <typename T> inline T __ldg(const T* p) { return *p; }
+
+template <typename T> inline T atomicAdd(T* p, T v) { return emu::atomic_add(p, v); }
+template <typename T> inline T atomicSub(T* p, T v) { return emu::atomic_add(p, T(0) - v); }
+template <typename T> inline T atomicExch(T* p, T v) { return std::atomic_ref<T>(*p).exchange(v); }
+template <typename T> inline T atomicMax(T* p, T v) {
+  return emu::atomic_update(p, [v](T o) { return o < v ? v : o; });
+}
+template <typename T> inline T atomicMin(T* p, T v) {
+  return emu::atomic_update(p, [v](T o) { return v < o ? v : o; });
+}
+template <typename T> inline T atomicCAS(T* p, T compare, T v) {
+  std::atomic_ref<T>(*p).compare_exchange_strong(compare, v);
+  return compare;
+}
+
+// Device min/max of mixed integer types, as CUDA's overloads take them.
+template <typename A, typename B>
+inline std::common_type_t<A, B> min(A a, B b) {
+  using C = std::common_type_t<A, B>;
+  return static_cast<C>(b) < static_cast<C>(a) ? static_cast<C>(b) : static_cast<C>(a);
+}
+template <typename A, typename B>
+inline std::common_type_t<A, B> max(A a, B b) {
+  using C = std::common_type_t<A, B>;
+  return static_cast<C>(a) < static_cast<C>(b) ? static_cast<C>(b) : static_cast<C>(a);
+}
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
+
+#undef CUDA_KERNEL_ASSERT
+#define CUDA_KERNEL_ASSERT(cond) \
+  do {                           \
+    if (!(cond)) emu::fail("device-side assert failed: %s (%s:%d)", #cond, __FILE__, __LINE__); \
+  } while (0)
+// As c10's: a failed call raises, and the error it left is cleared.
+#define C10_CUDA_CHECK(expr)                                                         \
+  do {                                                                               \
+    const cudaError_t emu_err_ = (expr);                                             \
+    if (emu_err_ != cudaSuccess) {                                                   \
+      const std::string emu_detail_ = emu::device().last_error_detail;               \
+      (void)cudaGetLastError();                                                      \
+      TORCH_CHECK(false, "CUDA error: ", cudaGetErrorString(emu_err_), " (", emu_detail_, ")"); \
+    }                                                                                \
+  } while (0)
+#define C10_CUDA_KERNEL_LAUNCH_CHECK() C10_CUDA_CHECK(cudaGetLastError())
+
+// ---- ATen's CUDA context, as the kernels' host code uses it ------------------------------
+namespace at::cuda {
+struct CUDAStream {
+  operator cudaStream_t() const { return nullptr; }
+};
+inline cudaDeviceProp* getCurrentDeviceProperties() { return &emu::device().props; }
+inline CUDAStream getCurrentCUDAStream() { return {}; }
+}  // namespace at::cuda
+namespace c10::cuda {
+struct CUDAGuard {
+  explicit CUDAGuard(c10::Device) {}
+};
+}  // namespace c10::cuda

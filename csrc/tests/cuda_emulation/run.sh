@@ -1,39 +1,85 @@
 #!/usr/bin/env bash
-# Runs csrc/cuda/window_attention.cu's kernels on the CPU, one std::thread per CUDA
-# thread (cuda_emu.h: barriers for __syncthreads/__syncwarp, shuffles, and
-# mma.sync m16n8k16 computed from PTX's documented fragment layout), and compares
-# forward, lse and the four gradients with the CPU op in fp64, under the tests'
-# "3x the CPU op's own error in that dtype" rule, plus d(rpe) repeatability.
-# A check of the kernels' logic (tiles, packing, masks, online softmax, bucket
-# sums, partials) on machines without a GPU; it says nothing about speed, and
-# cannot see what only hardware shows (memory ordering, bank conflicts).
-#   csrc/tests/cuda_emulation/run.sh [f64|f32|lowp|extra]   (minutes: 2 cores)
+# Runs the CUDA kernels of csrc/cuda/ on the CPU and compares them with the CPU ops.
+#   csrc/tests/cuda_emulation/run.sh [--sanitize none|thread|address] [--quick] [OP ...]
+# (make emulate: every mode and the mutation test; make emulate-quick: CI's set.)
+# OP: rpe_gather window_patchify mask_substitute masked_patch_loss window_attention, and
+# emulator (cuda_emu.h's own checks); default: all. One std::thread per CUDA thread (cuda_emu.h), the .cu rewritten
+# only where C++ cannot say the same (emulate_cu.py), each kernel file compared with
+# its CPU op by check_<op>.cpp: forward and backward, every dtype, odd shapes.
+#   --sanitize thread   ThreadSanitizer: races between the threads of a block (or two
+#                       blocks), misused barriers (compute-sanitizer's racecheck)
+#   --sanitize address  AddressSanitizer + UBSan: out-of-bounds global and shared
+#                       accesses, misaligned vector loads (memcheck)
+#   --quick             the CI set (small shapes, every code path)
+#   --case TEXT         only the cases whose name holds TEXT (repeatable; --list shows them)
+#   --list              list the cases
+# Exit status: 0 all passed; 1 a mismatch, sanitizer report or emulation error; 2 bad
+# arguments; 3 the build failed. Builds go to $LOMAR_EMU_WORK (default
+# $TMPDIR/lomar_cuda_emulation) and are reused.
+# Other knobs: MAX_JOBS (parallel compiles, default 2), PYTHON (an interpreter with
+# torch; default .venv/bin/python, else python3), LOMAR_EMU_ARCH (80: the emulated
+# card's limits, sm_80 being the tighter), LOMAR_EMU_CUDA_DIR (read the .cu files from
+# there) and LOMAR_EMU_OUT (build there): the mutation test.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
-work=${TMPDIR:-/tmp}/lomar_cuda_emulation
-mkdir -p "$work"
-python3 - "$root" "$work" <<'PY'
-import re, sys
-root, work = sys.argv[1:]
-s = open(f"{root}/csrc/cuda/window_attention.cu").read()
-s = s.replace("#include <ATen/cuda/CUDAContext.h>\n", '#include "cuda_emu.h"\n')
-s = s.replace("#include <c10/cuda/CUDAGuard.h>\n", "")
-s = s.replace('#include "../lomar_ops.h"', '#include "lomar_ops.h"')
-s = s.replace("extern __shared__ __align__(16) unsigned char smem_raw[];",
-              "unsigned char* smem_raw = emu::smem();")
-i = s.index("#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800")
-j = s.index("#endif", i)
-s = s[:j] + "#else\n  emu::mma<scalar_t>(c, a0, a1, a2, a3, b0, b1);\n" + s[j:]
-s, n = re.subn(r"([\w:]+(?:<[\w, :]+>)?)<<<(.*?)>>>\(",
-               lambda m: f"emu::launch({m.group(2)})({m.group(1)}, ", s, flags=re.S)
-assert n >= 3, f"expected the kernel launches, found {n}"
-open(f"{work}/window_attention_emulated.cpp", "w").write(s)
-PY
-torch_dir=$(python -c "import torch, os; print(os.path.dirname(torch.__file__))")
-flags=(-std=c++20 -O1 -DLOMAR_WITH_CUDA -I"$root/csrc" -I"$here" -I"$work"
-       -I"$torch_dir/include" -I"$torch_dir/include/torch/csrc/api/include")
-g++ "${flags[@]}" "$here/check_window_attention.cpp" "$root/csrc/cpu/window_attention.cpp" \
-    "$root/csrc/checks.cpp" -o "$work/check_window_attention" -L"$torch_dir/lib" -ltorch \
-    -ltorch_cpu -lc10 -Wl,-rpath,"$torch_dir/lib" -pthread
-"$work/check_window_attention" "${1:-f64}"
+all_ops=(emulator rpe_gather window_patchify mask_substitute masked_patch_loss window_attention)
+
+usage() { sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+sanitize=none quick=() ops=() cases=() list=()
+while (($#)); do
+  case $1 in
+    --sanitize) sanitize=${2:-}; shift 2 ;;
+    --sanitize=*) sanitize=${1#*=}; shift ;;
+    --quick) quick=(--quick); shift ;;
+    --case) cases+=("${2:-}"); shift 2 ;;
+    --list) list=(--list); shift ;;
+    -h|--help) usage 0 ;;
+    -*) echo "run.sh: unknown option $1" >&2; usage 2 >&2 ;;
+    *) ops+=("$1"); shift ;;
+  esac
+done
+case $sanitize in none|thread|address) ;; *)
+  echo "run.sh: --sanitize must be none, thread or address, got '$sanitize'" >&2; exit 2 ;;
+esac
+((${#ops[@]})) || ops=("${all_ops[@]}")
+for op in "${ops[@]}"; do
+  [[ " ${all_ops[*]} " == *" $op "* ]] || {
+    echo "run.sh: unknown op '$op'; the ops are: ${all_ops[*]}" >&2; exit 2; }
+done
+
+python=${PYTHON:-}
+[[ -n $python ]] || { [[ -x $root/.venv/bin/python ]] && python=$root/.venv/bin/python || python=python3; }
+torch_dir=$("$python" -c "import torch, os; print(os.path.dirname(torch.__file__))")
+cuda_dir=${LOMAR_EMU_CUDA_DIR:-$root/csrc/cuda}
+# One build folder per torch and compiler (their headers are not tracked as dependencies).
+key=$( { echo "$torch_dir"; "$python" -c "import torch; print(torch.__version__)"; "${CXX:-g++}" --version | head -1; } | cksum | cut -d' ' -f1)
+work=${LOMAR_EMU_WORK:-${TMPDIR:-/tmp}/lomar_cuda_emulation}/$key
+out=$work/$sanitize
+[[ $cuda_dir == "$root/csrc/cuda" ]] || out=$work/$(echo "$cuda_dir" | cksum | cut -d' ' -f1)-$sanitize
+out=${LOMAR_EMU_OUT:-$out}
+pch=$work/$sanitize/pch  # mutants share the mode's precompiled headers
+
+targets=()
+for op in "${ops[@]}"; do targets+=("$out/check_$op"); done
+make --no-print-directory -f "$here/emulation.mk" -j"${MAX_JOBS:-2}" ROOT="$root" \
+  CUDA_DIR="$cuda_dir" OUT="$out" REF="$work/ref" PCH="$pch" MODE="$sanitize" \
+  TORCH="$torch_dir" PYTHON="$python" "${targets[@]}" || { echo "run.sh: the build failed" >&2; exit 3; }
+
+# Any report ends the process with a non-zero status.
+export TSAN_OPTIONS="halt_on_error=1 exitcode=66 history_size=3 ${TSAN_OPTIONS:-}"
+export ASAN_OPTIONS="detect_leaks=0 halt_on_error=1 ${ASAN_OPTIONS:-}"
+export UBSAN_OPTIONS="halt_on_error=1 print_stacktrace=1 ${UBSAN_OPTIONS:-}"
+export OMP_NUM_THREADS=1
+
+status=0 summary=()
+for op in "${ops[@]}"; do
+  echo "== $op (sanitize=$sanitize${quick:+, quick})"
+  start=$SECONDS
+  if "$out/check_$op" "${quick[@]}" "${list[@]}" "${cases[@]}"; then result=passed
+  else result="FAILED (exit $?)"; status=1; fi
+  summary+=("$(printf '%-18s %-16s %4ds' "$op" "$result" $((SECONDS - start)))")
+done
+echo "== cuda emulation, sanitize=$sanitize${quick:+ (quick)}:"
+printf '  %s\n' "${summary[@]}"
+exit $status

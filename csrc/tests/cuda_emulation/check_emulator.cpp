@@ -1,0 +1,185 @@
+// Checks cuda_emu.h itself with emulator_selftest.cu's kernels: thread and block
+// coordinates of 3-D launches, every shuffle and vote against PTX's definitions,
+// atomics, static/dynamic shared memory and its fill pattern, the launch limits
+// (threads, grid, 48 KB without opt-in, the card's opt-in maximum, __launch_bounds__),
+// and that misuse ends the run with a report (in a child process each).
+#include "emulator_selftest_emulated.cpp"  // written by emulate_cu.py
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "check_common.h"
+
+extern char** environ;
+
+namespace {
+
+using emu_check::Case;
+using emu_check::verdict;
+
+at::Tensor ints(int64_t n) { return at::empty({n}, at::kInt); }
+
+void coordinates() {
+  for (auto [grid, block] : {std::pair{dim3(2, 3, 2), dim3(4, 2, 3)}, std::pair{dim3(5), dim3(33)},
+                             std::pair{dim3(1, 1, 3), dim3(1, 7, 1)}}) {
+    const int64_t nb = grid.x * grid.y * grid.z, nt = block.x * block.y * block.z;
+    auto out = at::empty({nb * nt}, at::kInt);
+    selftest::where(reinterpret_cast<uint32_t*>(out.data_ptr<int>()), grid, block);
+    bool ok = true;
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+      for (unsigned by = 0; by < grid.y; ++by)
+        for (unsigned bx = 0; bx < grid.x; ++bx)
+          for (unsigned tz = 0; tz < block.z; ++tz)
+            for (unsigned ty = 0; ty < block.y; ++ty)
+              for (unsigned tx = 0; tx < block.x; ++tx) {
+                const int64_t at = ((bz * grid.y + by) * grid.x + bx) * nt + (tz * block.y + ty) * block.x + tx;
+                const uint32_t want = bx | by << 5 | bz << 10 | tx << 15 | ty << 20 | tz << 25;
+                ok &= static_cast<uint32_t>(out[at].item<int>()) == want;
+              }
+    verdict(ok, "grid " + std::to_string(grid.x) + "x" + std::to_string(grid.y) + "x" +
+                    std::to_string(grid.z) + ", block " + std::to_string(block.x) + "x" +
+                    std::to_string(block.y) + "x" + std::to_string(block.z));
+  }
+}
+
+// Each shuffle's result as PTX defines it (shfl.sync: a source outside the lane's
+// segment of `width` lanes gives the lane's own value for up/down/bfly).
+void shuffles() {
+  const int threads = 64;
+  auto out = ints(9 * threads);
+  auto wide = at::empty({threads}, at::kDouble);
+  selftest::shuffles(out.data_ptr<int>(), wide.data_ptr<double>(), threads);
+  bool ok = true;
+  unsigned ballot = 0;
+  for (int l = 0; l < 32; ++l) ballot |= (l % 3 == 0) << l;
+  for (int t = 0; t < threads; ++t) {
+    const int lane = t & 31, seg8 = lane & ~7, seg16 = lane & ~15;
+    const int want[9] = {107,
+                         100 + seg8 + ((lane + 3) & 7),
+                         100 + (lane >= 2 ? lane - 2 : lane),
+                         100 + (lane + 5 < seg16 + 16 ? lane + 5 : lane),
+                         100 + (lane ^ 9),
+                         static_cast<int>(ballot),
+                         1,
+                         lane ^ 1,
+                         0};
+    for (int k = 0; k < 9; ++k) ok &= out[9 * t + k].item<int>() == want[k];
+    ok &= wide[t].item<double>() == 1e15 + (lane < 31 ? lane + 1 : lane);
+  }
+  verdict(ok, "idx/up/down/xor shuffles, widths 8 and 16, votes");
+}
+
+void atomics() {
+  const int blocks = 6, threads = 96, n = blocks * threads;
+  auto f = at::zeros({1}, at::kFloat);
+  auto i = at::zeros({1}, at::kInt), lo = at::full({1}, 1 << 30, at::kInt), hi = at::full({1}, -1, at::kInt);
+  auto u = at::zeros({1}, at::kLong);
+  selftest::atomics(f.data_ptr<float>(), i.data_ptr<int>(),
+                    reinterpret_cast<unsigned long long*>(u.data_ptr<int64_t>()), lo.data_ptr<int>(),
+                    hi.data_ptr<int>(), blocks, threads);
+  verdict(f.item<float>() == n && i.item<int>() == 3 * n && u.item<int64_t>() == 3 * n &&
+              lo.item<int>() == 0 && hi.item<int>() == n - 1,
+          "atomicAdd/Min/Max/CAS from " + std::to_string(n) + " threads");
+}
+
+void shared_memory() {
+  for (int n : {100, 8000}) {  // 800 bytes, then 64000 (over 48 KB: opt-in)
+    auto out = ints(3 * 256);
+    auto sums = at::empty({3}, at::kDouble);
+    selftest::shared(out.data_ptr<int>(), sums.data_ptr<double>(), n, 3, n * 8 > 48 * 1024);
+    bool ok = true;
+    for (int b = 0; b < 3; ++b) {
+      for (int t = 0; t < 256; ++t) ok &= out[b * 256 + t].item<int>() == 255 - t;
+      ok &= sums[b].item<double>() == n * (n - 1) / 2.0;
+    }
+    verdict(ok, "static and dynamic shared memory, " + std::to_string(n * 8) + " bytes");
+  }
+  auto f = at::empty({1}, at::kFloat);
+  auto i = ints(1);
+  selftest::fresh(f.data_ptr<float>(), i.data_ptr<int>());
+  verdict(std::isnan(f.item<float>()) && i.item<int>() == INT_MAX, "fresh shared memory is NaN / INT_MAX");
+}
+
+void launch_limits() {
+  auto out = ints(2048);
+  int* p = out.data_ptr<int>();
+  emu_check::expect_error("1025 threads", [&] { selftest::launch_with(p, dim3(1), dim3(1025)); },
+                          "invalid configuration");
+  emu_check::expect_error("block z = 65", [&] { selftest::launch_with(p, dim3(1), dim3(1, 1, 65)); },
+                          "invalid configuration");
+  emu_check::expect_error("grid y = 65536", [&] { selftest::launch_with(p, dim3(1, 65536), dim3(1)); },
+                          "invalid configuration");
+  emu_check::expect_error("empty grid", [&] { selftest::launch_with(p, dim3(0), dim3(1)); },
+                          "invalid configuration");
+  auto sums = at::empty({1}, at::kDouble);
+  emu::set_arch(80);  // a fresh device: no attribute from the cases before
+  emu_check::expect_error("64000 bytes without opt-in", [&] {
+    selftest::shared(p, sums.data_ptr<double>(), 8000, 1, false);
+  }, "48 KB without cudaFuncSetAttribute");
+  emu_check::expect_error("sm_80: opt-in to 200000 bytes", [&] {
+    selftest::shared(p, sums.data_ptr<double>(), 25000, 1, true);
+  }, "opt-in limit of 166912");
+  emu::set_arch(90);
+  auto out3 = ints(256);
+  selftest::shared(out3.data_ptr<int>(), sums.data_ptr<double>(), 25000, 1, true);
+  verdict(sums[0].item<double>() == 25000.0 * 24999 / 2, "sm_90: 200000 bytes of dynamic shared memory");
+  emu::set_arch(emu::env_int("LOMAR_EMU_ARCH", 80));
+  selftest::bounded(p, 32);
+  verdict(true, "__launch_bounds__(32) with 32 threads");
+}
+
+// Misuse ends the run: the child's stderr must hold the report.
+void misuse(const char* self, const char* what, const char* needle) {
+  const std::string log = std::string(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp") +
+                          "/lomar_emu_misuse_" + std::to_string(getpid()) + ".log";
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  char* argv[] = {const_cast<char*>(self), const_cast<char*>("--misuse"), const_cast<char*>(what), nullptr};
+  pid_t pid;
+  int status = 0;
+  const bool spawned = posix_spawn(&pid, self, &actions, nullptr, argv, environ) == 0 &&
+                       waitpid(pid, &status, 0) == pid;
+  posix_spawn_file_actions_destroy(&actions);
+  std::stringstream text;
+  text << std::ifstream(log).rdbuf();
+  std::remove(log.c_str());
+  const bool died = spawned && !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  const bool ok = died && text.str().find(needle) != std::string::npos;
+  verdict(ok, std::string(what) + ": reported");
+  if (!ok) std::printf("      child said: %s\n", text.str().c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc == 3 && std::string(argv[1]) == "--misuse") {
+    auto buffer = at::zeros({64}, at::kInt);
+    buffer[5] = -1;
+    selftest::misuse(argv[2], buffer.data_ptr<int>());
+    return 0;  // not reached when the misuse is reported
+  }
+  const char* self = "/proc/self/exe";
+  static std::string exe;
+  exe.resize(4096);
+  exe.resize(std::max<ssize_t>(0, readlink(self, exe.data(), exe.size())));
+  return emu_check::main(argc, argv, {
+      {"3-D grids and blocks", true, coordinates},
+      {"shuffles and votes", true, shuffles},
+      {"atomics", true, atomics},
+      {"shared memory", true, shared_memory},
+      {"launch limits", true, launch_limits},
+      {"misuse is reported", true, [] {
+         misuse(exe.c_str(), "divergent-barrier", "barrier in divergent code");
+         misuse(exe.c_str(), "exited-lane", "exit");
+         misuse(exe.c_str(), "deadlock", "deadlock: every live thread of the block waits");
+         misuse(exe.c_str(), "missing-lanes", "names lanes that do not exist");
+         misuse(exe.c_str(), "assert", "device-side assert failed");
+       }},
+  });
+}

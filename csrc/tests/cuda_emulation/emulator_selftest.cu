@@ -1,0 +1,149 @@
+// Small CUDA kernels that exercise what the emulation offers beyond what csrc/cuda/
+// uses today (3-D grids, every shuffle, votes, atomics, static and dynamic shared
+// memory, launch limits) and the misuse it must report; check_emulator.cpp runs them.
+// Plain CUDA: emulate_cu.py rewrites it like the kernel files.
+#include <ATen/cuda/CUDAContext.h>
+
+#include <cstdint>
+#include <string>
+
+namespace selftest {
+
+// Each thread writes where it is: ((block, thread) coordinates packed in 5 bits each).
+__global__ void where_kernel(uint32_t* out) {
+  const unsigned block = (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+  const unsigned thread = (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+  const unsigned nthreads = blockDim.x * blockDim.y * blockDim.z;
+  out[block * nthreads + thread] = blockIdx.x | blockIdx.y << 5 | blockIdx.z << 10 |
+                                   threadIdx.x << 15 | threadIdx.y << 20 | threadIdx.z << 25;
+}
+
+// Per lane: idx, up, down, xor shuffles (some within segments of 8 or 16 lanes), a
+// ballot, any and all, a float and a 64-bit value.
+__global__ void shuffle_kernel(int* out, double* wide) {
+  const int lane = threadIdx.x & 31, t = threadIdx.x;
+  int* o = out + 9 * t;
+  o[0] = __shfl_sync(0xffffffffu, 100 + lane, 7);
+  o[1] = __shfl_sync(0xffffffffu, 100 + lane, lane + 3, 8);
+  o[2] = __shfl_up_sync(0xffffffffu, 100 + lane, 2);
+  o[3] = __shfl_down_sync(0xffffffffu, 100 + lane, 5, 16);
+  o[4] = __shfl_xor_sync(0xffffffffu, 100 + lane, 9);
+  o[5] = static_cast<int>(__ballot_sync(0xffffffffu, lane % 3 == 0));
+  o[6] = __any_sync(0xffffffffu, lane == 31) + 2 * __all_sync(0xffffffffu, lane < 31);
+  o[7] = static_cast<int>(__shfl_xor_sync(0xffffffffu, 0.5f * lane, 1) * 2);
+  o[8] = 0;
+  wide[t] = __shfl_down_sync(0xffffffffu, 1e15 + lane, 1);
+}
+
+// Every thread of every block adds into the same cells.
+__global__ void atomic_kernel(float* f, int* i, unsigned long long* u, int* lo, int* hi) {
+  atomicAdd(f, 1.0f);
+  atomicAdd(i, 2);
+  atomicAdd(u, 3ull);
+  const int v = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  atomicMin(lo, v);
+  atomicMax(hi, v);
+  int old = atomicAdd(i, 0), seen;
+  do {  // an increment by compare-and-swap
+    seen = old;
+    old = atomicCAS(i, seen, seen + 1);
+  } while (old != seen);
+}
+
+// Static and dynamic shared memory: reversed through a __shared__ array, summed
+// through the dynamic one (n doubles).
+__global__ void __launch_bounds__(256) shared_kernel(int* out, double* sums, int n) {
+  __shared__ int s[256];
+  extern __shared__ __align__(16) double dyn[];
+  s[threadIdx.x] = static_cast<int>(threadIdx.x);
+  for (int k = threadIdx.x; k < n; k += blockDim.x) dyn[k] = k;
+  __syncthreads();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = s[blockDim.x - 1 - threadIdx.x];
+  if (threadIdx.x == 0) {
+    double total = 0;
+    for (int k = 0; k < n; ++k) total += dyn[k];
+    sums[blockIdx.x] = total;
+  }
+}
+
+// What fresh shared memory holds: the fill pattern.
+__global__ void fresh_kernel(float* f, int* i) {
+  extern __shared__ __align__(16) unsigned char raw[];
+  *f = reinterpret_cast<float*>(raw)[1];
+  *i = reinterpret_cast<int*>(raw)[2];
+}
+
+// ---- misuse: each ends the process with the emulation's report ------------------
+__global__ void divergent_barrier_kernel() {
+  if (threadIdx.x < 16) {
+    __syncthreads();
+  } else {
+    __syncthreads();
+  }
+}
+
+__global__ void exited_lane_kernel(int* out) {
+  if (threadIdx.x == 3) return;
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, static_cast<int>(threadIdx.x), 1);
+}
+
+__global__ void deadlock_kernel(int* out) {
+  // Lanes 1-31 wait in a shuffle for lane 0, which waits at the barrier for them.
+  if (threadIdx.x > 0 && threadIdx.x < 32) out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1, 1);
+  __syncthreads();
+}
+
+__global__ void missing_lanes_kernel(int* out) {  // launched with 40 threads
+  out[threadIdx.x] = __shfl_sync(0xffffffffu, 1, 0);
+}
+
+__global__ void assert_kernel(const int* in) { CUDA_KERNEL_ASSERT(in[threadIdx.x] >= 0); }
+
+__global__ void bounds_kernel(int* out) { out[threadIdx.x] = 1; }
+__global__ void __launch_bounds__(32) bounded_kernel(int* out) { out[threadIdx.x] = 1; }
+
+// ---- host side ------------------------------------------------------------------
+void where(uint32_t* out, dim3 grid, dim3 block) {
+  where_kernel<<<grid, block>>>(out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+void shuffles(int* out, double* wide, int threads) {
+  shuffle_kernel<<<1, threads>>>(out, wide);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+void atomics(float* f, int* i, unsigned long long* u, int* lo, int* hi, int blocks, int threads) {
+  atomic_kernel<<<blocks, threads>>>(f, i, u, lo, hi);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+// Opts in to the dynamic size when it is over 48 KB (optin: whether to ask).
+void shared(int* out, double* sums, int n, int blocks, bool optin) {
+  const size_t bytes = n * sizeof(double);
+  if (optin)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(bytes)));
+  shared_kernel<<<blocks, 256, bytes, at::cuda::getCurrentCUDAStream()>>>(out, sums, n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+void fresh(float* f, int* i) {
+  fresh_kernel<<<1, 1, 64>>>(f, i);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+void launch_with(int* out, dim3 grid, dim3 block) {
+  bounds_kernel<<<grid, block>>>(out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+void bounded(int* out, int threads) {
+  bounded_kernel<<<1, threads>>>(out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+void misuse(const char* what, int* buffer) {
+  const std::string w = what;
+  if (w == "divergent-barrier") divergent_barrier_kernel<<<1, 64>>>();
+  if (w == "exited-lane") exited_lane_kernel<<<1, 32>>>(buffer);
+  if (w == "deadlock") deadlock_kernel<<<1, 64>>>(buffer);
+  if (w == "missing-lanes") missing_lanes_kernel<<<1, 40>>>(buffer);
+  if (w == "assert") assert_kernel<<<1, 32>>>(buffer);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace selftest

@@ -1,0 +1,199 @@
+"""Proof that the emulation catches what GPU kernels get wrong: each mutation plants
+one fault in a copy of a kernel file (a __syncthreads removed, a tile bound shifted
+by one, a tail guard dropped, ...), runs the emulation on it with run.sh, and
+requires the run to fail, by the detector named (a ThreadSanitizer race, an
+AddressSanitizer/UBSan report, a mismatch with the CPU op, or the emulator's own
+error). The sources in csrc/cuda/ are never touched.
+    python csrc/tests/cuda_emulation/mutation_test.py [--list] [--jobs N] [NAME-SUBSTRING ...]
+"""
+import argparse
+import concurrent.futures
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+
+# What a failed run's output shows, per detector.
+DETECTORS = {
+    "race": r"WARNING: ThreadSanitizer: data race",
+    "memory": r"ERROR: AddressSanitizer|runtime error:",
+    "mismatch": r"^\s+.* FAIL$|FAIL: unexpected error",
+    "emulation": r"^cuda emulation: ",
+}
+
+
+class Mutation:
+    def __init__(self, name, file, find, replace, mode, detector, cases=()):
+        self.name, self.file, self.find, self.replace = name, file, find, replace
+        self.mode, self.detector, self.cases = mode, detector, list(cases)
+
+    @property
+    def op(self):
+        return self.file[:-3]
+
+
+M = Mutation
+MUTATIONS = [
+    # rpe_gather.cu: grid-stride loops over elements and rows, a warp per row.
+    M("rpe_gather: forward loop guard one past the end", "rpe_gather.cu",
+      "threadIdx.x; idx < total;\n       idx += (int64_t)gridDim.x * blockDim.x) {\n    const int64_t row = idx / N;",
+      "threadIdx.x; idx <= total;\n       idx += (int64_t)gridDim.x * blockDim.x) {\n    const int64_t row = idx / N;",
+      "address", "memory"),
+    M("rpe_gather: backward bucket loop one past NB", "rpe_gather.cu",
+      "for (int64_t b = lane; b < NB; b += kWarp)", "for (int64_t b = lane; b <= NB; b += kWarp)",
+      "address", "memory"),
+    M("rpe_gather: backward segment bound shifted by one", "rpe_gather.cu",
+      "k < off[b + 1]; ++k)", "k < off[b + 1] - 1; ++k)", "none", "mismatch"),
+
+    # window_patchify.cu: a tile staged in shared memory, reused item after item.
+    M("window_patchify: __syncthreads between staging and copying out removed", "window_patchify.cu",
+      "      __syncthreads();\n      for (int32_t k = threadIdx.x;", "      for (int32_t k = threadIdx.x;",
+      "thread", "race", ["strided"]),  # C > 1: a thread copies out what others staged
+    M("window_patchify: __syncthreads before the tile's reuse removed", "window_patchify.cu",
+      "      __syncthreads();  // the tile is reused by the next item\n", "",
+      "thread", "race", ["strided"]),
+    M("window_patchify: staging loop one past the tile (shared memory overrun)", "window_patchify.cu",
+      "    if (STAGED) {\n      for (int32_t j = threadIdx.x; j < len;",
+      "    if (STAGED) {\n      for (int32_t j = threadIdx.x; j <= len;",
+      "address", "memory"),
+    M("window_patchify: backward window column bound shifted by one", "window_patchify.cu",
+      "if (c < 0 || c >= K) continue;", "if (c < 0 || c > K) continue;", "none", "mismatch"),
+
+    # mask_substitute.cu: 16-byte word copies, column tiles with a tail, chunk sums.
+    M("mask_substitute: forward row copy one past D", "mask_substitute.cu",
+      "d < D; d += blockDim.x) dst[d] = src[d];", "d <= D; d += blockDim.x) dst[d] = src[d];",
+      "address", "memory"),
+    M("mask_substitute: backward column tail guard off by one", "mask_substitute.cu",
+      "  if (d >= D) return;  // no block-wide synchronisation below",
+      "  if (d > D) return;  // no block-wide synchronisation below", "address", "memory"),
+    M("mask_substitute: 16-byte words without the alignment check", "mask_substitute.cu",
+      "row_bytes % 16 == 0 && aligned16(tokens.data_ptr()) &&", "row_bytes % 16 == 0 &&",
+      "address", "memory", ["misaligned"]),
+    M("mask_substitute: last chunk left out of the sum", "mask_substitute.cu",
+      "for (int64_t c = 0; c < num_chunks; ++c) {", "for (int64_t c = 0; c + 1 < num_chunks; ++c) {",
+      "none", "mismatch"),
+
+    # masked_patch_loss.cu: warp sums per row, a shared-memory tree in one block.
+    M("masked_patch_loss: __syncthreads inside the tree removed", "masked_patch_loss.cu",
+      "      s_count[threadIdx.x] += s_count[threadIdx.x + stride];\n    }\n    __syncthreads();",
+      "      s_count[threadIdx.x] += s_count[threadIdx.x + stride];\n    }",
+      "thread", "race", ["S=3 L=4 P=17"]),
+    M("masked_patch_loss: __syncthreads before the tree removed", "masked_patch_loss.cu",
+      "  s_count[threadIdx.x] = count;\n  __syncthreads();", "  s_count[threadIdx.x] = count;",
+      "thread", "race", ["S=3 L=4 P=17"]),
+    M("masked_patch_loss: tree starts one level too wide (shared memory overrun)",
+      "masked_patch_loss.cu", "for (int stride = kSumThreads / 2;", "for (int stride = kSumThreads;",
+      "address", "memory", ["S=3 L=4 P=17"]),
+    M("masked_patch_loss: warp sum skips the first butterfly stage", "masked_patch_loss.cu",
+      "for (int offset = kWarp / 2; offset > 0;", "for (int offset = kWarp / 4; offset > 0;",
+      "none", "mismatch"),
+    M("masked_patch_loss: squared-error loop one past the row", "masked_patch_loss.cu",
+      "    for (int64_t i = lane; i < P; i += kWarp) {\n      const acc_t diff",
+      "    for (int64_t i = lane; i <= P; i += kWarp) {\n      const acc_t diff",
+      "address", "memory"),
+
+    # window_attention.cu: flash attention on tiles in shared memory, mma fragments.
+    # (Not the forward's last __syncthreads of the key loop: the one at the loop's top
+    # already keeps the next K, V from overwriting tiles still in use.)
+    M("window_attention: forward __syncthreads between loading K/V and using them removed",
+      "window_attention.cu",
+      "sm.ids);\n    __syncthreads();\n\n    acc_t s[NTS][4];\n", "sm.ids);\n\n    acc_t s[NTS][4];\n",
+      "thread", "race", ["one element"]),
+    M("window_attention: forward __syncwarp between P and P V removed", "window_attention.cu",
+      "    __syncwarp();\n    warp_gemm<scalar_t, kTC, NTO>(o, rows_of(sm.Ps",
+      "    warp_gemm<scalar_t, kTC, NTO>(o, rows_of(sm.Ps", "thread", "race", ["one element"]),
+    M("window_attention: dk/dv __syncwarp before dS^T replaces P^T removed", "window_attention.cu",
+      "    __syncwarp();  // every lane is done reading P^T before dS^T replaces it\n", "",
+      "thread", "race", ["one element"]),
+    M("window_attention: dq __syncthreads before the next tile removed", "window_attention.cu",
+      "    __syncthreads();  // Q, dO, dT and the query rows are replaced next\n", "",
+      "thread", "race", ["dq blocks loop"]),
+    M("window_attention: tile rows bound shifted by one", "window_attention.cu",
+      "valid = i < p.N;", "valid = i <= p.N;", "address", "memory", ["tails fp32"]),
+    M("window_attention: head-dim tail guard dropped", "window_attention.cu",
+      "    if (seq[r] >= 0 && c < d) val = src[", "    if (seq[r] >= 0) val = src[",
+      "none", "mismatch", ["S=2 N=7 H=3 d=8"]),
+    M("window_attention: no opt-in beyond 48 KB of shared memory", "window_attention.cu",
+      "  if (smem > 48 * 1024)\n", "  if (smem > 1024 * 1024)\n", "none", "mismatch", ["opt-in"]),
+    M("window_attention: __launch_bounds__ below the launch's threads", "window_attention.cu",
+      "__launch_bounds__(2 * ROWS) window_attention_fwd_kernel", "__launch_bounds__(ROWS) window_attention_fwd_kernel",
+      "none", "emulation", ["one element"]),
+]
+
+
+def run_one(m, work, env):
+    path = os.path.join(ROOT, "csrc", "cuda", m.file)
+    source = open(path).read()
+    if source.count(m.find) != 1:
+        return m, "INVALID", f"the text to mutate occurs {source.count(m.find)} times in {m.file}", 0
+    cuda_dir = os.path.join(work, re.sub(r"\W+", "_", m.name))
+    os.makedirs(cuda_dir, exist_ok=True)
+    with open(os.path.join(cuda_dir, m.file), "w") as f:
+        f.write(source.replace(m.find, m.replace))
+    cmd = [os.path.join(HERE, "run.sh"), "--sanitize", m.mode, m.op]
+    for c in m.cases:
+        cmd += ["--case", c]
+    if not m.cases:
+        cmd.append("--quick")
+    start = time.time()
+    proc = subprocess.run(cmd, env={**env, "LOMAR_EMU_CUDA_DIR": cuda_dir,
+                                    "LOMAR_EMU_OUT": os.path.join(cuda_dir, "build")},
+                          capture_output=True, text=True, timeout=1800)
+    seconds = time.time() - start
+    output = proc.stdout + proc.stderr
+    ran = re.findall(r"kernel source: (\S+)", output)
+    if proc.returncode != 3 and ran != [os.path.join(cuda_dir, m.file)]:
+        return m, "INVALID", f"the checks ran {ran}, not the mutant", seconds
+    if proc.returncode == 0:
+        return m, "NOT CAUGHT", "the emulation passed", seconds
+    if proc.returncode != 1:
+        return m, "INVALID", f"run.sh exit {proc.returncode} (3: the mutant did not build)\n" + output[-2000:], seconds
+    found = [d for d, pattern in DETECTORS.items() if re.search(pattern, output, re.M)]
+    if m.detector not in found:
+        return m, "WRONG DETECTOR", f"expected {m.detector}, got {found or 'nothing recognised'}\n" + output[-2000:], seconds
+    first = next(line for line in output.splitlines() if re.search(DETECTORS[m.detector], line))
+    return m, "caught", first.strip()[:110], seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", help="only mutations whose name holds one of these")
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants built and run at once")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if not args.names or any(n in m.name for n in args.names)]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name}  [{m.mode}, {m.detector}]")
+        return 0
+    if not chosen:
+        sys.exit("mutation_test.py: no mutation matches")
+    work = tempfile.mkdtemp(prefix="lomar_mutants_")
+    env = dict(os.environ, MAX_JOBS="1")
+    # What every mutant shares (the CPU ops' objects, each mode's precompiled headers):
+    # built once, before mutants run in parallel.
+    for mode in sorted({m.mode for m in chosen}):
+        subprocess.run([os.path.join(HERE, "run.sh"), "--sanitize", mode, "--list", "emulator"],
+                       env=dict(os.environ), check=True, capture_output=True)
+    failed = 0
+    try:
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            for m, verdict, detail, seconds in pool.map(lambda m: run_one(m, work, env), chosen):
+                ok = verdict == "caught"
+                failed += not ok
+                print(f"{'ok  ' if ok else 'FAIL'} {m.name} [{m.mode}] {seconds:.0f}s\n       {verdict}: {detail}",
+                      flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{len(chosen) - failed} of {len(chosen)} planted faults caught")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
