@@ -1,7 +1,9 @@
 // Emulated CUDA window_patchify (csrc/cuda/window_patchify.cu) against the CPU op,
-// every dtype: the forward copy bitwise (staged through shared memory for NCHW
-// images, direct for channels-last ones and for rows over 48 KB), the backward's sums
-// over overlapping windows within 3x the CPU op's own error.
+// every dtype: the forward bitwise (staged through shared memory for NCHW images,
+// direct for channels-last ones and for rows over 48 KB), as a copy and with the
+// input pipeline's pixel transform (uint8 -> / 255, (x - mean) / std, out_dtype: the
+// same operations in the same order on both backends); the backward's sums over
+// overlapping windows within 3x the CPU op's own error.
 #include "window_patchify_emulated.cpp"  // written by emulate_cu.py
 
 #include "check_common.h"
@@ -30,15 +32,33 @@ at::Tensor random_coords(const Shape& s) {
   return coords;
 }
 
+at::Tensor with_layout(at::Tensor images, Layout layout) {
+  if (layout == kChannelsLast) return images.contiguous(at::MemoryFormat::ChannelsLast);
+  if (layout == kStrided) return emu_check::strided(images);
+  return images;
+}
+
+// Per-channel mean and std (float64, as the op requires), std away from zero.
+std::pair<at::Tensor, at::Tensor> random_stats(int64_t C) {
+  return {at::rand({C}, at::kDouble) * 0.5 + 0.25, at::rand({C}, at::kDouble) * 0.3 + 0.1};
+}
+
 void check(const Shape& s, Layout layout) {
   const auto coords = random_coords(s);
+  const auto [mean, std] = random_stats(s.C);
   for (auto dt : emu_check::kAllTypes) {
     const std::string t = c10::toString(dt);
-    auto images = emu_check::randn({s.B, s.C, s.H, s.W}, dt);
-    if (layout == kChannelsLast) images = images.contiguous(at::MemoryFormat::ChannelsLast);
-    if (layout == kStrided) images = emu_check::strided(images);
-    emu_check::same(t + " forward", window_patchify_cuda(images, coords, s.K, s.p),
-                    window_patchify_cpu(images, coords, s.K, s.p));
+    const auto images = with_layout(emu_check::randn({s.B, s.C, s.H, s.W}, dt), layout);
+    emu_check::same(t + " forward",
+                    window_patchify_cuda(images, coords, s.K, s.p, {}, {}, {}),
+                    window_patchify_cpu(images, coords, s.K, s.p, {}, {}, {}));
+    // Normalised on the way, in the images' dtype and in another one.
+    const auto other = dt == at::kFloat ? at::kBFloat16 : at::kFloat;
+    for (auto out : {dt, other}) {
+      emu_check::same(t + " normalised to " + c10::toString(out),
+                      window_patchify_cuda(images, coords, s.K, s.p, mean, std, out),
+                      window_patchify_cpu(images, coords, s.K, s.p, mean, std, out));
+    }
 
     const auto grad = emu_check::randn({s.B, s.n, s.K * s.K, s.p * s.p * s.C}, dt);
     emu_check::close(t + " backward",
@@ -49,8 +69,51 @@ void check(const Shape& s, Layout layout) {
   }
 }
 
+// uint8 images (the window pipeline's): / 255 only, and normalised, to every float
+// dtype; the default out_dtype is float32 on both backends.
+void check_uint8(const Shape& s, Layout layout) {
+  const auto coords = random_coords(s);
+  const auto [mean, std] = random_stats(s.C);
+  const auto images = with_layout(at::randint(0, 256, {s.B, s.C, s.H, s.W}, at::kByte), layout);
+  emu_check::same("uint8 default out_dtype",
+                  window_patchify_cuda(images, coords, s.K, s.p, {}, {}, {}),
+                  window_patchify_cpu(images, coords, s.K, s.p, {}, {}, {}));
+  for (auto out : emu_check::kAllTypes) {
+    const std::string t = std::string("uint8 to ") + c10::toString(out);
+    emu_check::same(t + " / 255", window_patchify_cuda(images, coords, s.K, s.p, {}, {}, out),
+                    window_patchify_cpu(images, coords, s.K, s.p, {}, {}, out));
+    emu_check::same(t + " normalised",
+                    window_patchify_cuda(images, coords, s.K, s.p, mean, std, out),
+                    window_patchify_cpu(images, coords, s.K, s.p, mean, std, out));
+  }
+}
+
+// Bad transform arguments are refused before any launch, as on the CPU.
+void check_errors() {
+  const Shape s{1, 3, 16, 16, 2, 8, 1};
+  const auto coords = random_coords(s);
+  const auto images = at::randint(0, 256, {1, 3, 16, 16}, at::kByte);
+  const auto [mean, std] = random_stats(3);
+  emu_check::expect_error("mean without std", [&] {
+    window_patchify_cuda(images, coords, 2, 8, mean, {}, {});
+  }, "mean and std go together");
+  emu_check::expect_error("mean of 2 channels", [&] {
+    window_patchify_cuda(images, coords, 2, 8, mean.slice(0, 0, 2), std, {});
+  }, "mean must be (C,) = (3,)");
+  emu_check::expect_error("float32 std", [&] {
+    window_patchify_cuda(images, coords, 2, 8, mean, std.to(at::kFloat), {});
+  }, "std must be float64");
+  emu_check::expect_error("int out_dtype", [&] {
+    window_patchify_cuda(images, coords, 2, 8, {}, {}, at::kInt);
+  }, "out_dtype must be float16, bfloat16, float32 or float64");
+}
+
 Case shape(const char* name, bool quick, Shape s, Layout layout = kNCHW) {
   return {name, quick, [=] { check(s, layout); }};
+}
+
+Case uint8_shape(const char* name, bool quick, Shape s, Layout layout = kNCHW) {
+  return {name, quick, [=] { check_uint8(s, layout); }};
 }
 
 }  // namespace
@@ -75,5 +138,13 @@ int main(int argc, char** argv) {
       shape("strided 2x3x48x40 K=3 p=8 n=4", true, {2, 3, 48, 40, 3, 8, 4}, kStrided),
       shape("rows over 48 KB: C=400 K=2 p=16", true, {1, 400, 32, 32, 2, 16, 1}),
       shape("empty: n=0", true, {2, 3, 16, 16, 2, 8, 0}),
+      // uint8 images with the pixel transform, in every layout and with tails.
+      uint8_shape("uint8 2x3x64x48 K=3 p=8 n=5", true, {2, 3, 64, 48, 3, 8, 5}),
+      uint8_shape("uint8 channels-last 2x3x48x40 K=3 p=8 n=4", true,
+                  {2, 3, 48, 40, 3, 8, 4}, kChannelsLast),
+      uint8_shape("uint8 strided 1x3x56x70 K=4 p=14 n=6", false,
+                  {1, 3, 56, 70, 4, 14, 6}, kStrided),
+      uint8_shape("uint8 tails: C=15 K=4 p=5", false, {1, 15, 30, 25, 4, 5, 2}),
+      {"transform argument errors", true, check_errors},
   });
 }

@@ -64,6 +64,9 @@ MUTATIONS = [
       "address", "memory"),
     M("window_patchify: backward window column bound shifted by one", "window_patchify.cu",
       "if (c < 0 || c >= K) continue;", "if (c < 0 || c > K) continue;", "none", "mismatch"),
+    M("window_patchify: staged copy-out normalises with the next channel's mean/std",
+      "window_patchify.cu", "tf(tile[k], k % C32)", "tf(tile[k], (k + 1) % C32)", "none",
+      "mismatch", ["uint8 2x3"]),
 
     # mask_substitute.cu: 16-byte word copies, column tiles with a tail, chunk sums.
     M("mask_substitute: forward row copy one past D", "mask_substitute.cu",
