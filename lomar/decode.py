@@ -19,6 +19,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+try:
+    import simplejpeg
+except ImportError:  # optional: Pillow decodes everything without it
+    simplejpeg = None
+
 __all__ = ["CorruptImageError", "OpenedImage", "decode_rgb", "open_image", "read_rgb"]
 
 # Orientations (EXIF tag 0x0112) that swap width and height.
@@ -36,13 +41,20 @@ class OpenedImage:
 
     def __init__(self, source):
         self.name = str(source) if isinstance(source, (str, Path)) else f"<{len(source)} bytes>"
-        fp = source if isinstance(source, (str, Path)) else io.BytesIO(bytes(source))
         try:
-            self.image = Image.open(fp)
+            # The file's bytes once: the header, then whichever decoder, read them.
+            self.data = Path(source).read_bytes() if isinstance(source, (str, Path)) \
+                else bytes(source)
+        except OSError as exc:
+            raise CorruptImageError(f"{self.name}: cannot be read ({exc})") from exc
+        try:
+            self.image = Image.open(io.BytesIO(self.data))
         except Image.DecompressionBombError as exc:
             raise CorruptImageError(f"{self.name}: refused as a decompression bomb ({exc})") from exc
         except (OSError, SyntaxError, ValueError) as exc:
             raise CorruptImageError(f"{self.name}: cannot be read as an image ({exc})") from exc
+        self.stored_size, self.mode, self.format = self.image.size, self.image.mode, self.image.format
+        self._drafted = False  # Pillow's draft + load change self.image in place
         try:
             self.orientation = int(self.image.getexif().get(_ORIENTATION, 1)) \
                 if self.is_jpeg else 1
@@ -53,7 +65,7 @@ class OpenedImage:
 
     @property
     def is_jpeg(self) -> bool:
-        return self.image.format == "JPEG"
+        return self.format == "JPEG"
 
     def reduction_for(self, shrink: float) -> int:
         """The DCT scaling (1, 2, 4 or 8) for a crop that the resize shrinks by
@@ -61,7 +73,7 @@ class OpenedImage:
         final resize still only shrinks. 1 for other formats."""
         if not self.is_jpeg:
             return 1
-        w, h = self.image.size
+        w, h = self.stored_size
         return next((r for r in _REDUCTIONS if r <= shrink and w >= r and h >= r), 1)
 
     def close(self) -> None:
@@ -94,17 +106,67 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def decode_rgb(opened: OpenedImage, reduce: int = 1) -> torch.Tensor:
+# EXIF orientation -> the same transform as ImageOps.exif_transpose, on (H, W, C).
+_ORIENT = {
+    2: lambda a: a[:, ::-1],                      # mirrored left-right
+    3: lambda a: a[::-1, ::-1],                   # rotated 180
+    4: lambda a: a[::-1],                         # mirrored top-bottom
+    5: lambda a: a.transpose(1, 0, 2),            # transposed
+    6: lambda a: a.transpose(1, 0, 2)[:, ::-1],   # rotated 90 clockwise to display
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],  # transversed
+    8: lambda a: a.transpose(1, 0, 2)[::-1],      # rotated 90 counter-clockwise
+}
+
+
+def _decode_simplejpeg(opened: OpenedImage, reduce: int) -> np.ndarray | None:
+    """An RGB or greyscale JPEG through simplejpeg; None where Pillow must decide
+    (simplejpeg missing, another colour space, or data it refuses: Pillow then
+    decodes it or reports it corrupt, so both paths accept the same files)."""
+    if simplejpeg is None or opened.mode not in ("RGB", "L"):
+        return None
+    w, h = opened.stored_size
+    want = (math.ceil(h / reduce), math.ceil(w / reduce))
+    try:
+        # The smallest libjpeg scaling of at least 1/reduce that keeps want: exactly it.
+        array = simplejpeg.decode_jpeg(opened.data, colorspace="RGB", min_height=want[0],
+                                       min_width=want[1], min_factor=reduce)
+    except ValueError:
+        return None
+    if array.shape[:2] != want:
+        raise RuntimeError(f"{opened.name}: simplejpeg scaled {w}x{h} to "
+                           f"{array.shape[1]}x{array.shape[0]}, not 1/{reduce}")
+    if opened.orientation in _ORIENT:
+        array = _ORIENT[opened.orientation](array)
+    return array
+
+
+def decode_rgb(opened: OpenedImage, reduce: int = 1, decoder: str = "auto") -> torch.Tensor:
     """The pixels as an (H', W', 3) uint8 tensor, with H' = ceil(H / reduce) (JPEG DCT
-    scaling; ``reduce`` in 1, 2, 4, 8 and at most the image's side)."""
+    scaling; ``reduce`` in 1, 2, 4, 8 and at most the image's side). ``decoder``:
+    ``"auto"`` (simplejpeg for the JPEGs it takes, else Pillow), ``"pillow"`` or
+    ``"simplejpeg"`` (an error for a file it cannot decode)."""
     if reduce not in _REDUCTIONS:
         raise ValueError(f"reduce must be one of 1, 2, 4, 8, got {reduce}")
-    image = opened.image
-    w, h = image.size
+    if decoder not in ("auto", "pillow", "simplejpeg"):
+        raise ValueError(f"decoder must be 'auto', 'pillow' or 'simplejpeg', got {decoder!r}")
+    if decoder == "simplejpeg" and simplejpeg is None:
+        raise ImportError("decoder='simplejpeg' needs the simplejpeg package "
+                          "(pip install simplejpeg)")
+    w, h = opened.stored_size
     if reduce > 1 and not opened.is_jpeg:
         raise ValueError(f"{opened.name}: reduced-scale decoding is for JPEG files, this is "
-                         f"{image.format}")
+                         f"{opened.format}")
+    if opened.is_jpeg and decoder != "pillow":
+        array = _decode_simplejpeg(opened, reduce)
+        if array is not None:
+            return torch.from_numpy(np.ascontiguousarray(array))
+    if decoder == "simplejpeg":
+        raise CorruptImageError(f"{opened.name}: simplejpeg cannot decode this file "
+                                f"({opened.format}, mode {opened.mode})")
     try:
+        # A second decode of the same file (another scale) starts from its bytes again.
+        image = Image.open(io.BytesIO(opened.data)) if opened._drafted else opened.image
+        opened._drafted = True
         if reduce > 1:
             image.draft("RGB", (w // reduce, h // reduce))
             want = (math.ceil(w / reduce), math.ceil(h / reduce))

@@ -164,3 +164,62 @@ def test_reduced_decoding_sizes():
         assert opened.reduction_for(8) == 1  # PNG: no DCT scaling
         with pytest.raises(ValueError, match="reduced-scale decoding is for JPEG files"):
             decode_rgb(opened, reduce=2)
+
+
+def _jpeg_kinds():
+    """JPEGs as cameras and datasets write them: chroma subsampling 4:4:4, 4:2:2 and
+    4:2:0, progressive, greyscale, odd sizes, and every EXIF orientation."""
+    base = Image.fromarray(rgb_array(75, 101, seed=3))
+    kinds = {f"subsampling {s}": save(base, "JPEG", quality=90, subsampling=s) for s in (0, 1, 2)}
+    kinds["progressive"] = save(base, "JPEG", quality=80, progressive=True)
+    kinds["greyscale"] = save(base.convert("L"), "JPEG", quality=90)
+    for orientation in range(2, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        kinds[f"orientation {orientation}"] = save(base, "JPEG", quality=90, exif=exif.tobytes())
+    return kinds
+
+
+@pytest.mark.parametrize("reduce", [1, 2, 4, 8])
+def test_simplejpeg_decodes_the_same_pixels_as_pillow(reduce):
+    """The two JPEG decoders are interchangeable: the same pixels to the bit at every
+    scale, orientation applied the same way (Pillow's exif_transpose)."""
+    pytest.importorskip("simplejpeg")
+    for name, data in _jpeg_kinds().items():
+        with open_image(data) as opened:
+            fast = decode_rgb(opened, reduce=reduce, decoder="simplejpeg")
+            slow = decode_rgb(opened, reduce=reduce, decoder="pillow")
+            assert fast.shape == slow.shape, name
+            assert torch.equal(fast, slow), name
+            assert torch.equal(decode_rgb(opened, reduce=reduce), fast), name  # auto
+
+
+def test_jpegs_simplejpeg_refuses_go_to_pillow(monkeypatch):
+    """A JPEG simplejpeg refuses (strict mode: here a truncated scan) is Pillow's to
+    decode or refuse, so both paths accept the same files; CMYK JPEGs are Pillow's
+    from the start (it converts them to RGB; simplejpeg would not)."""
+    pytest.importorskip("simplejpeg")
+    import lomar.decode
+
+    calls = []
+    real = lomar.decode.simplejpeg.decode_jpeg
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lomar.decode.simplejpeg, "decode_jpeg", counting)
+    data = jpeg_bytes(200, 300)
+    with pytest.raises(CorruptImageError, match="cannot be decoded"):
+        read_rgb(data[: len(data) // 2])
+    assert calls  # tried, refused, then Pillow reported it
+    calls.clear()
+    cmyk = save(Image.fromarray(rgb_array()).convert("CMYK"), "JPEG", quality=95)
+    got = read_rgb(cmyk)
+    assert not calls
+    with open_image(cmyk) as opened:
+        assert torch.equal(got.permute(1, 2, 0), decode_rgb(opened, decoder="pillow"))
+        with pytest.raises(CorruptImageError, match="simplejpeg cannot decode this file"):
+            decode_rgb(opened, decoder="simplejpeg")
+        with pytest.raises(ValueError, match="decoder must be 'auto', 'pillow' or 'simplejpeg'"):
+            decode_rgb(opened, decoder="turbo")

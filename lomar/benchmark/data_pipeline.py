@@ -154,24 +154,20 @@ def measure(files: list[Path], size: int, passes: int, seed: int = 0) -> dict[st
 
 
 def measure_decoders(files: list[Path], repeats: int) -> dict[str, float]:
-    """Median ms to decode one file of the set at 1, 1/2, 1/4 and 1/8 scale: Pillow (as
-    the pipelines decode, to a uint8 tensor) and, when it is installed, simplejpeg (the
-    same libjpeg-turbo straight into a NumPy array), with the largest difference of
-    their pixels."""
-    try:
-        import simplejpeg
-    except ImportError:
-        simplejpeg = None
+    """Median ms to decode one file of the set at 1, 1/2, 1/4 and 1/8 scale with each
+    decoder of :func:`lomar.decode.decode_rgb` (Pillow, and simplejpeg when installed:
+    the one the pipelines use then), to a uint8 tensor, with the largest difference
+    of their pixels."""
+    from lomar import decode as decoding
 
-    def pillow(path, reduce):
-        with open_image(path) as opened:
-            return decode_rgb(opened, reduce=reduce)
+    def decode_with(decoder):
+        def run(path, reduce):
+            with open_image(path) as opened:
+                return decode_rgb(opened, reduce=reduce, decoder=decoder)
+        return run
 
-    def turbo(path, reduce):
-        data = path.read_bytes()
-        h, w = simplejpeg.decode_jpeg_header(data)[:2]
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=math.ceil(h / reduce),
-                                      min_width=math.ceil(w / reduce), min_factor=reduce)
+    pillow, turbo = decode_with("pillow"), decode_with("simplejpeg")
+    simplejpeg = decoding.simplejpeg
 
     out = {}
     for reduce in (1, 2, 4, 8):
@@ -187,7 +183,7 @@ def measure_decoders(files: list[Path], repeats: int) -> dict[str, float]:
             out[f"{name}_1/{reduce}"] = statistics.median(runs)
         if simplejpeg is not None:
             out[f"max_abs_diff_1/{reduce}"] = max(
-                int((pillow(p, reduce).int() - torch.from_numpy(turbo(p, reduce)).int())
+                int((pillow(p, reduce).int() - turbo(p, reduce).int())
                     .abs().max()) for p in files)
     return out
 
