@@ -194,20 +194,19 @@ def plot(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_t, ax_b) = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {"full": "--", "windows": "-"}
-    for source in dict.fromkeys(r["source"] for r in records):
+    fig, (ax_t, ax_b) = plt.subplots(1, 2, figsize=(11, 4.6))
+    styles = {"full": "--", "windows": "-"}  # one colour per source set
+    for i, source in enumerate(dict.fromkeys(r["source"] for r in records)):
         for pipeline in ("full", "windows"):
             mine = sorted((r for r in records if r["source"] == source
                            and r["pipeline"] == pipeline), key=lambda r: r["input_size"])
             if not mine:
                 continue
             sizes = [r["input_size"] for r in mine]
-            label = f"{pipeline}, {source}"
-            ax_t.plot(sizes, [r["ms_per_image"] for r in mine], styles[pipeline], marker="o",
-                      label=label)
-            ax_b.plot(sizes, [r["bytes_per_image"] / 2 ** 20 for r in mine], styles[pipeline],
-                      marker="o", label=label)
+            style = dict(linestyle=styles[pipeline], marker="o", color=f"C{i}",
+                         label=f"{pipeline}, {source}")
+            ax_t.plot(sizes, [r["ms_per_image"] for r in mine], **style)
+            ax_b.plot(sizes, [r["bytes_per_image"] / 2 ** 20 for r in mine], **style)
     for ax, ylabel in ((ax_t, "ms per image (one thread, log)"),
                        (ax_b, "MiB per image to the device (log)")):
         ax.set_xscale("log", base=2)
@@ -215,13 +214,14 @@ def plot(records: list[dict], path: Path) -> None:
         ax.set_xlabel("input size (pixels per side)")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
     sizes = sorted({r["input_size"] for r in records})
     ax_t.set_xticks(sizes, [str(s) for s in sizes])
     ax_b.set_xticks(sizes, [str(s) for s in sizes])
     fig.suptitle("Input pipeline per image: the whole crop (full) vs only the LoMaR windows "
                  "(4 windows of 7x7 patches)", fontsize=10)
-    fig.tight_layout()
+    handles, labels = ax_t.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -265,11 +265,19 @@ def run(images: str | None, sizes, out: str, passes: int = 5, seed: int = 0,
     return records
 
 
+def _simplejpeg_version() -> str | None:
+    """The JPEG decoder the pipelines used (None: Pillow decoded everything)."""
+    from lomar import decode
+
+    return getattr(decode.simplejpeg, "__version__", "installed") if decode.simplejpeg else None
+
+
 def _write(out_dir: Path, records, decoders, sizes, passes) -> None:
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.processor() or platform.machine()}, one thread",
             "torch": torch.__version__, "lomar_ops": lomar_ops.__version__,
-            "pillow": Image.__version__, "sizes": list(sizes), "passes": passes, **WINDOW}
+            "pillow": Image.__version__, "simplejpeg": _simplejpeg_version(),
+            "sizes": list(sizes), "passes": passes, **WINDOW}
     for name, value in (("data.json", records),
                         ("decoders.json", {"meta": meta, "ms_per_file": decoders}),
                         ("meta.json", meta)):
