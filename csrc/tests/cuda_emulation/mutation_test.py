@@ -29,9 +29,17 @@ DETECTORS = {
 
 
 class Mutation:
+    """detector: the one that must report the fault, or a tuple of those that may
+    (a fault that shows one way or the other depending on the threads' timing)."""
+
     def __init__(self, name, file, find, replace, mode, detector, cases=()):
         self.name, self.file, self.find, self.replace = name, file, find, replace
-        self.mode, self.detector, self.cases = mode, detector, list(cases)
+        self.mode, self.cases = mode, list(cases)
+        self.detectors = (detector,) if isinstance(detector, str) else tuple(detector)
+
+    @property
+    def detector(self):
+        return "|".join(self.detectors)
 
     @property
     def op(self):
@@ -87,9 +95,12 @@ MUTATIONS = [
       "      s_count[threadIdx.x] += s_count[threadIdx.x + stride];\n    }\n    __syncthreads();",
       "      s_count[threadIdx.x] += s_count[threadIdx.x + stride];\n    }",
       "thread", "race", ["S=3 L=4 P=17"]),
+    # A block of 512 threads: more than the 255 ThreadSanitizer tracks at a time, so
+    # it reports this race in some runs only; in the others the tree read a partner's
+    # slot before it was written, and the NaN fill shows it as a mismatch.
     M("masked_patch_loss: __syncthreads before the tree removed", "masked_patch_loss.cu",
       "  s_count[threadIdx.x] = count;\n  __syncthreads();", "  s_count[threadIdx.x] = count;",
-      "thread", "race", ["S=3 L=4 P=17"]),
+      "thread", ("race", "mismatch"), ["S=3 L=4 P=17"]),
     M("masked_patch_loss: tree starts one level too wide (shared memory overrun)",
       "masked_patch_loss.cu", "for (int stride = kSumThreads / 2;", "for (int stride = kSumThreads;",
       "address", "memory", ["S=3 L=4 P=17"]),
@@ -158,9 +169,10 @@ def run_one(m, work, env):
     if proc.returncode != 1:
         return m, "INVALID", f"run.sh exit {proc.returncode} (3: the mutant did not build)\n" + output[-2000:], seconds
     found = [d for d, pattern in DETECTORS.items() if re.search(pattern, output, re.M)]
-    if m.detector not in found:
+    hit = [d for d in m.detectors if d in found]
+    if not hit:
         return m, "WRONG DETECTOR", f"expected {m.detector}, got {found or 'nothing recognised'}\n" + output[-2000:], seconds
-    first = next(line for line in output.splitlines() if re.search(DETECTORS[m.detector], line))
+    first = next(line for line in output.splitlines() if re.search(DETECTORS[hit[0]], line))
     return m, "caught", first.strip()[:110], seconds
 
 
