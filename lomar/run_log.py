@@ -81,7 +81,7 @@ def plot_loss_curve(log_path: str | Path, png_path: str | Path, key: str = "loss
     ax.set_xlabel("step")
     ax.set_ylabel(key)
     ax.set_title(title)
-    return _finish(fig, ax, png_path)
+    return finish_figure(fig, ax, png_path)
 
 
 def plot_runs(runs: dict[str, str | Path], png_path: str | Path, key: str, x: str = "epoch",
@@ -105,15 +105,18 @@ def plot_runs(runs: dict[str, str | Path], png_path: str | Path, key: str, x: st
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel or key)
     ax.set_title(title)
-    return _finish(fig, ax, png_path)
+    return finish_figure(fig, ax, png_path)
 
 
-def _finish(fig, ax, png_path: str | Path) -> Path:
-    """Grid, legend, layout; writes the PNG (creating its folder) and closes the figure."""
+def finish_figure(fig, axes, png_path: str | Path) -> Path:
+    """Grid and legend on each of ``axes`` (one or several), layout; writes the PNG
+    (creating its folder) and closes the figure."""
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    ax.grid(alpha=0.3)
-    ax.legend()
+    for ax in np.atleast_1d(axes).flat:
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ from torch import nn
 
 import lomar_ops
 
-from ..models.lomar_vit import PatchEmbed
+from ..models.lomar_vit import PatchEmbed, check_image_batch
 from .beit_masking import BlockMaskGenerator
 from .dvae import DVAEEncoder
 
@@ -175,14 +175,7 @@ class _BEiTEncoder(nn.Module):
         return self
 
     def check_images(self, imgs) -> tuple[int, int]:
-        if not isinstance(imgs, torch.Tensor) or imgs.dim() != 4 or imgs.shape[1] != self.in_chans:
-            got = tuple(imgs.shape) if isinstance(imgs, torch.Tensor) else type(imgs).__name__
-            raise ValueError(f"imgs must be (B, {self.in_chans}, H, W), got {got}")
-        h, w = imgs.shape[-2:]
-        if h % self.patch_size or w % self.patch_size:
-            raise ValueError(f"imgs: H and W must be multiples of the patch size "
-                             f"{self.patch_size}, got {h}x{w}")
-        return h // self.patch_size, w // self.patch_size
+        return check_image_batch(imgs, self.in_chans, self.patch_size)
 
     @torch.no_grad()
     def visual_tokens(self, imgs: torch.Tensor) -> torch.Tensor:

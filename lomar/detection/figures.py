@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..run_log import read_log
+from ..run_log import finish_figure, read_log
 
 PANELS = (("box_ap", "box AP"), ("mask_ap", "mask AP"))
 
@@ -41,14 +41,7 @@ def plot_ap(runs: dict[str, str | Path], png_path: str | Path, title: str = "") 
         ax.set_xlabel("step")
         ax.set_ylabel(f"{name} (%)")
         ax.set_title(f"{title}: {name}" if title else name)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path)
-    plt.close(fig)
-    return png_path
+    return finish_figure(fig, axes[0], png_path)
 
 
 @torch.no_grad()

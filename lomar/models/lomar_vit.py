@@ -20,6 +20,8 @@ one backend, e.g. "torch" for the pure-PyTorch references."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
@@ -127,6 +129,41 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def check_image_batch(images, in_chans: int, patch_size: int, name: str = "imgs"
+                      ) -> tuple[int, int]:
+    """(B, in_chans, H, W) with H and W multiples of the patch size -> the patch grid
+    (H/p, W/p); a ValueError naming ``name`` otherwise."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != in_chans:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{name} must be (B, {in_chans}, H, W), got {got}")
+    h, w = images.shape[-2:]
+    if h % patch_size or w % patch_size:
+        raise ValueError(f"{name}: H and W must be multiples of the patch size {patch_size}, "
+                         f"got {h}x{w}")
+    return h // patch_size, w // patch_size
+
+
+class BucketMaps:
+    """iRPE bucket maps of patch grids (with ``num_cls`` leading tokens), the last
+    ``size`` (h, w, device) kept: a model run at many image sizes does not hoard them
+    (a 64 x 64 grid's map is 64 MB)."""
+
+    def __init__(self, num_cls: int, ratio: float, size: int = 8):
+        self.num_cls, self.ratio, self.size = num_cls, ratio, size
+        self._maps: OrderedDict = OrderedDict()
+
+    def get(self, h: int, w: int, device) -> torch.Tensor:
+        key = (h, w, str(device))
+        if key in self._maps:
+            self._maps.move_to_end(key)
+        else:
+            self._maps[key] = lomar_ops.irpe_bucket_ids(h, w, self.num_cls, self.ratio,
+                                                        device=device)
+            while len(self._maps) > self.size:
+                self._maps.popitem(last=False)
+        return self._maps[key]
+
+
 class _Encoder(nn.Module):
     def __init__(self, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio,
                  drop_path_rate, rpe, rpe_ratio, per_head_rpe):
@@ -139,29 +176,15 @@ class _Encoder(nn.Module):
         rates = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList([Block(embed_dim, num_heads, num_buckets, mlp_ratio, r,
                                            per_head_rpe) for r in rates])
-        self._bucket_cache: dict = {}
+        self._bucket_maps = BucketMaps(1, rpe_ratio) if rpe else None
         self.ops_backend: str | None = None
 
     def bucket_ids(self, h: int, w: int, device) -> torch.Tensor | None:
         """iRPE bucket map for 1 cls + an h x w grid, cached per size and device."""
-        if not self.rpe:
-            return None
-        key = (h, w, str(device))
-        if key not in self._bucket_cache:
-            self._bucket_cache[key] = lomar_ops.irpe_bucket_ids(h, w, 1, self.rpe_ratio,
-                                                                device=device)
-        return self._bucket_cache[key]
+        return self._bucket_maps.get(h, w, device) if self.rpe else None
 
     def check_images(self, imgs: torch.Tensor) -> tuple[int, int]:
-        if not isinstance(imgs, torch.Tensor) or imgs.dim() != 4 or imgs.shape[1] != self.in_chans:
-            got = tuple(imgs.shape) if isinstance(imgs, torch.Tensor) else type(imgs).__name__
-            raise ValueError(f"imgs must be (B, {self.in_chans}, H, W), got {got}")
-        h, w = imgs.shape[-2:]
-        p = self.patch_size
-        if h % p or w % p:
-            raise ValueError(f"imgs: H and W must be multiples of the patch size {p}, "
-                             f"got {h}x{w}")
-        return h // p, w // p
+        return check_image_batch(imgs, self.in_chans, self.patch_size)
 
     def run_blocks(self, x, bucket_ids):
         for blk in self.blocks:

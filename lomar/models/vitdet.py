@@ -43,10 +43,9 @@ from torch.utils.checkpoint import checkpoint
 import lomar_ops
 
 from ..pos_embed import sincos_2d
-from .lomar_vit import Block, PatchEmbed, _init_weights
+from .lomar_vit import Block, BucketMaps, PatchEmbed, _init_weights, check_image_batch
 
 PYRAMID_STRIDES = (4, 8, 16, 32)
-_BUCKET_CACHE_SIZE = 8  # bucket maps kept per model (a 64x64 global map is 64 MB)
 
 
 def default_global_blocks(depth: int) -> tuple[int, ...]:
@@ -194,7 +193,7 @@ class ViTDetBackbone(nn.Module):
             for i, rate in enumerate(rates)])
         self.pyramid = SimpleFeaturePyramid(embed_dim, patch_size, out_channels, top_pool)
         self.out_channels = out_channels
-        self._bucket_cache: OrderedDict = OrderedDict()
+        self._bucket_maps = BucketMaps(0, rpe_ratio) if self.rpe else None  # no cls token
         _init_weights(self.blocks)
         w = self.patch_embed.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
@@ -204,32 +203,10 @@ class ViTDetBackbone(nn.Module):
 
     def bucket_ids(self, h: int, w: int, device) -> torch.Tensor | None:
         """The iRPE map of an h x w patch grid without cls (a few kept per device)."""
-        if not self.rpe:
-            return None
-        key = (h, w, str(device))
-        if key in self._bucket_cache:
-            self._bucket_cache.move_to_end(key)
-        else:
-            self._bucket_cache[key] = lomar_ops.irpe_bucket_ids(h, w, 0, self.rpe_ratio,
-                                                                device=device)
-            while len(self._bucket_cache) > _BUCKET_CACHE_SIZE:
-                self._bucket_cache.popitem(last=False)
-        return self._bucket_cache[key]
-
-    def _check(self, images: torch.Tensor) -> tuple[int, int]:
-        if not isinstance(images, torch.Tensor) or images.dim() != 4 \
-                or images.shape[1] != self.in_chans:
-            got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"images must be (B, {self.in_chans}, H, W), got {got}")
-        h, w = images.shape[-2:]
-        p = self.patch_size
-        if h % p or w % p:
-            raise ValueError(f"images: H and W must be multiples of the patch size {p}, "
-                             f"got {h}x{w}")
-        return h // p, w // p
+        return self._bucket_maps.get(h, w, device) if self.rpe else None
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        gh, gw = self._check(images)
+        gh, gw = check_image_batch(images, self.in_chans, self.patch_size, "images")
         B, p = images.shape[0], self.patch_size
         patches = images.reshape(B, self.in_chans, gh, p, gw, p).permute(0, 2, 4, 3, 5, 1)
         x = self.patch_embed(patches.reshape(B, gh, gw, p * p * self.in_chans))
