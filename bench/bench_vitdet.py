@@ -15,7 +15,11 @@ resident set before that step, freed heap returned first (malloc_trim), so the
 figure includes the allocator's own overhead. A CPU case whose estimated memory
 exceeds 60% of the memory available is skipped, saying so (the reference
 backend's global attention at 1024: 12 blocks each holding 12 x 4096^2 fp32
-probabilities, plus the logits and relative term it materialises)."""
+probabilities, plus the logits and relative term it materialises).
+
+On a GPU the time is bench/common.py's cuda_median_ms (CUDA events, the L2 flushed
+before each repetition). $LOMAR_BENCH_TINY=1 (the GPU check's CPU dry run) builds
+an 8-block, 32-wide backbone at 224 with 7x7 windows instead: a code-path check."""
 
 from __future__ import annotations
 
@@ -31,15 +35,19 @@ import pytest
 import torch
 
 import lomar_ops
-from common import bench_devices, device_name
+from common import TINY, bench_devices, cuda_median_ms, device_name
 from lomar.models import create_model
 from lomar.models.vitdet import default_global_blocks
 
 # $LOMAR_BENCH_VITDET_RESOLUTIONS (e.g. "1024") measures fewer sizes.
 RESOLUTIONS = tuple(int(r) for r in os.environ.get("LOMAR_BENCH_VITDET_RESOLUTIONS",
-                                                   "448,768,1024").split(","))
-WINDOW = 14
-CPU_ROUNDS = 3
+                                                   "224" if TINY else "448,768,1024").split(","))
+WINDOW = 7 if TINY else 14
+CPU_ROUNDS = 1 if TINY else 3
+# $LOMAR_BENCH_TINY: a small backbone (8 blocks, so that the default global blocks,
+# 1, 3, 5, 7, leave windowed ones), for the dry run; else ViT-B/16.
+MODEL_ARGS = dict(embed_dim=32, depth=8, num_heads=2, out_channels=16) if TINY else {}
+DEPTH = MODEL_ARGS.get("depth", 12)
 
 
 def _providers():
@@ -83,8 +91,6 @@ def _release_heap():
 def _measure(step, device):
     """(median ms, peak MB added by a step, timer)."""
     if device.type == "cuda":
-        import triton.testing
-
         step()
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -92,7 +98,8 @@ def _measure(step, device):
         step()
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-        return float(triton.testing.do_bench(step, return_mode="median")), peak, "triton.do_bench"
+        median_ms, timer = cuda_median_ms(step, device, min_reps=3)
+        return median_ms, peak, timer
     step()  # warm-up: bucket maps, gradient buffers, thread pools
     times = []
     for i in range(CPU_ROUNDS):
@@ -114,7 +121,8 @@ def test_vitdet_backbone(record, device, backend, resolution):
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     rows = {}
     for attention in ("windowed", "global"):
-        global_blocks = default_global_blocks(12) if attention == "windowed" else tuple(range(12))
+        global_blocks = (default_global_blocks(DEPTH) if attention == "windowed"
+                         else tuple(range(DEPTH)))
         case = f"{resolution}-{attention}"
         if device.type == "cpu":
             need = _estimated_mb(backend, grid * grid, len(global_blocks))
@@ -128,7 +136,8 @@ def test_vitdet_backbone(record, device, backend, resolution):
                 continue
         torch.manual_seed(0)
         model = create_model("vitdet_base_patch16", window_size=WINDOW,
-                             global_blocks=global_blocks, drop_path_rate=0.0).to(device)
+                             global_blocks=global_blocks, drop_path_rate=0.0,
+                             **MODEL_ARGS).to(device)
         model.ops_backend = backend
         image = torch.randn(1, 3, resolution, resolution, device=device)
 
@@ -144,7 +153,8 @@ def test_vitdet_backbone(record, device, backend, resolution):
         fields = dict(op="vitdet_backbone", backend=backend, mode="fwd+bwd", case=case,
                       device=device.type, device_name=device_name(device),
                       dtype=str(dtype).replace("torch.", ""),
-                      shape=f"ViT-B/16 1x3x{resolution}x{resolution}, grid {grid}x{grid}, window "
+                      shape=f"{'tiny ViT/16' if TINY else 'ViT-B/16'} 1x3x{resolution}x"
+                            f"{resolution}, grid {grid}x{grid}, window "
                             f"{WINDOW} (padded grid {padded}x{padded}), global blocks "
                             f"{','.join(map(str, global_blocks))}",
                       median_ms=round(median_ms, 2), peak_mb=round(peak_mb, 1), timer=timer)

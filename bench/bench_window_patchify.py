@@ -6,8 +6,22 @@ The forward reads only the windows' pixels, so its cost must not grow with the
 image: each record carries ``vs_224``, its time over the 224 time of the same
 backend and mode (about 1 expected). The backward writes a whole-image gradient
 (zero outside the windows), so fwd+bwd grows with the image; images normally
-need no gradient. GB/s counts the bytes the op must move: read the windows'
-pixels and write the output (backward: read grad_out, write grad_images)."""
+need no gradient.
+
+GB/s counts the fewest bytes the op must move (bench/common.py). Forward: read
+the pixels the windows cover, once each (windows drawn independently overlap:
+the 4 windows of 7x7 drawn here cover 112 patches per image on average, not
+4 x 49 = 196), and the corners; write the output:
+
+    covered_patches * p*p*3 * e + B*n*2 * 8 + B*n*K*K*p*p*3 * e
+
+Backward: read grad_out and the corners; write the whole image's gradient:
+
+    B*n*K*K*p*p*3 * e + B*n*2 * 8 + B*3*H*W * e
+
+(e: bytes per element; covered_patches summed over the images). fwd+bwd is their
+sum. Until 2026-12 the forward was counted as reading n*K*K patches per image,
+overlaps twice."""
 
 from __future__ import annotations
 
@@ -15,12 +29,32 @@ import pytest
 import torch
 
 import lomar_ops
-from common import backend_params, device_name, time_case
+from common import TINY, backend_params, device_name, gbps, time_case
 
 WINDOWS, K, P = 4, 7, 16
 SIZES = [224, 448, 1024]
-BATCH = {"cuda": 256, "cpu": 64}
+BATCH = {"cuda": 256, "cpu": 64, "tiny": 2}
 _MEDIANS: dict[tuple, float] = {}
+
+
+def covered_patches(coords: torch.Tensor, grid: int, window: int) -> int:
+    """Patches covered by at least one window, summed over the images: coords (B, n, 2)."""
+    B, n, _ = coords.shape
+    offs = torch.arange(window, device=coords.device)
+    rows = (coords[..., 0, None] + offs).reshape(B, n, window, 1)
+    cols = (coords[..., 1, None] + offs).reshape(B, n, 1, window)
+    flat = (rows * grid + cols).reshape(B, -1)
+    covered = torch.zeros(B, grid * grid, dtype=torch.bool, device=coords.device)
+    covered.scatter_(1, flat, True)
+    return int(covered.sum())
+
+
+def forward_bytes(covered: int, coords_bytes: int, out_elems: int, elt: int) -> int:
+    return covered * P * P * 3 * elt + coords_bytes + out_elems * elt
+
+
+def backward_bytes(out_elems: int, coords_bytes: int, image_elems: int, elt: int) -> int:
+    return out_elems * elt + coords_bytes + image_elems * elt
 
 
 @pytest.mark.parametrize("size", SIZES)  # innermost: 224 runs first for each backend/mode
@@ -30,7 +64,7 @@ def test_window_patchify(benchmark, record, device, backend, mode, size):
     reason = lomar_ops.backends.unavailable_reason(backend, device)
     if reason is not None:
         pytest.skip(reason)
-    B = BATCH[device.type]
+    B = BATCH["tiny" if TINY else device.type]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     g = torch.Generator(device=device).manual_seed(0)
     # The same windows at every size: drawn on the 224 grid (14 x 14 patches).
@@ -39,7 +73,9 @@ def test_window_patchify(benchmark, record, device, backend, mode, size):
                          requires_grad=mode != "fwd")
     out_elems = B * WINDOWS * K * K * P * P * 3
     elt = images.element_size()
-    nbytes = 2 * out_elems * elt + coords.numel() * 4
+    coords_bytes = coords.numel() * coords.element_size()
+    covered = covered_patches(coords, size // P, K)
+    nbytes = forward_bytes(covered, coords_bytes, out_elems, elt)
 
     if mode == "fwd":
         def fn():
@@ -47,7 +83,7 @@ def test_window_patchify(benchmark, record, device, backend, mode, size):
                 lomar_ops.window_patchify(images, coords, K, P, backend=backend)
     else:
         grad = torch.randn(B, WINDOWS, K * K, P * P * 3, device=device, dtype=dtype)
-        nbytes += (out_elems + images.numel()) * elt
+        nbytes += backward_bytes(out_elems, coords_bytes, images.numel(), elt)
 
         def fn():
             out = lomar_ops.window_patchify(images, coords, K, P, backend=backend)
@@ -57,10 +93,11 @@ def test_window_patchify(benchmark, record, device, backend, mode, size):
     _MEDIANS[(device.type, backend, mode, size)] = median_ms
     base = _MEDIANS.get((device.type, backend, mode, 224))
     vs_224 = round(median_ms / base, 3) if base else None
-    gbps = nbytes / (median_ms * 1e-3) / 1e9
-    benchmark.extra_info.update(gbps=round(gbps, 2), vs_224=vs_224)
+    rate = gbps(nbytes, median_ms)
+    benchmark.extra_info.update(gbps=round(rate, 2), vs_224=vs_224)
     record(op="window_patchify", backend=backend, mode=mode, case=f"img{size}",
            device=device.type, device_name=device_name(device),
            dtype=str(dtype).replace("torch.", ""),
-           shape=f"B={B},C=3,H=W={size},n={WINDOWS},K={K},p={P}",
-           median_ms=round(median_ms, 4), gbps=round(gbps, 2), vs_224=vs_224, timer=timer)
+           shape=f"B={B},C=3,H=W={size},n={WINDOWS},K={K},p={P},covered_patches={covered}",
+           median_ms=round(median_ms, 4), bytes=nbytes, gbps=round(rate, 2), vs_224=vs_224,
+           timer=timer)
