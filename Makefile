@@ -83,9 +83,12 @@ bench: $(EXT_STAMP)
 	$(PY) -m lomar bench --device cpu --quick --out bench/results/cpu-latest/throughput
 	$(PY) -m lomar bench-data --out bench/results/cpu-latest/data
 
-# On a GPU machine (no network: uses the python already there; see docs/gpu.md).
+# On a GPU machine (no network: uses the python already there, python3; see docs/gpu.md):
+# versions, build, GPU tests, ceilings, op benchmarks, lomar bench, each stage with its
+# own time limit, under 10 minutes in all. GPU_CHECK_DRY=1: the same stages on the CPU at
+# tiny sizes with this venv's python (CI, after make test), about 2 minutes.
 gpu-check:
-	bash bench/gpu_check.sh
+	$(if $(wildcard $(PY)),$(PY),python3) bench/gpu_check.py
 
 info: $(EXT_STAMP)
 	$(PY) -m lomar_ops info
