@@ -27,15 +27,16 @@ def _coerce(key: str, value, kind):
         options = typing.get_args(kind)
         if value is None and type(None) in options:
             return None
-        errors = []
         for option in options:
             if option is type(None):
                 continue
             try:
                 return _coerce(key, value, option)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
+            except ConfigError:
+                pass
+        allowed = " or ".join(_describe(o) for o in options)
+        raise ConfigError(f"config: {key} must be {allowed}, got {value!r} "
+                          f"({type(value).__name__})")
     if dataclasses.is_dataclass(kind):
         if not isinstance(value, dict):
             raise ConfigError(f"config: {key} must be a mapping, got {value!r}")
@@ -79,6 +80,17 @@ def _coerce(key: str, value, kind):
         return value
     raise ConfigError(f"config: {key} must be {getattr(kind, '__name__', kind)}, "
                       f"got {value!r} ({type(value).__name__})")
+
+
+def _describe(kind) -> str:
+    """A type as an error message names what it allows."""
+    if kind is type(None):
+        return "null"
+    if typing.get_origin(kind) is typing.Literal:
+        return f"one of {list(typing.get_args(kind))}"
+    if typing.get_origin(kind) in (list, tuple):
+        return "a list"
+    return getattr(kind, "__name__", str(kind))
 
 
 def _fields(cls) -> dict:

@@ -192,6 +192,17 @@ def test_resume_continues_exactly(coco_dir, tmp_path):
     assert 0 <= straight["box_ap"] <= 100 and 0 <= straight["mask_ap"] <= 100
 
 
+def test_bf16_autocast_step_matches_fp32(coco_dir, tmp_path):
+    """The GPU's path (bf16 autocast, training and evaluation) on the CPU."""
+    for amp in ("false", "bf16"):
+        detect(config(coco_dir, tmp_path / amp, max_steps=1, amp=amp))
+    first = [read_log(tmp_path / amp / "log.jsonl")[0] for amp in ("false", "bf16")]
+    assert first[0]["loss"] != first[1]["loss"]
+    assert abs(first[1]["loss"] - first[0]["loss"]) <= 1e-2 * abs(first[0]["loss"])
+    ap = [r["box_ap"] for r in read_log(tmp_path / "bf16" / "log.jsonl") if "box_ap" in r]
+    assert ap and 0 <= ap[-1] <= 100
+
+
 def test_detect_report(tmp_path, capsys):
     for run, aps in (("a", [10.0, 30.0, 25.0]), ("b", [5.0, 12.0, 15.0])):
         log = RunLog(tmp_path / run, tensorboard=False)

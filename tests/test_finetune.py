@@ -5,6 +5,8 @@ top-k metric and the digits demo set."""
 
 import argparse
 import hashlib
+import math
+
 import pytest
 import torch
 from PIL import Image
@@ -160,6 +162,17 @@ def test_resume_continues_exactly(folder, tmp_path):
     assert a["extra"]["best_top1"] == straight["best_top1"] == max(v[1] for v in vals[0])
     assert (tmp_path / "straight" / "checkpoint-best.pt").is_file()
     assert (tmp_path / "straight" / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bf16_autocast_steps_and_evaluation_match_fp32(folder, tmp_path):
+    """The GPU's path (bf16 autocast, also in the evaluation) on the CPU."""
+    runs = {amp: finetune(config(folder, tmp_path / str(amp), max_steps=3, amp=amp))
+            for amp in ("false", "bf16")}
+    logs = {amp: read_log(tmp_path / amp / "log.jsonl") for amp in runs}
+    first = [next(r["loss"] for r in logs[amp] if "loss" in r) for amp in runs]
+    assert first[0] != first[1] and abs(first[1] - first[0]) <= 4e-3 * abs(first[0])
+    vals = [next(r["val_loss"] for r in logs[amp] if "val_loss" in r) for amp in runs]
+    assert math.isfinite(vals[1]) and abs(vals[1] - vals[0]) <= 2e-2 * abs(vals[0])
 
 
 def test_linear_probe_trains_only_the_head(folder, tmp_path):

@@ -61,6 +61,38 @@ def test_resume_continues_exactly(photos, tmp_path):
     assert (tmp_path / "straight" / "model.safetensors").is_file()
 
 
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_steps_match_fp32(photos, tmp_path, amp):
+    """The GPU's path (autocast) on the CPU: the first step's loss equals fp32's within
+    the format's rounding, training goes on with finite losses."""
+    fp32 = pretrain(config(photos, tmp_path / "fp32", max_steps=3, amp="false"))
+    mixed = pretrain(config(photos, tmp_path / amp, max_steps=3, amp=amp))
+    first = [read_log(tmp_path / run / "log.jsonl")[0]["loss"] for run in ("fp32", amp)]
+    assert first[0] != first[1]  # autocast really ran
+    assert abs(first[1] - first[0]) <= {"bf16": 4e-3, "fp16": 5e-4}[amp] * abs(first[0])
+    assert math.isfinite(mixed["loss"]) and mixed["steps"] == fp32["steps"] == 3
+    scaler = load_checkpoint(tmp_path / amp / "checkpoint-last.pt")["scaler"]
+    assert (scaler is not None) == (amp == "fp16")  # loss scaling for fp16 only
+    if amp == "fp16":
+        assert scaler["scale"] > 0 and "_growth_tracker" in scaler
+
+
+def test_fp16_resume_restores_the_loss_scale(photos, tmp_path):
+    """The gradient scaler's state (scale, growth tracker) is part of exact resume."""
+    pretrain(config(photos, tmp_path / "straight", max_steps=8, save_every=100, amp="fp16"))
+    pretrain(config(photos, tmp_path / "split", max_steps=4, save_every=4, amp="fp16"))
+    middle = load_checkpoint(tmp_path / "split" / "checkpoint-last.pt")["scaler"]
+    assert middle["_growth_tracker"] == 4  # four good steps since the scale last moved
+    pretrain(config(photos, tmp_path / "split", max_steps=8, save_every=100, amp="fp16",
+                    resume=str(tmp_path / "split" / "checkpoint-last.pt")))
+    losses = [[r["loss"] for r in read_log(tmp_path / run / "log.jsonl")]
+              for run in ("straight", "split")]
+    assert len(losses[0]) == 8 and losses[0] == losses[1]
+    a, b = (load_checkpoint(tmp_path / run / "checkpoint-last.pt") for run in ("straight", "split"))
+    assert a["scaler"] == b["scaler"] and a["scaler"]["_growth_tracker"] == 8
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 @pytest.mark.slow
 def test_kill_during_a_checkpoint_write_then_resume(photos, tmp_path):
     out = tmp_path / "run"
@@ -114,6 +146,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(photos, tmp_path, mon
 
 
 @pytest.mark.parametrize("override,exc,match", [
+    ({"amp": "fp8"}, ConfigError, r"amp must be bool or one of \['bf16', 'fp16'\], got 'fp8'"),
     ({"mask.window_size": 5}, ConfigError, r"mask.window_size 5 must be in \[1, 4\]"),
     ({"mask.mask_ratio": 1.0}, ConfigError, r"mask.mask_ratio must be in \(0, 1\)"),
     ({"mask.mask_ratio": 0.05}, ConfigError, "mask at least one of the 9 patches"),

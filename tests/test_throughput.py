@@ -145,6 +145,19 @@ def test_bench_end_to_end_on_cpu(tmp_path, capsys):
     assert "lomar / mae" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_bench_under_autocast_on_cpu(tmp_path, amp):
+    """--amp: the steps the GPU runs (autocast; fp16 with loss scaling), on the CPU."""
+    out = tmp_path / amp
+    argv = ["bench", "--device", "cpu", "--size", "tiny", "--resolutions", "112", "--methods",
+            "lomar", "mae", "--batch", "2", "--warmup", "1", "--iters", "1", "--phase-iters", "1",
+            "--threads", "1", "--amp", amp, "--out", str(out)]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["dtype"] == {"bf16": "bfloat16", "fp16": "float16"}[amp] + " autocast"
+    assert [c["status"] for c in results["cases"]] == ["ok", "ok"]
+
+
 def test_bench_fed_by_the_window_pipeline(tmp_path):
     """--data-workers: LoMaR steps fed by the loader report their wait for data."""
     out = tmp_path / "fed"

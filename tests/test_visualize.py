@@ -90,6 +90,21 @@ def test_reconstruction_pastes_visible_patches_and_unnormalises_predictions(mode
     torch.testing.assert_close(parts["window"][0], (want * std + mean).clamp(0, 1))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reconstruction_under_autocast(model, dtype):
+    """A caller's autocast (as on a GPU) gives the fp32 figure within its rounding."""
+    imgs = torch.randn(2, 3, 64, 64)
+    want = reconstruct(model, imgs, 3, 0.6, torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=dtype):
+        got = reconstruct(model, imgs, 3, 0.6, torch.Generator().manual_seed(0))
+    assert torch.equal(got["window"], want["window"]) and torch.equal(got["coords"],
+                                                                      want["coords"])
+    assert got["reconstruction"].dtype == torch.float32
+    torch.testing.assert_close(got["reconstruction"], want["reconstruction"], rtol=0,
+                               atol=0.05 if dtype == torch.bfloat16 else 0.01)
+    torch.testing.assert_close(got["loss"], want["loss"], rtol=2e-2, atol=0)
+
+
 def test_cli(checkpoint, tmp_path, capsys):
     assert main(["visualize", "--checkpoint", str(checkpoint), "--num-images", "1",
                  "--window-size", "4", "--mask-ratio", "0.75", "--out",

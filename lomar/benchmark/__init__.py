@@ -49,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "JPEGs made from the photos inside scikit-image)")
     parser.add_argument("--ceilings", default=None,
                         help="bench/ceilings.py's JSON: MFU against its measured matmul peak too")
+    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default=None,
+                        help="mixed precision of the steps: auto (default) bf16 autocast on CUDA "
+                             "and fp32 on the CPU; bf16 or fp16 autocast on any device (fp16 "
+                             "with loss scaling); off: fp32")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,5 +79,7 @@ def config_from_args(args: argparse.Namespace, command: str):
         value = getattr(args, key)
         if value is not None:
             values[key] = tuple(value) if isinstance(value, list) else value
+    if args.amp is not None:
+        values["amp"] = {"auto": True, "off": False}.get(args.amp, args.amp)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return BenchConfig(device=device, command=command, **values)

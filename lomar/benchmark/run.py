@@ -15,6 +15,7 @@ import torch
 
 import lomar_ops
 
+from ..engine import precision
 from . import flops as flop_count
 from .methods import (METHODS, PAPER_WINDOWS, PATCH, SIZES, WINDOW, check_resolution,
                       resolved_ops)
@@ -43,6 +44,7 @@ class BenchConfig:
     data_workers: int = 0  # > 0: LoMaR steps also fed by the window pipeline (data wait share)
     data_images: str | None = None  # JPEG folder for those steps; None: offline ImageNet-sized
     seed: int = 0
+    amp: bool | str = True  # lomar.engine.precision: bf16 autocast on CUDA, fp32 on the CPU
     command: str = "lomar bench"
     out: str = "bench/results/throughput"
 
@@ -73,6 +75,10 @@ class BenchConfig:
                 resolved_ops(torch.device(self.device), self.ops_backend)
             except lomar_ops.BackendUnavailableError as exc:
                 raise ValueError(f"--ops-backend {self.ops_backend}: {exc}") from None
+        try:
+            precision.autocast_dtype(self.amp, torch.device(self.device))
+        except ValueError as exc:
+            raise ValueError(f"--amp: {exc}") from None
         if self.budget_s is not None and self.budget_s <= 0:
             raise ValueError(f"--budget-s must be positive, got {self.budget_s}")
 
@@ -95,7 +101,7 @@ def _header(cfg: BenchConfig, device: torch.device) -> dict:
     name = _device_name(device)
     peak = flop_count.peak_tflops(name) if device.type == "cuda" else None
     return {"command": cfg.command, "device": name, "device_type": device.type,
-            "size": cfg.size, "dtype": "bf16 autocast" if device.type == "cuda" else "fp32",
+            "size": cfg.size, "dtype": _dtype_label(cfg.amp, device),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": {"torch": torch.__version__, "lomar_ops": lomar_ops.__version__,
                          "triton": lomar_ops.build_info().get("triton"),
@@ -105,6 +111,11 @@ def _header(cfg: BenchConfig, device: torch.device) -> dict:
                                  "measured_matmul": flop_count.measured_tflops(cfg.ceilings)},
             "config": {k: v for k, v in asdict(cfg).items() if k != "command"},
             "paper_windows": PAPER_WINDOWS, "cases": []}
+
+
+def _dtype_label(amp, device: torch.device) -> str:
+    dtype = precision.autocast_dtype(amp, device)
+    return "fp32" if dtype is None else f"{str(dtype).replace('torch.', '')} autocast"
 
 
 def _case(cfg, method, res, device, header) -> dict:
@@ -124,7 +135,8 @@ def _case(cfg, method, res, device, header) -> dict:
     if cfg.batch is not None:
         batch, case["batch_source"] = cfg.batch, "--batch"
     elif device.type == "cuda":
-        batch = search_batch(model, make_inputs, device, start=8, max_batch=cfg.max_batch)
+        batch = search_batch(model, make_inputs, device, start=8, max_batch=cfg.max_batch,
+                             amp=cfg.amp)
         case["batch_source"] = f"largest 8 * 2**k <= {cfg.max_batch} that fits"
         if batch == 0:
             return {**case, "status": "out of memory at batch 1"}
@@ -134,9 +146,9 @@ def _case(cfg, method, res, device, header) -> dict:
     try:
         imgs, kwargs = make_inputs(batch)
         optimizer = make_optimizer(model, device)
-        case.update(time_steps(model, imgs, kwargs, optimizer, cfg.warmup, cfg.iters))
+        case.update(time_steps(model, imgs, kwargs, optimizer, cfg.warmup, cfg.iters, cfg.amp))
         if cfg.phase_iters:
-            case["phases_ms"] = PhaseTimer(model).measure(imgs, kwargs, optimizer,
+            case["phases_ms"] = PhaseTimer(model, cfg.amp).measure(imgs, kwargs, optimizer,
                                                           cfg.phase_iters)
         del imgs, kwargs, optimizer
         case["flops_per_image"] = flop_count.count_flops(model, *make_inputs(1))
@@ -172,7 +184,8 @@ def _fed(cfg, model, method, res, batch, device) -> dict:
                                          pin_memory=device.type == "cuda",
                                          prefetch_factor=4, persistent_workers=False)
     optimizer = make_optimizer(model, device)
-    fed = time_fed_steps(model, loader, n, optimizer, device, cfg.warmup, cfg.iters)
+    fed = time_fed_steps(model, loader, n, optimizer, device, cfg.warmup, cfg.iters,
+                         cfg.amp)
     return {**fed, "data_workers": cfg.data_workers, "data_images": str(folder)}
 
 

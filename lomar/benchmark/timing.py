@@ -4,11 +4,12 @@ per-phase split of the step measured in a separate, synchronised pass."""
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 
 import torch
+
+from ..engine import precision
 
 
 def synchronize(device: torch.device) -> None:
@@ -23,34 +24,38 @@ def make_optimizer(model: torch.nn.Module, device: torch.device) -> torch.optim.
                              fused=device.type == "cuda")
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()  # fp32 on the CPU
-
-
-def train_step(model, imgs, step_kwargs, optimizer) -> None:
-    with _autocast(imgs.device):
+def train_step(model, imgs, step_kwargs, optimizer, amp: precision.Amp = True,
+               scaler: torch.amp.GradScaler | None = None) -> None:
+    """One step as the jobs run it: forward under ``amp``'s autocast (bf16 on CUDA by
+    default), backward (loss-scaled by ``scaler`` for fp16), optimizer step."""
+    with precision.autocast(amp, imgs.device):
         loss = model(imgs, **step_kwargs)[0]
-    loss.backward()
-    optimizer.step()
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
 
-def time_steps(model, imgs, step_kwargs, optimizer, warmup: int, iters: int) -> dict:
+def time_steps(model, imgs, step_kwargs, optimizer, warmup: int, iters: int,
+               amp: precision.Amp = True) -> dict:
     """Step time over ``iters`` steps after ``warmup``, each step timed between device
     synchronisations; the median is the figure (robust to a busy machine's spikes),
     the mean and every step are kept too. Peak memory on CUDA."""
     device = imgs.device
+    scaler = precision.grad_scaler(amp, device)
     for _ in range(warmup):
-        train_step(model, imgs, step_kwargs, optimizer)
+        train_step(model, imgs, step_kwargs, optimizer, amp, scaler)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(iters):
         synchronize(device)
         start = time.perf_counter()
-        train_step(model, imgs, step_kwargs, optimizer)
+        train_step(model, imgs, step_kwargs, optimizer, amp, scaler)
         synchronize(device)
         times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
@@ -62,13 +67,15 @@ def time_steps(model, imgs, step_kwargs, optimizer, warmup: int, iters: int) -> 
             "peak_memory_gib": peak / 2 ** 30 if peak is not None else None}
 
 
-def fits(model, make_inputs, batch: int, device: torch.device) -> bool:
+def fits(model, make_inputs, batch: int, device: torch.device,
+         amp: precision.Amp = True) -> bool:
     """Whether two training steps at ``batch`` run without running out of memory."""
     try:
         imgs, kwargs = make_inputs(batch)
         optimizer = make_optimizer(model, device)
+        scaler = precision.grad_scaler(amp, device)
         for _ in range(2):
-            train_step(model, imgs, kwargs, optimizer)
+            train_step(model, imgs, kwargs, optimizer, amp, scaler)
         synchronize(device)
         return True
     except torch.cuda.OutOfMemoryError:
@@ -79,18 +86,19 @@ def fits(model, make_inputs, batch: int, device: torch.device) -> bool:
             torch.cuda.empty_cache()
 
 
-def search_batch(model, make_inputs, device: torch.device, start: int, max_batch: int) -> int:
+def search_batch(model, make_inputs, device: torch.device, start: int, max_batch: int,
+                 amp: precision.Amp = True) -> int:
     """The largest batch of the form start * 2**k (k may be negative) up to ``max_batch``
     that fits in memory: doubling from ``start`` while it fits, else halving until it
     does (0 if not even a batch of 1 fits)."""
     batch = min(start, max_batch)
-    if not fits(model, make_inputs, batch, device):
+    if not fits(model, make_inputs, batch, device, amp):
         while batch > 1:
             batch //= 2
-            if fits(model, make_inputs, batch, device):
+            if fits(model, make_inputs, batch, device, amp):
                 return batch
         return 0
-    while batch * 2 <= max_batch and fits(model, make_inputs, batch * 2, device):
+    while batch * 2 <= max_batch and fits(model, make_inputs, batch * 2, device, amp):
         batch *= 2
     return batch
 
@@ -102,8 +110,8 @@ class PhaseTimer:
     reported on its own), the encoder blocks, everything after them (head, MAE's
     decoder, loss), then backward and the optimizer step."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, amp: precision.Amp = True):
+        self.model, self.amp = model, amp
         self.device = None
         self.marks: dict[str, float] = {}
 
@@ -115,6 +123,7 @@ class PhaseTimer:
 
     def measure(self, imgs, step_kwargs, optimizer, iters: int) -> dict:
         self.device = imgs.device
+        self.scaler = precision.grad_scaler(self.amp, imgs.device)
         blocks = self.model.blocks
         handles = [blocks[0].register_forward_pre_hook(self._mark("encoder_start")),
                    blocks[-1].register_forward_hook(self._mark("encoder_end"))]
@@ -136,14 +145,15 @@ class PhaseTimer:
         self.marks = {}
         synchronize(self.device)
         t0 = time.perf_counter()
-        with _autocast(imgs.device):
+        with precision.autocast(self.amp, imgs.device):
             loss = self.model(imgs, **step_kwargs)[0]
         synchronize(self.device)
         t_fwd = time.perf_counter()
-        loss.backward()
+        self.scaler.scale(loss).backward()
         synchronize(self.device)
         t_bwd = time.perf_counter()
-        optimizer.step()
+        self.scaler.step(optimizer)
+        self.scaler.update()
         optimizer.zero_grad(set_to_none=True)
         synchronize(self.device)
         t_opt = time.perf_counter()
@@ -159,11 +169,12 @@ class PhaseTimer:
 
 
 def time_fed_steps(model, loader, num_windows: int, optimizer, device: torch.device,
-                   warmup: int, iters: int) -> dict:
+                   warmup: int, iters: int, amp: precision.Amp = True) -> dict:
     """Training steps fed by the window pipeline's loader (uint8 windows and their
     corners, pinned and copied without blocking): the share of the wall time spent
     waiting for the loader, and the images per second end to end."""
     batches = iter(loader)
+    scaler = precision.grad_scaler(amp, device)
 
     def step(wait: list) -> int:
         start = time.perf_counter()
@@ -171,7 +182,8 @@ def time_fed_steps(model, loader, num_windows: int, optimizer, device: torch.dev
         wait[0] += time.perf_counter() - start
         windows = windows.to(device, non_blocking=True)
         coords = coords.to(device, non_blocking=True)
-        train_step(model, windows, {"num_windows": num_windows, "coords": coords}, optimizer)
+        train_step(model, windows, {"num_windows": num_windows, "coords": coords}, optimizer,
+                   amp, scaler)
         return windows.shape[0]
 
     for _ in range(warmup):

@@ -47,6 +47,7 @@ from ..models import SIZES, create_model, model_names
 from ..run_log import RunLog, plot_loss_curve
 from ..schedule import scaled_lr
 from .init_weights import LoadReport, load_encoder_weights
+from . import precision
 from .loop import StepLoop
 from .param_groups import no_weight_decay_names, param_groups_layer_decay
 from .seeding import mix, seed_all
@@ -119,7 +120,7 @@ class DetectConfig:
     figure_images: int = 4  # val images drawn with predictions (predictions.png); 0: none
     seed: int = 0
     device: Literal["auto", "cuda", "cpu"] = "auto"
-    amp: bool = True  # bf16 autocast on CUDA
+    amp: precision.Amp = True  # bf16 autocast on CUDA; 'bf16'/'fp16' anywhere (engine/precision.py)
     ops_backend: Optional[str] = None
     output_dir: str = "output/detect"
     save_every: int = 1000
@@ -264,10 +265,9 @@ def evaluate(model: torch.nn.Module, dataset: CocoDetection, cfg: DetectConfig,
                                          num_workers=cfg.data.num_workers)
     was_training = model.training
     model.eval()
-    use_amp = cfg.amp and info.device.type == "cuda"
     results = []
     for images, targets in loader:
-        with torch.autocast(info.device.type, torch.bfloat16, enabled=use_amp):
+        with precision.autocast(cfg.amp, info.device):
             outputs = model([im.to(info.device) for im in images])
         results += coco_results(outputs, [int(t["image_id"]) for t in targets],
                                 dataset.category_ids)

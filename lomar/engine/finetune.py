@@ -47,6 +47,7 @@ from ..models import create_model, model_names
 from ..run_log import RunLog, plot_loss_curve
 from ..schedule import scaled_lr
 from .init_weights import load_encoder_weights
+from . import precision
 from .loop import StepLoop
 from .param_groups import no_weight_decay_names, param_groups_layer_decay
 from .seeding import mix, seed_all
@@ -114,7 +115,7 @@ class FinetuneConfig:
     max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
     seed: int = 0
     device: Literal["auto", "cuda", "cpu"] = "auto"
-    amp: bool = True  # bf16 autocast on CUDA
+    amp: precision.Amp = True  # bf16 autocast on CUDA; 'bf16'/'fp16' anywhere (engine/precision.py)
     ops_backend: Optional[str] = None
     output_dir: str = "output/finetune"
     save_every: int = 1000
@@ -242,10 +243,9 @@ def evaluate(model: nn.Module, dataset, cfg: FinetuneConfig, info: distributed.D
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=info.device)  # top1, top5, loss, n
-    use_amp = cfg.amp and info.device.type == "cuda"
     for imgs, target in loader:
         imgs, target = imgs.to(info.device), target.to(info.device)
-        with torch.autocast(info.device.type, torch.bfloat16, enabled=use_amp):
+        with precision.autocast(cfg.amp, info.device):
             logits = model(imgs).float()
         top1, top5 = topk_correct(logits, target)
         loss = nn.functional.cross_entropy(logits, target, reduction="sum")

@@ -4,7 +4,8 @@ A job hands :class:`StepLoop` its dataset, model and optimizer and a function
 that turns a micro-batch into a loss; the loop owns what both recipes have in
 common: the resumable data order, steps per epoch, warmup + cosine per
 iteration, gradient accumulation (all-reduce on the last micro-batch only),
-bf16 autocast on GPU, the non-finite-loss stop, clipping, the progress bar, the
+mixed precision (``amp``: bf16 autocast on GPU by default, fp16 with loss scaling,
+see :mod:`.precision`), the non-finite-loss stop, clipping, the progress bar, the
 JSONL/TensorBoard log and the atomic ``checkpoint-last.pt`` with exact resume.
 
 The config is read by name (both job configs have these keys): ``seed``,
@@ -29,6 +30,7 @@ from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_st
 from ..config import ConfigError, to_dict
 from ..run_log import RunLog
 from ..schedule import lr_at, set_lr
+from . import precision
 from .seeding import ResumableSampler, SeededItems
 
 # loss = compute_loss(net, batch, step, micro): micro is the index within the step.
@@ -72,6 +74,7 @@ class StepLoop:
         self.extra_state: dict = {}  # job values saved with every checkpoint (e.g. best accuracy)
         trainable = model if trainable is None else trainable
         self.net = DistributedDataParallel(trainable) if info.enabled else trainable
+        self.scaler = precision.grad_scaler(cfg.amp, info.device)
 
     def _loader(self) -> torch.utils.data.DataLoader:
         """One loader for the whole run: its workers live across epochs (the sampler's
@@ -94,13 +97,16 @@ class StepLoop:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.extra_state = dict(state.get("extra", {}))
         return state
 
     def save(self, name: str, **extra) -> Path:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scaler": None, "step": self.step, "config": to_dict(self.cfg),
+                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                 "step": self.step, "config": to_dict(self.cfg),
                  "rng": rng_state(), "extra": {**self.extra_state, **extra}}
         return save_checkpoint(self.out / name, state)
 
@@ -109,7 +115,7 @@ class StepLoop:
         before that step's checkpoint. Returns the last loss (mean over processes)."""
         cfg, info = self.cfg, self.info
         accum = cfg.optim.accum_iter
-        use_amp = cfg.amp and info.device.type == "cuda"
+        scaler = self.scaler
         bar = None
         if info.is_main and cfg.progress:
             from tqdm import tqdm
@@ -133,7 +139,7 @@ class StepLoop:
                 sync = (self.net.no_sync() if info.enabled and not last_micro
                         else contextlib.nullcontext())
                 with sync:
-                    with torch.autocast(info.device.type, torch.bfloat16, enabled=use_amp):
+                    with precision.autocast(cfg.amp, info.device):
                         loss = compute_loss(self.net, batch, self.step, micro % accum)
                     if not distributed.all_finite(loss, info):
                         raise FloatingPointError(
@@ -141,13 +147,15 @@ class StepLoop:
                             f"({float(loss.detach())}); stopped without updating the weights. "
                             f"The last good checkpoint is {self.out / 'checkpoint-last.pt'} "
                             f"(if one was written).")
-                    (loss / accum).backward()
+                    scaler.scale(loss / accum).backward()
                 micro += 1
                 if not last_micro:
                     continue
                 if cfg.optim.clip_grad:
+                    scaler.unscale_(self.optimizer)  # clip the true gradients
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
-                self.optimizer.step()
+                scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
+                scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 last_loss = distributed.mean_across(loss, info)

@@ -32,6 +32,7 @@ from ..data import FullCrops, ImageFiles, WindowCrops, WindowSpec, build_demo_ph
 from ..models import create_model, model_names
 from ..run_log import RunLog, plot_loss_curve
 from ..schedule import scaled_lr
+from . import precision
 from .loop import StepLoop
 from .param_groups import no_weight_decay_names
 from .seeding import sample_generators
@@ -87,7 +88,7 @@ class PretrainConfig:
     max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
     seed: int = 0
     device: Literal["auto", "cuda", "cpu"] = "auto"
-    amp: bool = True  # bf16 autocast on CUDA
+    amp: precision.Amp = True  # bf16 autocast on CUDA; 'bf16'/'fp16' anywhere (engine/precision.py)
     ops_backend: Optional[str] = None
     output_dir: str = "output/pretrain"
     save_every: int = 1000

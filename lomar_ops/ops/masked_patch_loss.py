@@ -49,6 +49,17 @@ if _extension.AVAILABLE:
                                     setup_context=_setup_context)
 
 
+def autocast_inputs(pred: torch.Tensor, target: torch.Tensor):
+    """Under autocast a model's head gives a float16/bfloat16 ``pred`` while its target
+    (pixels) stays float32. A loss runs in float32 under autocast (as ``mse_loss``
+    does), so there both are promoted to the wider dtype; elsewhere they are returned
+    as they are, and differing dtypes are an error."""
+    if pred.dtype != target.dtype and torch.is_autocast_enabled(pred.device.type):
+        wide = torch.promote_types(pred.dtype, target.dtype)
+        return pred.to(wide), target.to(wide)
+    return pred, target
+
+
 def masked_patch_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                       norm_pix: bool = True, eps: float = 1e-6,
                       backend: str | None = None) -> torch.Tensor:
@@ -60,7 +71,10 @@ def masked_patch_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
             contiguous, e.g. ``head(x)[:, 1:]``, else copied first.
         target: (S, L, P), pred's dtype and device: the pixels of each patch
             (e.g. from :func:`lomar_ops.window_patchify`). It is data: it gets no
-            gradient, whatever its requires_grad (every backend alike).
+            gradient, whatever its requires_grad (every backend alike). Under
+            autocast (on pred's device) it may differ from pred's dtype: both are
+            then promoted to the wider one, e.g. a bfloat16 pred and a float32
+            target give the float32 loss (as autocast runs ``mse_loss``).
         mask: (S, L) bool, True where a patch was masked; at least one True.
         norm_pix: normalise each target patch by its own mean and unbiased
             variance, ``(t - mean) / sqrt(var + eps)``; needs P >= 2.
@@ -81,6 +95,7 @@ def masked_patch_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
     check_tensor(_OP, "mask", mask, ndim=2, dtypes=(torch.bool,), shape_doc="(S, L)")
     S, L, P = pred.shape
     check_shape(_OP, "target", target, (S, L, P), "(S, L, P) of pred")
+    pred, target = autocast_inputs(pred, target)
     check_same_dtype(_OP, "target", target, "pred", pred)
     check_shape(_OP, "mask", mask, (S, L), "(S, L) of pred")
     check_same_device(_OP, pred=pred, target=target, mask=mask)
