@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .rpe_gather import rpe_gather_reference
+
 
 def relative_term(q_shn: torch.Tensor, rpe: torch.Tensor | None, rpe_mode: str | None,
                   bucket_ids: torch.Tensor | None) -> torch.Tensor | None:
@@ -23,7 +25,7 @@ def relative_term(q_shn: torch.Tensor, rpe: torch.Tensor | None, rpe_mode: str |
         return rpe[:, ids].unsqueeze(0)  # (1, H, N, N)
     table = rpe if rpe.dim() == 3 else rpe.unsqueeze(0)  # (H or 1, NB, d)
     per_bucket = q_shn @ table.transpose(-1, -2)  # (S, H, N, NB)
-    return torch.gather(per_bucket, 3, ids.expand(S, H, N, N))
+    return rpe_gather_reference(per_bucket, ids)  # its backward is deterministic
 
 
 def window_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

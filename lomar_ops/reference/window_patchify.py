@@ -44,5 +44,7 @@ def window_patchify_reference(images: torch.Tensor, coords: torch.Tensor, window
         if dtype == torch.uint8:
             out = out / 255
         if mean is not None:
-            out = (out - mean.to(out.dtype)) / std.to(out.dtype)  # channel is the last axis
+            # Channel is the last axis. mean/std may come from any device (a few values).
+            mean, std = (t.to(device=out.device, dtype=out.dtype) for t in (mean, std))
+            out = (out - mean) / std
     return out.reshape(B, n, K * K, p * p * C).to(out_dtype)
