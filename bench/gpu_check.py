@@ -179,6 +179,8 @@ def stage_versions(run: Run, deadline: float):
         with open(path, "a") as f:
             f.write("nvidia-smi: not found\n")
         ok = DRY  # a GPU machine without nvidia-smi is worth a look
+        if not ok:
+            run.say("    | nvidia-smi: not found")
     rc = run_cmd(run, [PY, "-c", "import sys, torch, triton; print('python', sys.version.split()[0],"
                        " 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', "
                        "triton.__version__, 'gpu', torch.cuda.get_device_name() if "
@@ -199,7 +201,7 @@ def stage_versions(run: Run, deadline: float):
                 f"{' with local changes' if dirty else ''}\n")
     for line in path.read_text().splitlines():
         run.say(f"    | {line}")
-    return ok, ""
+    return ok, "" if ok else "nvidia-smi not found, or torch/triton do not import"
 
 
 def _git(args: list[str]) -> str:
@@ -226,10 +228,10 @@ def stage_build(run: Run, deadline: float):
             "dry run: the extension does not import (build it first: make test)"
     probe = subprocess.run([PY, "-c", "import torch; p = torch.cuda.get_device_capability(); "
                             "print(f'{p[0]}.{p[1]}')"], capture_output=True, text=True)
-    arch = os.environ.get("TORCH_CUDA_ARCH_LIST") or probe.stdout.strip()
-    if not arch:
+    if probe.returncode != 0 or not probe.stdout.strip():
         run.say(f"    | no CUDA device visible to torch: {probe.stderr.strip()[-300:]}")
-        return False, "no CUDA device"
+        return False, "no CUDA device: not built"
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST") or probe.stdout.strip()
     env = {"LOMAR_CUDA": "1", "TORCH_CUDA_ARCH_LIST": arch,
            "MAX_JOBS": os.environ.get("MAX_JOBS", str(CORES))}
     rc = run_cmd(run, [PY, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e",
@@ -380,6 +382,9 @@ def run_stage(run: Run, name: str, fn, wanted: set[str] | None) -> None:
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         seconds = time.monotonic() - start
         status = "ok" if ok else ("TIMEOUT" if run.timed_out else "FAILED")
+        if not ok and not detail:  # the last line of its log says most
+            last = tail(run.tree / "logs" / f"{name}.log", 1)
+            detail = last[0].strip(" |") if last else ""
         record.update(status=status, seconds=round(seconds, 1), detail=detail)
         run.timeline(f"{name}: {status} in {seconds:.0f} s" + (f" ({detail})" if detail else ""))
     run.stages.append(record)

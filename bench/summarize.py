@@ -101,6 +101,10 @@ def tables(root: Path) -> tuple[list[str], list[str]]:
     return lines, suspects
 
 
+def _ms(ms: float) -> str:
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
+
+
 def _pick(rows: list[dict], case: str, mode: str) -> list[dict]:
     chosen = [r for r in rows if r["case"] == case and r["mode"] == mode and "skipped" not in r]
     if not chosen:
@@ -125,7 +129,7 @@ def headline(root: Path) -> list[str]:
             continue
         parts = []
         for r in chosen:
-            part = f"{r['backend'].removeprefix('op:')} {r['median_ms']:.3g}"
+            part = f"{r['backend'].removeprefix('op:')} {_ms(r['median_ms'])}"
             if ceilings.get("copy_gbps") and r.get("gbps") is not None \
                     and op != "window_attention":
                 part += f" ({r['gbps'] / ceilings['copy_gbps']:.0%})"
