@@ -3,7 +3,8 @@ entry to ``lomar bench``, whose code lives in the package (lomar/benchmark/) so
 that it also works where lomar is installed without this checkout.
 
     python bench/throughput.py --device cpu --quick --out bench/results/cpu-latest/throughput
-    python bench/throughput.py --device cuda --out DIR     (what make gpu-check runs)"""
+    python bench/throughput.py --device cuda --out DIR     (make gpu-check runs the same,
+                                                            python -m lomar bench: docs/gpu.md)"""
 
 import sys
 
