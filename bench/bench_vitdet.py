@@ -7,7 +7,8 @@ that the recorded ratios (global / windowed) come from one run.
 
 fp32 on the CPU, bf16 autocast on a GPU. Time: the median of 3 steps after one
 warm-up on the CPU (a ViT-B step at 1024 takes tens of seconds there; the whole
-file about 20 minutes on 2 cores), triton.testing.do_bench's median on a GPU.
+file about 20 minutes on 2 cores), on a GPU the median of
+bench/common.py's cuda_median_ms (at least 3 repetitions).
 Peak memory, what the step adds to what was allocated before it: on a GPU
 torch.cuda.max_memory_allocated; on the CPU the process's peak resident set
 (VmHWM, reset through /proc/self/clear_refs) during the last timed step minus its
