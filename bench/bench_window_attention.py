@@ -1,12 +1,16 @@
 """window_attention benchmark: forward and forward+backward, iRPE contextual mode,
-every backend of the op on the device against the comparison formulations
-(the authors' eager one, SDPA with the term materialised, FlexAttention).
+every backend of the op on the device (our kernels, the reference, PyTorch's SDPA and
+FlexAttention as the op's "sdpa" and "flex" backends) and the authors' unfused
+formulation ("eager").
 
 Shapes: the ViT-B pretraining step (N = 50: 7x7 window + cls, 12 heads, d = 64,
 bf16 on a GPU) and fine-tuning on whole images (N = 197 and 577); on the CPU, in
-fp32 with fewer sequences. FLOPs count the two N x N matmuls and the contextual
-q @ R^T (backward: 2.5x forward, as FlashAttention counts); bytes count what a
-fused kernel must move (q, k, v, out; backward also dout, dq, dk, dv)."""
+fp32 with fewer sequences; tiny with $LOMAR_BENCH_TINY. FLOPs count the two N x N
+matmuls (backward 2.5x forward, as FlashAttention counts) and the contextual
+q @ R^T (backward 2x forward). Bytes count what a fused kernel must move, each
+(S, N, H, d) tensor once: forward reads q, k, v and writes out (4 passes); backward
+reads q, k, v, out, dout and writes dq, dk, dv (8 more); the table and bucket map
+are small."""
 
 from __future__ import annotations
 
@@ -16,26 +20,26 @@ import pytest
 import torch
 
 import lomar_ops
-from common import bench_devices, device_name, time_case
+from common import bench_devices, device_name, shape_for, time_case
 from lomar_ops.backends import unavailable_reason
 from lomar_ops.comparisons import COMPARISONS
 
-# name: ((S, N, H, d) on CUDA, (S, N, H, d) on CPU)
+# name: (S, N, H, d) on CUDA / on the CPU / tiny ($LOMAR_BENCH_TINY)
 CASES = {
-    "pretrain-N50": ((1024, 50, 12, 64), (64, 50, 12, 64)),
-    "finetune-N197": ((64, 197, 12, 64), (4, 197, 12, 64)),
-    "finetune-N577": ((64, 577, 12, 64), (1, 577, 12, 64)),
+    "pretrain-N50": ((1024, 50, 12, 64), (64, 50, 12, 64), (2, 50, 2, 16)),
+    "finetune-N197": ((64, 197, 12, 64), (4, 197, 12, 64), (1, 197, 2, 16)),
+    "finetune-N577": ((64, 577, 12, 64), (1, 577, 12, 64), (1, 577, 1, 16)),
 }
 NUM_BUCKETS = 50
 _IMPLEMENTED = importlib.import_module("lomar_ops.ops.window_attention")._IMPLEMENTED
 
 
 def _providers():
-    # Backends that run tensors on the device; not Triton's CPU interpreter (it is for
-    # correctness, not speed).
+    # Every backend of the op that runs tensors on the device, not Triton's CPU
+    # interpreter (it is for correctness, not speed); then the authors' formulation.
     out = []
     for device in bench_devices():
-        for backend in lomar_ops.BACKENDS:
+        for backend in lomar_ops.BACKENDS + lomar_ops.backends.COMPOSITE_BACKENDS:
             if (backend in _IMPLEMENTED and unavailable_reason(backend, device) is None
                     and not (device.type == "cpu" and backend == "triton")):
                 out.append(pytest.param(device, f"op:{backend}", id=f"{device.type}-{backend}"))
@@ -45,7 +49,7 @@ def _providers():
 
 
 def _inputs(case, device, dtype, requires_grad):
-    S, N, H, d = CASES[case][0 if device.type == "cuda" else 1]
+    S, N, H, d = shape_for(CASES[case], device)
     side = int(round((N - 1) ** 0.5))
     ids = lomar_ops.irpe_bucket_ids(side, side, device=device)
     q, k, v = (torch.randn(S, N, H, d, device=device, dtype=dtype, requires_grad=requires_grad)
@@ -55,14 +59,11 @@ def _inputs(case, device, dtype, requires_grad):
     return (S, N, H, d), q, k, v, rpe, ids
 
 
-def _fn(provider, device):
+def _fn(provider):
     if provider.startswith("op:"):
         backend = provider[3:]
         return lambda *a, **kw: lomar_ops.window_attention(*a, **kw, backend=backend)
-    fn = COMPARISONS[provider]
-    if provider == "flex" and device.type == "cuda":
-        fn = torch.compile(fn, dynamic=False)
-    return fn
+    return COMPARISONS[provider]
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -70,11 +71,11 @@ def _fn(provider, device):
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("device,provider", _providers())
 def test_window_attention(benchmark, record, device, provider, case, mode):
-    if provider == "flex" and device.type == "cpu" and mode != "fwd":
+    if provider == "op:flex" and device.type == "cpu" and mode != "fwd":
         pytest.skip("FlexAttention has no backward on the CPU")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     (S, N, H, d), q, k, v, rpe, ids = _inputs(case, device, dtype, mode != "fwd")
-    attn = _fn(provider, device)
+    attn = _fn(provider)
     grad = torch.randn_like(q)
 
     if mode == "fwd":
@@ -87,11 +88,12 @@ def test_window_attention(benchmark, record, device, provider, case, mode):
             torch.autograd.grad(out, (q, k, v, rpe), grad)
 
     median_ms, timer = time_case(benchmark, fn, device)
-    flops = 4 * S * H * N * N * d + 2 * S * H * N * NUM_BUCKETS * d
+    attn_flops, term_flops = 4 * S * H * N * N * d, 2 * S * H * N * NUM_BUCKETS * d
+    flops = attn_flops + term_flops
     nbytes = 4 * S * N * H * d * q.element_size()
     if mode != "fwd":
-        flops = int(flops * 3.5)
-        nbytes *= 2
+        flops = int(3.5 * attn_flops + 3 * term_flops)
+        nbytes *= 3
     tflops = flops / (median_ms * 1e-3) / 1e12
     gbps = nbytes / (median_ms * 1e-3) / 1e9
     benchmark.extra_info.update(tflops=round(tflops, 3), gbps=round(gbps, 2))

@@ -143,6 +143,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "info":
         print(lomar_ops.format_build_info())
+        print("\n".join(lomar_ops.backends.defaults_report()))
         return 0
     return smoke(args.windows, args.heads)
 

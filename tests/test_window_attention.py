@@ -34,16 +34,24 @@ TRITON_CPU_SHAPES = [(3, 2, 1, 32), (2, 17, 3, 80), (1, 65, 1, 32)]
 CASES = [("contextual", "shared"), ("contextual", "per_head"), ("bias", None), (None, None)]
 
 
+# PyTorch's attention as backends of the op: SDPA everywhere; FlexAttention on CUDA
+# (on the CPU it has no backward: forward only, test_flex_forward_on_the_cpu).
+COMPOSITE = [pytest.param("cpu", "sdpa", shape, id=f"cpu-sdpa-{shape}") for shape in SHAPES] + [
+    pytest.param("cuda", backend, shape, id=f"cuda-{backend}-{shape}", marks=pytest.mark.gpu)
+    for backend in ("sdpa", "flex") for shape in SHAPES]
+
+
 def _backend_params():
     """(device, backend, dtype, shape) for every backend this build implements; the
-    Triton kernel runs fp16/bf16/fp32 (float64 is refused: test_triton_refuses_float64)."""
+    Triton kernel runs fp16/bf16/fp32 (float64 is refused: test_triton_refuses_float64),
+    so does FlexAttention on CUDA."""
     params = []
-    for p in devices_backends_and_shapes(SHAPES, TRITON_CPU_SHAPES):
+    for p in devices_backends_and_shapes(SHAPES, TRITON_CPU_SHAPES) + COMPOSITE:
         device, backend, shape = p.values
         if backend not in _IMPLEMENTED:
             continue  # see test_implemented_backends_follow_the_build
         for dtype in DTYPES:
-            if backend == "triton" and dtype == torch.float64:
+            if backend in ("triton", "flex") and dtype == torch.float64:
                 continue
             params.append(pytest.param(device, backend, dtype, shape, marks=p.marks,
                                        id=f"{p.id.rsplit('-', 1)[0]}-{dtype}-{shape}"))
@@ -116,7 +124,7 @@ def test_matches_reference(device, backend, dtype, shape, case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}")
-@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("backend", ["cpu", "torch", "sdpa"])
 def test_gradcheck_float64(backend, case):
     mode, layout = case
     q, k, v, rpe, ids = make_inputs((2, 5, 2, 4), mode, layout, torch.float64, "cpu")
@@ -180,20 +188,42 @@ def test_default_is_plain_attention_with_default_scale():
                                reference(q * 2, k, v))
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")  # FlexAttention run uncompiled: slow, not wrong
-@pytest.mark.parametrize("name", ["eager", "sdpa", "flex"])
+@pytest.mark.parametrize("name", list(COMPARISONS))
 @pytest.mark.parametrize("mode", ["contextual", "bias", None])
 def test_comparison_formulations_agree(name, mode):
     q, k, v, rpe, ids = make_inputs((2, 50, 3, 32), mode, "shared", torch.float32, "cpu")
-    if name == "flex":  # FlexAttention has no backward on the CPU: forward only here
-        got = [COMPARISONS[name](q, k, v, rpe=rpe, rpe_mode=mode, bucket_ids=ids)]
-        want = [reference(q, k, v, rpe, mode, ids)]
-    else:
-        grad = torch.randn(2, 50, 3, 32)
-        got = run(COMPARISONS[name], q, k, v, rpe, mode, ids, grad)
-        want = run(reference, q, k, v, rpe, mode, ids, grad)
+    grad = torch.randn(2, 50, 3, 32)
+    got = run(COMPARISONS[name], q, k, v, rpe, mode, ids, grad)
+    want = run(reference, q, k, v, rpe, mode, ids, grad)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_flex_forward_on_the_cpu(dtype, case):
+    # FlexAttention runs uncompiled on the CPU, forward only: the score_mod's gather of
+    # the iRPE term from q @ R^T is checked here; its gradients on a GPU (gpu tests).
+    mode, layout = case
+    shape = (3, 50, 3, 16)
+    q, k, v, rpe, ids = make_inputs(shape, mode, layout, dtype, "cpu")
+    got = lomar_ops.window_attention(q, k, v, rpe=rpe, rpe_mode=mode, bucket_ids=ids,
+                                     backend="flex")
+    up = lambda t: None if t is None else t.double()
+    want = reference(up(q), up(k), up(v), up(rpe), mode, ids)
+    own = reference(q, k, v, rpe, mode, ids).double()
+    err, base = (float((t.double() - want).abs().max()) for t in (got, own))
+    assert got.dtype == dtype and err <= FACTOR * base + FLOOR.get(dtype, 1e-12)
+
+
+def test_flex_on_the_cpu_refuses_gradients_and_says_why():
+    q, k, v, rpe, ids = make_inputs((1, 5, 1, 8), "contextual", "shared", torch.float32, "cpu")
+    with pytest.raises(lomar_ops.BackendUnavailableError,
+                       match="FlexAttention has no backward on the CPU"):
+        lomar_ops.window_attention(q.requires_grad_(True), k, v, rpe=rpe, bucket_ids=ids,
+                                   backend="flex")
+    with torch.no_grad():  # no gradient wanted: runs
+        lomar_ops.window_attention(q, k, v, rpe=rpe, bucket_ids=ids, backend="flex")
 
 
 def test_opcheck_cpu_op():
@@ -265,7 +295,9 @@ def test_compiled_call_checks_bucket_ids(backend):
 
 @pytest.mark.parametrize("device,backend", [
     pytest.param("cpu", "cpu", id="cpu-cpu"), pytest.param("cpu", "torch", id="cpu-torch"),
-    pytest.param("cuda", "triton", id="cuda-triton", marks=pytest.mark.gpu)])
+    pytest.param("cpu", "sdpa", id="cpu-sdpa")] + [
+    pytest.param("cuda", b, id=f"cuda-{b}", marks=pytest.mark.gpu)
+    for b in ("cuda", "triton", "sdpa", "flex")])
 def test_torch_compile_fullgraph(device, backend):
     # Triton's CPU interpreter cannot run under torch.compile: cuda-triton only.
     torch._dynamo.reset()
@@ -320,7 +352,8 @@ def _builds_cuda_window_attention() -> bool:
 
 
 def test_implemented_backends_follow_the_build():
-    expected = {"cpu", "torch", "triton"} | ({"cuda"} if _builds_cuda_window_attention() else set())
+    expected = {"cpu", "torch", "triton", "sdpa", "flex"} | (
+        {"cuda"} if _builds_cuda_window_attention() else set())
     assert _IMPLEMENTED == expected
     assert lomar_ops.backends.resolve_backend(
         "window_attention", torch.device("cpu"), None, _IMPLEMENTED) == "cpu"
@@ -332,7 +365,7 @@ def test_triton_refuses_float64_and_says_why(monkeypatch):
     with pytest.raises(lomar_ops.BackendUnavailableError,
                        match=r"backend='triton' is unavailable: the Triton kernel runs float16, "
                              r"bfloat16 and float32, not float64.*Available for window_attention "
-                             r"on cpu: \['cpu', 'torch'\]"):
+                             r"on cpu: \['cpu', 'torch', 'sdpa', 'flex'\]"):
         lomar_ops.window_attention(q, k, v, backend="triton")
     # On CUDA tensors, where Triton is a default, the chooser passes over it for float64
     # (a GPU is pretended here; test_float64_on_cuda_runs_without_triton runs one).
@@ -342,7 +375,7 @@ def test_triton_refuses_float64_and_says_why(monkeypatch):
     resolve = lomar_ops.backends.resolve_backend
     assert resolve("window_attention", cuda, None, implemented) == "triton"
     assert resolve("window_attention", cuda, None, implemented,
-                   op._unsupported_here(q, None, None)) == "torch"
+                   op._unsupported_here(q, k, v, None, None)) == "torch"
 
 
 def test_triton_refuses_wide_contextual_tables():

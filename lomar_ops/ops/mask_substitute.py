@@ -84,7 +84,7 @@ def mask_substitute(tokens: torch.Tensor, mask: torch.Tensor, mask_token: torch.
         check_same_dtype(_OP, "cls_token", cls_token, "tokens", tokens)
         vectors["cls_token"] = cls_token
     check_same_device(_OP, tokens=tokens, mask=mask, **vectors)
-    chosen = resolve_backend(_OP, tokens.device, backend)
+    chosen = resolve_backend(_OP, tokens.device, backend, size=tokens.shape[1])
     if chosen == "torch":
         return mask_substitute_reference(tokens, mask, mask_token, cls_token)
     if chosen == "triton":

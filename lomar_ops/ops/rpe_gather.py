@@ -71,7 +71,7 @@ def rpe_gather(table: torch.Tensor, bucket_ids: torch.Tensor,
     if num_buckets < 1:
         raise ValueError(f"{_OP}: table must have at least one bucket, got NB = {num_buckets}")
     check_index_range(_OP, "bucket_ids", bucket_ids, num_buckets, "NB, the table's last dim")
-    chosen = resolve_backend(_OP, table.device, backend, _IMPLEMENTED)
+    chosen = resolve_backend(_OP, table.device, backend, _IMPLEMENTED, size=table.shape[2])
     if chosen == "torch":
         return rpe_gather_reference(table, bucket_ids)
     ids = bucket_ids.to(torch.int32).contiguous()

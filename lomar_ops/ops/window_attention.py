@@ -7,8 +7,9 @@ position term inside the logits, forward and backward.
       rpe=None:              no term (plain attention)
 
 Implementations: csrc/cuda/window_attention.cu, lomar_ops/triton_kernels/window_attention.py,
-csrc/cpu/window_attention.cpp, lomar_ops/reference/window_attention.py.
-Comparison formulations (eager, SDPA, FlexAttention): lomar_ops/comparisons.py."""
+csrc/cpu/window_attention.cpp, lomar_ops/reference/window_attention.py; through PyTorch's
+attention ("sdpa", "flex"): lomar_ops/composite/window_attention.py. The authors' unfused
+formulation, for benchmarks: lomar_ops/comparisons.py."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from ..backends import implemented_backends, resolve_backend
 from ..reference.window_attention import window_attention_reference
 
 _OP = "window_attention"
-_IMPLEMENTED = implemented_backends(_OP, cpp_op="window_attention_fwd")
+_IMPLEMENTED = implemented_backends(_OP, cpp_op="window_attention_fwd",
+                                   composite=("sdpa", "flex"))
 RPE_MODES = ("contextual", "bias", None)
 # The Triton kernel keeps a (query rows, buckets) tile of q @ R^T on chip: iRPE has 50.
 TRITON_MAX_CONTEXTUAL_BUCKETS = 128
@@ -137,7 +139,11 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         bucket_ids: (N, N) int32/int64 map into the table's NB buckets, e.g.
             :func:`lomar_ops.irpe_bucket_ids` or BEiT's relative position index.
         scale: multiplies q.k; default d ** -0.5 (not applied to the contextual term).
-        backend: None, "cuda", "triton", "cpu" or "torch" (lomar_ops.backends).
+        backend: None, "cuda", "triton", "cpu", "torch", or PyTorch's attention: "sdpa"
+            (the term materialised as SDPA's mask) or "flex" (FlexAttention, the term
+            in its score_mod; forward only on the CPU, not float64 on CUDA). None: on
+            CUDA what the committed GPU record measured fastest for this N
+            (lomar_ops.backends.default_backend says which and why).
 
     Returns:
         (S, N, H, d) in q's dtype (from the C++ CPU kernel, like the reference formula,
@@ -148,9 +154,14 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     mode = rpe_mode if rpe is not None else None
     chosen = resolve_backend(_OP, q.device, backend, _IMPLEMENTED,
-                             unsupported=_unsupported_here(q, rpe, mode))
+                             unsupported=_unsupported_here(q, k, v, rpe, mode), size=q.shape[1])
     if chosen == "torch":
         return window_attention_reference(q, k, v, rpe, mode, bucket_ids, scale)
+    if chosen in ("sdpa", "flex"):
+        from ..composite import window_attention as composite
+        fn = composite.window_attention_sdpa if chosen == "sdpa" else \
+            composite.window_attention_flex
+        return fn(q, k, v, rpe, mode, bucket_ids, scale)
     ids = bucket_ids.to(torch.int32).contiguous() if bucket_ids is not None else None
     if chosen == "triton":
         from ..triton_kernels.window_attention import window_attention_fwd_triton
@@ -159,15 +170,21 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     return torch.ops.lomar_ops.window_attention_fwd(q, k, v, rpe, ids, mode or "none", scale)[0]
 
 
-def _unsupported_here(q, rpe, mode) -> dict[str, str]:
+def _unsupported_here(q, k, v, rpe, mode) -> dict[str, str]:
     """Backends that cannot run this call, with the reason (for the chooser)."""
+    out = {}
     if q.dtype == torch.float64:
-        return {"triton": "the Triton kernel runs float16, bfloat16 and float32, not float64 "
-                          "(use 'cpu' for CPU tensors, or 'torch')"}
-    if mode == "contextual" and rpe.shape[-2] > TRITON_MAX_CONTEXTUAL_BUCKETS:
-        return {"triton": f"the Triton kernel takes contextual tables of at most "
-                          f"{TRITON_MAX_CONTEXTUAL_BUCKETS} buckets, got NB = {rpe.shape[-2]}"}
-    return {}
+        out["triton"] = ("the Triton kernel runs float16, bfloat16 and float32, not float64 "
+                         "(use 'cpu' for CPU tensors, or 'torch')")
+        if q.device.type == "cuda":
+            out["flex"] = "FlexAttention's compiled kernels run float16, bfloat16 and float32"
+    elif mode == "contextual" and rpe.shape[-2] > TRITON_MAX_CONTEXTUAL_BUCKETS:
+        out["triton"] = (f"the Triton kernel takes contextual tables of at most "
+                         f"{TRITON_MAX_CONTEXTUAL_BUCKETS} buckets, got NB = {rpe.shape[-2]}")
+    if q.device.type == "cpu" and torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (q, k, v, rpe)):
+        out["flex"] = "FlexAttention has no backward on the CPU (forward only there)"
+    return out
 
 
 def window_attention_qkvpacked(qkv: torch.Tensor, **kwargs) -> torch.Tensor:
