@@ -99,7 +99,7 @@ def test_batch_search(monkeypatch):
                                     (1000, 8, 64, 64), (1000, 8, 4, 4)):
         tried = []
 
-        def fits(model, make_inputs, batch, device, limit=limit):
+        def fits(model, make_inputs, batch, device, amp=True, limit=limit):
             tried.append(batch)
             return batch <= limit
         monkeypatch.setattr(timing, "fits", fits)

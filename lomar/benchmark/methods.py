@@ -8,6 +8,7 @@ and masks, and BEiT-on-windows' windows, are drawn inside it (on the device)."""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,7 +16,6 @@ import torch
 from torch import nn
 
 import lomar_ops
-from lomar_ops.backends import implemented_backends
 
 from ..baselines.beit import BEiTPretrain, BEiTWindowPretrain
 from ..baselines.mae import MaskedAutoencoderViT
@@ -30,8 +30,7 @@ SIZES = {
 PATCH = 16
 WINDOW = 7
 PAPER_WINDOWS = {224: 4, 384: 6, 448: 9}  # LoMaR's windows per image in the paper
-OPS = {"window_patchify": None, "mask_substitute": None, "window_attention": "window_attention_fwd",
-       "masked_patch_loss": None}
+OPS = ("window_patchify", "mask_substitute", "window_attention", "masked_patch_loss")
 
 
 @dataclass(frozen=True)
@@ -50,11 +49,14 @@ class Method:
 
 
 def resolved_ops(device: torch.device, ops_backend: str | None) -> dict[str, str]:
-    """The backend each lomar_ops op of a step resolves to on ``device`` (what "fused"
-    means there: window_attention has no CUDA kernel yet, for instance)."""
-    return {op: lomar_ops.resolve_backend(op, device, ops_backend,
-                                          implemented_backends(op, cpp) if cpp else None)
-            for op, cpp in OPS.items()}
+    """The backend each lomar_ops op of a LoMaR step (7 x 7 windows: N = 50 tokens, L = 49)
+    resolves to on ``device``: what "fused" means there."""
+    sizes = {"window_attention": 1 + WINDOW * WINDOW, "mask_substitute": WINDOW * WINDOW}
+    implemented = {"window_attention": importlib.import_module(
+        "lomar_ops.ops.window_attention")._IMPLEMENTED}
+    return {op: lomar_ops.resolve_backend(op, device, ops_backend, implemented.get(op),
+                                          size=sizes.get(op))
+            for op in OPS}
 
 
 def _vit(size: dict) -> dict:
