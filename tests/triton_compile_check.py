@@ -1,77 +1,41 @@
-"""Compile the window_attention Triton kernels for a GPU architecture without a GPU
-(Triton's own ptxas), so lowering errors show up on a CPU-only machine; prints one
-JSON line per kernel with its registers, spill bytes and shared memory.
+"""Compile the window_attention Triton kernels of one shape for a GPU architecture
+without a GPU; prints one JSON line per kernel with its registers, spill bytes and
+shared memory (tests/test_window_attention.py runs it).
 
     python tests/triton_compile_check.py --arch 90 --dtype bfloat16 --N 50 --d 64
 
-Run it with TRITON_INTERPRET unset: interpreted kernels cannot be compiled."""
+A front end to the compile sweep of every kernel (lomar_ops/triton_kernels/
+compile_sweep.py, `make triton-compile-check`): the launches are recorded from the
+op's wrapper (forward and backward), not written by hand, and compiled as triton.jit
+types them. Run it with TRITON_INTERPRET unset: interpreted kernels cannot be
+compiled."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import subprocess
-import tempfile
 
 import torch
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
-from lomar_ops.triton_kernels import window_attention as wa
+from lomar_ops.triton_kernels import compile_sweep
 
-_INDEX_PTRS = ("ids_ptr", "order_ptr", "first_ptr", "last_ptr")
-_FP32_PTRS = ("stats_ptr", "delta_ptr", "part_ptr")
-_TRITON_TYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+_NAMES = {"_fwd_kernel": "fwd", "_bwd_dq_kernel": "dq", "_bwd_dkdv_kernel": "dkdv"}
 
 
-def _signature(kernel, constexprs: dict, dtype: torch.dtype) -> dict:
-    def kind(name):
-        if name in constexprs:
-            return "constexpr"
-        if name.endswith("_ptr"):
-            return "*i32" if name in _INDEX_PTRS else "*fp32" if name in _FP32_PTRS else \
-                "*" + _TRITON_TYPE[dtype]
-        return "fp32" if name == "scale" else "i32"
-    return {name: kind(name) for name in kernel.arg_names}
-
-
-def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(ptx)
-    gpu = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
-    try:
-        log = subprocess.run([ptxas, "-v", f"--gpu-name={gpu}", f.name, "-o", os.devnull],
-                             capture_output=True, text=True, check=True).stderr
-    finally:
-        os.unlink(f.name)
-    regs = re.search(r"Used (\d+) registers", log)
-    spills = re.search(r"(\d+) bytes spill stores", log)
-    return int(regs.group(1)), int(spills.group(1)) if spills else 0
-
-
-def compile_kernels(arch: int, dtype: torch.dtype, N: int, d: int, mode: str, nb: int = 50):
-    cfg = wa._config(N, d, nb, dtype)
-    cfg["PREC"] = "ieee" if dtype == torch.float32 else "tf32"  # the compiled choice
-    common = dict(MODE=wa.MODES[mode], PREC=cfg["PREC"], BLOCK_D=cfg["BLOCK_D"],
-                  BLOCK_B=cfg["BLOCK_B"])
-    dq_extra = dict(ONE_KEY_BLOCK=N <= cfg["dq"]["BLOCK_N"])
-    for name, kernel, blocks, extra in (("fwd", wa._fwd_kernel, cfg["fwd"], {}),
-                                        ("dq", wa._bwd_dq_kernel, cfg["dq"], dq_extra),
-                                        ("dkdv", wa._bwd_dkdv_kernel, cfg["dkdv"], {})):
-        blocks = dict(blocks)
-        warps = blocks.pop("num_warps")
-        constexprs = {**common, **blocks, **extra}
-        src = ASTSource(kernel, _signature(kernel, constexprs, dtype),
-                        constexprs={(kernel.arg_names.index(k),): v for k, v in constexprs.items()})
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                  options={"num_warps": warps})
-        regs, spills = _ptxas_usage(compiled.asm["ptx"], arch)
-        yield dict(kernel=name, arch=arch, dtype=str(dtype), N=N, d=d, mode=mode, warps=warps,
-                   registers=regs, spill_bytes=spills, shared_bytes=compiled.metadata.shared)
+def compile_kernels(arch: int, dtype: torch.dtype, N: int, d: int, mode: str, nb: int = 50,
+                    heads: int = 2):
+    case = compile_sweep.Case("window_attention", f"{dtype} N={N} d={d} {mode}",
+                              compile_sweep.window_attention_case(2, N, heads, d, dtype, mode,
+                                                                  NB=nb, packed=False))
+    specs = compile_sweep.specs_of(compile_sweep.record_cases([case]), ("jit",))
+    for spec in specs:
+        row = compile_sweep.compile_spec(spec, arch)
+        if not row["ok"]:
+            raise RuntimeError("\n".join([compile_sweep.format_row(row)] + row["error"]))
+        yield dict(kernel=_NAMES[spec.kernel.split(".")[1]], arch=arch, dtype=str(dtype), N=N,
+                   d=d, mode=mode, warps=row["num_warps"], registers=row["registers"],
+                   spill_bytes=row["spill_bytes"], shared_bytes=row["shared_bytes"],
+                   constexprs=row["constexprs"])
 
 
 def main() -> None:

@@ -4,18 +4,41 @@
 compiled kernels, so under TRITON_INTERPRET=1 (CPU tests) kernels launch
 directly, which eager mode does anyway. With fake tensors (shape propagation,
 torch.library.opcheck) an interpreted launch is skipped: the outputs' shapes
-come from the Python around it, as wrap_triton's fake rule does on a GPU."""
+come from the Python around it, as wrap_triton's fake rule does on a GPU.
+
+Within :func:`intercepted` a launch calls a hook instead: the compile sweep
+(lomar_ops/triton_kernels/compile_sweep.py) records what the wrappers would launch
+from CPU tensors, a test retypes the arguments."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton
 from triton.runtime.jit import JITFunction
 
+_hook = None  # callable(kernel, grid, args, kwargs) within intercepted()
+
+
+@contextlib.contextmanager
+def intercepted(hook):
+    """Within the block every launch calls ``hook(kernel, grid, args, kwargs)`` instead
+    of launching (it may launch itself; if not, outputs stay as allocated)."""
+    global _hook
+    previous, _hook = _hook, hook
+    try:
+        yield hook
+    finally:
+        _hook = previous
+
 
 def launch(kernel, grid):
     """``kernel[grid]`` made traceable when the kernel is compiled, not interpreted."""
+    if _hook is not None:
+        hook = _hook
+        return lambda *args, **kwargs: hook(kernel, grid, args, kwargs)
     if isinstance(kernel, JITFunction):
         return wrap_triton(kernel)[grid]
 

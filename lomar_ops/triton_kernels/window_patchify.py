@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
+from ..backends import triton_interpret
 from ._launch import launch
 
 
@@ -122,8 +123,9 @@ def window_patchify_backward_triton(grad_out: torch.Tensor, coords: torch.Tensor
     out = torch.empty((B, C, height, width), dtype=grad_out.dtype, device=grad_out.device)
     if out.numel() == 0:
         return out
-    # Pixel tiles per program; the CPU interpreter pays per program, so it gets large ones.
-    block_y, block_x = (16, 64) if grad_out.is_cuda else (64, 256)
+    # Pixel tiles per program; the CPU interpreter pays per program, so it gets large ones
+    # (chosen by the mode, not the device: the compile sweep records CPU launches).
+    block_y, block_x = (64, 256) if triton_interpret() else (16, 64)
     grid = (B * triton.cdiv(height, block_y) * triton.cdiv(width, block_x),)
     launch(_window_patchify_bwd_kernel, grid)(
         grad_out, coords, out, n, window_size, patch_size, C, height, width,
