@@ -1,13 +1,19 @@
 """masked_patch_loss in Triton.
 
 Forward: each program takes BLOCK_R rows (patches), P in BLOCK_P tiles, and
-computes per masked row the mean, the unbiased variance and the mean squared
-error against the normalised target, in fp32 (fp64 for double); unmasked rows
-are never read and get 0. A single program then sums the row losses and counts
-the mask in a fixed order (deterministic) and divides.
+computes per masked row the mean, the unbiased variance (two passes: the sum, then
+the centred squares) and the mean squared error against the normalised target, in
+fp32 (fp64 for double); unmasked rows are never read and get 0. A row that fits a
+tile (P <= 1024: ONE_TILE) is read once and both passes run over the tile in
+registers; longer rows take two passes over their tiles for the statistics and a
+third for the error. A single program then sums the row losses and counts the mask
+in a fixed order (deterministic) and divides.
 Backward: the same tiles recompute each row's mean and rstd (the normalised
 target is never stored) and write dpred = grad * 2 * (pred - t) / (P * count);
 the gradient and the count are read on the device.
+The mask is read as the bool tensor it is (a uint8 view would not lower in
+Inductor); eps is made fp32 on entry, whether triton.jit passes it as fp32 or
+Inductor as fp64, so that eager and compiled runs give the same bits.
 pred and target are read through their (S, L) strides when each patch is
 contiguous (pred is typically the head's output sliced past its cls row)."""
 
@@ -22,29 +28,47 @@ from ._launch import launch
 
 
 @triton.jit
-def _row_stats(target_ptr, t_row, rows_read, P, eps, NORM_PIX: tl.constexpr,
-               BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, ACC_F64: tl.constexpr):
-    """Per row: mean and 1/sqrt(unbiased var + eps) (0 and 1 without norm_pix)."""
+def _load_rows(ptr, row, rows_read, start, P, BLOCK_P: tl.constexpr, ACC_F64: tl.constexpr):
+    """Values start ... start + BLOCK_P of the rows at offsets row, in the accumulation
+    dtype; 0 (never read) outside P and in the rows not read. Also the tile's mask."""
     acc_dtype = tl.float64 if ACC_F64 else tl.float32
-    mean = tl.zeros((BLOCK_R,), dtype=acc_dtype)
-    rstd = tl.zeros((BLOCK_R,), dtype=acc_dtype) + 1.0
+    i = start + tl.arange(0, BLOCK_P)
+    ok = rows_read[:, None] & (i < P)[None, :]
+    x = tl.load(ptr + row[:, None] + i[None, :], mask=ok, other=0.0)
+    return x.to(acc_dtype), ok
+
+
+@triton.jit
+def _row_stats(target_ptr, t_row, rows_read, P, eps, BLOCK_R: tl.constexpr,
+               BLOCK_P: tl.constexpr, ACC_F64: tl.constexpr):
+    """Rows longer than a tile: mean and 1/sqrt(unbiased var + eps) in two passes
+    over the tiles (the sum, then the centred squares), in tile order."""
+    acc_dtype = tl.float64 if ACC_F64 else tl.float32
+    total = tl.zeros((BLOCK_R,), dtype=acc_dtype)
+    for start in range(0, P, BLOCK_P):
+        t, _ = _load_rows(target_ptr, t_row, rows_read, start, P, BLOCK_P, ACC_F64)
+        total += tl.sum(t, axis=1)
+    mean = total / P
+    ss = tl.zeros((BLOCK_R,), dtype=acc_dtype)
+    for start in range(0, P, BLOCK_P):
+        t, ok = _load_rows(target_ptr, t_row, rows_read, start, P, BLOCK_P, ACC_F64)
+        centred = tl.where(ok, t - mean[:, None], 0.0)
+        ss += tl.sum(centred * centred, axis=1)
+    return mean, 1.0 / tl.sqrt(ss / (P - 1) + eps)
+
+
+@triton.jit
+def _normalised_tile(target_ptr, t_row, rows_read, P, eps, NORM_PIX: tl.constexpr,
+                     BLOCK_P: tl.constexpr, ACC_F64: tl.constexpr):
+    """Rows that fit one tile (P <= BLOCK_P): the target read once, its mean and
+    unbiased variance from the tile in registers (the same two passes, same order)."""
+    t, ok = _load_rows(target_ptr, t_row, rows_read, 0, P, BLOCK_P, ACC_F64)
     if NORM_PIX:
-        total = tl.zeros((BLOCK_R,), dtype=acc_dtype)
-        for start in range(0, P, BLOCK_P):
-            i = start + tl.arange(0, BLOCK_P)
-            ok = rows_read[:, None] & (i < P)[None, :]
-            t = tl.load(target_ptr + t_row[:, None] + i[None, :], mask=ok, other=0.0)
-            total += tl.sum(t.to(acc_dtype), axis=1)
-        mean = total / P
-        ss = tl.zeros((BLOCK_R,), dtype=acc_dtype)
-        for start in range(0, P, BLOCK_P):
-            i = start + tl.arange(0, BLOCK_P)
-            ok = rows_read[:, None] & (i < P)[None, :]
-            t = tl.load(target_ptr + t_row[:, None] + i[None, :], mask=ok, other=0.0)
-            centred = tl.where(ok, t.to(acc_dtype) - mean[:, None], 0.0)
-            ss += tl.sum(centred * centred, axis=1)
-        rstd = 1.0 / tl.sqrt(ss / (P - 1) + eps)
-    return mean, rstd
+        mean = tl.sum(t, axis=1) / P
+        centred = tl.where(ok, t - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / (P - 1) + eps)
+        t = centred * rstd[:, None]
+    return t, ok
 
 
 @triton.jit
@@ -58,23 +82,33 @@ def _row_offsets(r, L, stride_s, stride_l):
 def _loss_rows_kernel(pred_ptr, target_ptr, mask_ptr, row_loss_ptr, rows, L, P, eps,
                       p_stride_s, p_stride_l, t_stride_s, t_stride_l,
                       NORM_PIX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
-                      ACC_F64: tl.constexpr):
+                      ONE_TILE: tl.constexpr, ACC_F64: tl.constexpr):
+    # eps arrives as fp32 (triton.jit) or fp64 (Inductor's launch): fp32 either way.
+    eps = tl.cast(eps, tl.float32)
     acc_dtype = tl.float64 if ACC_F64 else tl.float32
     r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
     row_ok = r < rows
-    rows_read = tl.load(mask_ptr + r, mask=row_ok, other=0) != 0
+    rows_read = tl.load(mask_ptr + r, mask=row_ok, other=False)
     p_row = _row_offsets(r, L, p_stride_s, p_stride_l)
     t_row = _row_offsets(r, L, t_stride_s, t_stride_l)
-    mean, rstd = _row_stats(target_ptr, t_row, rows_read, P, eps, NORM_PIX, BLOCK_R, BLOCK_P,
-                            ACC_F64)
-    se = tl.zeros((BLOCK_R,), dtype=acc_dtype)
-    for start in range(0, P, BLOCK_P):
-        i = start + tl.arange(0, BLOCK_P)
-        ok = rows_read[:, None] & (i < P)[None, :]
-        p = tl.load(pred_ptr + p_row[:, None] + i[None, :], mask=ok, other=0.0).to(acc_dtype)
-        t = tl.load(target_ptr + t_row[:, None] + i[None, :], mask=ok, other=0.0).to(acc_dtype)
-        diff = tl.where(ok, p - (t - mean[:, None]) * rstd[:, None], 0.0)
-        se += tl.sum(diff * diff, axis=1)
+    if ONE_TILE:
+        t, ok = _normalised_tile(target_ptr, t_row, rows_read, P, eps, NORM_PIX, BLOCK_P,
+                                 ACC_F64)
+        p, _ = _load_rows(pred_ptr, p_row, rows_read, 0, P, BLOCK_P, ACC_F64)
+        diff = tl.where(ok, p - t, 0.0)
+        se = tl.sum(diff * diff, axis=1)
+    else:
+        mean = tl.zeros((BLOCK_R,), dtype=acc_dtype)
+        rstd = tl.zeros((BLOCK_R,), dtype=acc_dtype) + 1.0
+        if NORM_PIX:
+            mean, rstd = _row_stats(target_ptr, t_row, rows_read, P, eps, BLOCK_R, BLOCK_P,
+                                    ACC_F64)
+        se = tl.zeros((BLOCK_R,), dtype=acc_dtype)
+        for start in range(0, P, BLOCK_P):
+            p, ok = _load_rows(pred_ptr, p_row, rows_read, start, P, BLOCK_P, ACC_F64)
+            t, _ = _load_rows(target_ptr, t_row, rows_read, start, P, BLOCK_P, ACC_F64)
+            diff = tl.where(ok, p - (t - mean[:, None]) * rstd[:, None], 0.0)
+            se += tl.sum(diff * diff, axis=1)
     tl.store(row_loss_ptr + r, se / P, mask=row_ok)
 
 
@@ -88,7 +122,7 @@ def _loss_sum_kernel(row_loss_ptr, mask_ptr, loss_ptr, rows, BLOCK: tl.constexpr
         i = start + tl.arange(0, BLOCK).to(tl.int64)
         ok = i < rows
         acc += tl.load(row_loss_ptr + i, mask=ok, other=0.0)
-        count += tl.load(mask_ptr + i, mask=ok, other=0).to(tl.int64)
+        count += tl.load(mask_ptr + i, mask=ok, other=False).to(tl.int64)
     total = tl.sum(acc, axis=0)
     n = tl.sum(count, axis=0)
     tl.store(loss_ptr, total / n.to(acc_dtype))
@@ -96,27 +130,40 @@ def _loss_sum_kernel(row_loss_ptr, mask_ptr, loss_ptr, rows, BLOCK: tl.constexpr
 
 @triton.jit
 def _loss_bwd_kernel(grad_ptr, count_ptr, pred_ptr, target_ptr, mask_ptr, dpred_ptr, rows, L, P,
-                     eps, p_stride_s, p_stride_l, t_stride_s, t_stride_l, NORM_PIX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
-                     ACC_F64: tl.constexpr):
+                     eps, p_stride_s, p_stride_l, t_stride_s, t_stride_l,
+                     NORM_PIX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+                     ONE_TILE: tl.constexpr, ACC_F64: tl.constexpr):
+    eps = tl.cast(eps, tl.float32)  # as in the forward
     acc_dtype = tl.float64 if ACC_F64 else tl.float32
     r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
     row_ok = r < rows
-    rows_read = tl.load(mask_ptr + r, mask=row_ok, other=0) != 0
+    rows_read = tl.load(mask_ptr + r, mask=row_ok, other=False)
     p_row = _row_offsets(r, L, p_stride_s, p_stride_l)
     t_row = _row_offsets(r, L, t_stride_s, t_stride_l)
-    mean, rstd = _row_stats(target_ptr, t_row, rows_read, P, eps, NORM_PIX, BLOCK_R, BLOCK_P,
-                            ACC_F64)
     g = tl.load(grad_ptr).to(acc_dtype)
     n = tl.load(count_ptr).to(acc_dtype)
     scale = 2.0 * g / (n * P)
-    for start in range(0, P, BLOCK_P):
-        i = start + tl.arange(0, BLOCK_P)
-        ok = rows_read[:, None] & (i < P)[None, :]
-        p = tl.load(pred_ptr + p_row[:, None] + i[None, :], mask=ok, other=0.0).to(acc_dtype)
-        t = tl.load(target_ptr + t_row[:, None] + i[None, :], mask=ok, other=0.0).to(acc_dtype)
-        d = tl.where(ok, scale * (p - (t - mean[:, None]) * rstd[:, None]), 0.0)
+    if ONE_TILE:
+        t, ok = _normalised_tile(target_ptr, t_row, rows_read, P, eps, NORM_PIX, BLOCK_P,
+                                 ACC_F64)
+        p, _ = _load_rows(pred_ptr, p_row, rows_read, 0, P, BLOCK_P, ACC_F64)
+        i = tl.arange(0, BLOCK_P)
+        d = tl.where(ok, scale * (p - t), 0.0)
         tl.store(dpred_ptr + r[:, None] * P + i[None, :], d.to(dpred_ptr.dtype.element_ty),
                  mask=row_ok[:, None] & (i < P)[None, :])
+    else:
+        mean = tl.zeros((BLOCK_R,), dtype=acc_dtype)
+        rstd = tl.zeros((BLOCK_R,), dtype=acc_dtype) + 1.0
+        if NORM_PIX:
+            mean, rstd = _row_stats(target_ptr, t_row, rows_read, P, eps, BLOCK_R, BLOCK_P,
+                                    ACC_F64)
+        for start in range(0, P, BLOCK_P):
+            p, ok = _load_rows(pred_ptr, p_row, rows_read, start, P, BLOCK_P, ACC_F64)
+            t, _ = _load_rows(target_ptr, t_row, rows_read, start, P, BLOCK_P, ACC_F64)
+            i = start + tl.arange(0, BLOCK_P)
+            d = tl.where(ok, scale * (p - (t - mean[:, None]) * rstd[:, None]), 0.0)
+            tl.store(dpred_ptr + r[:, None] * P + i[None, :],
+                     d.to(dpred_ptr.dtype.element_ty), mask=row_ok[:, None] & (i < P)[None, :])
 
 
 def _blocks(P: int) -> tuple[int, int]:
@@ -143,15 +190,14 @@ def masked_patch_loss_triton(pred: torch.Tensor, target: torch.Tensor, mask: tor
     acc_dtype = _acc_dtype(pred.dtype)
     loss = torch.empty((), dtype=acc_dtype, device=pred.device)
     row_loss = torch.empty((rows,), dtype=acc_dtype, device=pred.device)
-    mask_u8 = mask.view(torch.uint8)
     block_r, block_p = _blocks(P)
     acc_f64 = acc_dtype == torch.float64
     if rows > 0:
         launch(_loss_rows_kernel, (triton.cdiv(rows, block_r),))(
-            pred, target, mask_u8, row_loss, rows, L, P, eps, pred.stride(0), pred.stride(1),
+            pred, target, mask, row_loss, rows, L, P, eps, pred.stride(0), pred.stride(1),
             target.stride(0), target.stride(1), NORM_PIX=norm_pix, BLOCK_R=block_r,
-            BLOCK_P=block_p, ACC_F64=acc_f64)
-    launch(_loss_sum_kernel, (1,))(row_loss, mask_u8, loss, rows, BLOCK=1024, ACC_F64=acc_f64)
+            BLOCK_P=block_p, ONE_TILE=P <= block_p, ACC_F64=acc_f64)
+    launch(_loss_sum_kernel, (1,))(row_loss, mask, loss, rows, BLOCK=1024, ACC_F64=acc_f64)
     return loss
 
 
@@ -171,8 +217,9 @@ def masked_patch_loss_backward_triton(grad: torch.Tensor, pred: torch.Tensor,
     count = mask.sum().reshape(1)  # int64, on the device: no synchronisation
     block_r, block_p = _blocks(P)
     launch(_loss_bwd_kernel, (triton.cdiv(rows, block_r),))(
-        g, count, pred, target, mask.view(torch.uint8), grad_pred, rows, L, P, eps,
-        pred.stride(0), pred.stride(1), target.stride(0), target.stride(1), NORM_PIX=norm_pix, BLOCK_R=block_r, BLOCK_P=block_p,
+        g, count, pred, target, mask, grad_pred, rows, L, P, eps,
+        pred.stride(0), pred.stride(1), target.stride(0), target.stride(1), NORM_PIX=norm_pix,
+        BLOCK_R=block_r, BLOCK_P=block_p, ONE_TILE=P <= block_p,
         ACC_F64=acc_dtype == torch.float64)
     return grad_pred
 
