@@ -32,9 +32,8 @@ def _mask_substitute_fwd_kernel(tokens_ptr, mask_ptr, mask_token_ptr, cls_ptr, o
     j = r - s * T - HEAD  # -1 on the cls row
     is_token_row = row_ok & (j >= 0)
     i = s * L + tl.maximum(j, 0)  # (s, l) in tokens and mask
-    m = tl.load(mask_ptr + i, mask=is_token_row, other=0)
-    masked = m != 0
-    read_token = is_token_row & (m == 0)
+    masked = tl.load(mask_ptr + i, mask=is_token_row, other=False)
+    read_token = is_token_row & ~masked
     for start in range(0, D, BLOCK_D):
         d = start + tl.arange(0, BLOCK_D)
         d_ok = d < D
@@ -69,7 +68,7 @@ def _mask_substitute_bwd_rows_kernel(grad_ptr, mask_ptr, grad_tokens_ptr, part_m
         for l0 in range(0, L, BLOCK_L):
             l = l0 + tl.arange(0, BLOCK_L)
             l_ok = l < L
-            masked = (tl.load(mask_ptr + s * L + l, mask=l_ok, other=0) != 0)[:, None]
+            masked = tl.load(mask_ptr + s * L + l, mask=l_ok, other=False)[:, None]
             ok = l_ok[:, None] & d_ok[None, :]
             g = tl.load(g_seq + (HEAD + l)[:, None] * D + d[None, :], mask=ok, other=0.0)
             acc += tl.where(masked, g.to(acc_dtype), 0.0)
@@ -117,7 +116,7 @@ def mask_substitute_triton(tokens: torch.Tensor, mask: torch.Tensor, mask_token:
     block_r = max(1, 4096 // block_d)
     cls = mask_token if cls_token is None else cls_token
     launch(_mask_substitute_fwd_kernel, (triton.cdiv(rows, block_r),))(
-        tokens, mask.view(torch.uint8), mask_token, cls, out, rows, L, D, HEAD=head,
+        tokens, mask, mask_token, cls, out, rows, L, D, HEAD=head,
         BLOCK_R=block_r, BLOCK_D=block_d)
     return out
 
@@ -147,7 +146,7 @@ def mask_substitute_backward_triton(grad_out: torch.Tensor, mask: torch.Tensor,
     acc_f64 = acc_dtype == torch.float64
     if num_chunks > 0:
         launch(_mask_substitute_bwd_rows_kernel, (num_chunks, d_tiles))(
-            grad_out, mask.view(torch.uint8), grad_tokens, part_mask,
+            grad_out, mask, grad_tokens, part_mask,
             part_cls if has_cls else part_mask, S, L, D, chunk, HEAD=head, BLOCK_L=16,
             BLOCK_D=block_d, ACC_F64=acc_f64)
     launch(_sum_chunks_kernel, (d_tiles,))(part_mask, grad_mask_token, num_chunks, D,
