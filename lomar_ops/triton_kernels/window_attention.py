@@ -132,6 +132,9 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, rpe_ptr, ids_ptr, out_ptr, stats_ptr,
                 H, N, D, NB, rpe_head_stride, scale, stats_plane,
                 MODE: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr):
+    # scale arrives as fp32 from triton.jit and as fp64 from Inductor's launch of the
+    # triton_op: fp32 either way, or it would make the logits, and m_i with them, fp64.
+    scale = tl.cast(scale, tl.float32)
     pair = tl.program_id(0).to(tl.int64)  # S * H on axis 0: no 65535 limit
     s = pair // H
     h = pair % H
@@ -184,6 +187,7 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, rpe_ptr, ids_ptr, stats_ptr, del
                    key_blocks, MODE: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr,
                    ONE_KEY_BLOCK: tl.constexpr):
+    scale = tl.cast(scale, tl.float32)  # as in _fwd_kernel
     pid_m = tl.program_id(0)
     group = tl.program_id(1).to(tl.int64)  # 64-bit loop bounds: 64-bit (s, h) below
     chunk = tl.program_id(2).to(tl.int64)
@@ -271,6 +275,7 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, rpe_ptr, ids_ptr, stats_ptr, d
                      H, N, D, NB, rpe_head_stride, scale, stats_plane,
                      MODE: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr):
+    scale = tl.cast(scale, tl.float32)  # as in _fwd_kernel
     pair = tl.program_id(0).to(tl.int64)
     s = pair // H
     h = pair % H
