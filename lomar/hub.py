@@ -34,21 +34,18 @@ from torch import nn
 
 from .engine.finetune import attach_probe_head
 from .engine.init_weights import load_encoder_state, read_checkpoint
-from .models import create_model, model_names
-from .models.lomar_vit import LoMaRPretrain, LoMaRPretrainAsymmetric, LoMaRViT
+from .models import create_model, model_info, model_names
 
-PRETRAIN_PREFIX, ENCODER_PREFIX = "lomar_vit_", "vit_"
+HUB_TASKS = ("pretrain", "encoder")
 
 
 def hub_model_names() -> list[str]:
     """The LoMaR models a hub entry point exists for."""
-    return [n for n in model_names() if n.startswith((PRETRAIN_PREFIX, ENCODER_PREFIX))]
+    return [n for n in model_names() if model_info(n).task in HUB_TASKS]
 
 
 def _model_class(name: str) -> type[nn.Module]:
-    if name.startswith(ENCODER_PREFIX):
-        return LoMaRViT
-    return LoMaRPretrainAsymmetric if name.endswith("_dec512d8b") else LoMaRPretrain
+    return model_info(name).builder
 
 
 def _kwargs_from_config(name: str, config: dict, state: dict) -> dict:
@@ -59,7 +56,7 @@ def _kwargs_from_config(name: str, config: dict, state: dict) -> dict:
     job = {"norm_pix_loss": config.get("norm_pix_loss"), "global_pool": config.get("global_pool"),
            "window_sampling": (config.get("mask") or {}).get("window_sampling")}
     kwargs.update({k: v for k, v in job.items() if v is not None and k in accepted})
-    if name.startswith(ENCODER_PREFIX):
+    if model_info(name).task == "encoder":
         head = state.get("head.weight", state.get("head.1.weight"))
         if head is not None:
             kwargs["num_classes"] = head.shape[0]
@@ -78,9 +75,10 @@ def load_model(name: str, checkpoint: str | Path | None = None, **kwargs) -> nn.
         return create_model(name, **kwargs)
     state, source, config = read_checkpoint(checkpoint)  # ours or the authors' (converted)
     model = create_model(name, **{**_kwargs_from_config(name, config, state), **kwargs})
-    if name.startswith(ENCODER_PREFIX) and "head.1.weight" in state:  # a linear probe's head
+    task = model_info(name).task
+    if task == "encoder" and "head.1.weight" in state:  # a linear probe's head
         attach_probe_head(model, model.num_classes)
-    if name.startswith(PRETRAIN_PREFIX) or any(k.startswith("head.") for k in state):
+    if task == "pretrain" or any(k.startswith("head.") for k in state):
         _load_whole(model, state, name, checkpoint, config.get("model"))
     else:  # a pretraining checkpoint into an encoder: the encoder's part, a new head
         load_encoder_state(model, state, source, checkpoint)
@@ -109,7 +107,7 @@ def _entry_point(name: str):
     def entry(checkpoint: str | Path | None = None, **kwargs) -> nn.Module:
         return load_model(name, checkpoint, **kwargs)
 
-    kind = ("LoMaR pretraining model" if name.startswith(PRETRAIN_PREFIX)
+    kind = ("LoMaR pretraining model" if model_info(name).task == "pretrain"
             else "ViT encoder with iRPE, for fine-tuning and inference")
     entry.__name__ = entry.__qualname__ = name
     entry.__doc__ = (f"{name}: {kind}.\n\n    checkpoint: a local file, ours (checkpoint-*.pt, "

@@ -27,7 +27,7 @@ import lomar_ops
 
 from .checkpoint import load_checkpoint
 from .data import IMAGENET_MEAN, IMAGENET_STD, build_demo_photos, find_images, read_rgb
-from .models import create_model
+from .models import create_model, model_info
 
 DEMO_PHOTO_SEED = 1  # other crops than the demo pretraining set (seed 0)
 GREY = 0.5
@@ -150,9 +150,11 @@ def visualize(checkpoint: str | Path, images=None, out: str | Path | None = None
     out = Path(out) if out is not None else checkpoint.parent / "reconstruction.png"
     weights, spec = _model_spec(checkpoint, model, model_kwargs)
     size = input_size or spec["input_size"] or 224
+    try:
+        model_info(spec["model"], "pretrain")
+    except ValueError as exc:
+        raise ValueError(f"visualize: {exc}") from None
     net = create_model(spec["model"], norm_pix_loss=spec["norm_pix_loss"], **spec["model_kwargs"])
-    if not hasattr(net, "sample"):
-        raise ValueError(f"visualize: {spec['model']} is not a LoMaR pretraining model")
     grid = size // net.patch_size
     if size % net.patch_size or window_size > grid:
         raise ValueError(f"visualize: window_size {window_size} must fit the {grid}x{grid} patch "

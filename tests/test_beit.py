@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lomar.baselines.beit import (BEiTAttention, BEiTPretrain, BEiTWindowPretrain,
+from lomar.models.baselines.beit import (BEiTAttention, BEiTPretrain, BEiTWindowPretrain,
                                   relative_position_index)
 from lomar.models import create_model
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lomar.baselines.beit_masking import BlockMaskGenerator
-from lomar.baselines.dvae import DVAEEncoder
+from lomar.models.baselines.beit_masking import BlockMaskGenerator
+from lomar.models.baselines.dvae import DVAEEncoder
 
 
 def test_mask_count_at_224():

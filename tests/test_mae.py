@@ -6,8 +6,9 @@ from functools import partial
 import pytest
 import torch
 
-from lomar.baselines import MaskedAutoencoderViT, create_mae
-from lomar.pos_embed import sincos_2d
+from lomar.models import create_model as create_mae
+from lomar.models.baselines import MaskedAutoencoderViT
+from lomar.models.layers import sincos_2d
 
 
 def tiny(**kw):
@@ -84,7 +85,7 @@ def test_bad_input():
         model(torch.randn(1, 3, 30, 32))
     with pytest.raises(ValueError, match=r"noise must be \(B, L\) = \(1, 16\)"):
         model(torch.randn(1, 3, 32, 32), noise=torch.rand(1, 15))
-    with pytest.raises(ValueError, match="unknown MAE model 'mae_vit_tiny'"):
+    with pytest.raises(ValueError, match="unknown model 'mae_vit_tiny'; known: "):
         create_mae("mae_vit_tiny")
 
 

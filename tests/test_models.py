@@ -253,3 +253,45 @@ def test_asymmetric_registry_and_bad_masks():
     mask[0, mask[0].nonzero()[0]] = False  # one window with a patch fewer masked
     with pytest.raises(ValueError, match="same number of patches in every window"):
         asymmetric()(imgs, 5, 1, 0.8, coords=coords, window_mask=mask)
+
+
+# ---- the registry: the one source of model facts ---------------------------------
+
+def test_registry_facts_and_overrides():
+    from lomar.models import model_info
+    info = model_info("lomar_vit_base_patch14_dec512d8b")
+    assert (info.family, info.task, info.size) == ("lomar_asymmetric", "pretrain", "base")
+    assert (info.patch_size, info.embed_dim, info.depth, info.num_heads) == (14, 768, 12, 12)
+    assert info.arch["decoder_depth"] == 8 and info.in_chans == 3
+    small = info.with_kwargs({"depth": 2, "norm_pix_loss": False})
+    assert small.depth == 2 and small.patch_size == 14 and info.depth == 12
+    model = create_model("lomar_vit_base_patch14_dec512d8b", depth=1, decoder_depth=1)
+    assert isinstance(model, info.builder) and model.patch_size == 14
+    assert {model_info(n).task for n in model_names()} == {"pretrain", "encoder", "detection",
+                                                           "baseline"}
+    assert model_names("detection")[0] == "vitdet_small_patch16"
+
+
+def test_unknown_or_wrong_task_names_are_refused_with_the_known_ones():
+    from lomar.models import model_info
+    with pytest.raises(ValueError, match="unknown model 'vit_tiny_patch16'; known: "
+                                         "lomar_vit_small_patch16, "):
+        create_model("vit_tiny_patch16")
+    with pytest.raises(ValueError, match=r"model must be a fine-tuning encoder, got "
+                                         r"'lomar_vit_base_patch16'; known: vit_small_patch16"):
+        model_info("lomar_vit_base_patch16", "encoder")
+
+
+def test_no_model_name_is_parsed_outside_the_registry():
+    """Facts about a model are asked of the registry, never read out of its name."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1] / "lomar"
+    pattern = re.compile(r"""(split|partition)\(["'](_?patch|_)["']|"""
+                         r"""(startswith|endswith)\(\(?["'](lomar_vit|vit|vitdet|mae|beit)"""
+                         r"""|endswith\(["']_dec""")
+    offenders = [f"{path.relative_to(root)}:{i}: {line.strip()}"
+                 for path in sorted(root.rglob("*.py")) if path.name != "registry.py"
+                 for i, line in enumerate(path.read_text().splitlines(), 1)
+                 if pattern.search(line)]
+    assert not offenders, "\n".join(offenders)

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from lomar.baselines.beit import BEiTPretrain
+from lomar.models.baselines.beit import BEiTPretrain
 from lomar.benchmark.flops import count_flops, mfu, peak_tflops
 from lomar.benchmark.report import issue_targets, ratio_rows
 from lomar.cli import main

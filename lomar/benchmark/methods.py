@@ -17,13 +17,18 @@ from torch import nn
 
 import lomar_ops
 
-from ..baselines.beit import BEiTPretrain, BEiTWindowPretrain
-from ..baselines.mae import MaskedAutoencoderViT
+from ..models import model_info
+from ..models.baselines import BEiTPretrain, BEiTWindowPretrain, MaskedAutoencoderViT
 from ..models.lomar_vit import LoMaRPretrain
 
 # embed_dim, depth, heads; MAE decoder (dim, depth, heads); dVAE width; vocabulary
 SIZES = {
-    "base": dict(vit=(768, 12, 12), decoder=(512, 8, 16), tokenizer_width=256, vocab=8192),
+    "base": dict(vit=tuple(model_info("vit_base_patch16").arch[k]
+                           for k in ("embed_dim", "depth", "num_heads")),
+                 decoder=tuple(model_info("mae_vit_base_patch16_dec512d8b").arch[k]
+                               for k in ("decoder_embed_dim", "decoder_depth",
+                                         "decoder_num_heads")),
+                 tokenizer_width=256, vocab=8192),
     "quick": dict(vit=(192, 4, 3), decoder=(128, 2, 4), tokenizer_width=32, vocab=8192),
     "tiny": dict(vit=(32, 1, 2), decoder=(16, 1, 2), tokenizer_width=8, vocab=64),
 }

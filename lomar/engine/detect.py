@@ -43,7 +43,7 @@ from ..config import ConfigError, save_config
 from ..detection import (CocoDetection, build_demo_detection, build_detector, coco_ap,
                          coco_results, collate)
 from ..detection.figures import draw_predictions, plot_ap
-from ..models import SIZES, create_model, model_names
+from ..models import ModelInfo, create_model, model_info
 from ..run_log import RunLog, plot_loss_curve
 from ..schedule import scaled_lr
 from .init_weights import LoadReport, load_encoder_weights
@@ -129,16 +129,19 @@ class DetectConfig:
     progress: bool = True
 
     @property
+    def model_info(self) -> ModelInfo:
+        """The model's facts (registry), with model_kwargs applied; ConfigError if unknown."""
+        try:
+            return model_info(self.model, "detection").with_kwargs(self.model_kwargs)
+        except ValueError as exc:
+            raise ConfigError(f"config: {exc}") from None
+
+    @property
     def depth(self) -> int:
-        size = self.model[len("vitdet_"):].split("_patch")[0]
-        return int(self.model_kwargs.get("depth", SIZES[size][1]))
+        return self.model_info.depth
 
     def validate(self) -> None:
-        if not self.model.startswith("vitdet_") or self.model not in model_names():
-            known = [n for n in model_names() if n.startswith("vitdet_")]
-            raise ConfigError(f"config: model must be a detection backbone, got {self.model!r}; "
-                              f"known: {', '.join(known)}")
-        patch = int(self.model.rsplit("patch", 1)[1])
+        patch = self.model_info.patch_size
         size, multiple = self.data.input_size, math.lcm(patch, 32)
         if size % multiple:
             raise ConfigError(f"config: data.input_size {size} must be a multiple of {multiple} "

@@ -43,7 +43,7 @@ from .. import distributed
 from ..checkpoint import export_safetensors
 from ..config import ConfigError, save_config
 from ..data import ImageFiles, build_demo_digits
-from ..models import create_model, model_names
+from ..models import ModelInfo, create_model, model_info
 from ..run_log import RunLog, plot_loss_curve
 from ..schedule import scaled_lr
 from .init_weights import load_encoder_weights
@@ -127,12 +127,16 @@ class FinetuneConfig:
     def uses_mixup(self) -> bool:
         return not self.linear_probe and (self.aug.mixup > 0 or self.aug.cutmix > 0)
 
+    @property
+    def model_info(self) -> ModelInfo:
+        """The model's facts (registry), with model_kwargs applied; ConfigError if unknown."""
+        try:
+            return model_info(self.model, "encoder").with_kwargs(self.model_kwargs)
+        except ValueError as exc:
+            raise ConfigError(f"config: {exc}") from None
+
     def validate(self) -> None:
-        if not self.model.startswith("vit_") or self.model not in model_names():
-            known = [n for n in model_names() if n.startswith("vit_")]
-            raise ConfigError(f"config: model must be a fine-tuning encoder, got {self.model!r}; "
-                              f"known: {', '.join(known)}")
-        patch = int(self.model.rsplit("patch", 1)[1])
+        patch = self.model_info.patch_size
         if self.data.input_size % patch:
             raise ConfigError(f"config: data.input_size {self.data.input_size} must be a "
                               f"multiple of the patch size {patch}")

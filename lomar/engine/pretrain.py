@@ -29,7 +29,7 @@ from .. import distributed
 from ..checkpoint import export_safetensors
 from ..config import ConfigError, save_config
 from ..data import FullCrops, ImageFiles, WindowCrops, WindowSpec, build_demo_photos
-from ..models import create_model, model_names
+from ..models import ModelInfo, create_model, model_info
 from ..run_log import RunLog, plot_loss_curve
 from ..schedule import scaled_lr
 from . import precision
@@ -96,12 +96,16 @@ class PretrainConfig:
     resume: Optional[str] = None
     progress: bool = True
 
+    @property
+    def model_info(self) -> ModelInfo:
+        """The model's facts (registry), with model_kwargs applied; ConfigError if unknown."""
+        try:
+            return model_info(self.model, "pretrain").with_kwargs(self.model_kwargs)
+        except ValueError as exc:
+            raise ConfigError(f"config: {exc}") from None
+
     def validate(self) -> None:
-        if not self.model.startswith("lomar_vit_") or self.model not in model_names():
-            known = [n for n in model_names() if n.startswith("lomar_vit_")]
-            raise ConfigError(f"config: model must be a LoMaR pretraining model, got "
-                              f"{self.model!r}; known: {', '.join(known)}")
-        patch = model_patch_size(self.model)
+        patch = self.model_info.patch_size
         size, K = self.data.input_size, self.mask.window_size
         if size % patch:
             raise ConfigError(f"config: data.input_size {size} must be a multiple of the "
@@ -142,11 +146,6 @@ def _dataset(cfg: PretrainConfig, info: distributed.DistInfo, patch_size: int) -
     return ImageFiles(path, transform, on_corrupt=cfg.data.on_corrupt)
 
 
-def model_patch_size(model: str) -> int:
-    """The patch size in a model name (..._patch16[_dec512d8b])."""
-    return int(model.rsplit("patch", 1)[1].split("_")[0])
-
-
 def pretrain(cfg: PretrainConfig) -> dict:
     """Run (or resume) a pretraining job; returns a summary (steps, last loss, paths)."""
     cfg.validate()
@@ -159,7 +158,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
 def _run(cfg: PretrainConfig, info: distributed.DistInfo) -> dict:
     out = Path(cfg.output_dir)
-    dataset = _dataset(cfg, info, model_patch_size(cfg.model))  # fails clearly on a bad folder
+    dataset = _dataset(cfg, info, cfg.model_info.patch_size)  # fails clearly on a bad folder
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, norm_pix_loss=cfg.norm_pix_loss,
                          window_sampling=cfg.mask.window_sampling, **cfg.model_kwargs)

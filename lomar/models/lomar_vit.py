@@ -20,148 +20,27 @@ one backend, e.g. "torch" for the pure-PyTorch references."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
-import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import trunc_normal_
 from torch import nn
 
 import lomar_ops
-from lomar_ops.reference.window_attention import window_attention_reference
 
 from ..data import IMAGENET_MEAN, IMAGENET_STD
-from ..pos_embed import sincos_2d
+from .layers import (Block, BucketMaps, IRPEAttention, PatchEmbed, check_image_batch,
+                     init_weights, sincos_2d)
 
-
-class IRPEAttention(nn.Module):
-    """Multi-head self-attention with iRPE's contextual term on keys:
-    logit_ij = scale q_i.k_j + q_i.R[bucket(i, j)], R (NB, head_dim) shared by all heads
-    (``per_head_rpe``: (H, NB, head_dim)), zero-initialised as in iRPE."""
-
-    def __init__(self, dim: int, num_heads: int, num_buckets: int | None, qkv_bias: bool = True,
-                 per_head_rpe: bool = False):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} must be a multiple of num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.rpe_table = None
-        if num_buckets:
-            shape = (num_heads, num_buckets, self.head_dim) if per_head_rpe else \
-                (num_buckets, self.head_dim)
-            self.rpe_table = nn.Parameter(torch.zeros(shape))
-
-    def forward(self, x: torch.Tensor, bucket_ids: torch.Tensor | None,
-                backend: str | None = None) -> torch.Tensor:
-        """``bucket_ids``: one (N, N) map for every sequence, or (S, N, N), one per
-        sequence (the asymmetric encoder's visible tokens, see
-        :class:`LoMaRPretrainAsymmetric`)."""
-        S, N, D = x.shape
-        qkv = self.qkv(x).view(S, N, 3, self.num_heads, self.head_dim)
-        if self.rpe_table is not None and bucket_ids is not None and bucket_ids.dim() == 3:
-            # window_attention takes one (N, N) map; a map per sequence goes through the
-            # pure-PyTorch reference formula, whose gather broadcasts an (S, 1, N, N) map.
-            q, k, v = qkv.unbind(2)
-            out = window_attention_reference(q, k, v, self.rpe_table.to(qkv.dtype), "contextual",
-                                             bucket_ids[:, None])
-        elif self.rpe_table is None:
-            out = lomar_ops.window_attention_qkvpacked(qkv, rpe=None, backend=backend)
-        else:
-            out = lomar_ops.window_attention_qkvpacked(
-                qkv, rpe=self.rpe_table.to(qkv.dtype), rpe_mode="contextual",
-                bucket_ids=bucket_ids, backend=backend)
-        return self.proj(out.reshape(S, N, D))
-
-
-class Block(nn.Module):
-    """Pre-norm ViT block: x + attn(LN(x)), x + mlp(LN(x)); LayerNorm eps 1e-6."""
-
-    def __init__(self, dim: int, num_heads: int, num_buckets: int | None, mlp_ratio: float = 4.0,
-                 drop_path: float = 0.0, per_head_rpe: bool = False):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = IRPEAttention(dim, num_heads, num_buckets, per_head_rpe=per_head_rpe)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
-
-    def forward(self, x, bucket_ids, backend=None):
-        x = x + self.drop_path(self.attn(self.norm1(x), bucket_ids, backend))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
-class PatchEmbed(nn.Module):
-    """The p x p stride-p patch embedding (weight (D, C, p, p), the authors' conv
-    layout), applied as a linear map to patches already in (row, column, channel)
-    pixel order, the layout window_patchify produces."""
-
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size)
-
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        w = self.proj.weight  # (D, C, p, p) -> (D, p*p*C) in (row, col, channel) order
-        return F.linear(patches, w.permute(0, 2, 3, 1).reshape(w.shape[0], -1), self.proj.bias)
+__all__ = ["IRPEAttention", "LoMaRPretrain", "LoMaRPretrainAsymmetric", "LoMaRViT"]
 
 
 def _init_pretrain_weights(model: nn.Module) -> None:
     """MAE's initialisation of a pretraining model: linear/norm defaults, the patch
     embedding as a linear map (xavier), cls and mask tokens N(0, 0.02)."""
-    _init_weights(model)
+    init_weights(model)
     w = model.patch_embed.proj.weight.data
     nn.init.xavier_uniform_(w.view(w.shape[0], -1))
     nn.init.normal_(model.cls_token, std=0.02)
     nn.init.normal_(model.mask_token, std=0.02)
-
-
-def _init_weights(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
-def check_image_batch(images, in_chans: int, patch_size: int, name: str = "imgs"
-                      ) -> tuple[int, int]:
-    """(B, in_chans, H, W) with H and W multiples of the patch size -> the patch grid
-    (H/p, W/p); a ValueError naming ``name`` otherwise."""
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != in_chans:
-        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"{name} must be (B, {in_chans}, H, W), got {got}")
-    h, w = images.shape[-2:]
-    if h % patch_size or w % patch_size:
-        raise ValueError(f"{name}: H and W must be multiples of the patch size {patch_size}, "
-                         f"got {h}x{w}")
-    return h // patch_size, w // patch_size
-
-
-class BucketMaps:
-    """iRPE bucket maps of patch grids (with ``num_cls`` leading tokens), the last
-    ``size`` (h, w, device) kept: a model run at many image sizes does not hoard them
-    (a 64 x 64 grid's map is 64 MB)."""
-
-    def __init__(self, num_cls: int, ratio: float, size: int = 8):
-        self.num_cls, self.ratio, self.size = num_cls, ratio, size
-        self._maps: OrderedDict = OrderedDict()
-
-    def get(self, h: int, w: int, device) -> torch.Tensor:
-        key = (h, w, str(device))
-        if key in self._maps:
-            self._maps.move_to_end(key)
-        else:
-            self._maps[key] = lomar_ops.irpe_bucket_ids(h, w, self.num_cls, self.ratio,
-                                                        device=device)
-            while len(self._maps) > self.size:
-                self._maps.popitem(last=False)
-        return self._maps[key]
 
 
 class _Encoder(nn.Module):
@@ -482,7 +361,7 @@ class LoMaRViT(_Encoder):
         else:
             self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        _init_weights(self)
+        init_weights(self)
         nn.init.normal_(self.cls_token, std=0.02)
         if num_classes > 0:
             trunc_normal_(self.head.weight, std=2e-5)

@@ -42,8 +42,7 @@ from torch.utils.checkpoint import checkpoint
 
 import lomar_ops
 
-from ..pos_embed import sincos_2d
-from .lomar_vit import Block, BucketMaps, PatchEmbed, _init_weights, check_image_batch
+from .layers import Block, BucketMaps, PatchEmbed, check_image_batch, init_weights, sincos_2d
 
 PYRAMID_STRIDES = (4, 8, 16, 32)
 
@@ -194,7 +193,7 @@ class ViTDetBackbone(nn.Module):
         self.pyramid = SimpleFeaturePyramid(embed_dim, patch_size, out_channels, top_pool)
         self.out_channels = out_channels
         self._bucket_maps = BucketMaps(0, rpe_ratio) if self.rpe else None  # no cls token
-        _init_weights(self.blocks)
+        init_weights(self.blocks)
         w = self.patch_embed.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
 

@@ -23,8 +23,7 @@ import torch
 from timm.layers import PatchEmbed
 from torch import nn
 
-from ..models.lomar_vit import Block
-from ..pos_embed import sincos_2d
+from ..layers import Block, init_weights, sincos_2d
 
 
 class MaskedAutoencoderViT(nn.Module):
@@ -62,14 +61,7 @@ class MaskedAutoencoderViT(nn.Module):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     # -- helpers -------------------------------------------------------------------
     def grid(self, imgs: torch.Tensor) -> tuple[int, int]:
@@ -154,18 +146,3 @@ class MaskedAutoencoderViT(nn.Module):
         latent, mask, ids_restore, grid = self.forward_encoder(imgs, mask_ratio, noise)
         pred = self.forward_decoder(latent, ids_restore, grid)
         return self.forward_loss(imgs, pred, mask), pred, mask
-
-
-MAE_MODELS = {
-    "mae_vit_base_patch16_dec512d8b": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
-    "mae_vit_large_patch16_dec512d8b": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
-    "mae_vit_huge_patch14_dec512d8b": dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16),
-}
-
-
-def create_mae(name: str, **kwargs) -> MaskedAutoencoderViT:
-    """An MAE by the authors' model name; kwargs override (img_size, norm_pix_loss, ...)."""
-    if name not in MAE_MODELS:
-        raise ValueError(f"unknown MAE model {name!r}; known: {', '.join(MAE_MODELS)}")
-    return MaskedAutoencoderViT(**{**MAE_MODELS[name], "decoder_embed_dim": 512,
-                                   "decoder_depth": 8, "decoder_num_heads": 16, **kwargs})

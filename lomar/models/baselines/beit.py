@@ -9,7 +9,7 @@ table of (2h-1)(2w-1)+3 entries per head shared by all layers (applied through
 ``lomar_ops.window_attention`` in bias mode with BEiT's relative position index),
 layer scale 0.1, q and v biases only, no absolute position embedding, a
 768 -> 8192 head on the masked tokens and cross-entropy against the visual tokens
-of the DALL-E dVAE encoder (:class:`~lomar.baselines.dvae.DVAEEncoder`, random
+of the DALL-E dVAE encoder (:class:`~lomar.models.baselines.dvae.DVAEEncoder`, random
 weights unless ``tokenizer_weights`` names a state dict), which runs inside the
 step on the half-resolution image: its cost is part of BEiT's.
 
@@ -42,7 +42,7 @@ from torch import nn
 
 import lomar_ops
 
-from ..models.lomar_vit import PatchEmbed, check_image_batch
+from ..layers import PatchEmbed, check_image_batch
 from .beit_masking import BlockMaskGenerator
 from .dvae import DVAEEncoder
 
@@ -289,17 +289,3 @@ class BEiTWindowPretrain(_BEiTEncoder):
         tokens = self.visual_tokens(crops.reshape(S, C, K * p, K * p))
         loss, logits = self.predict(patches, window_mask, tokens)
         return loss, logits, window_mask.reshape(B, -1, K * K)
-
-
-BEIT_MODELS = {
-    "beit_base_patch16": (BEiTPretrain, dict(embed_dim=768, depth=12, num_heads=12)),
-    "beit_window_base_patch16": (BEiTWindowPretrain, dict(embed_dim=768, depth=12, num_heads=12)),
-}
-
-
-def create_beit(name: str, **kwargs) -> nn.Module:
-    """A BEiT pretraining model by name; kwargs override (img_size, window_size, ...)."""
-    if name not in BEIT_MODELS:
-        raise ValueError(f"unknown BEiT model {name!r}; known: {', '.join(BEIT_MODELS)}")
-    cls, defaults = BEIT_MODELS[name]
-    return cls(**{"patch_size": 16, **defaults, **kwargs})
