@@ -1,4 +1,6 @@
-"""Training checkpoints: written atomically, read as untrusted input.
+"""Checkpoints and weight files: written atomically, read as untrusted input, in this
+one module (the jobs, the weight loading of finetune/detect, visualize and the hub
+all read through :func:`read_weights` or :func:`load_checkpoint`).
 
 A checkpoint is a dict of tensors and plain Python values (model, optimizer and
 scaler state dicts, the schedule position, the step, the RNG states), so it loads
@@ -11,15 +13,18 @@ checkpoint or the new one, never a torn file."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+import yaml
 
 
 PAUSE_ENV = "LOMAR_TEST_PAUSE_CHECKPOINT_WRITE"
@@ -152,7 +157,7 @@ def convert_official(checkpoint: dict) -> dict:
     for name, value in state.items():
         if name == "pos_embed":
             continue
-        if name.endswith("attn.rpe_k.lookup_table_weight"):
+        if name.endswith(OFFICIAL_RPE_SUFFIX):
             if value.dim() != 3:
                 raise ValueError(f"convert_official: {name} must be (heads, head_dim, buckets), "
                                  f"got {tuple(value.shape)}")
@@ -162,3 +167,44 @@ def convert_official(checkpoint: dict) -> dict:
             continue
         out[name] = value
     return out
+
+
+OFFICIAL_RPE_SUFFIX = "attn.rpe_k.lookup_table_weight"
+
+
+class Weights(NamedTuple):
+    state: dict    # the state dict, in our names
+    source: str    # "lomar" (ours) or "official" (the authors', converted)
+    config: dict   # the job's config stored with it (or beside a .safetensors), or {}
+
+
+def read_weights(path: str | os.PathLike) -> Weights:
+    """A model's weights from any file the package accepts, read once: our
+    ``checkpoint-*.pt`` (state dict under ``model``, the job's config under ``config``),
+    our ``model.safetensors`` (the run's ``config.yaml`` beside it, when there is one),
+    or the authors' checkpoints (recognised by their iRPE table names, converted by
+    :func:`convert_official`). No pickled code runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    config = {}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+        beside = path.parent / "config.yaml"
+        if beside.is_file():
+            config = yaml.safe_load(beside.read_text()) or {}
+    else:
+        # The authors' files also hold their argparse options: allow that one class.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = load_checkpoint(path)
+        config = state.get("config") if isinstance(state.get("config"), dict) else {}
+        state = state.get("model", state)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint {path}: expected a state dict of tensors (under 'model' "
+                         f"or at the top level)")
+    if any(k.endswith(OFFICIAL_RPE_SUFFIX) for k in state):
+        return Weights(convert_official(state), "official", {})
+    return Weights(state, "lomar", config)
+

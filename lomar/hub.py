@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from .engine.finetune import attach_probe_head
-from .engine.init_weights import load_encoder_state, read_checkpoint
+from .checkpoint import read_weights
+from .engine.init_weights import load_encoder_state
 from .models import create_model, model_info, model_names
 
 HUB_TASKS = ("pretrain", "encoder")
@@ -73,7 +74,7 @@ def load_model(name: str, checkpoint: str | Path | None = None, **kwargs) -> nn.
                          f"{', '.join(hub_model_names())}")
     if checkpoint is None:
         return create_model(name, **kwargs)
-    state, source, config = read_checkpoint(checkpoint)  # ours or the authors' (converted)
+    state, source, config = read_weights(checkpoint)  # ours or the authors' (converted)
     model = create_model(name, **{**_kwargs_from_config(name, config, state), **kwargs})
     task = model_info(name).task
     if task == "encoder" and "head.1.weight" in state:  # a linear probe's head

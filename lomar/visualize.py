@@ -19,13 +19,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
 import lomar_ops
 
-from .checkpoint import load_checkpoint
+from .checkpoint import read_weights
 from .data import IMAGENET_MEAN, IMAGENET_STD, build_demo_photos, find_images, read_rgb
 from .models import create_model, model_info
 
@@ -36,19 +35,7 @@ GREY = 0.5
 def _model_spec(checkpoint: Path, model: str | None,
                 model_kwargs: dict | None) -> tuple[dict, dict]:
     """(weights, spec) where spec holds model, model_kwargs, norm_pix_loss, input_size."""
-    if checkpoint.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        weights, config = load_file(checkpoint), {}
-        beside = checkpoint.parent / "config.yaml"
-        if beside.is_file():
-            config = yaml.safe_load(beside.read_text()) or {}
-    else:
-        state = load_checkpoint(checkpoint)
-        if "model" not in state:
-            raise ValueError(f"visualize: checkpoint {checkpoint} has no 'model' state dict; "
-                             f"expected one written by 'lomar pretrain'")
-        weights, config = state["model"], state.get("config") or {}
+    weights, _, config = read_weights(checkpoint)
     spec = {"model": model or config.get("model"),
             "model_kwargs": model_kwargs if model_kwargs is not None
             else config.get("model_kwargs", {}),

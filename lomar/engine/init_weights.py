@@ -2,24 +2,20 @@
 
 Accepted: our ``checkpoint-last.pt`` (key ``model``) or ``model.safetensors`` from
 ``lomar pretrain``, and the authors' checkpoints (detected by their iRPE table
-names, converted by :func:`lomar.checkpoint.convert_official`). The pretraining
+names, converted by :func:`lomar.checkpoint.convert_official`); read by
+:func:`lomar.checkpoint.read_weights`. The pretraining
 model's encoder (patch embedding, cls token, blocks) maps one to one onto the
 encoder's names; its mask token, final norm and pixel head have no place in the
 encoder and are reported as unused, the new fc_norm/head as newly initialised."""
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-import yaml
 from torch import nn
 
-from ..checkpoint import convert_official, load_checkpoint
-
-OFFICIAL_RPE_SUFFIX = "attn.rpe_k.lookup_table_weight"
+from ..checkpoint import read_weights
 
 
 @dataclass(frozen=True)
@@ -35,44 +31,10 @@ class LoadReport:
                 f"{', '.join(self.unused) or 'none'}")
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict, str, dict]:
-    """(state dict in our names, "lomar" or "official", the job's config or {}) from a
-    checkpoint file, read once. The config is the one stored in our checkpoint-*.pt,
-    or the run's config.yaml beside a model.safetensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    config = {}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-        beside = path.parent / "config.yaml"
-        if beside.is_file():
-            config = yaml.safe_load(beside.read_text()) or {}
-    else:
-        # The authors' files also hold their argparse options: allow that one class.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            state = load_checkpoint(path)
-        config = state.get("config") if isinstance(state.get("config"), dict) else {}
-        state = state.get("model", state)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"checkpoint {path}: expected a state dict of tensors (under 'model' "
-                         f"or at the top level)")
-    if any(k.endswith(OFFICIAL_RPE_SUFFIX) for k in state):
-        return convert_official(state), "official", {}
-    return state, "lomar", config
-
-
-def read_state_dict(path: str | Path) -> tuple[dict, str]:
-    """(state dict in our names, "lomar" or "official") from a checkpoint file."""
-    state, source, _ = read_checkpoint(path)
-    return state, source
-
-
 def load_encoder_weights(model: nn.Module, path: str | Path) -> LoadReport:
     """Copy the matching tensors of a pretraining checkpoint into ``model``; fails when
     none match or a matching name has another shape (another architecture)."""
-    state, source = read_state_dict(path)
+    state, source, _ = read_weights(path)
     return load_encoder_state(model, state, source, path)
 
 
