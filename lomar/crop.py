@@ -6,7 +6,7 @@ draw (the same algorithm and, from the global generator, the same numbers);
 :func:`render_windows` makes only the LoMaR windows of it, straight from the
 source, so that the data side of a step costs the same at 1024 as at 224: each
 window is a rectangle of the same bicubic antialiased resize
-(:func:`lomar.resample.resize_region`), and a JPEG source is decoded at reduced
+(:func:`lomar_ops.resize_regions`), and a JPEG source is decoded at reduced
 scale when the crop shrinks it by 2x or more (:mod:`lomar.decode`)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
 from .decode import OpenedImage, decode_rgb, open_image
-from .resample import resize_region, resize_regions
+from .resample import resize_windows
 
 __all__ = ["Crop", "sample_crop", "render_crop", "render_windows", "window_boxes"]
 
@@ -190,18 +190,6 @@ def render_windows(source, crop: Crop, coords: torch.Tensor, window_size: int,
         with open_image(source) as opened:
             factor, hwc = _decode_for(opened, crop, reduced_decode)
     box = (crop.top / factor, crop.left / factor, crop.height / factor, crop.width / factor)
-    n, side = len(boxes), window_size * patch_size
-    out = torch.empty(n, hwc.shape[2], side, side, dtype=torch.uint8)
-    if n == 0:
-        return out
-    # One resize of the windows' bounding box when that costs no more pixels than
-    # the windows one by one (at 224 four 7x7 windows tile the whole crop).
-    y_lo, x_lo = min(b[0] for b in boxes), min(b[1] for b in boxes)
-    y_hi, x_hi = max(b[0] for b in boxes) + side, max(b[1] for b in boxes) + side
-    if (y_hi - y_lo) * (x_hi - x_lo) <= n * side * side:
-        union = resize_region(hwc, box, crop.size, (y_lo, x_lo, y_hi - y_lo, x_hi - x_lo))
-        for i, (y0, x0, _) in enumerate(boxes):
-            out[i] = union[:, y0 - y_lo:y0 - y_lo + side, x0 - x_lo:x0 - x_lo + side]
-    else:
-        out = resize_regions(hwc, box, crop.size, [(y0, x0, side, side) for y0, x0, _ in boxes])
+    out = resize_windows(hwc, box, crop.size, [(y0, x0) for y0, x0, _ in boxes],
+                         window_size * patch_size)
     return out.flip(-1) if crop.flip else out

@@ -16,14 +16,15 @@ from ._build_info import build_info, format_build_info
 from .backends import (BACKENDS, BackendUnavailableError, available_backends, backend_report,
                        resolve_backend)
 from .irpe import irpe_bucket_ids, irpe_num_buckets, piecewise_index
-from .ops import (mask_substitute, masked_patch_loss, rpe_gather, window_attention,
-                  window_attention_qkvpacked, window_patchify)
+from .ops import (mask_substitute, masked_patch_loss, resize_region, resize_regions, rpe_gather,
+                  window_attention, window_attention_qkvpacked, window_patchify)
 from .sampling import sample_window_masks, sample_windows
 
 __all__ = [
     "__version__", "BACKENDS", "BackendUnavailableError", "available_backends", "backend_report",
     "build_info", "format_build_info", "irpe_bucket_ids", "irpe_num_buckets",
-    "mask_substitute", "masked_patch_loss", "piecewise_index", "resolve_backend", "rpe_gather",
+    "mask_substitute", "masked_patch_loss", "piecewise_index", "resize_region", "resize_regions",
+    "resolve_backend", "rpe_gather",
     "sample_window_masks", "sample_windows", "window_attention", "window_attention_qkvpacked",
     "window_patchify",
 ]
