@@ -61,6 +61,19 @@ def test_resume_continues_exactly(photos, tmp_path):
     assert (tmp_path / "straight" / "model.safetensors").is_file()
 
 
+def test_lr_zero_means_zero_and_auto_means_scaled(photos, tmp_path):
+    """optim.lr=0 freezes the weights (it once fell back to the scaled rate);
+    optim.lr=auto (or null) is blr * effective batch / 256."""
+    pretrain(config(photos, tmp_path / "zero", max_steps=2, **{"optim.lr": 0}))
+    torch.manual_seed(0)  # the job's seed, before its model is built
+    start = LoMaRPretrain(patch_size=16, depth=2, embed_dim=32, num_heads=2).state_dict()
+    end = load_checkpoint(tmp_path / "zero" / "checkpoint-last.pt")["model"]
+    assert all(torch.equal(start[k], end[k]) for k in start)
+    assert [r["lr"] for r in read_log(tmp_path / "zero" / "log.jsonl")] == [0.0, 0.0]
+    cfg = config(photos, tmp_path / "auto", **{"optim.lr": "auto", "optim.blr": 1e-3})
+    assert cfg.optim.peak_lr(512) == 2e-3 and config(photos, tmp_path).optim.peak_lr(8) == 1e-3
+
+
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_steps_match_fp32(photos, tmp_path, amp):
     """The GPU's path (autocast) on the CPU: the first step's loss equals fp32's within
@@ -146,6 +159,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(photos, tmp_path, mon
 
 
 @pytest.mark.parametrize("override,exc,match", [
+    ({"resume": "/nonexistent/last.pt"}, ConfigError, "resume file not found"),
+    ({"optim.lr": -1e-3}, ConfigError, r"optim.lr must be >= 0, or null/auto"),
     ({"amp": "fp8"}, ConfigError, r"amp must be bool or one of \['bf16', 'fp16'\], got 'fp8'"),
     ({"mask.window_size": 5}, ConfigError, r"mask.window_size 5 must be in \[1, 4\]"),
     ({"mask.mask_ratio": 1.0}, ConfigError, r"mask.mask_ratio must be in \(0, 1\)"),

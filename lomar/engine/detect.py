@@ -32,23 +32,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import torch
 from torch import nn
 
 from .. import distributed
-from ..checkpoint import export_safetensors
-from ..config import ConfigError, save_config
-from ..detection import (CocoDetection, build_demo_detection, build_detector, coco_ap,
-                         coco_results, collate)
+from ..config import ConfigError
+from ..detection import (
+    CocoDetection,
+    build_demo_detection,
+    build_detector,
+    coco_ap,
+    coco_results,
+    collate,
+)
 from ..detection.figures import draw_predictions, plot_ap
-from ..models import ModelInfo, create_model, model_info
-from ..run_log import RunLog, plot_loss_curve
-from ..schedule import scaled_lr
-from .init_weights import LoadReport, load_encoder_weights
+from ..models import create_model
 from . import precision
-from .loop import StepLoop
+from .init_weights import LoadReport, load_encoder_weights
+from .job import Job, OptimConfig, RunConfig, run_job
 from .param_groups import no_weight_decay_names, param_groups_layer_decay
 from .seeding import mix, seed_all
 
@@ -89,22 +92,19 @@ class DetectorConfig:
 
 
 @dataclass(frozen=True)
-class DetectOptimConfig:
+class DetectOptimConfig(OptimConfig):
     blr: float = 4e-4
-    lr: Optional[float] = None  # absolute lr; default blr * effective batch / 256
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.999)
     layer_decay: float = 0.7
     warmup_epochs: float = 0.25
-    min_lr: float = 0.0
-    clip_grad: Optional[float] = None
-    accum_iter: int = 1
 
 
 @dataclass(frozen=True)
-class DetectConfig:
+class DetectConfig(RunConfig):
+    TASK: ClassVar[str] = "detection"
+
     model: str = "vitdet_base_patch16"
-    model_kwargs: dict = field(default_factory=dict)
     checkpoint: Optional[str] = None  # backbone weights (ours or the authors'); none: random
     window_size: int = 14  # 0: global attention in every block
     global_blocks: Optional[tuple[int, ...]] = None  # default: the last of each quarter
@@ -114,52 +114,26 @@ class DetectConfig:
     data: DetectDataConfig = field(default_factory=DetectDataConfig)
     optim: DetectOptimConfig = field(default_factory=DetectOptimConfig)
     batch_size: int = 2  # per process
-    epochs: float = 100.0
-    max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
     eval_every: int = 0  # steps between evaluations; 0: at the end only
     figure_images: int = 4  # val images drawn with predictions (predictions.png); 0: none
-    seed: int = 0
-    device: Literal["auto", "cuda", "cpu"] = "auto"
-    amp: precision.Amp = True  # bf16 autocast on CUDA; 'bf16'/'fp16' anywhere (engine/precision.py)
-    ops_backend: Optional[str] = None
     output_dir: str = "output/detect"
-    save_every: int = 1000
     log_every: int = 20
-    resume: Optional[str] = None
-    progress: bool = True
-
-    @property
-    def model_info(self) -> ModelInfo:
-        """The model's facts (registry), with model_kwargs applied; ConfigError if unknown."""
-        try:
-            return model_info(self.model, "detection").with_kwargs(self.model_kwargs)
-        except ValueError as exc:
-            raise ConfigError(f"config: {exc}") from None
 
     @property
     def depth(self) -> int:
         return self.model_info.depth
 
     def validate(self) -> None:
+        self.check_run(f"a COCO-format folder, or '{SYNTHETIC}' for the offline digits set")
         patch = self.model_info.patch_size
         size, multiple = self.data.input_size, math.lcm(patch, 32)
         if size % multiple:
             raise ConfigError(f"config: data.input_size {size} must be a multiple of {multiple} "
                               f"(the patch size {patch} and the pyramid's largest stride 32)")
-        if not self.data.path:
-            raise ConfigError(f"config: data.path is required (a COCO-format folder, or "
-                              f"'{SYNTHETIC}' for the offline digits set)")
-        for name in ("checkpoint", "resume"):
-            path = getattr(self, name)
-            if path and not Path(path).is_file():
-                raise ConfigError(f"config: {name} file not found: {path}")
         bad = [b for b in self.global_blocks or () if not 0 <= b < self.depth]
         if bad:
             raise ConfigError(f"config: global_blocks must be block indices in [0, "
                               f"{self.depth - 1}], got {list(self.global_blocks)}")
-        for name in ("batch_size", "save_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"config: {name} must be >= 1, got {getattr(self, name)}")
         o, d, det = self.optim, self.data, self.detector
         lo, hi = d.scale_range
         checks = [
@@ -167,9 +141,7 @@ class DetectConfig:
             ("eval_every", self.eval_every, self.eval_every >= 0, ">= 0"),
             ("figure_images", self.figure_images, self.figure_images >= 0, ">= 0"),
             ("drop_path", self.drop_path, 0 <= self.drop_path < 1, "in [0, 1)"),
-            ("optim.accum_iter", o.accum_iter, o.accum_iter >= 1, ">= 1"),
             ("optim.layer_decay", o.layer_decay, 0 < o.layer_decay <= 1, "in (0, 1]"),
-            ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
             ("data.scale_range", list(d.scale_range), 0 < lo <= hi, "(low, high), 0 < low <= high"),
             ("data.hflip", d.hflip, 0 <= d.hflip <= 1, "in [0, 1]"),
             ("detector.anchor_sizes", list(det.anchor_sizes), len(det.anchor_sizes) == 5
@@ -220,8 +192,7 @@ def describe(report: LoadReport) -> str:
 
 def build_model(cfg: DetectConfig, num_classes: int) -> tuple[torch.nn.Module, str]:
     """The detector (backbone weights from ``cfg.checkpoint`` when set) and the
-    loading report."""
-    torch.manual_seed(cfg.seed)
+    loading report (call it seeded: the heads draw their initial weights)."""
     kwargs = {"drop_path_rate": cfg.drop_path, "window_size": cfg.window_size,
               "global_blocks": cfg.global_blocks, "checkpointing": cfg.checkpointing,
               "out_channels": cfg.detector.out_channels, **cfg.model_kwargs}
@@ -289,86 +260,71 @@ def evaluate(model: torch.nn.Module, dataset: CocoDetection, cfg: DetectConfig,
     return {**metrics[0], "detections": float(len(results))}
 
 
-def detect(cfg: DetectConfig) -> dict:
-    """Run (or resume) a detection job; returns a summary."""
-    cfg.validate()
-    info = distributed.setup(cfg.device)
-    try:
-        return _run(cfg, info)
-    finally:
-        distributed.cleanup()
+class DetectJob(Job):
+    name, kind = "detect", "detection"
+    best_metric, best_key = "box_ap", "best_box_ap"
+    collate_fn = staticmethod(collate)
 
+    def datasets(self):
+        return _datasets(self.cfg, self.info)
 
-def _run(cfg: DetectConfig, info: distributed.DistInfo) -> dict:
-    out = Path(cfg.output_dir)
-    train_set, val_set = _datasets(cfg, info)  # fails clearly on a bad folder
-    model, init_report = build_model(cfg, len(train_set.category_ids))
-    model.to(info.device)
-    if info.is_main:
-        print(f"detect: {cfg.model} {cfg.detector.kind}, {len(train_set.categories)} categories, "
-              f"{len(train_set)} train / {len(val_set)} val images; {init_report}", flush=True)
-    effective_batch = cfg.batch_size * cfg.optim.accum_iter * info.world_size
-    peak_lr = cfg.optim.lr or scaled_lr(cfg.optim.blr, effective_batch)
-    optimizer = torch.optim.AdamW(
-        detector_param_groups(model, cfg.optim.weight_decay, cfg.optim.layer_decay),
-        lr=peak_lr, betas=cfg.optim.betas)
-    log = RunLog(out, enabled=info.is_main)
-    loop = StepLoop("detect", cfg, info, train_set, model, optimizer, peak_lr, log,
-                    collate_fn=collate)
-    if cfg.resume:
-        loop.resume(cfg.resume)
-    if info.is_main:
-        save_config(cfg, out / "config.yaml")
+    def build_model(self, train_set):
+        cfg = self.cfg
+        model, report = build_model(cfg, len(train_set.category_ids))
+        self.parts: dict[str, torch.Tensor] = {}  # loss terms summed since the last log
+        self.counted = 0
+        return model, (f"detect: {cfg.model} {cfg.detector.kind}, {len(train_set.categories)} "
+                       f"categories, {len(train_set)} train / {len(self.val_set)} val images; "
+                       f"{report}")
 
-    parts: dict[str, torch.Tensor] = {}  # loss terms summed since the last log
-    counted = [0]
+    def optimizer(self, model, peak_lr):
+        o = self.cfg.optim
+        return torch.optim.AdamW(detector_param_groups(model, o.weight_decay, o.layer_decay),
+                                 lr=peak_lr, betas=o.betas)
 
-    def compute_loss(net, batch, step, micro):
-        seed_all(mix(cfg.seed, step, micro, info.rank))  # RPN / RoI sampling, drop path
+    def compute_loss(self, net, batch, step, micro):
+        seed_all(mix(self.cfg.seed, step, micro, self.info.rank))  # RPN/RoI sampling, drop path
         images, targets = batch
         losses = net(list(images), list(targets))
         for name, value in losses.items():
-            parts[name] = parts.get(name, 0.0) + value.detach() / cfg.optim.accum_iter
+            share = value.detach() / self.cfg.optim.accum_iter
+            self.parts[name] = self.parts.get(name, 0.0) + share
         return sum(losses.values())
 
-    latest: dict = {}
+    def on_step(self, step):  # the loss terms, averaged since the last log
+        self.counted += 1
+        if step % self.cfg.log_every == 0 or step == self.loop.total_steps:
+            self.log.log(step, **{name: distributed.mean_across(value / self.counted, self.info)
+                                  for name, value in self.parts.items()})
+            self.parts.clear()
+            self.counted = 0
 
-    def after_step(step):
-        counted[0] += 1
-        if step % cfg.log_every == 0 or step == loop.total_steps:
-            log.log(step, **{name: distributed.mean_across(value / counted[0], info)
-                             for name, value in parts.items()})
-            parts.clear()
-            counted[0] = 0
-        if not ((cfg.eval_every and step % cfg.eval_every == 0) or step == loop.total_steps):
-            return
-        latest.update(evaluate(model, val_set, cfg, info))
-        log.log(step, epoch=step / loop.steps_per_epoch, **latest)
-        if latest["box_ap"] > loop.extra_state.get("best_box_ap", -1.0):
-            loop.extra_state.update(best_box_ap=latest["box_ap"], best_step=step)
-            if info.is_main:
-                loop.save("checkpoint-best.pt")
-        if info.is_main:
-            mask = f", mask AP {latest['mask_ap']:.2f}" if "mask_ap" in latest else ""
-            print(f"detect step {step}: box AP {latest['box_ap']:.2f}{mask} "
-                  f"(best box AP {loop.extra_state['best_box_ap']:.2f})", flush=True)
+    def evaluates_at(self, step):
+        every = self.cfg.eval_every
+        return (every and step % every == 0) or step == self.loop.total_steps
 
-    model.train()
-    last_loss = loop.run(compute_loss, after_step)
-    summary = {"steps": loop.step, "loss": last_loss,
-               **{k: v for k, v in latest.items() if k.endswith(("_ap", "_ap50", "_ap75"))},
-               "best_box_ap": loop.extra_state.get("best_box_ap"), "output_dir": str(out)}
-    if info.is_main:
-        export_safetensors(model.state_dict(), out / "model.safetensors")
-        log.close()
-        summary["loss_curve"] = str(plot_loss_curve(out / "log.jsonl", out / "loss.png",
-                                                    title=f"{cfg.model} detection loss"))
-        if latest:
-            summary["ap_curve"] = str(plot_ap({cfg.model: out}, out / "ap.png",
-                                              title=cfg.model))
+    def evaluate(self):
+        return evaluate(self.model, self.val_set, self.cfg, self.info)
+
+    def eval_line(self, step, best):
+        m = self.latest
+        mask = f", mask AP {m['mask_ap']:.2f}" if "mask_ap" in m else ""
+        return f"detect step {step}: box AP {m['box_ap']:.2f}{mask} (best box AP {best:.2f})"
+
+    def summary(self):
+        return {k: v for k, v in self.latest.items() if k.endswith(("_ap", "_ap50", "_ap75"))}
+
+    def figures(self):
+        cfg, out, figures = self.cfg, self.out, {}
+        if self.latest:
+            figures["ap_curve"] = plot_ap({cfg.model: out}, out / "ap.png", title=cfg.model)
         if cfg.figure_images:
-            summary["predictions"] = str(draw_predictions(
-                model, val_set, out / "predictions.png", cfg.figure_images, device=info.device))
-        summary["checkpoint"] = str(out / "checkpoint-last.pt")
-    return summary
+            figures["predictions"] = draw_predictions(
+                self.model, self.val_set, out / "predictions.png", cfg.figure_images,
+                device=self.info.device)
+        return figures
 
+
+def detect(cfg: DetectConfig) -> dict:
+    """Run (or resume) a detection job; returns a summary."""
+    return run_job(DetectJob, cfg)

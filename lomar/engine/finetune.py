@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import torch
 from PIL import Image
@@ -40,15 +40,13 @@ from torch import nn
 from torchvision.transforms import v2
 
 from .. import distributed
-from ..checkpoint import export_safetensors
-from ..config import ConfigError, save_config
+from ..config import ConfigError
 from ..data import ImageFiles, build_demo_digits
-from ..models import ModelInfo, create_model, model_info
-from ..run_log import RunLog, plot_loss_curve
-from ..schedule import scaled_lr
-from .init_weights import load_encoder_weights
+from ..models import create_model
+from ..run_log import plot_loss_curve
 from . import precision
-from .loop import StepLoop
+from .init_weights import load_encoder_weights
+from .job import Job, OptimConfig, RunConfig, run_job
 from .param_groups import no_weight_decay_names, param_groups_layer_decay
 from .seeding import mix, seed_all
 
@@ -85,24 +83,21 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
-class FinetuneOptimConfig:
+class FinetuneOptimConfig(OptimConfig):
     name: Literal["adamw", "sgd"] = "adamw"
     blr: float = 5e-4
-    lr: Optional[float] = None  # absolute lr; default blr * effective batch / 256
-    weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)  # adamw
     momentum: float = 0.9  # sgd
     layer_decay: float = 0.65
     warmup_epochs: float = 5.0
     min_lr: float = 1e-6
-    clip_grad: Optional[float] = None
-    accum_iter: int = 1
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(RunConfig):
+    TASK: ClassVar[str] = "encoder"
+
     model: str = "vit_base_patch16"
-    model_kwargs: dict = field(default_factory=dict)
     global_pool: bool = True  # mean-pooled patch features + fc_norm; false: cls token
     drop_path: float = 0.1
     checkpoint: Optional[str] = None  # pretraining weights (ours or the authors'); none: random
@@ -110,52 +105,22 @@ class FinetuneConfig:
     data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
     aug: AugmentConfig = field(default_factory=AugmentConfig)
     optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
-    batch_size: int = 64  # per process
-    epochs: float = 100.0
-    max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
-    seed: int = 0
-    device: Literal["auto", "cuda", "cpu"] = "auto"
-    amp: precision.Amp = True  # bf16 autocast on CUDA; 'bf16'/'fp16' anywhere (engine/precision.py)
-    ops_backend: Optional[str] = None
     output_dir: str = "output/finetune"
-    save_every: int = 1000
-    log_every: int = 10
-    resume: Optional[str] = None
-    progress: bool = True
 
     @property
     def uses_mixup(self) -> bool:
         return not self.linear_probe and (self.aug.mixup > 0 or self.aug.cutmix > 0)
 
-    @property
-    def model_info(self) -> ModelInfo:
-        """The model's facts (registry), with model_kwargs applied; ConfigError if unknown."""
-        try:
-            return model_info(self.model, "encoder").with_kwargs(self.model_kwargs)
-        except ValueError as exc:
-            raise ConfigError(f"config: {exc}") from None
-
     def validate(self) -> None:
+        self.check_run(f"a folder with {self.data.train_split}/ and {self.data.val_split}/, "
+                       f"or '{DEMO_DIGITS}' for scikit-learn's digits")
         patch = self.model_info.patch_size
         if self.data.input_size % patch:
             raise ConfigError(f"config: data.input_size {self.data.input_size} must be a "
                               f"multiple of the patch size {patch}")
-        if not self.data.path:
-            raise ConfigError(f"config: data.path is required (a folder with "
-                              f"{self.data.train_split}/ and {self.data.val_split}/, or "
-                              f"'{DEMO_DIGITS}' for scikit-learn's digits)")
-        for name in ("checkpoint", "resume"):
-            path = getattr(self, name)
-            if path and not Path(path).is_file():
-                raise ConfigError(f"config: {name} file not found: {path}")
-        for name in ("batch_size", "save_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"config: {name} must be >= 1, got {getattr(self, name)}")
         o, a = self.optim, self.aug
         checks = [
-            ("optim.accum_iter", o.accum_iter, o.accum_iter >= 1, ">= 1"),
             ("optim.layer_decay", o.layer_decay, 0 < o.layer_decay <= 1, "in (0, 1]"),
-            ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
             ("drop_path", self.drop_path, 0 <= self.drop_path < 1, "in [0, 1)"),
             ("aug.min_scale", a.min_scale, 0 < a.min_scale <= 1, "in (0, 1]"),
             ("aug.hflip", a.hflip, 0 <= a.hflip <= 1, "in [0, 1]"),
@@ -272,8 +237,9 @@ def attach_probe_head(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
-def _build_model(cfg: FinetuneConfig, num_classes: int, info) -> tuple[nn.Module, str]:
-    torch.manual_seed(cfg.seed)
+def _build_model(cfg: FinetuneConfig, num_classes: int) -> tuple[nn.Module, str]:
+    """The encoder with its head (the linear probe's, frozen encoder, for a probe), the
+    pretraining weights loaded when ``cfg.checkpoint`` is set; and a line on its init."""
     kwargs = {"global_pool": cfg.global_pool, "drop_path_rate": 0.0 if cfg.linear_probe
               else cfg.drop_path, **cfg.model_kwargs, "num_classes": num_classes}
     model = create_model(cfg.model, **kwargs)
@@ -285,7 +251,7 @@ def _build_model(cfg: FinetuneConfig, num_classes: int, info) -> tuple[nn.Module
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith("head.")
     model.ops_backend = cfg.ops_backend
-    return model.to(info.device), report
+    return model, report
 
 
 def set_train_mode(model: nn.Module, linear_probe: bool) -> None:
@@ -316,85 +282,71 @@ def _criterion(cfg: FinetuneConfig) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-def finetune(cfg: FinetuneConfig) -> dict:
-    """Run (or resume) a fine-tuning or linear-probe job; returns a summary."""
-    cfg.validate()
-    info = distributed.setup(cfg.device)
-    try:
-        return _run(cfg, info)
-    finally:
-        distributed.cleanup()
+class FinetuneJob(Job):
+    best_metric, best_key = "val_top1", "best_top1"
 
+    def __init__(self, cfg: FinetuneConfig, info: distributed.DistInfo):
+        super().__init__(cfg, info)
+        self.name = "linear probe" if cfg.linear_probe else "finetune"
+        self.kind = "linear probe" if cfg.linear_probe else "fine-tuning"
 
-def _run(cfg: FinetuneConfig, info: distributed.DistInfo) -> dict:
-    out = Path(cfg.output_dir)
-    train_set, val_set = _datasets(cfg, info)  # fails clearly on a bad folder
-    num_classes = len(train_set.classes)
-    model, init_report = _build_model(cfg, num_classes, info)
-    if info.is_main:
-        print(f"finetune: {cfg.model}, {num_classes} classes, "
-              f"{'linear probe' if cfg.linear_probe else 'fine-tuning'}; init: {init_report}")
-    effective_batch = cfg.batch_size * cfg.optim.accum_iter * info.world_size
-    peak_lr = cfg.optim.lr or scaled_lr(cfg.optim.blr, effective_batch)
-    optimizer = _optimizer(cfg, model, peak_lr)
-    log = RunLog(out, enabled=info.is_main)
-    loop = StepLoop("linear probe" if cfg.linear_probe else "finetune", cfg, info, train_set,
-                    model, optimizer, peak_lr, log,
-                    trainable=model.head if cfg.linear_probe else None)
-    if cfg.resume:
-        loop.resume(cfg.resume)
-    if info.is_main:
-        save_config(cfg, out / "config.yaml")
+    def datasets(self):
+        return _datasets(self.cfg, self.info)
 
-    mixup = None
-    if cfg.uses_mixup:
-        a = cfg.aug
-        mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mixup_prob,
-                      switch_prob=a.mixup_switch_prob, mode=a.mixup_mode,
-                      label_smoothing=a.smoothing, num_classes=num_classes)
-    criterion = _criterion(cfg)
+    def build_model(self, train_set):
+        cfg = self.cfg
+        num_classes = len(train_set.classes)
+        model, report = _build_model(cfg, num_classes)
+        self.mixup = None
+        if cfg.uses_mixup:
+            a = cfg.aug
+            self.mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mixup_prob,
+                               switch_prob=a.mixup_switch_prob, mode=a.mixup_mode,
+                               label_smoothing=a.smoothing, num_classes=num_classes)
+        self.criterion = _criterion(cfg)
+        return model, (f"finetune: {cfg.model}, {num_classes} classes, "
+                       f"{'linear probe' if cfg.linear_probe else 'fine-tuning'}; init: {report}")
 
-    def compute_loss(net, batch, step, micro):
-        seed_all(mix(cfg.seed, step, micro, info.rank))  # drop path and mixup draws
+    def optimizer(self, model, peak_lr):
+        return _optimizer(self.cfg, model, peak_lr)
+
+    def trainable(self):
+        return self.model.head if self.cfg.linear_probe else None
+
+    def train_mode(self):
+        set_train_mode(self.model, self.cfg.linear_probe)
+
+    def compute_loss(self, net, batch, step, micro):
+        cfg = self.cfg
+        seed_all(mix(cfg.seed, step, micro, self.info.rank))  # drop path and mixup draws
         imgs, target = batch
-        if mixup is not None:
-            imgs, target = mixup(imgs, target)
+        if self.mixup is not None:
+            imgs, target = self.mixup(imgs, target)
         if cfg.linear_probe:
             with torch.no_grad():
-                features = model.forward_features(imgs)
-            return criterion(net(features), target)
-        return criterion(net(imgs), target)
+                features = self.model.forward_features(imgs)
+            return self.criterion(net(features), target)
+        return self.criterion(net(imgs), target)
 
-    latest: dict = {}
+    def evaluates_at(self, step):  # at the end of every epoch, and of the run
+        return step % self.loop.steps_per_epoch == 0 or step == self.loop.total_steps
 
-    def after_step(step):
-        if step % loop.steps_per_epoch and step != loop.total_steps:
-            return
-        latest.update(evaluate(model, val_set, cfg, info))
-        set_train_mode(model, cfg.linear_probe)
-        log.log(step, epoch=step / loop.steps_per_epoch, **latest)
-        if latest["val_top1"] > loop.extra_state.get("best_top1", -1.0):
-            loop.extra_state.update(best_top1=latest["val_top1"], best_step=step)
-            if info.is_main:
-                loop.save("checkpoint-best.pt")
-        if info.is_main:
-            print(f"{loop.job} step {step} (epoch {step / loop.steps_per_epoch:.2f}): "
-                  f"val top-1 {latest['val_top1']:.2f}%, top-5 {latest['val_top5']:.2f}%, "
-                  f"best top-1 {loop.extra_state['best_top1']:.2f}%", flush=True)
+    def evaluate(self):
+        return evaluate(self.model, self.val_set, self.cfg, self.info)
 
-    set_train_mode(model, cfg.linear_probe)
-    last_loss = loop.run(compute_loss, after_step)
-    summary = {"steps": loop.step, "loss": last_loss, **latest,
-               "best_top1": loop.extra_state.get("best_top1"), "output_dir": str(out)}
-    if info.is_main:
-        export_safetensors(model.state_dict(), out / "model.safetensors")
-        log.close()
-        kind = "linear probe" if cfg.linear_probe else "fine-tuning"
-        summary["loss_curve"] = str(plot_loss_curve(out / "log.jsonl", out / "loss.png",
-                                                    title=f"{cfg.model} {kind} loss"))
-        if latest:
-            summary["accuracy_curve"] = str(plot_loss_curve(
-                out / "log.jsonl", out / "accuracy.png", key="val_top1",
-                title=f"{cfg.model} {kind}: val top-1 (%)"))
-        summary["checkpoint"] = str(out / "checkpoint-last.pt")
-    return summary
+    def eval_line(self, step, best):
+        m, epoch = self.latest, step / self.loop.steps_per_epoch
+        return (f"{self.name} step {step} (epoch {epoch:.2f}): val top-1 {m['val_top1']:.2f}%, "
+                f"top-5 {m['val_top5']:.2f}%, best top-1 {best:.2f}%")
+
+    def figures(self):
+        if not self.latest:
+            return {}
+        return {"accuracy_curve": plot_loss_curve(
+            self.out / "log.jsonl", self.out / "accuracy.png", key="val_top1",
+            title=f"{self.cfg.model} {self.kind}: val top-1 (%)")}
+
+
+def finetune(cfg: FinetuneConfig) -> dict:
+    """Run (or resume) a fine-tuning or linear-probe job; returns a summary."""
+    return run_job(FinetuneJob, cfg)

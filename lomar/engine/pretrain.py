@@ -20,20 +20,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import ClassVar, Literal
 
 import torch
 from timm.optim import param_groups_weight_decay
 
 from .. import distributed
-from ..checkpoint import export_safetensors
-from ..config import ConfigError, save_config
+from ..config import ConfigError
 from ..data import FullCrops, ImageFiles, WindowCrops, WindowSpec, build_demo_photos
-from ..models import ModelInfo, create_model, model_info
-from ..run_log import RunLog, plot_loss_curve
-from ..schedule import scaled_lr
-from . import precision
-from .loop import StepLoop
+from ..models import create_model
+from .job import Job, OptimConfig, RunConfig, run_job
 from .param_groups import no_weight_decay_names
 from .seeding import sample_generators
 
@@ -64,47 +60,19 @@ class MaskConfig:
 
 
 @dataclass(frozen=True)
-class OptimConfig:
-    blr: float = 1.5e-4
-    lr: Optional[float] = None  # absolute lr; default blr * effective batch / 256
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_epochs: float = 20.0
-    min_lr: float = 0.0
-    clip_grad: Optional[float] = None
-    accum_iter: int = 1
+class PretrainConfig(RunConfig):
+    TASK: ClassVar[str] = "pretrain"
 
-
-@dataclass(frozen=True)
-class PretrainConfig:
     model: str = "lomar_vit_base_patch16"
-    model_kwargs: dict = field(default_factory=dict)
     norm_pix_loss: bool = True
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    batch_size: int = 64  # per process
     epochs: float = 300.0
-    max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
-    seed: int = 0
-    device: Literal["auto", "cuda", "cpu"] = "auto"
-    amp: precision.Amp = True  # bf16 autocast on CUDA; 'bf16'/'fp16' anywhere (engine/precision.py)
-    ops_backend: Optional[str] = None
     output_dir: str = "output/pretrain"
-    save_every: int = 1000
-    log_every: int = 10
-    resume: Optional[str] = None
-    progress: bool = True
-
-    @property
-    def model_info(self) -> ModelInfo:
-        """The model's facts (registry), with model_kwargs applied; ConfigError if unknown."""
-        try:
-            return model_info(self.model, "pretrain").with_kwargs(self.model_kwargs)
-        except ValueError as exc:
-            raise ConfigError(f"config: {exc}") from None
 
     def validate(self) -> None:
+        self.check_run(f"an image folder, or '{DEMO_DATA}' for the offline demo photos")
         patch = self.model_info.patch_size
         size, K = self.data.input_size, self.mask.window_size
         if size % patch:
@@ -116,18 +84,13 @@ class PretrainConfig:
         if not 0 < self.mask.mask_ratio < 1 or int(K * K * self.mask.mask_ratio) == 0:
             raise ConfigError(f"config: mask.mask_ratio must be in (0, 1) and mask at least one "
                               f"of the {K * K} patches of a window, got {self.mask.mask_ratio}")
-        for name in ("batch_size", "save_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"config: {name} must be >= 1, got {getattr(self, name)}")
-        if self.optim.accum_iter < 1 or self.mask.num_windows < 1:
-            raise ConfigError("config: optim.accum_iter and mask.num_windows must be >= 1")
+        if self.mask.num_windows < 1:
+            raise ConfigError(f"config: mask.num_windows must be >= 1, got "
+                              f"{self.mask.num_windows}")
         if self.data.pipeline == "windows" and self.mask.window_sampling != "image":
             raise ConfigError("config: data.pipeline 'windows' draws each image's windows in "
                               "the data loader, so mask.window_sampling must be 'image' (the "
                               "authors' per-batch windows need data.pipeline=full)")
-        if not self.data.path:
-            raise ConfigError(f"config: data.path is required (an image folder, or "
-                              f"'{DEMO_DATA}' for the offline demo photos)")
 
 
 def _dataset(cfg: PretrainConfig, info: distributed.DistInfo, patch_size: int) -> ImageFiles:
@@ -146,55 +109,39 @@ def _dataset(cfg: PretrainConfig, info: distributed.DistInfo, patch_size: int) -
     return ImageFiles(path, transform, on_corrupt=cfg.data.on_corrupt)
 
 
-def pretrain(cfg: PretrainConfig) -> dict:
-    """Run (or resume) a pretraining job; returns a summary (steps, last loss, paths)."""
-    cfg.validate()
-    info = distributed.setup(cfg.device)
-    try:
-        return _run(cfg, info)
-    finally:
-        distributed.cleanup()
+class PretrainJob(Job):
+    name, kind = "pretrain", "pretraining"
 
+    def datasets(self):
+        return _dataset(self.cfg, self.info, self.cfg.model_info.patch_size), None
 
-def _run(cfg: PretrainConfig, info: distributed.DistInfo) -> dict:
-    out = Path(cfg.output_dir)
-    dataset = _dataset(cfg, info, cfg.model_info.patch_size)  # fails clearly on a bad folder
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, norm_pix_loss=cfg.norm_pix_loss,
-                         window_sampling=cfg.mask.window_sampling, **cfg.model_kwargs)
-    model.ops_backend = cfg.ops_backend
-    model.to(info.device)
-    groups = param_groups_weight_decay(model, cfg.optim.weight_decay, no_weight_decay_names(model))
-    effective_batch = cfg.batch_size * cfg.optim.accum_iter * info.world_size
-    peak_lr = cfg.optim.lr or scaled_lr(cfg.optim.blr, effective_batch)
-    optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=cfg.optim.betas)
-    log = RunLog(out, enabled=info.is_main)
-    loop = StepLoop("pretrain", cfg, info, dataset, model, optimizer, peak_lr, log)
-    if cfg.resume:
-        loop.resume(cfg.resume)
-    if info.is_main:
-        save_config(cfg, out / "config.yaml")
+    def build_model(self, train_set):
+        cfg = self.cfg
+        model = create_model(cfg.model, norm_pix_loss=cfg.norm_pix_loss,
+                             window_sampling=cfg.mask.window_sampling, **cfg.model_kwargs)
+        model.ops_backend = cfg.ops_backend
+        return model, None
 
-    K, n, ratio = cfg.mask.window_size, cfg.mask.num_windows, cfg.mask.mask_ratio
+    def optimizer(self, model, peak_lr):
+        groups = param_groups_weight_decay(model, self.cfg.optim.weight_decay,
+                                           no_weight_decay_names(model))
+        return torch.optim.AdamW(groups, lr=peak_lr, betas=self.cfg.optim.betas)
 
-    def compute_loss(net, batch, step, micro):
+    def compute_loss(self, net, batch, step, micro):
         # batch: (windows or crops, coords, labels). The crops and window corners come
         # from the data loader, drawn per item from (seed, epoch, index); the masks from
         # one generator per sample seeded by its index in the step's global batch
         # (seeding.sample_generators): the DDP split changes neither.
-        world = info.world_size
-        g = sample_generators(cfg.seed, step, world * micro * cfg.batch_size + info.rank,
+        cfg, world = self.cfg, self.info.world_size
+        g = sample_generators(cfg.seed, step, world * micro * cfg.batch_size + self.info.rank,
                               len(batch[0]), stride=world)
         # The authors' per-batch windows ("batch", full pipeline only) are drawn here.
         coords = batch[1] if cfg.mask.window_sampling == "image" else None
-        return net(batch[0], K, n, ratio, generator=g, coords=coords)[0]
+        m = cfg.mask
+        return net(batch[0], m.window_size, m.num_windows, m.mask_ratio, generator=g,
+                   coords=coords)[0]
 
-    last_loss = loop.run(compute_loss)
-    summary = {"steps": loop.step, "loss": last_loss, "output_dir": str(out)}
-    if info.is_main:
-        export_safetensors(model.state_dict(), out / "model.safetensors")
-        log.close()
-        summary["loss_curve"] = str(plot_loss_curve(out / "log.jsonl", out / "loss.png",
-                                                    title=f"{cfg.model} pretraining loss"))
-        summary["checkpoint"] = str(out / "checkpoint-last.pt")
-    return summary
+
+def pretrain(cfg: PretrainConfig) -> dict:
+    """Run (or resume) a pretraining job; returns a summary (steps, last loss, paths)."""
+    return run_job(PretrainJob, cfg)
