@@ -29,10 +29,10 @@ demo: $(EXT_STAMP)
 	$(PY) -m lomar finetune --config demo_probe
 	$(PY) -m lomar finetune --config demo_probe checkpoint=null \
 		output_dir=output/demo_probe_random
-	$(PY) -m lomar.engine.probe_report output/demo_probe.png \
+	$(PY) -m lomar report probe output/demo_probe.png \
 		pretrained=output/demo_probe random-init=output/demo_probe_random
 
-# Detection (issue 15): the demo encoder (pretrained by make demo's first step if its
+# Detection: the demo encoder (pretrained by make demo's first step if its
 # checkpoint is missing) as a ViTDet backbone of Mask R-CNN on the offline synthetic
 # COCO-format set (digits pasted onto photo crops), and a random-init backbone trained
 # the same steps; box and mask AP per evaluation of both in output/demo_detect.png.
@@ -43,7 +43,7 @@ demo-detect: $(EXT_STAMP)
 	$(PY) -m lomar detect --config demo_detect
 	$(PY) -m lomar detect --config demo_detect checkpoint=null \
 		output_dir=output/demo_detect_random
-	$(PY) -m lomar.engine.detect_report output/demo_detect.png \
+	$(PY) -m lomar report detect output/demo_detect.png \
 		pretrained=output/demo_detect random-init=output/demo_detect_random
 
 test: $(EXT_STAMP) cmake-test pytest

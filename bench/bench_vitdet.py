@@ -1,4 +1,4 @@
-"""ViTDet backbone benchmark (issue 15): forward + backward time and peak memory of
+"""ViTDet backbone benchmark: forward + backward time and peak memory of
 the ViT-B/16 backbone (encoder and simple feature pyramid, lomar.models.vitdet) on
 one image at 448, 768 and 1024, windowed attention (14x14 windows, global blocks
 2, 5, 8, 11: ViTDet's) against global attention in every block, for every backend

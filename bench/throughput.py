@@ -1,4 +1,4 @@
-"""End-to-end training-step throughput, LoMaR vs MAE vs BEiT (issue 6): a thin
+"""End-to-end training-step throughput, LoMaR vs MAE vs BEiT: a thin
 entry to ``lomar bench``, whose code lives in the package (lomar/benchmark/) so
 that it also works where lomar is installed without this checkout.
 

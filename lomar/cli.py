@@ -7,6 +7,7 @@
     lomar visualize --checkpoint output/run/checkpoint-last.pt [--images DIR ...]
     lomar bench [--device cuda|cpu] [--quick] [--out DIR] [...]
     lomar bench-data [--images DIR] [--sizes 224 448 1024 2048] [--out DIR]
+    lomar report probe|detect OUT.png LABEL=RUN_DIR [LABEL=RUN_DIR ...]
     lomar info
 
 ``--config`` takes a YAML file or the name of a config shipped with the package
@@ -121,6 +122,18 @@ def _detect(args) -> int:
     return _run_job(DetectConfig, detect, args)
 
 
+def _report(args) -> int:
+    from .reports import parse_runs, report
+
+    try:
+        lines = report(args.kind, args.out, parse_runs(args.runs))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"lomar report: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
+
+
 def _info(args) -> int:
     import lomar_ops
 
@@ -135,11 +148,15 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     config_help = "a packaged config's name (see 'lomar configs') or a YAML file (keys as in " \
                   "--help-config)"
-    p = sub.add_parser("pretrain", help="LoMaR pretraining (torchrun for several processes)")
-    p.add_argument("--config", help=config_help)
-    p.add_argument("--help-config", action="store_true", help="print every key and its default")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    p.set_defaults(run=_pretrain)
+    def add_job(name, help, run):
+        job = sub.add_parser(name, help=help)
+        job.add_argument("--config", help=config_help)
+        job.add_argument("--help-config", action="store_true",
+                         help="print every key and its default")
+        job.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+        job.set_defaults(run=run)
+
+    add_job("pretrain", "LoMaR pretraining (torchrun for several processes)", _pretrain)
     v = sub.add_parser("visualize", help="reconstruction figure (the paper's Fig. 5) as a PNG")
     v.add_argument("--checkpoint", required=True,
                    help="checkpoint-*.pt of 'lomar pretrain', or model.safetensors")
@@ -153,7 +170,7 @@ def main(argv=None) -> int:
     v.add_argument("--model-kwargs", help="YAML mapping of model arguments, with --model")
     v.add_argument("--out", help="the PNG (default: reconstruction.png beside the checkpoint)")
     v.set_defaults(run=_visualize)
-    b = sub.add_parser("bench", help="training-step throughput: LoMaR vs MAE vs BEiT (issue 6)")
+    b = sub.add_parser("bench", help="training-step throughput: LoMaR vs MAE vs BEiT")
     from .benchmark import add_arguments as add_bench_arguments
 
     add_bench_arguments(b)
@@ -164,22 +181,20 @@ def main(argv=None) -> int:
 
     add_data_arguments(d)
     d.set_defaults(run=_bench_data)
-    f = sub.add_parser("finetune", help="fine-tuning or linear probe of a (LoMaR-pretrained) "
-                                        "encoder (torchrun for several processes)")
-    f.add_argument("--config", help=config_help)
-    f.add_argument("--help-config", action="store_true", help="print every key and its default")
-    f.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    f.set_defaults(run=_finetune)
+    add_job("finetune", "fine-tuning or linear probe of a (LoMaR-pretrained) encoder "
+                        "(torchrun for several processes)", _finetune)
     c = sub.add_parser("configs", help="the configs shipped with the package, or one of them")
     c.add_argument("name", nargs="?", help="print this config's YAML (to copy and edit)")
     c.set_defaults(run=_configs)
-    d = sub.add_parser("detect", help="Mask R-CNN / Faster R-CNN with the encoder as a ViTDet "
-                                      "backbone, on COCO-format data (torchrun for several "
-                                      "processes)")
-    d.add_argument("--config", help=config_help)
-    d.add_argument("--help-config", action="store_true", help="print every key and its default")
-    d.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    d.set_defaults(run=_detect)
+    add_job("detect", "Mask R-CNN / Faster R-CNN with the encoder as a ViTDet backbone, on "
+                      "COCO-format data (torchrun for several processes)", _detect)
+    r = sub.add_parser("report", help="compare finished runs from their logs: a PNG and the "
+                                      "first run against the others")
+    r.add_argument("kind", choices=("probe", "detect"),
+                   help="probe: val top-1 per epoch; detect: box and mask AP per evaluation")
+    r.add_argument("out", help="the PNG to write")
+    r.add_argument("runs", nargs="+", metavar="LABEL=RUN_DIR", help="a run's folder and its label")
+    r.set_defaults(run=_report)
     i = sub.add_parser("info", help="what lomar_ops was built with, which backends run here")
     i.set_defaults(run=_info)
     args = parser.parse_args(argv)

@@ -14,10 +14,17 @@ from PIL import Image
 from lomar.checkpoint import load_checkpoint, save_checkpoint
 from lomar.cli import main
 from lomar.config import ConfigError, load_config
-from lomar.detection import CocoDetection, build_demo_detection, coco_ap, coco_results, load_coco
+from lomar.detection import (
+    CocoDetection,
+    build_demo_detection,
+    coco_ap,
+    coco_results,
+    load_coco,
+)
 from lomar.detection.coco import _tight_boxes
-from lomar.engine import DetectConfig, detect, detect_report
+from lomar.engine import DetectConfig, detect
 from lomar.models import create_model
+from lomar.reports import report
 from lomar.run_log import RunLog, read_log
 
 TINY = {"depth": 2, "embed_dim": 32, "num_heads": 2}
@@ -210,7 +217,7 @@ def test_detect_report(tmp_path, capsys):
             log.log(i * 10, loss=1.0)
             log.log(i * 10, box_ap=ap, mask_ap=ap / 2)
         log.close()
-    assert detect_report.main([str(tmp_path / "cmp.png"), f"pre={tmp_path / 'a'}",
+    assert main(["report", "detect", str(tmp_path / "cmp.png"), f"pre={tmp_path / 'a'}",
                                f"rand={tmp_path / 'b'}"]) == 0
     out = capsys.readouterr().out
     assert "pre: step 30: box AP 25.00, mask AP 12.50 (best box AP 30.00)" in out
@@ -218,8 +225,8 @@ def test_detect_report(tmp_path, capsys):
     assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "log.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
-    with pytest.raises(ValueError, match="no box_ap"):
-        detect_report.main([str(tmp_path / "x.png"), f"untrained={tmp_path / 'c'}"])
+    with pytest.raises(ValueError, match="report detect: no box_ap"):
+        report("detect", str(tmp_path / "x.png"), {"untrained": str(tmp_path / "c")})
 
 
 def test_cli(capsys):

@@ -15,11 +15,12 @@ from lomar.checkpoint import export_safetensors, load_checkpoint, save_checkpoin
 from lomar.cli import main
 from lomar.config import ConfigError, load_config
 from lomar.data import build_demo_digits, find_images
-from lomar.engine import FinetuneConfig, finetune, probe_report
+from lomar.engine import FinetuneConfig, finetune
 from lomar.engine.finetune import set_train_mode, topk_correct
 from lomar.engine.init_weights import load_encoder_weights
 from lomar.engine.param_groups import no_weight_decay_names, param_groups_layer_decay
 from lomar.models import create_model
+from lomar.reports import report
 from lomar.run_log import RunLog, read_log
 
 TINY = {"depth": 2, "embed_dim": 32, "num_heads": 2}
@@ -246,12 +247,12 @@ def test_probe_report(tmp_path, capsys):
             log.log(epoch * 10, loss=1.0, epoch=float(epoch))
             log.log(epoch * 10, val_top1=acc, epoch=float(epoch))
         log.close()
-    assert probe_report.main([str(tmp_path / "cmp.png"), f"pre={tmp_path / 'a'}",
+    assert main(["report", "probe", str(tmp_path / "cmp.png"), f"pre={tmp_path / 'a'}",
                               f"rand={tmp_path / 'b'}"]) == 0
     out = capsys.readouterr().out
     assert "pre: final top-1 65.00%, best 70.00%" in out and "pre - rand: +5.00 points" in out
     assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "log.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
-    with pytest.raises(ValueError, match="no val_top1"):
-        probe_report.main([str(tmp_path / "x.png"), f"untrained={tmp_path / 'c'}"])
+    with pytest.raises(ValueError, match="report probe: no val_top1"):
+        report("probe", str(tmp_path / "x.png"), {"untrained": str(tmp_path / "c")})

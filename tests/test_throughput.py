@@ -8,7 +8,7 @@ import torch
 
 from lomar.models.baselines.beit import BEiTPretrain
 from lomar.benchmark.flops import count_flops, mfu, peak_tflops
-from lomar.benchmark.report import issue_targets, ratio_rows
+from lomar.benchmark.report import ratio_rows, speed_targets
 from lomar.cli import main
 from lomar.models import create_model
 
@@ -76,14 +76,14 @@ def test_ratio_rows():
     assert mae["paper"] == 3.1 and rows["lomar_paper_windows", "beit"]["paper"] == 5.3
 
 
-def test_issue_targets():
+def test_speed_targets():
     def case(method, res, ips):
         return {"method": method, "resolution": res, "images_per_s": ips, "status": "ok",
                 "ms_per_image": 1e3 / ips}
     results = {"cases": [case("lomar", 224, 100.0), case("lomar", 1024, 95.0),
                          case("lomar", 448, 98.0), case("mae", 448, 40.0), case("beit", 448, 20.0),
                          case("lomar_reference", 224, 70.0), case("lomar_reference", 448, 80.0)]}
-    got = {t["target"]: (t["measured"], t["met"]) for t in issue_targets(results)}
+    got = {t["target"]: (t["measured"], t["met"]) for t in speed_targets(results)}
     flat = "LoMaR, 4 windows: time per image flat within 10%, 224-1024"
     assert got[flat] == ("max/min 1.05", True)
     assert got["448: LoMaR (4 windows) >= 2.4x mae images/s"] == ("2.45x", True)

@@ -148,7 +148,7 @@ def test_table_gradient_is_bitwise_repeatable(mode):
                 q, k, v, rpe, mode, ids, grad)
     second = run(lambda *a, **kw: lomar_ops.window_attention(*a, **kw, backend="cpu"),
                  q, k, v, rpe, mode, ids, grad)
-    # Run to run with the same thread count (the requirement). Across thread
+    # Run to run with the same thread count (what determinism promises). Across thread
     # counts the contextual table gradient may differ in the last bits: its per-group
     # GEMMs are BLAS calls, and BLAS picks other kernels inside and outside a parallel
     # region.

@@ -1,6 +1,7 @@
 """``lomar bench``: training-step throughput of LoMaR (fused and reference ops), MAE,
 BEiT and BEiT on windows at several resolutions, with FLOPs counted from the
-models, model FLOPs utilisation on GPU, a plot and a ratio table (issue 6).
+models, model FLOPs utilisation on GPU, a plot, a ratio table and the speed targets
+(docs/benchmarks.md).
 
     lomar bench --device cuda --out DIR          # ViT-B/16, 224 to 1024, batch search
     lomar bench --device cpu --quick --out DIR   # reduced ViT, a few minutes on 2 cores

@@ -71,8 +71,9 @@ def ratio_rows(results: dict) -> list[dict]:
     return rows
 
 
-def issue_targets(results: dict) -> list[dict]:
-    """Issue 6's targets, evaluated on what ran (each needs its cases): LoMaR's time per
+def speed_targets(results: dict) -> list[dict]:
+    """The speed targets (docs/benchmarks.md#speed-targets), evaluated on what ran (each
+    needs its cases): LoMaR's time per
     image at 4 windows flat within 10% from 224 to 1024; at 448, LoMaR (4 windows) at
     least 2.4x MAE's and 5x BEiT's images/s; fused ops at least 1.3x reference ops."""
     by_key = {(c["method"], c["resolution"]): c for c in _ok(results)}
@@ -113,9 +114,9 @@ def ratios_markdown(results: dict) -> str:
         paper = f"{row['paper']:.1f}x" if row["paper"] else "-"
         lines.append(f"| {row['numerator']} / {row['denominator']} | {row['resolution']} | "
                      f"{row['throughput_ratio']:.2f}x | {compute} | {paper} |")
-    targets = issue_targets(results)
+    targets = speed_targets(results)
     if targets:
-        lines += ["", "## Issue 6's targets (set for ViT-B/16 on a GPU)", "",
+        lines += ["", "## Speed targets (set for ViT-B/16 on a GPU)", "",
                   "| target | measured | met |", "|---|---|---|"]
         lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |"
                   for t in targets]
