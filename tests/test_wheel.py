@@ -22,6 +22,7 @@ import subprocess
 import sys
 import textwrap
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,13 @@ def test_wheel_works_outside_the_source_tree(tmp_path):
     wheels = list(dist.glob("lomar-*.whl"))
     assert len(wheels) == 1, log[-3000:]
     assert "lomar_ops: building CPU kernels only (LOMAR_CUDA=0)" in log
+    # The license is an SPDX expression (no setuptools deprecation warning), its text shipped.
+    warning = log.find("SetuptoolsDeprecationWarning")
+    assert warning < 0, log[max(0, warning - 500):warning + 1000]
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        metadata = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+        assert "License-Expression: Apache-2.0" in wheel.read(metadata).decode()
+        assert any(n.endswith("licenses/LICENSE") for n in wheel.namelist())
 
     venv.EnvBuilder(with_pip=False, symlinks=os.name != "nt").create(env_dir)
     python = env_dir / "bin" / "python"
