@@ -13,8 +13,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
 import lomar_ops
-from lomar.crop import Crop, render_crop, render_windows, sample_crop
-from lomar.decode import open_image, read_rgb
+from lomar.data.crop import Crop, render_crop, render_windows, sample_crop
+from lomar.data.decode import open_image, read_rgb
 
 EXACT = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from lomar.crop import render_crop
+from lomar.data.crop import render_crop
 from lomar.data import FullCrops, ImageFiles, WindowCrops, WindowSpec
-from lomar.decode import CorruptImageError, decode_rgb, open_image, read_rgb
+from lomar.data.decode import CorruptImageError, decode_rgb, open_image, read_rgb
 
 SPEC = WindowSpec(input_size=64, patch_size=16, window_size=2, num_windows=3)
 
@@ -199,16 +199,16 @@ def test_jpegs_simplejpeg_refuses_go_to_pillow(monkeypatch):
     decode or refuse, so both paths accept the same files; CMYK JPEGs are Pillow's
     from the start (it converts them to RGB; simplejpeg would not)."""
     pytest.importorskip("simplejpeg")
-    import lomar.decode
+    import lomar.data.decode
 
     calls = []
-    real = lomar.decode.simplejpeg.decode_jpeg
+    real = lomar.data.decode.simplejpeg.decode_jpeg
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(lomar.decode.simplejpeg, "decode_jpeg", counting)
+    monkeypatch.setattr(lomar.data.decode.simplejpeg, "decode_jpeg", counting)
     data = jpeg_bytes(200, 300)
     with pytest.raises(CorruptImageError, match="cannot be decoded"):
         read_rgb(data[: len(data) // 2])

@@ -8,7 +8,7 @@ import torch
 
 import lomar_ops
 from lomar.config import ConfigError, load_config
-from lomar.crop import render_crop, render_windows, sample_crop
+from lomar.data.crop import render_crop, render_windows, sample_crop
 from lomar.data import IMAGENET_MEAN, IMAGENET_STD, build_demo_photos
 from lomar.engine import PretrainConfig, pretrain
 from lomar.engine.loop import StepLoop

@@ -42,9 +42,9 @@ from PIL import Image
 
 import lomar_ops
 
-from ..crop import render_crop
 from ..data import DEMO_PHOTOS, WindowCrops, WindowSpec, pretrain_transform
-from ..decode import decode_rgb, open_image, read_rgb
+from ..data.crop import render_crop
+from ..data.decode import decode_rgb, open_image, read_rgb
 from ..engine.seeding import mix, seed_all
 
 WINDOW = dict(patch_size=16, window_size=7, num_windows=4)
@@ -155,10 +155,10 @@ def measure(files: list[Path], size: int, passes: int, seed: int = 0) -> dict[st
 
 def measure_decoders(files: list[Path], repeats: int) -> dict[str, float]:
     """Median ms to decode one file of the set at 1, 1/2, 1/4 and 1/8 scale with each
-    decoder of :func:`lomar.decode.decode_rgb` (Pillow, and simplejpeg when installed:
+    decoder of :func:`lomar.data.decode.decode_rgb` (Pillow, and simplejpeg when installed:
     the one the pipelines use then), to a uint8 tensor, with the largest difference
     of their pixels."""
-    from lomar import decode as decoding
+    from ..data import decode as decoding
 
     def decode_with(decoder):
         def run(path, reduce):
@@ -267,7 +267,7 @@ def run(images: str | None, sizes, out: str, passes: int = 5, seed: int = 0,
 
 def _simplejpeg_version() -> str | None:
     """The JPEG decoder the pipelines used (None: Pillow decoded everything)."""
-    from lomar import decode
+    from ..data import decode
 
     return getattr(decode.simplejpeg, "__version__", "installed") if decode.simplejpeg else None
 

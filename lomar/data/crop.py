@@ -6,8 +6,9 @@ draw (the same algorithm and, from the global generator, the same numbers);
 :func:`render_windows` makes only the LoMaR windows of it, straight from the
 source, so that the data side of a step costs the same at 1024 as at 224: each
 window is a rectangle of the same bicubic antialiased resize
-(:func:`lomar_ops.resize_regions`), and a JPEG source is decoded at reduced
-scale when the crop shrinks it by 2x or more (:mod:`lomar.decode`)."""
+(:func:`lomar_ops.resize_regions`, through :mod:`lomar.data.resample`), and a JPEG
+source is decoded at reduced scale when the crop shrinks it by 2x or more
+(:mod:`lomar.data.decode`)."""
 
 from __future__ import annotations
 
@@ -163,7 +164,7 @@ def render_windows(source, crop: Crop, coords: torch.Tensor, window_size: int,
 
     Args:
         source: a decoded (3, H, W) uint8 tensor, a path, the file's bytes, or an
-            :class:`lomar.decode.OpenedImage`.
+            :class:`lomar.data.decode.OpenedImage`.
         crop: from :func:`sample_crop` for this source's size.
         coords: (n, 2) window corners (row, col) in patches of the crop, as
             :func:`lomar_ops.window_patchify` takes them.
