@@ -42,9 +42,8 @@ from PIL import Image
 
 import lomar_ops
 
-from ..data import DEMO_PHOTOS, WindowCrops, WindowSpec, pretrain_transform
-from ..data.crop import render_crop
-from ..data.decode import decode_rgb, open_image, read_rgb
+from ..data import (DEMO_PHOTOS, WindowCrops, WindowSpec, decode_rgb, demo_photo_dir, open_image,
+                    pretrain_transform, read_rgb, render_crop)
 from ..engine.seeding import mix, seed_all
 
 WINDOW = dict(patch_size=16, window_size=7, num_windows=4)
@@ -54,9 +53,7 @@ def build_sources(out: Path, seed: int = 0, sets=("imagenet", "12mp"),
                   subfolders: bool = False) -> dict[str, list[Path]]:
     """The offline source sets: {"imagenet": [...], "12mp": [...]} of JPEG paths, under
     out/sources (or out/sources/<set>/ with ``subfolders``)."""
-    import skimage.data
-
-    src = Path(skimage.data.__file__).parent
+    src = demo_photo_dir()
     photos = [np.asarray(Image.open(src / name).convert("RGB")) for name in DEMO_PHOTOS
               if not name.startswith(("moon", "camera", "coins", "grass", "gravel", "brick"))]
     made: dict[str, list[Path]] = {name: [] for name in sets}

@@ -1,10 +1,34 @@
-"""The data path of lomar: the folder dataset, the pretraining pipelines and the demo
-sets (:mod:`lomar.data.pipelines`), the crop (:mod:`lomar.data.crop`), the decoder
-(:mod:`lomar.data.decode`) and the windows' resampler (:mod:`lomar.data.resample`).
+"""The data path of lomar, one module per stage:
+
+- :mod:`~lomar.data.constants`: ImageNet's mean and std, the image file extensions,
+  the demo photographs (no imports: the models take the statistics from it);
+- :mod:`~lomar.data.decode`: a file to uint8 RGB pixels (RGB and greyscale JPEGs by
+  simplejpeg, at reduced scale where the crop allows it; everything else by Pillow);
+- :mod:`~lomar.data.crop`: the random-resized crop, drawn apart from its pixels,
+  rendered whole or as the LoMaR windows only;
+- :mod:`~lomar.data.resample`: the windows' pixels, through the op
+  :func:`lomar_ops.resize_regions`;
+- :mod:`~lomar.data.pipelines`: the two pretraining pipelines (:class:`WindowCrops`,
+  :class:`FullCrops`) and what they draw (:class:`WindowSpec`);
+- :mod:`~lomar.data.folder`: a folder of images as a dataset (:class:`ImageFiles`);
+- :mod:`~lomar.data.demo`: the offline demo sets.
+
 The public names are re-exported here: ``from lomar.data import ImageFiles``."""
 
+from .constants import DEMO_PHOTOS, IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD
 from .crop import Crop, render_crop, render_windows, sample_crop, window_boxes
 from .decode import CorruptImageError, OpenedImage, decode_rgb, open_image, read_rgb
-from .pipelines import (DEMO_PHOTOS, IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, FullCrops,
-                        ImageFiles, WindowCrops, WindowSpec, _demo_photo_dir, build_demo_digits,
-                        build_demo_photos, find_images, pretrain_transform)
+from .demo import build_demo_digits, build_demo_photos, demo_photo_dir
+from .folder import ImageFiles, find_images
+from .pipelines import FullCrops, WindowCrops, WindowSpec, pretrain_transform
+from .resample import resize_windows
+
+__all__ = [
+    "DEMO_PHOTOS", "IMAGE_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD",
+    "Crop", "render_crop", "render_windows", "sample_crop", "window_boxes",
+    "CorruptImageError", "OpenedImage", "decode_rgb", "open_image", "read_rgb",
+    "build_demo_digits", "build_demo_photos", "demo_photo_dir",
+    "ImageFiles", "find_images",
+    "FullCrops", "WindowCrops", "WindowSpec", "pretrain_transform",
+    "resize_windows",
+]

@@ -11,7 +11,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
-from ..data import IMAGENET_MEAN, IMAGENET_STD
+from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
 
 DETECTORS = ("mask_rcnn", "faster_rcnn")
 ROI_LEVELS = ["0", "1", "2", "3"]  # the RoI heads pool strides 4-32; the RPN also sees "pool"

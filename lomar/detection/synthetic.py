@@ -25,7 +25,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
-from ..data import DEMO_PHOTOS, _demo_photo_dir, read_rgb
+from ..data import DEMO_PHOTOS, demo_photo_dir, read_rgb
 
 SPLITS = ("train", "val")
 
@@ -105,7 +105,7 @@ def build_demo_detection(out_dir: str | Path, num_train: int = 512, num_val: int
     order = torch.randperm(len(digits[1]), generator=g)
     n_val_digits = round(0.2 * len(order))
     pools = {"train": order[n_val_digits:].tolist(), "val": order[:n_val_digits].tolist()}
-    src = _demo_photo_dir()
+    src = demo_photo_dir()
     photos = [read_rgb(src / name) for name in DEMO_PHOTOS]
     categories = [{"id": d + 1, "name": str(d), "supercategory": "digit"} for d in range(10)]
     (out / "annotations").mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from torch import nn
 
 import lomar_ops
 
-from ..data import IMAGENET_MEAN, IMAGENET_STD
+from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
 from .layers import (Block, BucketMaps, IRPEAttention, PatchEmbed, check_image_batch,
                      init_weights, sincos_2d)
 
