@@ -7,14 +7,17 @@ For each source set and input size, both pretraining pipelines run on the same f
 with the same draws (crop, flip, four 7x7-patch windows of 16-pixel patches), on one
 thread, in passes over all the files that alternate between the pipelines:
 
-- "full": today's full-image pipeline, ``read_rgb`` then ``pretrain_transform``
-  (random-resized crop, bicubic antialiased, flip, float32, ImageNet normalisation);
-  what it sends to the device is the (3, S, S) float32 crop.
-- "windows": :class:`lomar.data.WindowCrops`, which decodes JPEGs at reduced scale
-  when the crop shrinks them 2x or more and resamples only the windows; it sends
-  (4, 3, 112, 112) uint8 windows and their (4, 2) int64 corners.
+- "full": :class:`lomar.data.FullCrops`, what the pretraining job runs with
+  ``data.pipeline: full``: the file decoded at full scale, the random-resized crop
+  of the whole image (bicubic, antialiased), the flip, float32 with ImageNet's
+  normalisation; it sends the (3, S, S) float32 crop and the (4, 2) int64 corners.
+- "windows": :class:`lomar.data.WindowCrops`, what the job runs with
+  ``data.pipeline: windows`` (the default): JPEGs decoded at reduced scale when the
+  crop shrinks them 2x or more, only the windows resampled; it sends (4, 3, 112, 112)
+  uint8 windows and their (4, 2) int64 corners.
 
 Written to DIR: ``data.json`` (one record per pipeline, source set and size:
+``pipeline`` ("full" or "windows") and ``pipeline_class`` (the class that ran),
 ``ms_per_image`` the median over passes of a pass's mean, ``bytes_per_image`` as sent
 to the device, ``psnr_db`` of the window pixels against the full-scale pipeline's
 pixels at the same windows (null for "full", and null with ``max_abs_diff`` 0 when
@@ -42,11 +45,13 @@ from PIL import Image
 
 import lomar_ops
 
-from ..data import (DEMO_PHOTOS, WindowCrops, WindowSpec, decode_rgb, demo_photo_dir, open_image,
-                    pretrain_transform, read_rgb, render_crop)
+from ..data import (DEMO_PHOTOS, FullCrops, WindowCrops, WindowSpec, decode_rgb, demo_photo_dir,
+                    open_image, render_crop)
 from ..engine.seeding import mix, seed_all
 
 WINDOW = dict(patch_size=16, window_size=7, num_windows=4)
+# The pretraining job's pipelines (lomar.engine.pretrain, data.pipeline), as it runs them.
+PIPELINES = {"full": FullCrops, "windows": WindowCrops}
 
 
 def build_sources(out: Path, seed: int = 0, sets=("imagenet", "12mp"),
@@ -91,11 +96,6 @@ def build_sources(out: Path, seed: int = 0, sets=("imagenet", "12mp"),
     return made
 
 
-def _full_pipeline(size: int):
-    transform = pretrain_transform(size)
-    return lambda path: transform(read_rgb(path))
-
-
 def _exact_windows(path: Path, spec: WindowSpec, draw_seed: int) -> torch.Tensor:
     """The windows at full-scale decoding (the full pipeline's pixels), same draw."""
     seed_all(draw_seed, devices=False)
@@ -111,7 +111,7 @@ def measure(files: list[Path], size: int, passes: int, seed: int = 0) -> dict[st
     """ms per image (median of the passes' means), bytes per image, and the window
     pixels' PSNR against full-scale decoding, for both pipelines on ``files``."""
     spec = WindowSpec(size, **WINDOW)
-    pipelines = {"full": _full_pipeline(size), "windows": WindowCrops(spec)}
+    pipelines = {name: cls(spec) for name, cls in PIPELINES.items()}
     times = {name: [] for name in pipelines}
     sent = {name: 0 for name in pipelines}
     for k in range(passes):
@@ -142,7 +142,8 @@ def measure(files: list[Path], size: int, passes: int, seed: int = 0) -> dict[st
         max_diff = max(max_diff, int(diff.abs().max()))
     mse = squared / count
     psnr = None if mse == 0 else 10 * math.log10(255 ** 2 / mse)
-    return {name: {"ms_per_image": statistics.median(times[name]),
+    return {name: {"pipeline_class": f"{PIPELINES[name].__module__}.{PIPELINES[name].__qualname__}",
+                   "ms_per_image": statistics.median(times[name]),
                    "ms_per_image_passes": times[name],
                    "bytes_per_image": sent[name] // len(files),
                    "psnr_db": psnr if name == "windows" else None,

@@ -1,0 +1,66 @@
+"""lomar bench-data measures the pretraining job's own pipelines: the "full" row runs
+FullCrops (data.pipeline: full), the "windows" row WindowCrops, and data.json names
+the class behind each row."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lomar.benchmark import data_pipeline
+from lomar.data import FullCrops, WindowCrops
+
+SIZE = 112  # the smallest input that holds a 7x7-patch window of 16-pixel patches
+
+
+@pytest.fixture
+def jpegs(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(150, 200), (260, 190)]):
+        smooth = rng.random((h // 8 + 1, w // 8 + 1, 3)) * 255
+        pixels = np.kron(smooth, np.ones((8, 8, 1)))[:h, :w] + rng.normal(0, 10, (h, w, 3))
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.jpg",
+                                                                   quality=90)
+    return folder
+
+
+def _count_calls(monkeypatch, cls):
+    calls = []
+    real = cls.__call__
+
+    def counting(self, source):
+        calls.append(source)
+        return real(self, source)
+
+    monkeypatch.setattr(cls, "__call__", counting)
+    return calls
+
+
+def test_each_row_runs_the_jobs_pipeline(jpegs, monkeypatch):
+    full_calls = _count_calls(monkeypatch, FullCrops)
+    window_calls = _count_calls(monkeypatch, WindowCrops)
+    files = sorted(jpegs.glob("*.jpg"))
+    rows = data_pipeline.measure(files, SIZE, passes=2)
+    # Two timed passes over the files, then the windows once more for their PSNR.
+    assert len(full_calls) == 2 * len(files)
+    assert len(window_calls) == 3 * len(files)
+    assert rows["full"]["pipeline_class"] == "lomar.data.pipelines.FullCrops"
+    assert rows["windows"]["pipeline_class"] == "lomar.data.pipelines.WindowCrops"
+    # What the job ships: the normalised float32 crop and the corners; uint8 windows
+    # and the corners.
+    corners = 4 * 2 * torch.int64.itemsize
+    assert rows["full"]["bytes_per_image"] == 3 * SIZE * SIZE * 4 + corners
+    assert rows["windows"]["bytes_per_image"] == 4 * 3 * SIZE * SIZE + corners
+
+
+def test_data_json_names_the_class_of_each_row(jpegs, tmp_path):
+    out = tmp_path / "out"
+    data_pipeline.run(str(jpegs), [SIZE], str(out), passes=1, log=lambda *_: None)
+    records = json.loads((out / "data.json").read_text())
+    assert {(r["pipeline"], r["pipeline_class"]) for r in records} == {
+        ("full", "lomar.data.pipelines.FullCrops"),
+        ("windows", "lomar.data.pipelines.WindowCrops")}
