@@ -14,9 +14,14 @@ arguments, constexprs, num_warps and num_stages. Each launch becomes a compile i
 two typings of its arguments:
 
 * "jit": what ``kernel[grid](...)`` gives (eager mode): Python floats fp32.
-* "inductor": what torch.compile's launch of a triton_op gives
-  (torch/_inductor/codegen/triton_utils.py, signature_of): Python floats fp64
-  (config._use_fp64_for_unbacked_floats, on GPUs with fp64).
+* "inductor": how torch.compile's launch of a triton_op compiles the kernel:
+  Python floats fp64 (torch/_inductor/codegen/triton_utils.py, signature_of:
+  config._use_fp64_for_unbacked_floats, on GPUs with fp64) and Triton's debug
+  option on (triton_heuristics.py, _should_enable_triton_debug_asserts: device
+  asserts, and overflow checks on 32-bit integer arithmetic). What these change
+  depends on the code path, not on the tile sizes: this typing is compiled once per
+  code path (the argument types and the constexprs but BLOCK_*), at the first tile
+  configuration the cases reach it with (``--every-tile``: at every one).
 
 Bool tensors are *i1 in both (triton.jit says *u1: the same IR type). Pointers are
 16-byte aligned (tt.divisibility) when the case's tensor is, as triton.jit and
@@ -499,11 +504,18 @@ class Spec:
     aligned: tuple         # names of the 16-byte aligned pointers
     num_warps: int | None
     num_stages: int | None
+    debug: bool = False    # Triton's debug option: device asserts, integer overflow checks
 
     def short(self) -> str:
         consts = " ".join(f"{k}={v}" for k, v in self.constexprs)
         types = ",".join(t for n, t in self.signature if t != "constexpr")
-        return f"{self.kernel} [{consts}] ({types})"
+        return f"{self.kernel} [{consts}] ({types}){' debug' if self.debug else ''}"
+
+    def code_path(self) -> tuple:
+        """The compile without its tile sizes (the BLOCK_* constexprs, warps, stages):
+        the argument types and the constexprs that choose what the kernel computes."""
+        return (self.kernel, self.signature, self.debug,
+                tuple((k, v) for k, v in self.constexprs if not k.startswith("BLOCK")))
 
 
 def spec_of(launch: Launch, typing: str) -> Spec:
@@ -526,15 +538,25 @@ def spec_of(launch: Launch, typing: str) -> Spec:
     signature = tuple((p.name, "constexpr" if p.name in consts else types[p.name])
                       for p in kernel.params)
     return Spec(launch.kernel, signature, launch.constexprs, tuple(aligned),
-                launch.num_warps, launch.num_stages)
+                launch.num_warps, launch.num_stages, debug=typing == "inductor")
 
 
-def specs_of(found: list[tuple[Case, Launch]], typings=TYPINGS) -> dict[Spec, dict]:
-    """The unique compiles, each with the cases and typings that need it."""
+def specs_of(found: list[tuple[Case, Launch]], typings=TYPINGS,
+             every_tile: bool = True) -> dict[Spec, dict]:
+    """The unique compiles, each with the cases and typings that need it. Without
+    ``every_tile``, the "inductor" typing is compiled for each code path
+    (Spec.code_path: what its fp64 scalars and debug checks change) at the first tile
+    configuration that reaches it, the "jit" typing at every one."""
     specs: dict[Spec, dict] = {}
+    paths = set()
     for case, launch in found:
         for typing in typings:
-            entry = specs.setdefault(spec_of(launch, typing), dict(cases=[], typings=set()))
+            spec = spec_of(launch, typing)
+            if typing == "inductor" and not every_tile and spec not in specs:
+                if spec.code_path() in paths:
+                    continue
+                paths.add(spec.code_path())
+            entry = specs.setdefault(spec, dict(cases=[], typings=set()))
             entry["typings"].add(typing)
             if f"{case.op} {case.name}" not in entry["cases"]:
                 entry["cases"].append(f"{case.op} {case.name}")
@@ -586,9 +608,12 @@ def compile_spec(spec: Spec, arch: int) -> dict:
                     attrs={(index[k],): [["tt.divisibility", 16]] for k in spec.aligned})
     options = {k: v for k, v in (("num_warps", spec.num_warps),
                                  ("num_stages", spec.num_stages)) if v is not None}
+    if spec.debug:
+        options["debug"] = True
     row = dict(kernel=spec.kernel, arch=arch, constexprs=dict(spec.constexprs),
                signature=[t for _, t in spec.signature if t != "constexpr"],
-               num_warps=spec.num_warps or 4, num_stages=spec.num_stages or 3)
+               num_warps=spec.num_warps or 4, num_stages=spec.num_stages or 3,
+               debug=spec.debug)
     start = time.perf_counter()
     stdout = io.StringIO()
     triton.knobs.nvidia.dump_ptxas_log = True  # make_cubin prints ptxas -v's log
@@ -628,9 +653,7 @@ def _fresh_cache():
 def format_row(row: dict) -> str:
     consts = " ".join(f"{k}={v}" for k, v in row["constexprs"].items())
     head = f"sm_{row['arch']} {row['kernel']} [{consts}] warps={row['num_warps']}"
-    scalars = [t for t in row["signature"] if not t.startswith("*") and t.startswith("fp")]
-    if scalars:
-        head += f" scalars={'/'.join(sorted(set(scalars)))}"
+    head += " inductor(fp64,debug)" if row["debug"] else " jit"
     if not row["ok"]:
         return f"FAILED {head}\n" + "\n".join("    " + ln for ln in row["error"])
     return (f"ok     {head} regs={row['registers']} spill={row['spill_bytes']}B "
@@ -691,6 +714,9 @@ def main(argv=None) -> int:
                         help="jit (floats fp32), inductor (floats fp64), or both")
     parser.add_argument("--full", action="store_true",
                         help="every dtype at every block choice (see cases())")
+    parser.add_argument("--every-tile", action="store_true",
+                        help="the inductor typing at every tile configuration too, not once "
+                             "per code path")
     parser.add_argument("--model", default=None, metavar="PATTERN",
                         help="compile what the model steps whose names contain PATTERN "
                              "launch (model_cases(), e.g. 'pretrain_vit_base_448')")
@@ -722,7 +748,7 @@ def main(argv=None) -> int:
         selected = [c for c in cases(args.full) if c.op in ops]
     found = [(c, launch) for c, launch in record_cases(selected)
              if launch.kernel.split(".")[0] in ops]
-    specs = specs_of(found, typings)
+    specs = specs_of(found, typings, every_tile=args.every_tile or args.model is not None)
     print(f"compile_sweep: Triton {triton.__version__}, torch {torch.__version__}: "
           f"{len(selected)} cases, {len(specs)} unique compiles x {len(archs)} arch(s) "
           f"(recorded in {time.perf_counter() - start:.1f}s)", flush=True)
