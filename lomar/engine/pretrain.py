@@ -14,7 +14,7 @@ history nor of how many processes share the batch.
 
 Data: ``data.pipeline`` "windows" (default) decodes and resamples only the
 windows' pixels, ships them as uint8 and normalises them on the device inside
-``window_patchify``; "full" ships the whole normalised crop (lomar/data.py)."""
+``window_patchify``; "full" ships the whole normalised crop (lomar/data/pipelines.py)."""
 
 from __future__ import annotations
 
