@@ -9,7 +9,7 @@ pure-PyTorch implementations behind one function and a backend chooser.
 
 from __future__ import annotations
 
-from lomar._version import __version__  # the distribution's one version number
+from ._version import __version__  # the distribution's one version number
 
 from . import _extension
 from ._build_info import build_info, format_build_info
