@@ -111,17 +111,17 @@ clean:
 # Every Triton kernel compiled for sm_80 and sm_90 without a GPU, at every launch its
 # wrapper makes over the sweep's cases, its float scalars typed fp32 (triton.jit) and
 # fp64 (torch.compile's launch), with Triton's own ptxas (registers, spills, shared
-# memory; lomar_ops/triton_kernels/compile_sweep.py): first with this venv's Triton,
+# memory; tests/triton_compile_sweep.py): first with this venv's Triton,
 # then with the GPU image's (TRITON_GPU_VERSION) in a side venv that takes everything
 # else (torch) from this one, created when missing (one pip install of triton,
 # ~0.7 GB). SWEEP_JOBS: compiles in parallel (default: the cores).
 TRITON_GPU_VERSION ?= 3.6.0
 TRITON_SIDE_VENV ?= $(or $(TMPDIR),/tmp)/lomar-triton-$(TRITON_GPU_VERSION)
-TRITON_SWEEP = -m lomar_ops.triton_kernels.compile_sweep --jobs $${SWEEP_JOBS:-$$(nproc)}
+TRITON_SWEEP = tests/triton_compile_sweep.py --jobs $${SWEEP_JOBS:-$$(nproc)}
 
 .PHONY: triton-compile-check
 triton-compile-check: $(VENV_STAMP)
-	$(PY) $(TRITON_SWEEP)
+	PYTHONPATH=$(CURDIR) $(PY) $(TRITON_SWEEP)
 	test -x $(TRITON_SIDE_VENV)/bin/python || { \
 		$(PY) -m venv $(TRITON_SIDE_VENV) && \
 		$(TRITON_SIDE_VENV)/bin/python -m pip install -q --no-deps triton==$(TRITON_GPU_VERSION) && \
@@ -130,4 +130,4 @@ triton-compile-check: $(VENV_STAMP)
 	$(TRITON_SIDE_VENV)/bin/python -c "import triton, torch; \
 		assert triton.__version__ == '$(TRITON_GPU_VERSION)', triton.__file__; \
 		print('side venv: triton', triton.__version__, 'torch', torch.__version__)"
-	$(TRITON_SIDE_VENV)/bin/python $(TRITON_SWEEP)
+	PYTHONPATH=$(CURDIR) $(TRITON_SIDE_VENV)/bin/python $(TRITON_SWEEP)

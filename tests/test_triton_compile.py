@@ -1,5 +1,5 @@
 """The Triton kernels compiled ahead of time for sm_80 and sm_90 on this machine,
-without a GPU (lomar_ops/triton_kernels/compile_sweep.py; `make triton-compile-check`
+without a GPU (tests/triton_compile_sweep.py; `make triton-compile-check`
 runs every case, with this Triton and with the GPU image's), and what Triton's
 interpreter can check of the same fixes: a float scalar typed fp64 (as Inductor's
 launch of a triton_op types it) gives the results of the fp32 one (triton.jit's), and
@@ -31,7 +31,7 @@ def run_sweep(*args: str, timeout: int) -> subprocess.CompletedProcess:
     # interpreted kernels cannot be compiled.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-m", "lomar_ops.triton_kernels.compile_sweep", *args],
+    return subprocess.run([sys.executable, str(ROOT / "tests" / "triton_compile_sweep.py"), *args],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
 
 

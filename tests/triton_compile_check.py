@@ -4,8 +4,8 @@ shared memory (tests/test_window_attention.py runs it).
 
     python tests/triton_compile_check.py --arch 90 --dtype bfloat16 --N 50 --d 64
 
-A front end to the compile sweep of every kernel (lomar_ops/triton_kernels/
-compile_sweep.py, `make triton-compile-check`): the launches are recorded from the
+A front end to the compile sweep of every kernel (tests/triton_compile_sweep.py,
+`make triton-compile-check`): the launches are recorded from the
 op's wrapper (forward and backward), not written by hand, and compiled as triton.jit
 types them. Run it with TRITON_INTERPRET unset: interpreted kernels cannot be
 compiled."""
@@ -17,7 +17,7 @@ import json
 
 import torch
 
-from lomar_ops.triton_kernels import compile_sweep
+import triton_compile_sweep as compile_sweep
 
 _NAMES = {"_fwd_kernel": "fwd", "_bwd_dq_kernel": "dq", "_bwd_dkdv_kernel": "dkdv"}
 

@@ -7,7 +7,7 @@ torch.library.opcheck) an interpreted launch is skipped: the outputs' shapes
 come from the Python around it, as wrap_triton's fake rule does on a GPU.
 
 Within :func:`intercepted` a launch calls a hook instead: the compile sweep
-(lomar_ops/triton_kernels/compile_sweep.py) records what the wrappers would launch
+(tests/triton_compile_sweep.py) records what the wrappers would launch
 from CPU tensors, a test retypes the arguments."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Ahead-of-time compile sweep of every Triton kernel of lomar_ops, for sm_80 and
 sm_90, on a machine without a GPU.
 
-    python -m lomar_ops.triton_kernels.compile_sweep [--arch 80,90] [--op OP,...]
+    python tests/triton_compile_sweep.py [--arch 80,90] [--op OP,...]
         [--typing jit,inductor] [--full] [--model PATTERN] [--jobs N] [--json FILE]
         [--list] [--check-coverage [--seed N]]
 
@@ -59,17 +59,17 @@ from typing import Callable, Iterable
 
 import torch
 
-from ..backends import triton_interpret
+from lomar_ops.backends import triton_interpret
 
 if triton_interpret():
-    raise ImportError("lomar_ops.triton_kernels.compile_sweep compiles kernels: run it with "
+    raise ImportError("tests/triton_compile_sweep.py compiles kernels: run it with "
                       "TRITON_INTERPRET unset (interpreted kernels cannot be compiled)")
 
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from . import _launch  # noqa: E402
+from lomar_ops.triton_kernels import _launch  # noqa: E402
 
 ARCHS = (80, 90)
 TYPINGS = ("jit", "inductor")
@@ -162,7 +162,7 @@ class Recorder:
 def record():
     """Records the Triton launches of the ops called within the block (CPU tensors,
     backend="triton"): nothing runs, the outputs are left as allocated."""
-    from .. import backends
+    from lomar_ops import backends
 
     if triton_interpret():
         raise RuntimeError("compile_sweep.record needs TRITON_INTERPRET unset")
