@@ -41,7 +41,7 @@ ENV_VAR = "LOMAR_OPS_BACKEND"
 
 _log = logging.getLogger(__name__)
 
-_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 _FLEX_INSTALLED = importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
 
 
@@ -83,7 +83,7 @@ def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
             return "no CUDA device is available"
         return None
     if backend == "triton":
-        if not _TRITON_INSTALLED:
+        if not TRITON_INSTALLED:
             return "Triton is not installed (pip install triton)"
         if device.type == "cuda":
             return None if torch.cuda.is_available() else "no CUDA device is available"
@@ -121,7 +121,7 @@ def implemented_backends(op: str, cpp_op: str | None = None,
     if (_extension.HAS_CUDA_KERNELS
             and torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA")):
         found.add("cuda")
-    if _TRITON_INSTALLED and importlib.util.find_spec(f"lomar_ops.triton_kernels.{op}"):
+    if TRITON_INSTALLED and importlib.util.find_spec(f"lomar_ops.triton_kernels.{op}"):
         found.add("triton")
     return frozenset(found)
 

@@ -3,20 +3,35 @@ mask token, the cls token prepended (docs/method.md#the-pretraining-step, step 3
 
 Implementations: csrc/cpu/mask_substitute.cpp, csrc/cuda/mask_substitute.cu,
 lomar_ops/triton_kernels/mask_substitute.py, lomar_ops/reference/mask_substitute.py.
-This file registers the autograd and fake-tensor rules of the C++ op
-``torch.ops.lomar_ops.mask_substitute`` and exposes the public function."""
+This file holds the op's autograd rule (for the C++ and the Triton op), the C++ op's
+fake-tensor rules and the public function."""
 
 from __future__ import annotations
 
 import torch
 
 from .. import _extension
+from .._autograd import register_autograd
 from .._validation import (FLOAT_DTYPES, check_same_device, check_same_dtype, check_shape,
                            check_tensor)
-from ..backends import resolve_backend
+from ..backends import TRITON_INSTALLED, resolve_backend
 from ..reference.mask_substitute import mask_substitute_reference
 
 _OP = "mask_substitute"
+
+
+def _save(ctx, inputs, output):
+    _, mask, _, cls_token = inputs
+    ctx.save_for_backward(mask)
+    ctx.has_cls = cls_token is not None
+
+
+def _grads(backward, ctx, grad_out):
+    (mask,) = ctx.saved_tensors
+    grad_tokens, grad_mask_token, grad_cls_token = backward(grad_out.contiguous(), mask,
+                                                            ctx.has_cls)
+    return grad_tokens, None, grad_mask_token, grad_cls_token if ctx.has_cls else None
+
 
 if _extension.AVAILABLE:
 
@@ -31,20 +46,6 @@ if _extension.AVAILABLE:
         L = T - (1 if has_cls else 0)
         return (grad_out.new_empty((S, L, D)), grad_out.new_empty((D,)),
                 grad_out.new_empty((D if has_cls else 0,)))
-
-    def _setup_context(ctx, inputs, output):
-        _, mask, _, cls_token = inputs
-        ctx.save_for_backward(mask)
-        ctx.has_cls = cls_token is not None
-
-    def _backward(ctx, grad_out):
-        (mask,) = ctx.saved_tensors
-        grad_tokens, grad_mask_token, grad_cls_token = torch.ops.lomar_ops.mask_substitute_backward(
-            grad_out.contiguous(), mask, ctx.has_cls)
-        return grad_tokens, None, grad_mask_token, grad_cls_token if ctx.has_cls else None
-
-    torch.library.register_autograd("lomar_ops::mask_substitute", _backward,
-                                    setup_context=_setup_context)
 
 
 def mask_substitute(tokens: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor,
@@ -88,8 +89,17 @@ def mask_substitute(tokens: torch.Tensor, mask: torch.Tensor, mask_token: torch.
     if chosen == "torch":
         return mask_substitute_reference(tokens, mask, mask_token, cls_token)
     if chosen == "triton":
-        from ..triton_kernels.mask_substitute import mask_substitute_triton
-        return mask_substitute_triton(
+        return _triton.mask_substitute_triton(
             tokens.contiguous(), mask.contiguous(), mask_token.contiguous(),
             None if cls_token is None else cls_token.contiguous())
     return torch.ops.lomar_ops.mask_substitute(tokens, mask, mask_token, cls_token)
+
+
+# The autograd rule on every compiled forward op: the C++ op's, the Triton op's.
+_FORWARDS = {}
+if _extension.AVAILABLE:
+    _FORWARDS["lomar_ops::mask_substitute"] = torch.ops.lomar_ops.mask_substitute_backward
+if TRITON_INSTALLED:
+    from ..triton_kernels import mask_substitute as _triton
+    _FORWARDS[_triton.mask_substitute_triton] = _triton.mask_substitute_backward_triton
+register_autograd(_FORWARDS, _save, _grads)

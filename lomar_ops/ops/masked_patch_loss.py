@@ -3,20 +3,33 @@ averaged over masked patches only (docs/method.md#the-pretraining-step, step 6).
 
 Implementations: csrc/cpu/masked_patch_loss.cpp, csrc/cuda/masked_patch_loss.cu,
 lomar_ops/triton_kernels/masked_patch_loss.py, lomar_ops/reference/masked_patch_loss.py.
-This file registers the autograd and fake-tensor rules of the C++ op
-``torch.ops.lomar_ops.masked_patch_loss`` and exposes the public function."""
+This file holds the op's autograd rule (for the C++ and the Triton op), the C++ op's
+fake-tensor rules and the public function."""
 
 from __future__ import annotations
 
 import torch
 
 from .. import _extension
+from .._autograd import register_autograd
 from .._validation import (FLOAT_DTYPES, check_any_true, check_bool, check_non_negative_float,
                            check_same_device, check_same_dtype, check_shape, check_tensor)
-from ..backends import resolve_backend
+from ..backends import TRITON_INSTALLED, resolve_backend
 from ..reference.masked_patch_loss import masked_patch_loss_reference
 
 _OP = "masked_patch_loss"
+
+
+def _save(ctx, inputs, output):
+    pred, target, mask, norm_pix, eps = inputs
+    ctx.save_for_backward(pred, target, mask)
+    ctx.norm_pix, ctx.eps = norm_pix, eps
+
+
+def _grads(backward, ctx, grad):
+    pred, target, mask = ctx.saved_tensors
+    grad_pred = backward(grad, pred, target, mask, ctx.norm_pix, ctx.eps)
+    return grad_pred, None, None, None, None  # the target is data: no gradient
 
 
 def loss_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -33,20 +46,6 @@ if _extension.AVAILABLE:
     @torch.library.register_fake("lomar_ops::masked_patch_loss_backward")
     def _masked_patch_loss_backward_fake(grad, pred, target, mask, norm_pix, eps):
         return pred.new_empty(pred.shape)
-
-    def _setup_context(ctx, inputs, output):
-        pred, target, mask, norm_pix, eps = inputs
-        ctx.save_for_backward(pred, target, mask)
-        ctx.norm_pix, ctx.eps = norm_pix, eps
-
-    def _backward(ctx, grad):
-        pred, target, mask = ctx.saved_tensors
-        grad_pred = torch.ops.lomar_ops.masked_patch_loss_backward(
-            grad, pred, target, mask, ctx.norm_pix, ctx.eps)
-        return grad_pred, None, None, None, None  # the target is data: no gradient
-
-    torch.library.register_autograd("lomar_ops::masked_patch_loss", _backward,
-                                    setup_context=_setup_context)
 
 
 def autocast_inputs(pred: torch.Tensor, target: torch.Tensor):
@@ -112,6 +111,15 @@ def masked_patch_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
         return masked_patch_loss_reference(pred, target, mask, norm_pix, eps)
     target = target.detach()
     if chosen == "triton":
-        from ..triton_kernels.masked_patch_loss import masked_patch_loss_triton
-        return masked_patch_loss_triton(pred, target, mask.contiguous(), norm_pix, eps)
+        return _triton.masked_patch_loss_triton(pred, target, mask.contiguous(), norm_pix, eps)
     return torch.ops.lomar_ops.masked_patch_loss(pred, target, mask, norm_pix, eps)
+
+
+# The autograd rule on every compiled forward op: the C++ op's, the Triton op's.
+_FORWARDS = {}
+if _extension.AVAILABLE:
+    _FORWARDS["lomar_ops::masked_patch_loss"] = torch.ops.lomar_ops.masked_patch_loss_backward
+if TRITON_INSTALLED:
+    from ..triton_kernels import masked_patch_loss as _triton
+    _FORWARDS[_triton.masked_patch_loss_triton] = _triton.masked_patch_loss_backward_triton
+register_autograd(_FORWARDS, _save, _grads)

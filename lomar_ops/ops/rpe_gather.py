@@ -2,21 +2,34 @@
 
 Implementations: csrc/cpu/rpe_gather.cpp, csrc/cuda/rpe_gather.cu,
 lomar_ops/triton_kernels/rpe_gather.py, lomar_ops/reference/rpe_gather.py.
-This file registers the autograd and fake-tensor rules of the C++ op
-``torch.ops.lomar_ops.rpe_gather`` and exposes the public function."""
+This file holds the op's autograd rule (for the C++ and the Triton op), the C++ op's
+fake-tensor rules and the public function."""
 
 from __future__ import annotations
 
 import torch
 
 from .. import _extension
+from .._autograd import register_autograd
 from .._validation import (FLOAT_DTYPES, INDEX_DTYPES, check_index_range, check_same_device,
                            check_tensor)
-from ..backends import implemented_backends, resolve_backend
+from ..backends import TRITON_INSTALLED, implemented_backends, resolve_backend
 from ..reference.rpe_gather import rpe_gather_reference
 
 _OP = "rpe_gather"
 _IMPLEMENTED = implemented_backends(_OP)
+
+
+def _save(ctx, inputs, output):
+    table, bucket_ids = inputs
+    ctx.save_for_backward(bucket_ids)
+    ctx.num_buckets = table.shape[3]
+
+
+def _grads(backward, ctx, grad_out):
+    (bucket_ids,) = ctx.saved_tensors
+    return backward(grad_out.contiguous(), bucket_ids, ctx.num_buckets), None
+
 
 if _extension.AVAILABLE:
 
@@ -29,20 +42,6 @@ if _extension.AVAILABLE:
     def _rpe_gather_backward_fake(grad_out, bucket_ids, num_buckets):
         S, H, N, _ = grad_out.shape
         return grad_out.new_empty((S, H, N, num_buckets))
-
-    def _setup_context(ctx, inputs, output):
-        table, bucket_ids = inputs
-        ctx.save_for_backward(bucket_ids)
-        ctx.num_buckets = table.shape[3]
-
-    def _backward(ctx, grad_out):
-        (bucket_ids,) = ctx.saved_tensors
-        grad_table = torch.ops.lomar_ops.rpe_gather_backward(
-            grad_out.contiguous(), bucket_ids, ctx.num_buckets)
-        return grad_table, None
-
-    torch.library.register_autograd("lomar_ops::rpe_gather", _backward,
-                                    setup_context=_setup_context)
 
 
 def rpe_gather(table: torch.Tensor, bucket_ids: torch.Tensor,
@@ -76,6 +75,15 @@ def rpe_gather(table: torch.Tensor, bucket_ids: torch.Tensor,
         return rpe_gather_reference(table, bucket_ids)
     ids = bucket_ids.to(torch.int32).contiguous()
     if chosen == "triton":
-        from ..triton_kernels.rpe_gather import rpe_gather_triton
-        return rpe_gather_triton(table.contiguous(), ids)
+        return _triton.rpe_gather_triton(table.contiguous(), ids)
     return torch.ops.lomar_ops.rpe_gather(table, ids)
+
+
+# The autograd rule on every compiled forward op: the C++ op's, the Triton op's.
+_FORWARDS = {}
+if _extension.AVAILABLE:
+    _FORWARDS["lomar_ops::rpe_gather"] = torch.ops.lomar_ops.rpe_gather_backward
+if TRITON_INSTALLED:
+    from ..triton_kernels import rpe_gather as _triton
+    _FORWARDS[_triton.rpe_gather_triton] = _triton.rpe_gather_backward_triton
+register_autograd(_FORWARDS, _save, _grads)

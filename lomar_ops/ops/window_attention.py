@@ -18,8 +18,9 @@ import math
 import torch
 
 from .. import _extension
+from .._autograd import register_autograd
 from .._validation import FLOAT_DTYPES, INDEX_DTYPES, check_index_range, check_tensor
-from ..backends import implemented_backends, resolve_backend
+from ..backends import TRITON_INSTALLED, implemented_backends, resolve_backend
 from ..reference.window_attention import window_attention_reference
 
 _OP = "window_attention"
@@ -28,6 +29,23 @@ _IMPLEMENTED = implemented_backends(_OP, cpp_op="window_attention_fwd",
 RPE_MODES = ("contextual", "bias", None)
 # The Triton kernel keeps a (query rows, buckets) tile of q @ R^T on chip: iRPE has 50.
 TRITON_MAX_CONTEXTUAL_BUCKETS = 128
+
+
+# The autograd rule of both compiled forward ops. The C++ op returns (out, lse, probs)
+# (probs kept by the CPU kernel, empty on CUDA), the Triton op (out, stats); each
+# backward op takes the forward's inputs and outputs.
+def _save(ctx, inputs, output):
+    q, k, v, rpe, bucket_ids, rpe_mode, scale = inputs
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.save_for_backward(q, k, v, rpe, bucket_ids, *output)
+    ctx.rpe_mode, ctx.scale = rpe_mode, scale
+
+
+def _grads(backward, ctx, grad_out, *_grad_stats):
+    q, k, v, rpe, bucket_ids, *output = ctx.saved_tensors
+    dq, dk, dv, drpe = backward(grad_out, q, k, v, output, rpe, bucket_ids, ctx.rpe_mode,
+                                ctx.scale)
+    return dq, dk, dv, (drpe if rpe is not None else None), None, None, None
 
 if _extension.AVAILABLE:
 
@@ -52,22 +70,6 @@ if _extension.AVAILABLE:
     def _bwd_fake(grad_out, q, k, v, out, lse, probs, rpe, bucket_ids, rpe_mode, scale):
         drpe = rpe.new_empty(rpe.shape) if rpe is not None else q.new_empty((0,))
         return _result_like(q), _result_like(q), _result_like(q), drpe
-
-    def _setup_context(ctx, inputs, output):
-        q, k, v, rpe, bucket_ids, rpe_mode, scale = inputs
-        out, lse, probs = output
-        ctx.mark_non_differentiable(lse, probs)
-        ctx.save_for_backward(q, k, v, out, lse, probs, rpe, bucket_ids)
-        ctx.rpe_mode, ctx.scale = rpe_mode, scale
-
-    def _backward(ctx, grad_out, _grad_lse, _grad_probs):
-        q, k, v, out, lse, probs, rpe, bucket_ids = ctx.saved_tensors
-        dq, dk, dv, drpe = torch.ops.lomar_ops.window_attention_bwd(
-            grad_out, q, k, v, out, lse, probs, rpe, bucket_ids, ctx.rpe_mode, ctx.scale)
-        return dq, dk, dv, (drpe if rpe is not None else None), None, None, None
-
-    torch.library.register_autograd("lomar_ops::window_attention_fwd", _backward,
-                                    setup_context=_setup_context)
 
 
 def _check(q, k, v, rpe, rpe_mode, bucket_ids, scale):
@@ -164,8 +166,7 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         return fn(q, k, v, rpe, mode, bucket_ids, scale)
     ids = bucket_ids.to(torch.int32).contiguous() if bucket_ids is not None else None
     if chosen == "triton":
-        from ..triton_kernels.window_attention import window_attention_fwd_triton
-        out, _ = window_attention_fwd_triton(q, k, v, rpe, ids, mode or "none", scale)
+        out, _ = _triton.window_attention_fwd_triton(q, k, v, rpe, ids, mode or "none", scale)
         return out
     return torch.ops.lomar_ops.window_attention_fwd(q, k, v, rpe, ids, mode or "none", scale)[0]
 
@@ -194,3 +195,24 @@ def window_attention_qkvpacked(qkv: torch.Tensor, **kwargs) -> torch.Tensor:
     if qkv.shape[2] != 3:
         raise ValueError(f"{_OP}: qkv must be (S, N, 3, H, d), got {tuple(qkv.shape)}")
     return window_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], **kwargs)
+
+
+def _cpp_backward(grad_out, q, k, v, output, rpe, bucket_ids, rpe_mode, scale):
+    out, lse, probs = output
+    return torch.ops.lomar_ops.window_attention_bwd(grad_out, q, k, v, out, lse, probs, rpe,
+                                                    bucket_ids, rpe_mode, scale)
+
+
+def _triton_backward(grad_out, q, k, v, output, rpe, bucket_ids, rpe_mode, scale):
+    _, stats = output  # not out: the kernel's D comes from P
+    return _triton.window_attention_bwd_triton(grad_out, q, k, v, stats, rpe, bucket_ids,
+                                               rpe_mode, scale)
+
+
+_FORWARDS = {}
+if _extension.AVAILABLE:
+    _FORWARDS["lomar_ops::window_attention_fwd"] = _cpp_backward
+if TRITON_INSTALLED:
+    from ..triton_kernels import window_attention as _triton
+    _FORWARDS[_triton.window_attention_fwd_triton] = _triton_backward
+register_autograd(_FORWARDS, _save, _grads)

@@ -3,21 +3,39 @@ loss-target layout (docs/method.md#the-pretraining-step, step 6).
 
 Implementations: csrc/cpu/window_patchify.cpp, csrc/cuda/window_patchify.cu,
 lomar_ops/triton_kernels/window_patchify.py, lomar_ops/reference/window_patchify.py.
-This file registers the autograd and fake-tensor rules of the C++ op
-``torch.ops.lomar_ops.window_patchify`` and exposes the public function."""
+This file holds the op's autograd rule (for the C++ and the Triton op), the C++ op's
+fake-tensor rules and the public function."""
 
 from __future__ import annotations
 
 import torch
 
 from .. import _extension
+from .._autograd import register_autograd
 from .._validation import (FLOAT_DTYPES, INDEX_DTYPES, check_positive_int, check_same_device,
                            check_tensor)
-from ..backends import resolve_backend
+from ..backends import TRITON_INSTALLED, resolve_backend
 from ..reference.window_patchify import window_patchify_reference
 
 _OP = "window_patchify"
 PIXEL_DTYPES = FLOAT_DTYPES + (torch.uint8,)
+
+
+def _save(ctx, inputs, output):
+    images, coords, window_size, patch_size, mean, std, out_dtype = inputs
+    ctx.save_for_backward(coords, std)
+    ctx.geometry = (window_size, patch_size, images.shape[2], images.shape[3])
+    ctx.images_dtype = images.dtype
+
+
+def _grads(backward, ctx, grad_out):
+    coords, std = ctx.saved_tensors
+    # Summed in the images' dtype (fp32 sums at least): a bf16 output of fp32
+    # images must not round the gradient to bf16 before it reaches them.
+    grad_images = backward(grad_out.to(ctx.images_dtype).contiguous(), coords, *ctx.geometry)
+    return scale_image_grad(grad_images, std, ctx.images_dtype), None, None, None, None, \
+        None, None
+
 
 if _extension.AVAILABLE:
 
@@ -33,24 +51,6 @@ if _extension.AVAILABLE:
     def _window_patchify_backward_fake(grad_out, coords, window_size, patch_size, height, width):
         B, _, _, P = grad_out.shape
         return grad_out.new_empty((B, P // (patch_size * patch_size), height, width))
-
-    def _setup_context(ctx, inputs, output):
-        images, coords, window_size, patch_size, mean, std, out_dtype = inputs
-        ctx.save_for_backward(coords, std)
-        ctx.geometry = (window_size, patch_size, images.shape[2], images.shape[3])
-        ctx.images_dtype = images.dtype
-
-    def _backward(ctx, grad_out):
-        coords, std = ctx.saved_tensors
-        # Summed in the images' dtype (fp32 sums at least): a bf16 output of fp32
-        # images must not round the gradient to bf16 before it reaches them.
-        grad_images = torch.ops.lomar_ops.window_patchify_backward(
-            grad_out.to(ctx.images_dtype).contiguous(), coords, *ctx.geometry)
-        return scale_image_grad(grad_images, std, ctx.images_dtype), None, None, None, None, \
-            None, None
-
-    torch.library.register_autograd("lomar_ops::window_patchify", _backward,
-                                    setup_context=_setup_context)
 
 
 def default_out_dtype(images_dtype: torch.dtype) -> torch.dtype:
@@ -190,6 +190,15 @@ def window_patchify(images: torch.Tensor, coords: torch.Tensor, window_size: int
         return window_patchify_reference(images, coords, K, p, mean, std, out_dtype)
     xy = coords.to(torch.int32).contiguous()
     if chosen == "triton":
-        from ..triton_kernels.window_patchify import window_patchify_triton
-        return window_patchify_triton(images, xy, K, p, mean, std, out_dtype)
+        return _triton.window_patchify_triton(images, xy, K, p, mean, std, out_dtype)
     return torch.ops.lomar_ops.window_patchify(images, xy, K, p, mean, std, out_dtype)
+
+
+# The autograd rule on every compiled forward op: the C++ op's, the Triton op's.
+_FORWARDS = {}
+if _extension.AVAILABLE:
+    _FORWARDS["lomar_ops::window_patchify"] = torch.ops.lomar_ops.window_patchify_backward
+if TRITON_INSTALLED:
+    from ..triton_kernels import window_patchify as _triton
+    _FORWARDS[_triton.window_patchify_triton] = _triton.window_patchify_backward_triton
+register_autograd(_FORWARDS, _save, _grads)

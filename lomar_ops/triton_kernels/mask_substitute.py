@@ -155,19 +155,3 @@ def mask_substitute_backward_triton(grad_out: torch.Tensor, mask: torch.Tensor,
         launch(_sum_chunks_kernel, (d_tiles,))(part_cls, grad_cls_token, num_chunks, D,
                                                BLOCK_D=block_d, ACC_F64=acc_f64)
     return grad_tokens, grad_mask_token, grad_cls_token
-
-
-def _setup_context(ctx, inputs, output):
-    _, mask, _, cls_token = inputs
-    ctx.save_for_backward(mask)
-    ctx.has_cls = cls_token is not None
-
-
-def _backward(ctx, grad_out):
-    (mask,) = ctx.saved_tensors
-    grad_tokens, grad_mask_token, grad_cls_token = mask_substitute_backward_triton(
-        grad_out.contiguous(), mask, ctx.has_cls)
-    return grad_tokens, None, grad_mask_token, grad_cls_token if ctx.has_cls else None
-
-
-mask_substitute_triton.register_autograd(_backward, setup_context=_setup_context)

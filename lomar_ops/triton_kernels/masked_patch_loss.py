@@ -222,19 +222,3 @@ def masked_patch_loss_backward_triton(grad: torch.Tensor, pred: torch.Tensor,
         BLOCK_R=block_r, BLOCK_P=block_p, ONE_TILE=P <= block_p,
         ACC_F64=acc_dtype == torch.float64)
     return grad_pred
-
-
-def _setup_context(ctx, inputs, output):
-    pred, target, mask, norm_pix, eps = inputs
-    ctx.save_for_backward(pred, target, mask)
-    ctx.norm_pix, ctx.eps = norm_pix, eps
-
-
-def _backward(ctx, grad):
-    pred, target, mask = ctx.saved_tensors
-    grad_pred = masked_patch_loss_backward_triton(grad, pred, target, mask, ctx.norm_pix,
-                                                  ctx.eps)
-    return grad_pred, None, None, None, None  # the target is data: no gradient
-
-
-masked_patch_loss_triton.register_autograd(_backward, setup_context=_setup_context)

@@ -80,17 +80,3 @@ def rpe_gather_backward_triton(grad_out: torch.Tensor, bucket_ids: torch.Tensor,
         grad_out, bucket_ids, out, N, num_buckets, BLOCK_N=_block(N, 64),
         BLOCK_B=_block(num_buckets, 64), ACC_F64=grad_out.dtype == torch.float64)
     return out
-
-
-def _setup_context(ctx, inputs, output):
-    table, bucket_ids = inputs
-    ctx.save_for_backward(bucket_ids)
-    ctx.num_buckets = table.shape[3]
-
-
-def _backward(ctx, grad_out):
-    (bucket_ids,) = ctx.saved_tensors
-    return rpe_gather_backward_triton(grad_out.contiguous(), bucket_ids, ctx.num_buckets), None
-
-
-rpe_gather_triton.register_autograd(_backward, setup_context=_setup_context)

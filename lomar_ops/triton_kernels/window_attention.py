@@ -471,21 +471,3 @@ def window_attention_bwd_triton(grad_out: torch.Tensor, q: torch.Tensor, k: torc
     if mode:  # (groups, NB, width), the partials added in slot order
         drpe = part.sum(0).view(rpe.shape).to(rpe.dtype)
     return dq, dk, dv, drpe
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, rpe, bucket_ids, rpe_mode, scale = inputs
-    _, stats = output
-    ctx.mark_non_differentiable(stats)
-    ctx.save_for_backward(q, k, v, stats, rpe, bucket_ids)  # not out: D comes from P
-    ctx.rpe_mode, ctx.scale = rpe_mode, scale
-
-
-def _backward(ctx, grad_out, _grad_stats):
-    q, k, v, stats, rpe, bucket_ids = ctx.saved_tensors
-    dq, dk, dv, drpe = window_attention_bwd_triton(grad_out, q, k, v, stats, rpe, bucket_ids,
-                                                   ctx.rpe_mode, ctx.scale)
-    return dq, dk, dv, (drpe if rpe is not None else None), None, None, None
-
-
-window_attention_fwd_triton.register_autograd(_backward, setup_context=_setup_context)

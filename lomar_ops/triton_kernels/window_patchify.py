@@ -131,23 +131,3 @@ def window_patchify_backward_triton(grad_out: torch.Tensor, coords: torch.Tensor
         grad_out, coords, out, n, window_size, patch_size, C, height, width,
         BLOCK_Y=block_y, BLOCK_X=block_x, ACC_F64=grad_out.dtype == torch.float64)
     return out
-
-
-def _setup_context(ctx, inputs, output):
-    images, coords, window_size, patch_size, mean, std, out_dtype = inputs
-    ctx.save_for_backward(coords, std)
-    ctx.geometry = (window_size, patch_size, images.shape[2], images.shape[3])
-    ctx.images_dtype = images.dtype
-
-
-def _backward(ctx, grad_out):
-    from ..ops.window_patchify import scale_image_grad
-
-    coords, std = ctx.saved_tensors
-    grad_images = window_patchify_backward_triton(grad_out.to(ctx.images_dtype).contiguous(),
-                                                  coords, *ctx.geometry)
-    return scale_image_grad(grad_images, std, ctx.images_dtype), None, None, None, None, None, \
-        None
-
-
-window_patchify_triton.register_autograd(_backward, setup_context=_setup_context)
