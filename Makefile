@@ -13,7 +13,7 @@ CSRC := $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.cu csrc/*/*.cuh) cs
 VENV_STAMP := $(VENV)/.deps-installed
 EXT_STAMP  := $(VENV)/.ext-built
 
-.PHONY: demo demo-detect test pytest cmake-test emulate emulate-quick bench gpu-check info clean
+.PHONY: demo demo-detect test test-fast pytest cmake-test emulate emulate-quick bench gpu-check info clean
 
 # The main job on an embedded default: every op checked against its reference,
 # then a small LoMaR pretrained on the offline photo set (loss curve and logs in
@@ -48,8 +48,17 @@ demo-detect: $(EXT_STAMP)
 
 test: $(EXT_STAMP) cmake-test pytest
 
+# The Python tests, the 25 slowest named at the end.
 pytest: $(EXT_STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=25
+
+# While you work: the ops, the data path, the models and the engine's units (not the
+# jobs, builds, docs or benchmarks: make test runs those), about 2.5 minutes on 2 cores.
+FAST_TESTS := tests/ops tests/data tests/models tests/engine/test_config.py \
+	tests/engine/test_schedule.py tests/engine/test_run_log.py tests/engine/test_checkpoint.py \
+	tests/project/test_imports.py
+test-fast: $(EXT_STAMP)
+	$(PY) -m pytest $(FAST_TESTS) -m "not slow" -q
 
 # The same sources built with CMake against libtorch; runs the C++ unit tests.
 cmake-test: $(VENV_STAMP)

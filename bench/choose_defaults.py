@@ -9,7 +9,7 @@ the record's dtype. Rows of code that changed since the record are left out (STA
 each with its reason): their times no longer describe what would run. Shape classes
 are split at the geometric mean of neighbouring measured sizes; the largest class has
 no upper bound. --check exits 1 when the committed table differs from what the
-record gives (CI runs it through tests/test_backends.py)."""
+record gives (CI runs it through tests/ops/test_backends.py)."""
 
 from __future__ import annotations
 

@@ -267,8 +267,8 @@ def stage_tests(run: Run, deadline: float):
         # On a CPU every GPU test skips: that checks the collection. Then a small CPU
         # subset really runs, through the same options.
         sub_xml = run.tree / "cpu_subset_tests.xml"
-        sub_rc = run_cmd(run, [PY, "-m", "pytest", "tests/test_mask_substitute.py",
-                               "tests/test_rpe_gather.py", "-m", "not gpu and not slow", "-k",
+        sub_rc = run_cmd(run, [PY, "-m", "pytest", "tests/ops/test_mask_substitute.py",
+                               "tests/ops/test_rpe_gather.py", "-m", "not gpu and not slow", "-k",
                                "cpu-cpu", "-p", "no:cacheprovider", "-q", "-rfE", "--tb=short",
                                f"--junitxml={sub_xml}"], "tests", deadline)
         for line in tail(run.tree / "logs" / "tests.log", 1):

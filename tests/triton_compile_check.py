@@ -1,6 +1,6 @@
 """Compile the window_attention Triton kernels of one shape for a GPU architecture
 without a GPU; prints one JSON line per kernel with its registers, spill bytes and
-shared memory (tests/test_window_attention.py runs it).
+shared memory (tests/ops/test_window_attention.py runs it).
 
     python tests/triton_compile_check.py --arch 90 --dtype bfloat16 --N 50 --d 64
 

@@ -425,7 +425,7 @@ def model_cases() -> list[Case]:
     tensors with every op on Triton. Depths are cut to one or two blocks, batches to
     one image and two windows: every block launches the same kernels, and the sizes
     cut only change run-time integers. ``--model`` compiles what these launch, as they
-    launch it; ``--check-coverage`` (tests/test_triton_compile.py) checks that cases()
+    launch it; ``--check-coverage`` (tests/ops/test_triton_compile.py) checks that cases()
     covers them, so that a new model shape cannot go unchecked."""
     out = []
     for dtype in HALF_AND_SINGLE:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # What a wheel build needs is the package sources, csrc/, the build files and the README.
 SKIP = shutil.ignore_patterns(".*", "build", "build-*", "output", "bench", "docs", "tests",
                               "*.so", "*.egg-info", "__pycache__", "dist")

@@ -21,7 +21,7 @@ from lomar_ops.backends import triton_interpret
 
 pytest.importorskip("triton")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}  # bytes per block
 PRETRAIN_BF16 = "pretrain_vit_base_448 (lomar_vit_base_patch16) bfloat16"
 

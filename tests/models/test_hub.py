@@ -13,9 +13,9 @@ from lomar.config import load_config
 from lomar.data import build_demo_photos
 from lomar.engine import FinetuneConfig, PretrainConfig, finetune, pretrain
 from lomar.hub import hub_model_names
-from test_finetune import write_folder
+from image_folders import write_folder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = "model_kwargs={depth: 2, embed_dim: 32, num_heads: 2}"
 COMMON = [TINY, "data.num_workers=0", "batch_size=4", "max_steps=1", "progress=false",
           "device=cpu", "optim.lr=0.001"]

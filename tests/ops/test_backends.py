@@ -91,7 +91,7 @@ def test_import_without_torch_first():
 
 # ---- defaults on CUDA from the committed GPU record ------------------------------
 
-RECORD = Path(__file__).resolve().parents[1] / "bench" / "results" / \
+RECORD = Path(__file__).resolve().parents[2] / "bench" / "results" / \
     lomar_ops.defaults.RECORD["record"]
 
 

@@ -331,7 +331,7 @@ def test_triton_kernels_compile_for_the_gpu(arch, dtype, N, d, modes):
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
     done = subprocess.run(
@@ -347,7 +347,7 @@ def test_triton_kernels_compile_for_the_gpu(arch, dtype, N, d, modes):
 
 def _builds_cuda_window_attention() -> bool:
     # csrc/sources.txt is the one source list the build reads.
-    sources = (Path(__file__).resolve().parents[1] / "csrc" / "sources.txt").read_text().split()
+    sources = (Path(__file__).resolve().parents[2] / "csrc" / "sources.txt").read_text().split()
     return lomar_ops._extension.HAS_CUDA_KERNELS and "csrc/cuda/window_attention.cu" in sources
 
 
