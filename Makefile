@@ -133,9 +133,10 @@ triton-compile-check: $(VENV_STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) $(TRITON_SWEEP)
 	test -x $(TRITON_SIDE_VENV)/bin/python || { \
 		$(PY) -m venv $(TRITON_SIDE_VENV) && \
-		$(TRITON_SIDE_VENV)/bin/python -m pip install -q --no-deps triton==$(TRITON_GPU_VERSION) && \
-		$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
-			"$$($(TRITON_SIDE_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/zz-lomar-main-venv.pth"; }
+		$(TRITON_SIDE_VENV)/bin/python -m pip install -q --no-deps triton==$(TRITON_GPU_VERSION); }
+	# torch and the rest from this venv (written every time: the side venv may be older)
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+		"$$($(TRITON_SIDE_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/zz-lomar-main-venv.pth"
 	$(TRITON_SIDE_VENV)/bin/python -c "import triton, torch; \
 		assert triton.__version__ == '$(TRITON_GPU_VERSION)', triton.__file__; \
 		print('side venv: triton', triton.__version__, 'torch', torch.__version__)"
