@@ -106,7 +106,7 @@ $(VENV_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install "torch>=2.6" torchvision numpy ninja pybind11 "cmake>=3.26" "setuptools>=77" \
-		wheel pillow simplejpeg pyyaml safetensors tensorboard matplotlib scikit-image scikit-learn timm tqdm \
+		wheel pillow simplejpeg tifffile imagecodecs pyyaml safetensors tensorboard matplotlib scikit-image scikit-learn timm tqdm \
 		pytest pytest-benchmark pycocotools
 	touch $@
 

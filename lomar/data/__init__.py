@@ -12,6 +12,8 @@
   :class:`FullCrops`) and what they draw (:class:`WindowSpec`);
 - :mod:`~lomar.data.folder`: a folder of images as a dataset (:class:`ImageFiles`);
 - :mod:`~lomar.data.demo`: the offline demo sets.
+- :mod:`~lomar.data.tiled`: gigapixel images (tiled TIFF pyramids, slides) read
+  box by box, only the tiles a box touches (:func:`open_tiled`).
 
 The public names are re-exported here: ``from lomar.data import ImageFiles``."""
 
@@ -22,6 +24,8 @@ from .demo import build_demo_digits, build_demo_photos, demo_photo_dir
 from .folder import ImageFiles, find_images
 from .pipelines import FullCrops, WindowCrops, WindowSpec, pretrain_transform
 from .resample import resize_windows
+from .constants import TILED_EXTENSIONS
+from .tiled import TiledImage, TiledImageError, open_tiled
 
 __all__ = [
     "DEMO_PHOTOS", "IMAGE_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD",
@@ -31,4 +35,5 @@ __all__ = [
     "ImageFiles", "find_images",
     "FullCrops", "WindowCrops", "WindowSpec", "pretrain_transform",
     "resize_windows",
+    "TILED_EXTENSIONS", "TiledImage", "TiledImageError", "open_tiled",
 ]

@@ -11,3 +11,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEMO_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png",
                "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "camera.png", "coins.png",
                "moon.png", "grass.png", "gravel.png", "brick.png")
+
+# Tiled (pyramidal) image files lomar.data.open_tiled reads: TIFF, OME-TIFF, and the
+# slide formats (Aperio SVS, Hamamatsu NDPI/VMS/VMU, MIRAX, Leica SCN, Ventana BIF).
+TILED_EXTENSIONS = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".btf", ".tf8", ".svs", ".ndpi",
+                    ".mrxs", ".scn", ".vms", ".vmu", ".bif")
