@@ -8,12 +8,15 @@
     lomar bench [--device cuda|cpu] [--quick] [--out DIR] [...]
     lomar bench-data [--images DIR] [--sizes 224 448 1024 2048] [--out DIR]
     lomar report probe|detect OUT.png LABEL=RUN_DIR [LABEL=RUN_DIR ...]
+    lomar convert SRC [SRC ...] DST [--tile 256] [--quality 90 | --lossless] [--jobs N]
     lomar info
 
 ``--config`` takes a YAML file or the name of a config shipped with the package
 (``lomar configs`` lists them). Overrides use the config's dotted keys
 (``optim.blr=1e-4 data.path=/data/train``); ``lomar pretrain --help-config`` (or
-``finetune``, ``detect``) prints every key with its default."""
+``finetune``, ``detect``) prints every key with its default. ``lomar convert`` writes
+images (big photos, untiled TIFFs, slides, folders of them) as tiled pyramidal TIFFs
+that ``lomar.data.open_tiled`` reads window by window."""
 
 from __future__ import annotations
 
@@ -134,6 +137,22 @@ def _report(args) -> int:
     return 0
 
 
+def _convert(args) -> int:
+    from .data.convert import convert_images
+
+    try:
+        result = convert_images(args.sources, args.dst, tile=args.tile, quality=args.quality,
+                                lossless=args.lossless, jobs=args.jobs)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"lomar convert: {exc}", file=sys.stderr)
+        return 2
+    for src, reason in result["failed"]:
+        print(f"lomar convert: {src}: {reason}", file=sys.stderr)
+    print(f"{len(result['converted'])} converted, {len(result['skipped'])} already done, "
+          f"{len(result['failed'])} failed -> {args.dst}")
+    return 1 if result["failed"] else 0
+
+
 def _info(args) -> int:
     import lomar_ops
 
@@ -195,6 +214,17 @@ def main(argv=None) -> int:
     r.add_argument("out", help="the PNG to write")
     r.add_argument("runs", nargs="+", metavar="LABEL=RUN_DIR", help="a run's folder and its label")
     r.set_defaults(run=_report)
+    cv = sub.add_parser("convert", help="images (big photos, untiled TIFFs, slides, folders) to "
+                                        "tiled pyramidal TIFFs; resumable")
+    cv.add_argument("sources", nargs="+", metavar="SRC", help="image files or folders of them")
+    cv.add_argument("dst", metavar="DST", help="output folder, or a .tif file for one SRC file")
+    cv.add_argument("--tile", type=int, default=256, help="tile side, a multiple of 16")
+    codec = cv.add_mutually_exclusive_group()
+    codec.add_argument("--quality", type=int, default=90, help="JPEG quality (8-bit grey or RGB)")
+    codec.add_argument("--lossless", action="store_true",
+                       help="zstd instead of JPEG: every value, the dtype and the bands kept")
+    cv.add_argument("--jobs", type=int, default=1, help="files converted in parallel")
+    cv.set_defaults(run=_convert)
     i = sub.add_parser("info", help="what lomar_ops was built with, which backends run here")
     i.set_defaults(run=_info)
     args = parser.parse_args(argv)
