@@ -13,7 +13,11 @@
 - :mod:`~lomar.data.folder`: a folder of images as a dataset (:class:`ImageFiles`);
 - :mod:`~lomar.data.demo`: the offline demo sets.
 - :mod:`~lomar.data.tiled`: gigapixel images (tiled TIFF pyramids, slides) read
-  box by box, only the tiles a box touches (:func:`open_tiled`).
+  box by box, only the tiles a box touches (:func:`open_tiled`);
+- :mod:`~lomar.data.regions`: samples of tiled files for pretraining: regions where
+  the foreground is, the crop and windows inside them, read at the level the crop
+  needs (:class:`TiledRegions`);
+- :mod:`~lomar.data.convert`: images to tiled pyramidal TIFF (``lomar convert``).
 
 The public names are re-exported here: ``from lomar.data import ImageFiles``."""
 
@@ -25,7 +29,9 @@ from .folder import ImageFiles, find_images
 from .pipelines import FullCrops, WindowCrops, WindowSpec, pretrain_transform
 from .resample import resize_windows
 from .constants import TILED_EXTENSIONS
+from .demo import build_demo_slide
 from .tiled import TiledImage, TiledImageError, open_tiled
+from .regions import RegionSpec, TiledRegions
 
 __all__ = [
     "DEMO_PHOTOS", "IMAGE_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD",
@@ -35,5 +41,6 @@ __all__ = [
     "ImageFiles", "find_images",
     "FullCrops", "WindowCrops", "WindowSpec", "pretrain_transform",
     "resize_windows",
-    "TILED_EXTENSIONS", "TiledImage", "TiledImageError", "open_tiled",
+    "TILED_EXTENSIONS", "build_demo_slide", "TiledImage", "TiledImageError", "open_tiled",
+    "RegionSpec", "TiledRegions",
 ]

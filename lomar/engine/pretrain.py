@@ -20,20 +20,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Optional
 
 import torch
 from timm.optim import param_groups_weight_decay
 
 from .. import distributed
 from ..config import ConfigError
-from ..data import FullCrops, ImageFiles, WindowCrops, WindowSpec, build_demo_photos
+from ..data import (FullCrops, ImageFiles, RegionSpec, TiledRegions, WindowCrops, WindowSpec,
+                    build_demo_photos, build_demo_slide)
 from ..models import create_model
 from .job import Job, OptimConfig, RunConfig, run_job
 from .param_groups import no_weight_decay_names
 from .seeding import sample_generators
 
 DEMO_DATA = "demo"  # data.path value: the offline photo set built from scikit-image
+DEMO_SLIDE = "demo_slide"  # data.path value: the offline gigapixel pyramid (with region_size)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,16 @@ class DataConfig:
     num_workers: int = 2
     on_corrupt: Literal["skip", "error"] = "skip"
     demo_images: int = 512  # size of the demo set when path is "demo"
+    # Tiled, pyramidal files (slides, scenes): region_size > 0 samples regions of that many
+    # pixels at mpp micrometres per pixel (or at downsample level-0 pixels per pixel)
+    # where at least min_foreground of the region is foreground, samples_per_file per
+    # file and epoch; the crop and windows are drawn inside the region (lomar/data/regions.py).
+    region_size: int = 0
+    mpp: Optional[float] = None
+    downsample: float = 1.0
+    min_foreground: float = 0.0
+    samples_per_file: int = 16
+    tile_cache_mb: float = 256.0  # decoded tiles kept per data-loader worker
 
 
 @dataclass(frozen=True)
@@ -72,7 +84,9 @@ class PretrainConfig(RunConfig):
     output_dir: str = "output/pretrain"
 
     def validate(self) -> None:
-        self.check_run(f"an image folder, or '{DEMO_DATA}' for the offline demo photos")
+        self.check_run(f"an image folder, a folder or list file of tiled images with "
+                       f"data.region_size, '{DEMO_DATA}' for the offline demo photos or "
+                       f"'{DEMO_SLIDE}' for the offline gigapixel pyramid")
         patch = self.model_info.patch_size
         size, K = self.data.input_size, self.mask.window_size
         if size % patch:
@@ -87,26 +101,49 @@ class PretrainConfig(RunConfig):
         if self.mask.num_windows < 1:
             raise ConfigError(f"config: mask.num_windows must be >= 1, got "
                               f"{self.mask.num_windows}")
+        d = self.data
+        for name, ok, allowed in (
+                ("region_size", d.region_size >= 0, ">= 0 (0: whole images)"),
+                ("mpp", d.mpp is None or d.mpp > 0, "> 0 or null"),
+                ("downsample", d.downsample > 0, "> 0"),
+                ("min_foreground", 0 <= d.min_foreground <= 1, "in [0, 1]"),
+                ("samples_per_file", d.samples_per_file >= 1, ">= 1"),
+                ("tile_cache_mb", d.tile_cache_mb >= 0, ">= 0")):
+            if not ok:
+                raise ConfigError(f"config: data.{name} must be {allowed}, got "
+                                  f"{getattr(d, name)}")
+        if d.path == DEMO_SLIDE and not d.region_size:
+            raise ConfigError(f"config: data.path '{DEMO_SLIDE}' is a tiled image: set "
+                              f"data.region_size (e.g. 1024)")
         if self.data.pipeline == "windows" and self.mask.window_sampling != "image":
             raise ConfigError("config: data.pipeline 'windows' draws each image's windows in "
                               "the data loader, so mask.window_sampling must be 'image' (the "
                               "authors' per-batch windows need data.pipeline=full)")
 
 
-def _dataset(cfg: PretrainConfig, info: distributed.DistInfo, patch_size: int) -> ImageFiles:
-    path = cfg.data.path
-    if path == DEMO_DATA:
-        path = str(Path(cfg.output_dir) / "demo_photos")
+def _dataset(cfg: PretrainConfig, info: distributed.DistInfo, patch_size: int):
+    d = cfg.data
+    spec = WindowSpec(d.input_size, patch_size, cfg.mask.window_size, cfg.mask.num_windows,
+                      scale=(d.min_scale, 1.0))
+    path = d.path
+    if path in (DEMO_DATA, DEMO_SLIDE):
+        path = str(Path(cfg.output_dir) / ("demo_photos" if path == DEMO_DATA else "demo_slide"))
         if info.is_main:
-            build_demo_photos(path, num_images=cfg.data.demo_images,
-                              size=max(256, cfg.data.input_size), seed=0)
+            if d.path == DEMO_DATA:
+                build_demo_photos(path, num_images=d.demo_images, size=max(256, d.input_size),
+                                  seed=0)
+            else:
+                build_demo_slide(Path(path) / "slide.tif", seed=0)
         if info.enabled:
             torch.distributed.barrier()
-    spec = WindowSpec(cfg.data.input_size, patch_size, cfg.mask.window_size,
-                      cfg.mask.num_windows, scale=(cfg.data.min_scale, 1.0))
-    transform = (WindowCrops(spec, cfg.data.reduced_decode) if cfg.data.pipeline == "windows"
+    if d.region_size:
+        region = RegionSpec(d.region_size, d.mpp, d.downsample, d.min_foreground)
+        return TiledRegions(path, spec, region, d.samples_per_file, d.pipeline, d.tile_cache_mb,
+                            mask_dir=Path(cfg.output_dir) / "foreground_masks",
+                            on_corrupt=d.on_corrupt)
+    transform = (WindowCrops(spec, d.reduced_decode) if d.pipeline == "windows"
                  else FullCrops(spec))
-    return ImageFiles(path, transform, on_corrupt=cfg.data.on_corrupt)
+    return ImageFiles(path, transform, on_corrupt=d.on_corrupt)
 
 
 class PretrainJob(Job):

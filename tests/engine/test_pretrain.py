@@ -221,3 +221,29 @@ def test_two_processes_equal_one_with_the_same_global_batch(photos, tmp_path):
             a[name][dim:2 * dim] = b[name][dim:2 * dim]
         torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-7,
                                    msg=lambda m: f"{name}: {m}")
+
+
+def test_pretraining_on_regions_of_tiled_files_resumes_exactly(tmp_path):
+    """data.region_size: samples of a tiled pyramid (regions where the foreground is),
+    through the job; a resumed run repeats the straight one."""
+    from tiled_files import pyramid, write_pyramid
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    write_pyramid(slides / "a.tif", pyramid(size=(1024, 768), background=True), mpp=0.5)
+    write_pyramid(slides / "b.tif", pyramid(size=(768, 1024), background=True, seed=1), mpp=0.5)
+    common = ["data.region_size=256", "data.mpp=0.75", "data.min_foreground=0.4",
+              "data.samples_per_file=4", "optim.warmup_epochs=0.5"]
+
+    def run(out, *over):
+        return pretrain(load_config(PretrainConfig, None, TINY_RUN + common + [
+            f"data.path={slides}", f"output_dir={out}", *over]))
+
+    run(tmp_path / "straight", "max_steps=4", "save_every=100")
+    run(tmp_path / "split", "max_steps=2", "save_every=2")
+    run(tmp_path / "split", "max_steps=4", "save_every=100",
+        f"resume={tmp_path / 'split' / 'checkpoint-last.pt'}")
+    losses = [[r["loss"] for r in read_log(tmp_path / run / "log.jsonl")]
+              for run in ("straight", "split")]
+    assert len(losses[0]) == 4 and losses[0] == losses[1] and all(map(math.isfinite, losses[0]))
+    assert len(list((tmp_path / "straight" / "foreground_masks").glob("*.pt"))) == 2
