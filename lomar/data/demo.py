@@ -91,3 +91,122 @@ def build_demo_digits(out_dir: str | Path, size: int = 64, val_fraction: float =
                     folder / f"digit_{i:04d}.png")
     stamp.write_text(tag)
     return out
+
+
+def build_demo_slide(out_path: str | Path, size: int = 32768, *, tile: int = 256,
+                     quality: int = 90, seed: int = 0, cell: int = 1024, bands: int = 3,
+                     dtype: str = "uint8", mpp: float | None = 0.5) -> Path:
+    """Write a gigapixel-class tiled pyramidal TIFF (``size`` x ``size``, 32768 by
+    default: 1.07 gigapixels) made of the photographs that ship inside scikit-image,
+    offline and reproducibly (seeded), for the tiled reader and whatever samples
+    windows from whole slides. ``size=4096`` is the small variant the tests use.
+
+    The picture: a few "tissue" islands (rotated ellipses, edges in 8-pixel steps) on
+    an off-white background with faint noise (what a foreground mask must separate);
+    inside them, a grid of ``cell`` x ``cell`` cells, each one of the photographs
+    (centre square, resized to the cell) in one of its eight flips and rotations.
+    Written through :func:`lomar.data.convert.write_pyramid` band by band of rows
+    (never whole in memory): tiles of ``tile``, levels halved down to one tile, JPEG
+    at ``quality`` for 8-bit RGB. ``dtype="uint16"`` (values x 257 plus 0..256 of
+    noise) or ``bands`` other than 3 (extra bands: means of two colour bands; 1:
+    luminance) give a multi-band variant, written lossless (zstd). ``mpp`` is a
+    nominal pixel size (0.5 um, a 20x scan) written as the TIFF resolution, so code
+    working in physical units has one to use. An existing file with the same
+    parameters (its stamp ``.NAME.stamp`` beside it) is reused."""
+    import os
+
+    import numpy as np
+
+    from .convert import write_pyramid
+
+    if size < tile or cell < 8 or cell % 8 or bands < 1 or dtype not in ("uint8", "uint16"):
+        raise ValueError(f"build_demo_slide: size >= tile, cell a multiple of 8, bands >= 1 and "
+                         f"dtype uint8 or uint16, got size={size}, tile={tile}, cell={cell}, "
+                         f"bands={bands}, dtype={dtype!r}")
+    out = Path(out_path)
+    stamp = out.with_name(f".{out.name}.stamp")
+    tag = (f"{size} {tile} {quality} {seed} {cell} {bands} {dtype} {mpp} "
+           f"{','.join(DEMO_PHOTOS)}")
+    if out.is_file() and stamp.is_file() and stamp.read_text() == tag:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    src = demo_photo_dir()
+    photos = []
+    for name in DEMO_PHOTOS:
+        photo = read_rgb(src / name)
+        _, h, w = photo.shape
+        side = min(h, w)
+        square = photo[:, (h - side) // 2:(h - side) // 2 + side,
+                       (w - side) // 2:(w - side) // 2 + side]
+        square = Image.fromarray(square.permute(1, 2, 0).contiguous().numpy())
+        square = np.asarray(square.resize((cell, cell), Image.Resampling.BICUBIC))
+        photos.append([np.rot90(square, k) for k in range(4)] +
+                      [np.rot90(square[:, ::-1], k) for k in range(4)])
+    rng = np.random.default_rng(seed)
+    grid = -(-size // cell)
+    which = rng.integers(0, len(photos), (grid, grid))
+    turn = rng.integers(0, 8, (grid, grid))
+    islands = []  # (centre y, centre x, semi-axis a, semi-axis b, angle), in pixels
+    for _ in range(3 + size // 8192):
+        islands.append((rng.uniform(0.15, 0.85) * size, rng.uniform(0.15, 0.85) * size,
+                        rng.uniform(0.08, 0.25) * size, rng.uniform(0.08, 0.25) * size,
+                        rng.uniform(0, np.pi)))
+    background = np.array([238, 236, 240], np.int16)
+    noise = rng.integers(-3, 4, (tile, tile, 3), dtype=np.int16)
+    step = 8  # the mask is computed on 8 x 8 blocks
+    xs = (np.arange(-(-size // step)) + 0.5) * step
+
+    def read_rows(top: int, n: int) -> np.ndarray:
+        ys = (np.arange(top // step, -(-(top + n) // step)) + 0.5) * step
+        mask = np.zeros((len(ys), len(xs)), bool)
+        for cy, cx, a, b, angle in islands:
+            dy, dx = ys[:, None] - cy, xs[None, :] - cx
+            u = (dx * np.cos(angle) + dy * np.sin(angle)) / a
+            v = (-dx * np.sin(angle) + dy * np.cos(angle)) / b
+            mask |= u * u + v * v <= 1
+        mask = np.repeat(np.repeat(mask, step, 0), step, 1)
+        mask = mask[top - (top // step) * step:][:n, :size]
+        rows = np.arange(top, top + n) % tile
+        bg = np.tile(noise[rows], (1, -(-size // tile), 1))[:, :size] + background
+        content = np.empty((n, size, 3), np.uint8)
+        for i in range(top // cell, (top + n - 1) // cell + 1):
+            r0, r1 = max(top, i * cell), min(top + n, (i + 1) * cell)
+            for j in range(grid):
+                c1 = min(size, (j + 1) * cell)
+                photo = photos[which[i, j]][turn[i, j]]
+                content[r0 - top:r1 - top, j * cell:c1] = \
+                    photo[r0 - i * cell:r1 - i * cell, :c1 - j * cell]
+        rgb = np.where(mask[:, :, None], content, bg.astype(np.uint8))
+        planes = [rgb[:, :, k] for k in range(3)]
+        if bands == 1:
+            planes = [((rgb.astype(np.uint16) * np.array([77, 150, 29])).sum(2) >> 8)]
+        for k in range(3, bands):
+            a, b = planes[k % 3], planes[(k + 1) % 3]
+            planes.append((a.astype(np.uint16) + b) // 2)
+        data = np.stack(planes[:bands], axis=2)
+        if dtype == "uint16":
+            data = data.astype(np.uint16) * 257 + np.tile(
+                noise[rows, :, 0].astype(np.uint16) % 257, (1, -(-size // tile)))[:, :size, None]
+            return data
+        return data.astype(np.uint8)
+
+    class Source:
+        pass
+
+    source = Source()
+    source.height = source.width = size
+    source.bands, source.dtype, source.mpp, source.read_rows = bands, np.dtype(dtype), mpp, \
+        read_rows
+    lossless = not (dtype == "uint8" and bands in (1, 3))
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        write_pyramid(tmp, source, tile=tile, lossless=lossless, quality=quality,
+                      description=f"lomar demo slide: {tag}")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    stamp.write_text(tag)
+    return out
+
+
+__all__ += ["build_demo_slide"]

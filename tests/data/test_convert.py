@@ -1,7 +1,8 @@
 """lomar convert: photos, untiled TIFFs and tiled files to tiled pyramidal TIFFs that
 open_tiled and OpenSlide read; lossless bit for bit (dtype and bands kept), JPEG by
 default; streaming (level 0 read by bands, memory bounded); resumable (a killed
-run's leftovers, completed outputs skipped, foreign files refused); the CLI."""
+run's leftovers, completed outputs skipped, foreign files refused); the CLI; the
+offline demo slide."""
 
 import os
 import tracemalloc
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from lomar.cli import main
-from lomar.data import open_tiled, read_rgb
+from lomar.data import build_demo_slide, open_tiled, read_rgb
 from lomar.data import convert as convert_module
 from lomar.data.convert import convert_image, convert_images, halve, level_sizes, plan_outputs
 
@@ -259,3 +260,28 @@ def test_openslide_and_open_tiled_agree_on_the_output(tmp_path):
         h, w = img.levels[k]
         assert torch.equal(through.read(k, h // 3, w // 5, h // 2, w // 2),
                            img.read(k, h // 3, w // 5, h // 2, w // 2))
+
+
+def test_demo_slide(tmp_path):
+    path = build_demo_slide(tmp_path / "slide.tif", 4096, cell=512)
+    img = open_tiled(path)
+    assert img.levels == [(4096 >> k, 4096 >> k) for k in range(5)]
+    assert img.mpp == pytest.approx(0.5) and img.dtype == torch.uint8 and img.bands == 3
+    with tifffile.TiffFile(path) as tf:
+        assert int(tf.pages[0].compression) == 7
+    thumb = img.thumbnail(256).float()
+    background = ((thumb - torch.tensor([238.0, 236, 240])[:, None, None]).abs() < 12).all(0)
+    assert 0.2 < background.float().mean() < 0.9  # background and tissue, for masks to find
+    mtime = path.stat().st_mtime_ns
+    assert build_demo_slide(tmp_path / "slide.tif", 4096, cell=512) == path  # reused
+    assert path.stat().st_mtime_ns == mtime
+    one, two = (build_demo_slide(tmp_path / f"{i}.tif", 1024, cell=256) for i in range(2))
+    assert one.read_bytes() == two.read_bytes()  # seeded
+
+
+def test_demo_slide_16_bit_multiband(tmp_path):
+    path = build_demo_slide(tmp_path / "deep.tif", 1024, cell=256, dtype="uint16", bands=5)
+    img = open_tiled(path)
+    assert img.dtype == torch.uint16 and img.bands == 5 and img.levels[0] == (1024, 1024)
+    with tifffile.TiffFile(path) as tf:
+        assert int(tf.pages[0].compression) == 50000
