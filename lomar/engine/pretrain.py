@@ -51,6 +51,7 @@ class DataConfig:
     num_workers: int = 2
     on_corrupt: Literal["skip", "error"] = "skip"
     demo_images: int = 512  # size of the demo set when path is "demo"
+    demo_slide_size: int = 32768  # side of the demo slide when path is "demo_slide"
     # Tiled, pyramidal files (slides, scenes): region_size > 0 samples regions of that many
     # pixels at mpp micrometres per pixel (or at downsample level-0 pixels per pixel)
     # where at least min_foreground of the region is foreground, samples_per_file per
@@ -133,7 +134,7 @@ def _dataset(cfg: PretrainConfig, info: distributed.DistInfo, patch_size: int):
                 build_demo_photos(path, num_images=d.demo_images, size=max(256, d.input_size),
                                   seed=0)
             else:
-                build_demo_slide(Path(path) / "slide.tif", seed=0)
+                build_demo_slide(Path(path) / "slide.tif", size=d.demo_slide_size, seed=0)
         if info.enabled:
             torch.distributed.barrier()
     if d.region_size:

@@ -247,3 +247,15 @@ def test_pretraining_on_regions_of_tiled_files_resumes_exactly(tmp_path):
               for run in ("straight", "split")]
     assert len(losses[0]) == 4 and losses[0] == losses[1] and all(map(math.isfinite, losses[0]))
     assert len(list((tmp_path / "straight" / "foreground_masks").glob("*.pt"))) == 2
+
+
+def test_demo_slides_config_runs(tmp_path):
+    """The gigapixel demo (lomar pretrain --config demo_slides), on a 4096 slide."""
+    cfg = load_config(PretrainConfig, "demo_slides", [
+        "data.demo_slide_size=4096", "data.region_size=512", "data.num_workers=0",
+        "data.samples_per_file=8", "batch_size=4", "max_steps=2", "progress=false",
+        "model_kwargs={depth: 1, embed_dim: 32, num_heads: 2}", "device=cpu",
+        f"output_dir={tmp_path}"])
+    summary = pretrain(cfg)
+    assert summary["steps"] == 2 and math.isfinite(summary["loss"])
+    assert (tmp_path / "demo_slide" / "slide.tif").is_file()
