@@ -77,7 +77,7 @@ def test_override_returns_new_instance():
     assert apply_override(cfg, "optim.blr=1").optim.blr == 1.0 and cfg.optim.blr == 1.5e-4
 
 
-PACKAGED = {"demo_detect", "demo_pretrain", "demo_probe", "detect_vitdet_base_1024",
+PACKAGED = {"demo_detect", "demo_pretrain", "demo_probe", "demo_slides", "detect_vitdet_base_1024",
             "finetune_vit_base_448", "pretrain_vit_base_448"}
 
 
