@@ -22,7 +22,7 @@ and decoded, at the pyramid level asked for.
 Reading is exact: a tile is the codec's output, unconverted (the file's dtype and
 bands); a file that cannot be read as it says raises :class:`TiledImageError`
 naming the file and, for a tile, its level, row, column, offset and byte count.
-The rules:
+The rules (docs/tiled-images.md):
 
 - missing (sparse) tiles, offset or byte count 0, are an error by default
   (``missing_tiles="fill"`` reads them as the file's fill value, as tifffile does);
