@@ -107,7 +107,7 @@ $(VENV_STAMP): pyproject.toml
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install "torch>=2.6" torchvision numpy ninja pybind11 "cmake>=3.26" "setuptools>=77" \
 		wheel pillow simplejpeg tifffile imagecodecs pyyaml safetensors tensorboard matplotlib scikit-image scikit-learn timm tqdm \
-		pytest pytest-benchmark pycocotools
+		pytest pytest-benchmark pycocotools openslide-python openslide-bin
 	touch $@
 
 $(EXT_STAMP): $(VENV_STAMP) $(CSRC) setup.py

@@ -7,6 +7,7 @@
     lomar visualize --checkpoint output/run/checkpoint-last.pt [--images DIR ...]
     lomar bench [--device cuda|cpu] [--quick] [--out DIR] [...]
     lomar bench-data [--images DIR] [--sizes 224 448 1024 2048] [--out DIR]
+    lomar bench-data --source FILE [FILE ...] | --tiled [--sizes 1024] [--out DIR]
     lomar report probe|detect OUT.png LABEL=RUN_DIR [LABEL=RUN_DIR ...]
     lomar convert SRC [SRC ...] DST [--tile 256] [--quality 90 | --lossless] [--jobs N]
     lomar info
@@ -16,7 +17,7 @@
 (``optim.blr=1e-4 data.path=/data/train``); ``lomar pretrain --help-config`` (or
 ``finetune``, ``detect``) prints every key with its default. ``lomar convert`` writes
 images (big photos, untiled TIFFs, slides, folders of them) as tiled pyramidal TIFFs
-that ``lomar.data.open_tiled`` reads window by window."""
+that ``lomar.data.open_tiled`` reads window by window (docs/tiled-images.md)."""
 
 from __future__ import annotations
 
@@ -82,13 +83,32 @@ def _bench(args) -> int:
 def _bench_data(args) -> int:
     from .benchmark.data_pipeline import run
 
-    if args.passes < 1 or any(s < 112 or s % 16 for s in args.sizes):
-        print(f"lomar bench-data: --passes must be >= 1 and --sizes multiples of 16 (the "
-              f"patch size) of at least 112 (four 7x7-patch windows), got --passes "
-              f"{args.passes}, --sizes {args.sizes}", file=sys.stderr)
+    tiled_mode = bool(args.source or args.tiled)
+    sizes = args.sizes or ([1024] if tiled_mode else [224, 448, 1024, 2048])
+    if any(s < 112 or s % 16 for s in sizes):
+        print(f"lomar bench-data: --sizes must be multiples of 16 (the patch size) of at least "
+              f"112 (four 7x7-patch windows), got {sizes}", file=sys.stderr)
+        return 2
+    if tiled_mode:
+        from .benchmark import tiled_data
+
+        if args.samples < 1 or min(args.tile_cache_mb) < 0:
+            print(f"lomar bench-data: --samples must be >= 1 and --tile-cache-mb >= 0, got "
+                  f"{args.samples} and {args.tile_cache_mb}", file=sys.stderr)
+            return 2
+        try:
+            tiled_data.run(args.source or [], args.out, sizes=sizes, samples=args.samples,
+                           tile_cache_mb=args.tile_cache_mb, tiled=args.tiled)
+        except (ValueError, OSError) as exc:
+            print(f"lomar bench-data: {exc}", file=sys.stderr)
+            return 2
+        print(f"{args.out}/data.json")
+        return 0
+    if args.passes < 1:
+        print(f"lomar bench-data: --passes must be >= 1, got {args.passes}", file=sys.stderr)
         return 2
     try:
-        run(args.images, args.sizes, args.out, passes=args.passes)
+        run(args.images, sizes, args.out, passes=args.passes)
     except (ValueError, FileNotFoundError) as exc:
         print(f"lomar bench-data: {exc}", file=sys.stderr)
         return 2

@@ -61,10 +61,25 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", default=None,
                         help="folder of JPEGs (default: offline ImageNet-sized and 12-megapixel "
                              "JPEGs made from the photos inside scikit-image)")
-    parser.add_argument("--sizes", nargs="+", type=int, default=[224, 448, 1024, 2048],
-                        help="input sizes (default 224 448 1024 2048)")
+    parser.add_argument("--sizes", nargs="+", type=int, default=None,
+                        help="input sizes (default 224 448 1024 2048; 1024 with --source or "
+                             "--tiled)")
     parser.add_argument("--passes", type=int, default=5, help="timed passes over the files")
     parser.add_argument("--out", default="bench/results/data", help="output folder")
+    parser.add_argument("--source", nargs="+", default=None, metavar="FILE",
+                        help="time the window pipeline on these files alone, per sample (a "
+                             "tiled file as data.region_size samples it): ms_per_sample, "
+                             "tiles_per_sample, cache hit rate, peak RSS in data.json")
+    parser.add_argument("--tiled", action="store_true",
+                        help="per-sample timing of the offline tiled sources: a 12 MP JPEG, "
+                             "the same photo as tiled pyramids (JPEG q90 as lomar convert "
+                             "writes it, zstd, deflate, LZW, WebP, JPEG 2000, none), a "
+                             "32768 x 32768 tiled JPEG pyramid")
+    parser.add_argument("--samples", type=int, default=200,
+                        help="samples per source with --source/--tiled (default 200)")
+    parser.add_argument("--tile-cache-mb", type=float, nargs="+", default=[256],
+                        help="tile cache per process with --source/--tiled, one run per value "
+                             "(default 256; 0: every tile decoded, a cold cache)")
 
 
 def config_from_args(args: argparse.Namespace, command: str):

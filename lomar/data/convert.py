@@ -254,18 +254,23 @@ def _tiles(band: np.ndarray, tile: int):
 
 
 def write_pyramid(path, source, *, tile: int = 256, lossless: bool = False, quality: int = 90,
-                  description: str | None = None, progress=None) -> Path:
+                  description: str | None = None, progress=None,
+                  compression: dict | None = None) -> Path:
     """Writes ``source`` (``height``, ``width``, ``bands``, ``dtype``, ``mpp``,
     ``read_rows(top, n) -> (n, width, bands)`` array) to ``path`` as a tiled
     pyramidal TIFF, streaming (see the module's docstring). ``progress(rows)`` is
-    called as level-0 rows are written."""
+    called as level-0 rows are written. ``compression``: tifffile's codec options
+    (e.g. ``{"compression": "webp", "compressionargs": {"level": 90}}``) instead of
+    the ``lossless``/``quality`` choice."""
     import tifffile
 
     path = Path(path)
     if tile % 16 or tile < 16:
         raise ValueError(f"tile must be a multiple of 16 (TIFF tiles), got {tile}")
     h0, w0, bands, dtype = source.height, source.width, source.bands, np.dtype(source.dtype)
-    options = _codec(dtype, bands, lossless, quality, str(path)) | _photometric(dtype, bands)
+    codec = compression if compression is not None else _codec(dtype, bands, lossless, quality,
+                                                                str(path))
+    options = codec | _photometric(dtype, bands)
     sizes = level_sizes(h0, w0, tile)
     raw = sum(h * w for h, w in sizes) * bands * dtype.itemsize
     scratch: list[Path] = []

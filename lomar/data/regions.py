@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from .constants import IMAGENET_MEAN, IMAGENET_STD, TILED_EXTENSIONS
-from .crop import Crop, render_crop, window_boxes
+from .crop import Crop, window_boxes
 from .pipelines import WindowSpec
 from .tiled import open_tiled
 
@@ -348,20 +348,59 @@ class TiledRegions(torch.utils.data.Dataset):
         self.mask_dir = Path(mask_dir) if mask_dir is not None else None
         self._open: dict[int, tuple] = {}  # per process: file index -> (image, positions)
         self._bad: set[int] = set()  # per process: files that failed, skipped from then on
-        self.check_first()
+        self.check_files()
 
     def __len__(self) -> int:
         return len(self.files) * self.samples_per_file
 
-    def check_first(self) -> None:
-        """Open the first file before any training: a file the pipelines cannot take
-        (bands, dtype, no pixel size for data.mpp) stops here, with its path, not
-        mid-epoch. A first file without foreground is skipped, as it would be later."""
-        try:
-            self._source(0)
-        except EmptyForeground as exc:
-            self._bad.add(0)
-            warnings.warn(f"skipping {self.files[0]}: {exc}", stacklevel=2)
+    def check_files(self) -> None:
+        """Read every file's header before any training (directories, not pixels): files
+        the pipelines cannot take (bands, dtype) stop here, all named, not mid-epoch;
+        files that cannot be opened, or lack the pixel size data.mpp needs, follow
+        ``on_corrupt`` (skipped and named, or an error) here rather than at their first
+        sample. The first readable file's foreground is checked too (its mask built)."""
+        unsupported = []
+        for i, path in enumerate(self.files):
+            try:
+                image = open_tiled(path, tile_cache_mb=self.tile_cache_mb)
+            except (OSError, ValueError) as exc:
+                self._skip(i, exc)
+                continue
+            try:
+                if image.bands != 3 or image.dtype != torch.uint8:
+                    unsupported.append(f"{path} ({image.bands} band(s) of "
+                                       f"{str(image.dtype).replace('torch.', '')})")
+                    continue
+                self.region.scale(image, path)
+            except ValueError as exc:
+                self._skip(i, exc)
+            finally:
+                image.close()
+        if unsupported:
+            more = f" and {len(unsupported) - 5} more" if len(unsupported) > 5 else ""
+            raise UnsupportedImage(f"the pretraining pipelines take 3-band uint8 (RGB) images; "
+                                   f"{len(unsupported)} of the {len(self.files)} files are not: "
+                                   f"{', '.join(unsupported[:5])}{more}")
+        for i in range(len(self.files)):
+            if i not in self._bad:
+                try:
+                    self._source(i)
+                except EmptyForeground as exc:
+                    self._skip(i, exc)
+                    continue
+                return
+        raise ValueError(f"no tiled file under {self.files[0].parent} can be sampled: every "
+                         f"one was skipped (see the warnings above)")
+
+    def _skip(self, index: int, exc: Exception) -> None:
+        """A file that cannot be sampled: skipped with its path named once, or, with
+        on_corrupt="error", the run stops."""
+        path = self.files[index]
+        if self.on_corrupt == "error":
+            raise RuntimeError(f"cannot sample {path}: {exc}") from exc
+        self._bad.add(index)
+        self._open.pop(index, None)
+        warnings.warn(f"skipping {path}: {exc}", stacklevel=3)
 
     def _source(self, index: int):
         if index not in self._open:
@@ -403,16 +442,11 @@ class TiledRegions(torch.utils.data.Dataset):
             except UnsupportedImage:
                 raise
             except (OSError, ValueError) as exc:  # unreadable tiles, empty foreground, ...
-                path = self.files[i]
-                if self.on_corrupt == "error":
-                    raise RuntimeError(f"cannot sample {path}: {exc}") from exc
-                self._bad.add(i)
-                self._open.pop(i, None)
-                warnings.warn(f"skipping {path}: {exc}", stacklevel=2)
+                self._skip(i, exc)
         raise RuntimeError(f"no readable tiled file under {self.files[0].parent}: every file "
                            f"failed (see the warnings above)")
 
     def __getstate__(self):  # workers reopen the files (no handles cross processes)
         state = dict(self.__dict__)
-        state["_open"], state["_bad"] = {}, set()
+        state["_open"], state["_bad"] = {}, set(self._bad)  # known-bad files stay skipped
         return state

@@ -64,3 +64,47 @@ def test_data_json_names_the_class_of_each_row(jpegs, tmp_path):
     assert {(r["pipeline"], r["pipeline_class"]) for r in records} == {
         ("full", "lomar.data.pipelines.FullCrops"),
         ("windows", "lomar.data.pipelines.WindowCrops")}
+
+
+def test_source_times_one_tiled_file_per_sample(tmp_path):
+    """lomar bench-data --source FILE: data.json is that file's record, ms_per_sample (the
+    median) and tiles_per_sample among its keys, the tiles counted by the reader."""
+    from lomar.cli import main
+    from tests.tiled_files import pyramid, write_pyramid
+
+    slide = tmp_path / "slide.tif"
+    write_pyramid(slide, pyramid(levels=3, size=(768, 640)), tile=64)
+    out = tmp_path / "out"
+    assert main(["bench-data", "--source", str(slide), "--sizes", "224", "--samples", "6",
+                 "--out", str(out)]) == 0
+    record = json.loads((out / "data.json").read_text())
+    assert record["source"] == str(slide) and record["kind"] == "tiled"
+    assert record["size"] == 224 and record["samples"] == 6 and record["region"] == 640
+    assert record["ms_per_sample"] > 0 and record["tiles_per_sample"] > 0
+    assert 0 <= record["cache_hit_rate"] < 1
+    assert record["peak_rss_mb"] >= record["anon_rss_peak_mb"] >= record["anon_rss_start_mb"]
+
+
+def test_source_times_a_jpeg_and_lists_several(jpegs, tmp_path):
+    from lomar.cli import main
+
+    files = sorted(str(p) for p in jpegs.glob("*.jpg"))
+    out = tmp_path / "out"
+    assert main(["bench-data", "--source", *files, "--sizes", "112", "--samples", "3",
+                 "--out", str(out)]) == 0
+    records = json.loads((out / "data.json").read_text())
+    assert [r["source"] for r in records] == files
+    assert all(r["kind"] == "image" and r["tiles_per_sample"] is None for r in records)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--source", "missing.tif"], "--source: no such file: missing.tif"),
+    (["--source", "x", "--samples", "0"], "--samples must be >= 1 and --tile-cache-mb >= 0, got 0"),
+    (["--source", "x", "--sizes", "100"], "got [100]"),
+])
+def test_source_refuses_bad_arguments(argv, message, capsys, tmp_path):
+    from lomar.cli import main
+
+    assert main(["bench-data", *argv, "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "data.json").exists()

@@ -137,17 +137,35 @@ def test_empty_foreground_is_skipped_and_named(tmp_path):
     only_blank = tmp_path / "blank_only"
     only_blank.mkdir()
     write_pyramid(only_blank / "blank.tif", white)
-    with pytest.warns(UserWarning):
-        data = TiledRegions(only_blank, SPEC, spec)
-    with pytest.raises(RuntimeError, match="no readable tiled file"):
-        data[0]
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="can be sampled"):
+        TiledRegions(only_blank, SPEC, spec)  # before any training, not at the first item
 
 
 def test_files_the_pipelines_cannot_take_are_refused_before_training(tmp_path):
     grey16 = np.random.default_rng(0).integers(0, 65535, (256, 256), dtype=np.uint16)
     with tifffile.TiffWriter(tmp_path / "g16.tif") as tif:
         tif.write(grey16, tile=(64, 64), compression="zlib")
-    with pytest.raises(ValueError, match=r"g16.tif: the pretraining pipelines take 3-band uint8"):
+    with pytest.raises(ValueError, match=r"take 3-band uint8 \(RGB\) images; 1 of the 1 files "
+                                         r"are not: .*g16.tif \(1 band\(s\) of uint16\)"):
+        TiledRegions(tmp_path, SPEC, RegionSpec(128))
+
+
+def test_every_files_header_is_checked_before_training(tmp_path):
+    """A good first file does not hide a later one the pipelines cannot take, nor one
+    that cannot be opened: the first stops the run before training, the second is
+    skipped and named there (once: the workers' copies skip it without a word)."""
+    write_pyramid(tmp_path / "a.tif", pyramid(levels=2, size=(512, 512)))
+    (tmp_path / "b.tif").write_bytes(b"II*\x00 not a tiff")
+    with pytest.warns(UserWarning, match=r"skipping .*b.tif"):
+        data = TiledRegions(tmp_path, SPEC, RegionSpec(128), samples_per_file=1)
+    copy = pickle.loads(pickle.dumps(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert seeded(lambda: copy[1])[0].shape == (2, 3, 24, 24)  # b's item, served by a
+    rgba = np.random.default_rng(1).integers(0, 255, (256, 256, 4), dtype=np.uint8)
+    with tifffile.TiffWriter(tmp_path / "c.tif") as tif:
+        tif.write(rgba, tile=(64, 64), photometric="rgb", extrasamples=("unassalpha",))
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"c.tif \(4 band"):
         TiledRegions(tmp_path, SPEC, RegionSpec(128))
 
 
@@ -157,8 +175,8 @@ def test_mpp_needs_the_files_pixel_size(slide, tmp_path):
     image, positions = data._source(0)
     assert image.mpp == pytest.approx(0.5) and positions.extent == pytest.approx(512)
     write_pyramid(tmp_path / "nompp.tif", arrays[:2])
-    with pytest.raises(ValueError, match=r"nompp.tif: data.mpp = 1.0 needs the file's pixel "
-                                         r"size"):
+    with pytest.warns(UserWarning, match=r"nompp.tif: data.mpp = 1.0 needs the file's pixel "
+                                         r"size"), pytest.raises(ValueError, match="can be sampled"):
         TiledRegions(tmp_path, SPEC, RegionSpec(256, mpp=1.0))
 
 

@@ -137,3 +137,16 @@ def test_front_page_figure_is_drawn_from_the_record(tmp_path):
     out = module.draw(module.DEFAULT_RESULTS, tmp_path / "figure.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert "docs/figures/resolution_cost.png" in (ROOT / "README.md").read_text()
+
+
+def test_tiled_formats_figure_is_drawn_from_the_record(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "tiled_formats", ROOT / "docs" / "figures" / "tiled_formats.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.DEFAULT_RESULTS.is_file()
+    out = module.draw(module.DEFAULT_RESULTS, tmp_path / "figure.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert "figures/tiled_formats.png" in (ROOT / "docs" / "input-pipeline.md").read_text()
