@@ -1,6 +1,8 @@
 // What the check_<op>.cpp programs share: device allocations filled with the NaN
 // pattern, the comparisons (bitwise for copies; for sums, within 3x the CPU op's own
 // error in that dtype), expected errors, and cases run by name (--quick: the CI set).
+// In counting builds (run.sh --count, count.h) every allocation is registered as
+// device memory, each case's launches are written as JSON, and the model cases run.
 //   check_<op> [--quick] [--list] [NAME-SUBSTRING ...]
 #pragma once
 
@@ -24,17 +26,47 @@ namespace emu_check {
 // reads before writing, shows in the comparison.
 class GarbageAllocator final : public c10::Allocator {
  public:
-  explicit GarbageAllocator(c10::Allocator* base) : base_(base) {}
+  explicit GarbageAllocator(c10::Allocator* base) : base_(base) {
+#ifdef EMU_COUNT
+    base_deleter() = base->raw_deleter();
+#endif
+  }
   c10::DataPtr allocate(size_t n) override {
     c10::DataPtr p = base_->allocate(n);
     if (n) emu::fill_garbage(p.get(), n);
+#ifdef EMU_COUNT
+    // Device memory for the counters: registered until freed (the CPU allocator's
+    // pointers are their own context, freed by its raw deleter).
+    if (n) {
+      TORCH_CHECK(p.get() == p.get_context() && p.get_deleter() == base_deleter(),
+                  "counting build: the CPU allocator's pointers are not their own context");
+      const c10::Device device = p.device();
+      void* data = p.release_context();
+      emu::count::register_global(data, n);
+      return {data, data, &counted_delete, device};
+    }
+#endif
     return p;
   }
+#ifdef EMU_COUNT
+  c10::DeleterFnPtr raw_deleter() const override { return &counted_delete; }
+#else
   c10::DeleterFnPtr raw_deleter() const override { return base_->raw_deleter(); }
+#endif
   void copy_data(void* dst, const void* src, size_t n) const override { std::memcpy(dst, src, n); }
 
  private:
   c10::Allocator* base_;
+#ifdef EMU_COUNT
+  static c10::DeleterFnPtr& base_deleter() {
+    static c10::DeleterFnPtr d = nullptr;
+    return d;
+  }
+  static void counted_delete(void* p) {
+    emu::count::unregister_global(p);
+    base_deleter()(p);
+  }
+#endif
 };
 
 inline int& failures() {
@@ -131,7 +163,14 @@ struct Case {
   std::string name;
   bool quick;  // in the CI set
   std::function<void()> run;
+  bool model = false;  // counting builds only (run.sh --count), quick or not
 };
+
+#ifdef EMU_COUNT
+inline constexpr bool kCounting = true;
+#else
+inline constexpr bool kCounting = false;
+#endif
 
 inline uint64_t seed_of(const std::string& s) {  // FNV-1a: one fixed seed per case
   uint64_t h = 1469598103934665603ull;
@@ -152,14 +191,16 @@ inline int main(int argc, char** argv, const std::vector<Case>& cases) {
     else filters.push_back(a);
   }
   if (!list) std::printf("  kernel source: %s\n", emu::kernel_source);
+  EMU_COUNTING(emu::count::set_program(argv[0]);)
   int ran = 0, errors = 0;
   for (const auto& c : cases) {
-    if (quick && !c.quick) continue;
+    if (c.model && !kCounting) continue;
+    if (quick && !c.quick && !c.model) continue;
     bool wanted = filters.empty();
     for (const auto& f : filters) wanted |= c.name.find(f) != std::string::npos;
     if (!wanted) continue;
     if (list) {
-      std::printf("%s%s\n", c.name.c_str(), c.quick ? "  (quick)" : "");
+      std::printf("%s%s\n", c.name.c_str(), c.model ? "  (model: --count)" : c.quick ? "  (quick)" : "");
       continue;
     }
     ++ran;
@@ -167,6 +208,7 @@ inline int main(int argc, char** argv, const std::vector<Case>& cases) {
     std::fflush(stdout);
     at::manual_seed(seed_of(c.name));
     const auto start = std::chrono::steady_clock::now();
+    EMU_COUNTING(emu::count::begin_case(c.name);)
     try {
       c.run();
     } catch (const c10::Error& e) {
@@ -176,6 +218,7 @@ inline int main(int argc, char** argv, const std::vector<Case>& cases) {
       ++errors;
       std::printf("    FAIL: unexpected error: %s\n", e.what());
     }
+    EMU_COUNTING(emu::count::end_case();)
     std::printf("    (%.1f s)\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   if (list) return 0;

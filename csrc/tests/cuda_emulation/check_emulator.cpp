@@ -2,7 +2,8 @@
 // coordinates of 3-D launches, every shuffle and vote against PTX's definitions,
 // atomics, static/dynamic shared memory and its fill pattern, the launch limits
 // (threads, grid, 48 KB without opt-in, the card's opt-in maximum, __launch_bounds__),
-// and that misuse ends the run with a report (in a child process each).
+// that misuse ends the run with a report (in a child process each), and, in counting
+// builds (run.sh --count), the traffic counters on kernels whose counts are known.
 #include "emulator_selftest_emulated.cpp"  // written by emulate_cu.py
 
 #include <fcntl.h>
@@ -155,6 +156,94 @@ void misuse(const char* self, const char* what, const char* needle) {
   if (!ok) std::printf("      child said: %s\n", text.str().c_str());
 }
 
+#ifdef EMU_COUNT
+// The traffic counters (count.h) on kernels whose counts are known.
+const emu::count::LaunchRecord& last_launch() { return emu::count::case_launches().back(); }
+
+void counter(const std::string& what, uint64_t got, uint64_t want) {
+  verdict(got == want, what + " = " + std::to_string(want) + (got == want ? "" : " (got " + std::to_string(got) + ")"));
+}
+
+void traffic_counters() {
+  auto in = at::randn({32 * 32 * 4}, at::kFloat), out = at::empty({32 * 4}, at::kFloat);
+  const float* i = in.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  selftest::count_load(i, o, 1, 32);  // 32 lanes x 4 bytes, consecutive
+  {
+    const auto& r = last_launch();
+    counter("coalesced: load requests", r.global_load.requests, 1);
+    counter("coalesced: load bytes", r.global_load.bytes, 128);
+    counter("coalesced: load sectors", r.global_load.sectors, 4);
+    counter("coalesced: ideal sectors", r.global_load.sectors_ideal, 4);
+    counter("coalesced: store sectors", r.global_store.sectors, 4);
+  }
+  selftest::count_load(i, o, 32, 32);  // a transposed read: 128 bytes apart
+  {
+    const auto& r = last_launch();
+    counter("strided: load requests", r.global_load.requests, 1);
+    counter("strided: load bytes", r.global_load.bytes, 128);
+    counter("strided: load sectors", r.global_load.sectors, 32);
+    counter("strided: ideal sectors", r.global_load.sectors_ideal, 4);
+  }
+  selftest::count_load(i, o, 1, 16);  // half the lanes (divergent): still one request
+  {
+    const auto& r = last_launch();
+    counter("16 lanes: load requests", r.global_load.requests, 1);
+    counter("16 lanes: load sectors", r.global_load.sectors, 2);
+  }
+  auto vin = at::randint(0, 1 << 20, {32 * 4}, at::kInt), vout = at::empty({32 * 4}, at::kInt);
+  selftest::count_vector(reinterpret_cast<const uint4*>(vin.data_ptr<int>()),
+                         reinterpret_cast<uint4*>(vout.data_ptr<int>()));
+  {
+    const auto& r = last_launch();
+    verdict(at::equal(vout.view({32, 4}), vin.view({32, 4}).flip(0)), "16-byte copy reversed through shared memory");
+    counter("16-byte: load requests", r.global_load.requests, 1);
+    counter("16-byte: load sectors", r.global_load.sectors, 16);
+    counter("16-byte: shared store requests", r.shared_store.requests, 1);
+    counter("16-byte: shared store wavefronts (4 phases)", r.shared_store.wavefronts, 4);
+    counter("16-byte: shared load conflict degree", r.shared_load.max_degree, 1);
+  }
+  selftest::count_tile(i, o, 0, 1);  // an unpadded 32 x 32 float tile read by columns
+  {
+    const auto& r = last_launch();
+    counter("unpadded tile: shared loads", r.shared_load.requests, 32);
+    counter("unpadded tile: conflict degree", r.shared_load.max_degree, 32);
+    counter("unpadded tile: load wavefronts", r.shared_load.wavefronts, 32 * 32);
+    counter("unpadded tile: store conflict degree", r.shared_store.max_degree, 1);
+    counter("tile: global bytes read", r.global_load.bytes, 4096);
+    counter("tile: distinct bytes read", r.unique_read_bytes, 4096);
+  }
+  selftest::count_tile(i, o, 1, 1);  // padded to 33
+  {
+    const auto& r = last_launch();
+    counter("padded tile: conflict degree", r.shared_load.max_degree, 1);
+    counter("padded tile: load wavefronts", r.shared_load.wavefronts, 32);
+  }
+  selftest::count_tile(i, o, 1, 2);  // the tile loaded twice
+  {
+    const auto& r = last_launch();
+    counter("tile loaded twice: global bytes read", r.global_load.bytes, 2 * 4096);
+    counter("tile loaded twice: sectors", r.global_load.sectors, 2 * 128);
+    counter("tile loaded twice: distinct bytes read", r.unique_read_bytes, 4096);
+  }
+  auto ints = at::empty({3 * 64}, at::kInt);
+  selftest::count_barriers(ints.data_ptr<int>(), 3, 64, 5);
+  {
+    const auto& r = last_launch();
+    counter("5 barriers x 3 blocks", r.barriers, 15);
+    counter("barriers per block", r.barriers_max_per_block, 5);
+    counter("blocks", r.blocks, 3);
+  }
+  auto f = at::empty({2 * 64}, at::kFloat);
+  selftest::count_mma(f.data_ptr<float>(), 2, 64, 3);
+  {
+    const auto& r = last_launch();
+    verdict(f[0].item<float>() == 48.0f, "mma: 3 x 16 products of 1 x 1");
+    counter("mma: 3 per warp x 4 warps", r.mma, 12);
+  }
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -181,5 +270,8 @@ int main(int argc, char** argv) {
          misuse(exe.c_str(), "missing-lanes", "names lanes that do not exist");
          misuse(exe.c_str(), "assert", "device-side assert failed");
        }},
+#ifdef EMU_COUNT
+      {"traffic counters", true, traffic_counters},
+#endif
   });
 }

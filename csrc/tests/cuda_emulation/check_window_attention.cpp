@@ -2,7 +2,9 @@
 // out, lse and the four gradients of every dtype (tensor-core mma for fp16/bf16),
 // each within 3x the CPU op's own error in that dtype, d(rpe) bitwise repeatable; and
 // the shared-memory limits: a table that needs the opt-in beyond 48 KB, and one that
-// fits an H100 (sm_90) but not an A100 (sm_80), where the op must say so.
+// fits an H100 (sm_90) but not an A100 (sm_80), where the op must say so. Counting
+// builds (run.sh --count) add the model cases: a pretraining-like shape for the
+// traffic counters, whose launches carry the shape for the report's floors.
 #include "window_attention_emulated.cpp"  // written by emulate_cu.py
 
 #include "check_common.h"
@@ -54,8 +56,21 @@ void check(at::ScalarType dt, const Shape& s) {
                                         mode, scale);
   auto [o_cpu, lse_cpu, p_cpu] = window_attention_fwd_cpu(ql, kl, vl, rl, ids, mode, scale);
   auto g_cpu = window_attention_bwd_cpu(gl, ql, kl, vl, o_cpu, lse_cpu, p_cpu, rl, ids, mode, scale);
+  // The shapes the counters' report needs for the floors (counting builds only).
+  [[maybe_unused]] auto mark = [&](const char* pass) {
+    EMU_COUNTING(emu::count::mark(
+        std::string("{\"pass\": \"") + pass + "\", \"dtype\": \"" + c10::toString(dt) +
+        "\", \"element_size\": " + std::to_string(c10::elementSize(dt)) + ", \"S\": " + std::to_string(s.S) +
+        ", \"N\": " + std::to_string(s.N) + ", \"H\": " + std::to_string(s.H) + ", \"d\": " +
+        std::to_string(s.d) + ", \"NB\": " + std::to_string(mode == "none" ? 0 : s.NB) + ", \"mode\": \"" +
+        mode + "\", \"per_head\": " + (s.per_head ? "true" : "false") + ", \"strided\": " +
+        (s.strided ? "true" : "false") + "}");)
+  };
+  mark("forward");
   auto [o, lse, p] = window_attention_fwd_cuda(ql, kl, vl, rl, ids, mode, scale);
+  mark("backward");
   auto g = window_attention_bwd_cuda(gl, ql, kl, vl, o, lse, p, rl, ids, mode, scale);
+  mark("backward again");
 
   const std::string t = std::string(c10::toString(dt)) + " ";
   const auto acc = dt == at::kDouble ? at::kDouble : at::kFloat;
@@ -78,6 +93,12 @@ Case attention(std::string name, bool quick, Shape s, std::vector<at::ScalarType
   return {name, quick, [=] {
             for (auto dt : dts) check(dt, s);
           }};
+}
+
+Case model(std::string name, Shape s, std::vector<at::ScalarType> dts) {
+  Case c = attention(std::move(name), false, s, std::move(dts));
+  c.model = true;
+  return c;
 }
 
 // The dq kernel's shared memory for a bf16 contextual table of NB buckets, d <= 32 (its
@@ -153,5 +174,10 @@ int main(int argc, char** argv) {
                 {kBFloat16, kFloat}),
       {"shared memory over 48 KB (opt-in)", true, opt_in_case},
       {"shared memory for sm_90 only", false, h100_only_case},
+      // The traffic counters' pretraining-like shape (counting builds only): LoMaR's
+      // N = 50 (four 7 x 7 windows and cls), d = 64, the shared contextual table of
+      // NB = 50 buckets; S and H small enough for the emulation.
+      model("model: S=8 N=50 H=2 d=64 contextual NB=50", {8, 50, 2, 64, "contextual", false, false, 50},
+            {kBFloat16, kFloat}),
   });
 }

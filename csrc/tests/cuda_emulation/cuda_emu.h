@@ -13,7 +13,10 @@
 // the launch limits of the emulated device (sm_80 or sm_90). Misuse is reported with
 // the kernel, block, thread and source line, then the process aborts, as a device
 // trap would end a CUDA context. emulate_cu.py rewrites what C++ cannot express
-// (<<<...>>>, __shared__ declarations, __launch_bounds__, inline PTX).
+// (<<<...>>>, __shared__ declarations, __launch_bounds__, inline PTX). Counting builds
+// (-DEMU_COUNT, run.sh --count) also tell count.h's traffic counters about launches,
+// blocks, shared memory, barriers, warp collectives and atomics (EMU_COUNTING lines;
+// nothing of them in the other builds).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -45,6 +48,15 @@
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#ifdef EMU_COUNT  // run.sh --count: the traffic counters (count.h), a model
+#include "count.h"
+#define EMU_COUNTING(...) __VA_ARGS__
+#define EMU_COUNT_NOINLINE __attribute__((noinline))  // a call's return address: its site
+#else
+#define EMU_COUNTING(...)
+#define EMU_COUNT_NOINLINE
+#endif
 
 // ---- CUDA C++ keywords ----------------------------------------------------------
 #define __device__
@@ -199,6 +211,8 @@ struct LaneSlot {
 };
 
 enum Kind : int { kSyncwarp = 1, kShfl, kVote, kMma };
+EMU_COUNTING(static_assert(int{kSyncwarp} == count::kSyncwarp && int{kShfl} == count::kShfl &&
+                           int{kVote} == count::kVote && int{kMma} == count::kMma);)
 
 struct Block {
   const char* kernel;
@@ -225,6 +239,7 @@ struct Block {
   };
   std::vector<Static> statics;
   size_t static_bytes = 0;
+  EMU_COUNTING(count::BlockCounts* counts = nullptr;)
 
   Block(const char* k, const char* f, int l, dim3 g, dim3 b, size_t smem, int limit, uint3 idx)
       : kernel(k), file(f), line(l), grid(g), block(b), nthreads(b.x * b.y * b.z),
@@ -323,6 +338,7 @@ inline void syncthreads(int site) {
   }
   ++bar.waiting;
   if (bar.waiting + blk.exited_count == blk.nthreads) {
+    EMU_COUNTING(count::barrier(blk.counts);)
     release(blk, bar, bar.waiting - 1);
     return;
   }
@@ -358,6 +374,7 @@ inline void warp_collective(int kind, unsigned mask, Put&& put, Get&& get) {
   put(slots[lane]);
   ++bar.waiting;
   if (static_cast<unsigned>(bar.waiting) == static_cast<unsigned>(std::popcount(mask))) {
+    EMU_COUNTING(count::collective(blk.counts, w, kind, mask == blk.existing_mask(w));)
     release(blk, bar, bar.waiting - 1);
     lock.unlock();
   } else {
@@ -482,6 +499,7 @@ inline T& static_shared(int site) {
   auto* p = static_cast<unsigned char*>(::operator new[](sizeof(T), std::align_val_t(16)));
   fill_garbage(p, sizeof(T));
   blk.statics.push_back({site, sizeof(T), p});
+  EMU_COUNTING(count::add_shared(blk.counts, p, sizeof(T));)
   return *reinterpret_cast<T*>(p);
 }
 
@@ -504,18 +522,28 @@ inline void exit_thread() {
   if (wb.waiting && (wb.mask >> ctx.lane & 1u))
     fail("lane %u exits while lanes of its warp wait for it in a warp collective (mask 0x%08x)",
          ctx.lane, wb.mask);
-  if (blk.block_bar.waiting && blk.block_bar.waiting + blk.exited_count == blk.nthreads)
+  if (blk.block_bar.waiting && blk.block_bar.waiting + blk.exited_count == blk.nthreads) {
+    EMU_COUNTING(count::barrier(blk.counts);)
     release(blk, blk.block_bar, blk.block_bar.waiting);
+  }
   if (blk.exited_count < blk.nthreads) check_deadlock(blk);
+  EMU_COUNTING(if (blk.exited_count == blk.nthreads) {
+    count::block_end(blk.counts);
+    blk.counts = nullptr;
+  })
 }
 
 // ---- atomics (on global or shared memory) ------------------------------------------------
+// (Counting builds: one read-modify-write of the cell per call, at the caller's site.)
+#define EMU_COUNT_ATOMIC(p) EMU_COUNTING(emu::count::atomic(p, sizeof(*p), __builtin_return_address(0));)
 template <typename T>
-inline T atomic_add(T* p, T v) {
+EMU_COUNT_NOINLINE inline T atomic_add(T* p, T v) {
+  EMU_COUNT_ATOMIC(p)
   return std::atomic_ref<T>(*p).fetch_add(v);
 }
 template <typename T, typename F>
-inline T atomic_update(T* p, F f) {
+EMU_COUNT_NOINLINE inline T atomic_update(T* p, F f) {
+  EMU_COUNT_ATOMIC(p)
   std::atomic_ref<T> a(*p);
   T old = a.load();
   while (!a.compare_exchange_weak(old, f(old))) {
@@ -653,6 +681,9 @@ struct Launch {
     // block's barriers. A block's state is made by its first thread and dropped once
     // all its threads have moved on. Blocks of different slots run at the same time,
     // so a race between blocks is a race here too.
+    EMU_COUNTING(const unsigned grid3[3] = {grid.x, grid.y, grid.z}, block3[3] = {block.x, block.y, block.z};
+                 count::LaunchCounts* const counts = count::launch_begin(
+                     reinterpret_cast<const void*>(kernel), name, file, line, grid3, block3, smem);)
     const unsigned slots = static_cast<unsigned>(
         std::min<unsigned long long>(blocks, static_cast<unsigned>(device().concurrent_blocks)));
     const int total_limit =  // static plus dynamic shared memory
@@ -677,6 +708,7 @@ struct Launch {
                         static_cast<unsigned>(b / (1ull * grid.x * grid.y))};
         made.push_back({b, std::make_unique<Block>(name, file, line, grid, block, smem, total_limit, idx), 0});
         it = made.end() - 1;
+        EMU_COUNTING(it->block->counts = count::block_begin(counts, n, it->block->dynamic_smem, smem);)
       }
       Block& blk = *it->block;
       // Once every thread has entered block b, all have left the ones before it.
@@ -693,11 +725,14 @@ struct Launch {
         Block& blk = block_for(s, b);
         ctx = {&blk, tid, tid / 32, tid % 32};
         blockIdx = blk.index;
+        EMU_COUNTING(count::thread_begin(blk.counts, tid);)
         std::apply(kernel, packed);
+        EMU_COUNTING(count::thread_end();)
         exit_thread();
       }
       ctx = {};
     });
+    EMU_COUNTING(count::launch_end(counts);)
   }
 };
 
@@ -791,14 +826,18 @@ template <typename T> inline T __ldg(const T* p) { return *p; }
 
 template <typename T> inline T atomicAdd(T* p, T v) { return emu::atomic_add(p, v); }
 template <typename T> inline T atomicSub(T* p, T v) { return emu::atomic_add(p, T(0) - v); }
-template <typename T> inline T atomicExch(T* p, T v) { return std::atomic_ref<T>(*p).exchange(v); }
+template <typename T> EMU_COUNT_NOINLINE inline T atomicExch(T* p, T v) {
+  EMU_COUNT_ATOMIC(p)
+  return std::atomic_ref<T>(*p).exchange(v);
+}
 template <typename T> inline T atomicMax(T* p, T v) {
   return emu::atomic_update(p, [v](T o) { return o < v ? v : o; });
 }
 template <typename T> inline T atomicMin(T* p, T v) {
   return emu::atomic_update(p, [v](T o) { return v < o ? v : o; });
 }
-template <typename T> inline T atomicCAS(T* p, T compare, T v) {
+template <typename T> EMU_COUNT_NOINLINE inline T atomicCAS(T* p, T compare, T v) {
+  EMU_COUNT_ATOMIC(p)
   std::atomic_ref<T>(*p).compare_exchange_strong(compare, v);
   return compare;
 }

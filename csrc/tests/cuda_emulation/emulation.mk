@@ -2,6 +2,7 @@
 #   ROOT      repository root          CUDA_DIR  where the .cu files are read from
 #   OUT       this mode's build folder  REF       the CPU ops' objects (any mode)
 #   MODE      none | thread | address   TORCH     torch's package folder
+#             | count (traffic counters, count.h)
 #   PYTHON    runs emulate_cu.py        PCH       a folder for this mode's prelude.h.gch only
 # Targets: $(OUT)/check_<op> for the ops in csrc/cuda/<op>.cu.
 HERE := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
@@ -17,7 +18,13 @@ FLAGS := -std=c++20 -O1 -g1 -DLOMAR_WITH_CUDA -Wno-unknown-pragmas -I$(ROOT)/csr
 SANITIZE_none :=
 SANITIZE_thread := -fsanitize=thread
 SANITIZE_address := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+# count: ThreadSanitizer's instrumentation (a call per load and store) without its
+# runtime: count_runtime.o takes the calls. No tree SRA, so that a 16-byte copy stays
+# one 16-byte access instead of four scalar ones.
+SANITIZE_count := -fsanitize=thread --param=tsan-instrument-func-entry-exit=0 -fno-tree-sra -DEMU_COUNT
 SANITIZE := $(SANITIZE_$(MODE))
+LINK_SANITIZE := $(if $(filter count,$(MODE)),,$(SANITIZE))
+RUNTIME_count := $(OUT)/count_runtime.o
 LIBS := -L$(TORCH)/lib -ltorch -ltorch_cpu -lc10 -Wl,-rpath,$(TORCH)/lib -pthread
 
 # The CPU ops the kernels are compared with: built once, without sanitizers (they are
@@ -57,8 +64,13 @@ $(OUT)/check_emulator.o: $(HERE)/check_emulator.cpp $(OUT)/emulator_selftest_emu
                          $(PCH)/prelude.h.gch
 	$(COMPILE_CHECK)
 
-$(OUT)/check_%: $(OUT)/check_%.o $(REF_OBJECTS)
-	$(Q)$(CXX) $(SANITIZE) $^ $(LIBS) -o $@
+$(OUT)/count_runtime.o: $(HERE)/count_runtime.cpp $(HERE)/count.h
+	@mkdir -p $(OUT)
+	@echo "  compile count_runtime.cpp (the counters)"
+	$(Q)$(CXX) -std=c++20 -O2 -g1 -c $< -o $@
+
+$(OUT)/check_%: $(OUT)/check_%.o $(REF_OBJECTS) $(RUNTIME_$(MODE))
+	$(Q)$(CXX) $(LINK_SANITIZE) $^ $(LIBS) -o $@
 
 .PRECIOUS: $(OUT)/%_emulated.cpp $(OUT)/check_%.o $(REF)/%.o
 -include $(wildcard $(OUT)/*.d $(REF)/*.d $(REF)/cpu/*.d)

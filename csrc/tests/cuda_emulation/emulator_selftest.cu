@@ -1,6 +1,7 @@
 // Small CUDA kernels that exercise what the emulation offers beyond what csrc/cuda/
 // uses today (3-D grids, every shuffle, votes, atomics, static and dynamic shared
-// memory, launch limits) and the misuse it must report; check_emulator.cpp runs them.
+// memory, launch limits), the misuse it must report, and kernels whose traffic counts
+// are known (run.sh --count); check_emulator.cpp runs them.
 // Plain CUDA: emulate_cu.py rewrites it like the kernel files.
 #include <ATen/cuda/CUDAContext.h>
 
@@ -102,6 +103,61 @@ __global__ void assert_kernel(const int* in) { CUDA_KERNEL_ASSERT(in[threadIdx.x
 __global__ void bounds_kernel(int* out) { out[threadIdx.x] = 1; }
 __global__ void __launch_bounds__(32) bounded_kernel(int* out) { out[threadIdx.x] = 1; }
 
+// ---- traffic counters (run.sh --count): kernels whose counts are known ---------------
+// One warp: lane l < lanes reads in[l * stride] (stride 1: one request of 4 sectors of
+// 32 bytes; 32: 32 sectors; 16 lanes: 2 sectors), every lane writes out[l].
+__global__ void count_load_kernel(const float* in, float* out, int stride, int lanes) {
+  const int lane = threadIdx.x;
+  float v = 0;
+  if (lane < lanes) v = in[lane * stride];
+  out[lane] = v;
+}
+
+// 16 bytes per lane: one request of 16 sectors each way; in shared memory 4 phases of
+// 8 lanes, none with a conflict.
+__global__ void count_vector_kernel(const uint4* in, uint4* out) {
+  __shared__ uint4 s[32];
+  s[threadIdx.x] = in[threadIdx.x];
+  __syncwarp();
+  out[threadIdx.x] = s[31 - threadIdx.x];
+}
+
+// A 32 x 32 float tile staged in shared memory in rows of 32 + pad floats, written by
+// rows and read by columns (lane = row): without padding the 32 lanes of each read
+// hit one bank (32-way), with one float of padding 32 banks (1-way). times: how many
+// times the tile is loaded from global memory.
+__global__ void count_tile_kernel(const float* in, float* out, int pad, int times) {
+  __shared__ float tile[32 * 33];
+  const int lane = threadIdx.x, ld = 32 + pad;
+  for (int t = 0; t < times; ++t)
+    for (int r = 0; r < 32; ++r) tile[r * ld + lane] = in[r * 32 + lane];
+  __syncwarp();
+  float sum = 0;
+  for (int c = 0; c < 32; ++c) sum += tile[lane * ld + c];
+  out[lane] = sum;
+}
+
+__global__ void count_barrier_kernel(int* out, int n) {
+  for (int k = 0; k < n; ++k) __syncthreads();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = n;
+}
+
+// n tensor-core instructions per warp.
+__global__ void count_mma_kernel(float* out, int n) {
+  float c[4] = {0, 0, 0, 0};
+  const uint32_t a = 0x3f803f80u, b = 0x3f803f80u;  // bf16 pairs (1, 1)
+  for (int k = 0; k < n; ++k) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a), "r"(a), "r"(a), "r"(a), "r"(b), "r"(b));
+#endif
+  }
+  out[blockIdx.x * blockDim.x + threadIdx.x] = c[0];
+}
+
 // ---- host side ------------------------------------------------------------------
 void where(uint32_t* out, dim3 grid, dim3 block) {
   where_kernel<<<grid, block>>>(out);
@@ -134,6 +190,26 @@ void launch_with(int* out, dim3 grid, dim3 block) {
 }
 void bounded(int* out, int threads) {
   bounded_kernel<<<1, threads>>>(out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+void count_load(const float* in, float* out, int stride, int lanes) {
+  count_load_kernel<<<1, 32>>>(in, out, stride, lanes);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+void count_vector(const uint4* in, uint4* out) {
+  count_vector_kernel<<<1, 32>>>(in, out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+void count_tile(const float* in, float* out, int pad, int times) {
+  count_tile_kernel<<<1, 32>>>(in, out, pad, times);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+void count_barriers(int* out, int blocks, int threads, int n) {
+  count_barrier_kernel<<<blocks, threads>>>(out, n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+void count_mma(float* out, int blocks, int threads, int n) {
+  count_mma_kernel<<<blocks, threads>>>(out, n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 void misuse(const char* what, int* buffer) {
