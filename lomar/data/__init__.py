@@ -4,6 +4,8 @@
   the demo photographs (no imports: the models take the statistics from it);
 - :mod:`~lomar.data.decode`: a file to uint8 RGB pixels (RGB and greyscale JPEGs by
   simplejpeg, at reduced scale where the crop allows it; everything else by Pillow);
+- :mod:`~lomar.data.read`: a file as the pixels it holds, any bands, uint8, uint16 or
+  float32 (:func:`read_image`: multispectral, 16-bit, single-channel data);
 - :mod:`~lomar.data.crop`: the random-resized crop, drawn apart from its pixels,
   rendered whole or as the LoMaR windows only;
 - :mod:`~lomar.data.resample`: the windows' pixels, through the op
@@ -25,6 +27,7 @@ from .constants import DEMO_PHOTOS, IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_ST
 from .crop import Crop, render_crop, render_windows, sample_crop, window_boxes
 from .decode import CorruptImageError, OpenedImage, decode_rgb, open_image, read_rgb
 from .demo import build_demo_digits, build_demo_photos, demo_photo_dir
+from .read import READ_DTYPES, read_image
 from .folder import ImageFiles, find_images
 from .pipelines import FullCrops, WindowCrops, WindowSpec, pretrain_transform
 from .resample import resize_windows
@@ -38,6 +41,7 @@ __all__ = [
     "Crop", "render_crop", "render_windows", "sample_crop", "window_boxes",
     "CorruptImageError", "OpenedImage", "decode_rgb", "open_image", "read_rgb",
     "build_demo_digits", "build_demo_photos", "demo_photo_dir",
+    "READ_DTYPES", "read_image",
     "ImageFiles", "find_images",
     "FullCrops", "WindowCrops", "WindowSpec", "pretrain_transform",
     "resize_windows",
