@@ -201,6 +201,8 @@ def main():
         return 1
     print(f"({NOTE})\n")
     for case in cases:
+        if not case["launches"]:
+            continue
         print(f"{case['op']}: {case['case']}  [emulated sm_{case['arch']}, {case['sms']} SMs]")
         print(table([row_of(x, n) for x, n in launch_rows(case)], args.markdown))
         print()

@@ -21,6 +21,9 @@
 #                       warp request, shared-memory bank conflicts, barriers, mma
 #   --count-out DIR     where (default $TMPDIR/lomar_emulation_counts; emptied first)
 #   --all               with --count: every case, not only the quick and model ones
+#   --planted           the counters' own test (planted_test.py): inefficiencies
+#                       planted in copies of the kernel files must move the figure
+#                       they should (a few minutes)
 # Exit status: 0 all passed; 1 a mismatch, sanitizer report or emulation error; 2 bad
 # arguments; 3 the build failed. Builds go to $LOMAR_EMU_WORK (default
 # $TMPDIR/lomar_cuda_emulation) and are reused.
@@ -34,7 +37,7 @@ root=$(cd "$here/../../.." && pwd)
 all_ops=(emulator rpe_gather window_patchify mask_substitute masked_patch_loss window_attention)
 
 usage() { sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
-sanitize=none quick=() ops=() cases=() list=() count=0 count_out= all=0
+sanitize=none quick=() ops=() cases=() list=() count=0 count_out= all=0 planted=0
 while (($#)); do
   case $1 in
     --sanitize) sanitize=${2:-}; shift 2 ;;
@@ -46,6 +49,7 @@ while (($#)); do
     --count-out) count_out=${2:-}; shift 2 ;;
     --count-out=*) count_out=${1#*=}; shift ;;
     --all) all=1; shift ;;
+    --planted) planted=1; shift ;;
     -h|--help) usage 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; usage 2 >&2 ;;
     *) ops+=("$1"); shift ;;
@@ -55,6 +59,11 @@ case $sanitize in none|thread|address) ;; *)
   echo "run.sh: --sanitize must be none, thread or address, got '$sanitize'" >&2; exit 2 ;;
 esac
 ((${#ops[@]})) || ops=("${all_ops[@]}")
+python=${PYTHON:-}
+[[ -n $python ]] || { [[ -x $root/.venv/bin/python ]] && python=$root/.venv/bin/python || python=python3; }
+if ((planted)); then
+  PYTHON=$python exec "$python" "$here/planted_test.py"
+fi
 mode=$sanitize
 if ((count)); then
   [[ $sanitize == none ]] || { echo "run.sh: --count is its own build; drop --sanitize" >&2; exit 2; }
@@ -71,8 +80,6 @@ for op in "${ops[@]}"; do
     echo "run.sh: unknown op '$op'; the ops are: ${all_ops[*]}" >&2; exit 2; }
 done
 
-python=${PYTHON:-}
-[[ -n $python ]] || { [[ -x $root/.venv/bin/python ]] && python=$root/.venv/bin/python || python=python3; }
 torch_dir=$("$python" -c "import torch, os; print(os.path.dirname(torch.__file__))")
 cuda_dir=${LOMAR_EMU_CUDA_DIR:-$root/csrc/cuda}
 # One build folder per torch and compiler (their headers are not tracked as dependencies).
