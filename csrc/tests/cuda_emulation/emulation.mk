@@ -23,6 +23,9 @@ SANITIZE_address := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-
 # one 16-byte access instead of four scalar ones.
 SANITIZE_count := -fsanitize=thread --param=tsan-instrument-func-entry-exit=0 -fno-tree-sra -DEMU_COUNT
 SANITIZE := $(SANITIZE_$(MODE))
+# Its precompiled header is ThreadSanitizer's (GCC takes it with the flags above, and
+# run.sh points PCH at the thread mode's: one header precompiled for both).
+PCH_SANITIZE := $(if $(filter count,$(MODE)),$(SANITIZE_thread),$(SANITIZE))
 LINK_SANITIZE := $(if $(filter count,$(MODE)),,$(SANITIZE))
 RUNTIME_count := $(OUT)/count_runtime.o
 LIBS := -L$(TORCH)/lib -ltorch -ltorch_cpu -lc10 -Wl,-rpath,$(TORCH)/lib -pthread
@@ -54,7 +57,7 @@ $(OUT)/%_emulated.cpp: $(CUDA_DIR)/%.cu $(HERE)/emulate_cu.py
 $(PCH)/prelude.h.gch: $(HERE)/prelude.h $(HERE)/emulation.mk
 	@mkdir -p $(PCH)
 	@echo "  precompile prelude.h (sanitize=$(MODE))"
-	$(Q)$(CXX) $(FLAGS) $(SANITIZE) -x c++-header $< -o $@
+	$(Q)$(CXX) $(FLAGS) $(PCH_SANITIZE) -x c++-header $< -o $@
 
 COMPILE_CHECK = @echo "  compile $(notdir $<) (emulated CUDA, sanitize=$(MODE))"; \
   $(CXX) -I$(OUT) -I$(PCH) $(FLAGS) $(SANITIZE) -include prelude.h -Winvalid-pch -MMD -MP -c $< -o $@

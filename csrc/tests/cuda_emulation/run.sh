@@ -88,7 +88,7 @@ work=${LOMAR_EMU_WORK:-${TMPDIR:-/tmp}/lomar_cuda_emulation}/$key
 out=$work/$mode
 [[ $cuda_dir == "$root/csrc/cuda" ]] || out=$work/$(echo "$cuda_dir" | cksum | cut -d' ' -f1)-$mode
 out=${LOMAR_EMU_OUT:-$out}
-pch=$work/$mode/pch  # mutants share the mode's precompiled headers
+pch=$work/${mode/count/thread}/pch  # mutants share the mode's precompiled headers (count: thread's)
 
 targets=()
 for op in "${ops[@]}"; do targets+=("$out/check_$op"); done
