@@ -141,3 +141,13 @@ triton-compile-check: $(VENV_STAMP)
 		assert triton.__version__ == '$(TRITON_GPU_VERSION)', triton.__file__; \
 		print('side venv: triton', triton.__version__, 'torch', torch.__version__)"
 	PYTHONPATH=$(CURDIR) $(TRITON_SIDE_VENV)/bin/python $(TRITON_SWEEP)
+
+# A model of the CUDA kernels' resources that needs no GPU (bench/gpu_model/, docs/gpu.md):
+# ptxas's report for csrc/cuda/*.cu, sm_80 and sm_90, with the shipped build's flags
+# (cached in build/gpu_model/: a few minutes the first time on 2 cores, seconds after),
+# window_attention's launches at the pretraining and fine-tuning shapes, blocks per SM on
+# the A100, H100 and H200, and each op's floor; writes bench/results/model-YYYY-MM-DD/
+# (model.json, README.md, every table labelled a model) and prints a short table.
+.PHONY: gpu-model
+gpu-model: $(VENV_STAMP)
+	PYTHONPATH=$(CURDIR)/bench $(PY) -m gpu_model

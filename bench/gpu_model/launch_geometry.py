@@ -1,0 +1,204 @@
+"""The launches window_attention's CUDA host code makes at a shape: kernel, grid,
+threads per block and dynamic shared memory. The ONE Python mirror of the formulas
+of csrc/cuda/window_attention.cu (make_params, FwdSmem, BwdSmem, table_width and the
+grids of window_attention_fwd_cuda / _bwd_cuda); tests/ops/test_gpu_model.py compiles
+those C++ formulas, cut from the source as they are, and checks this mirror against
+them, so a kernel change that moves a figure fails that test until this file follows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Per scalar type: bytes, its accumulator type, whether it multiplies on tensor cores.
+DTYPES = {"bf16": (2, "fp32", True), "fp16": (2, "fp32", True),
+          "fp32": (4, "fp32", False), "fp64": (8, "fp64", False)}
+SIZEOF = {"bf16": 2, "fp16": 2, "fp32": 4, "fp64": 8, "int": 4}
+HEAD_DIMS = (32, 64, 80, 128)        # kHeadDims: d is padded with zeros to one of these
+MODES = {"none": 0, "bias": 1, "contextual": 2}
+
+
+def rows_per_tile(dtype: str) -> int:
+    """kRows: 64 rows for 16-bit types, 32 for fp32, 16 for fp64."""
+    return {2: 64, 4: 32, 8: 16}[_sizeof(dtype)]
+
+
+def pad(dtype: str) -> int:
+    """kPad, in elements: 16 bytes for 16-bit types, one element otherwise."""
+    return 8 if _sizeof(dtype) == 2 else 1
+
+
+def padded_head_dim(d: int) -> int:
+    for dp in HEAD_DIMS:
+        if d <= dp:
+            return dp
+    raise ValueError(f"d={d}: the CUDA kernel takes a head dim d <= 128")
+
+
+def table_width(nb: int, rows: int) -> int:
+    """The qR / dT row stride."""
+    return (nb + rows - 1) // rows * rows + 1
+
+
+def _sizeof(dtype: str) -> int:
+    if dtype not in SIZEOF:
+        raise ValueError(f"dtype={dtype!r}: one of {sorted(DTYPES)}")
+    return SIZEOF[dtype]
+
+
+class _Carver:
+    """Carver: pieces 16-byte aligned, in order."""
+
+    def __init__(self):
+        self.used = 0
+
+    def take(self, dtype: str, count: int) -> None:
+        self.used = (self.used + 15) & ~15
+        self.used += count * _sizeof(dtype)
+
+
+def fwd_smem(dtype: str, dp: int, nb: int, mode: str) -> int:
+    """FwdSmem<scalar_t, DP, ROWS>(nullptr, NB, mode).bytes."""
+    rows, (_, acc, tc) = rows_per_tile(dtype), DTYPES[dtype]
+    p_t = dtype if tc else acc
+    ld, ldp = dp + pad(dtype), rows + pad(p_t)
+    c = _Carver()
+    for _ in range(3):                       # Qs, Ks, Vs
+        c.take(dtype, rows * ld)
+    c.take(p_t, rows * ldp)                  # Ps
+    c.take("int", rows * (rows + 1))         # ids
+    for _ in range(4):                       # qseq, qpos, kseq, kpos
+        c.take("int", rows)
+    c.take(acc, rows * table_width(nb, rows) if mode == "contextual" else 0)  # qR
+    c.take(acc, nb if mode == "bias" else 0)  # bias
+    return c.used
+
+
+def bwd_smem(dtype: str, dp: int, nb: int, mode: str, dq_kernel: bool) -> int:
+    """BwdSmem<scalar_t, DP, ROWS>(nullptr, NB, mode, dq_kernel).bytes."""
+    rows, (_, acc, tc) = rows_per_tile(dtype), DTYPES[dtype]
+    p_t = dtype if tc else acc
+    ld, ldp, lds = dp + pad(dtype), rows + pad(p_t), rows + 1
+    c = _Carver()
+    for _ in range(4):                       # Qs, dOs, Ks, Vs
+        c.take(dtype, rows * ld)
+    c.take(p_t, 0 if dq_kernel else rows * ldp)   # Ps
+    c.take(acc, rows * lds if dq_kernel else 0)   # dSs
+    c.take("int", rows * (rows + 1))         # ids
+    for _ in range(4):                       # qseq, qpos, kseq, kpos
+        c.take("int", rows)
+    c.take(acc, rows)                        # lse
+    c.take(acc, rows)                        # delta
+    w = table_width(nb, rows)
+    c.take(acc, rows * w if mode == "contextual" else 0)                 # qR
+    c.take(acc, rows * w if dq_kernel and mode != "none" else 0)         # dT
+    c.take(acc, nb if mode == "bias" else 0)                             # bias
+    return c.used
+
+
+@dataclass(frozen=True)
+class Shape:
+    """q, k, v of (S, N, H, d); the iRPE table (NB, d), (H, NB, d) per head, or the
+    bias (H, NB)."""
+    S: int
+    N: int
+    H: int
+    d: int
+    dtype: str = "bf16"
+    rpe_mode: str = "contextual"
+    NB: int = 50
+    per_head: bool = False
+
+    def __post_init__(self):
+        for name in ("S", "N", "H", "d"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.rpe_mode not in MODES:
+            raise ValueError(f"rpe_mode={self.rpe_mode!r}: one of {sorted(MODES)}")
+        _sizeof(self.dtype)
+
+    def label(self) -> str:
+        table = "" if self.rpe_mode == "none" else f" NB={self.NB}" + \
+            (" per-head" if self.per_head else "")
+        return (f"S={self.S} N={self.N} H={self.H} d={self.d} {self.dtype} "
+                f"{self.rpe_mode}{table}")
+
+
+@dataclass(frozen=True)
+class Params:
+    """The tile bookkeeping of make_params."""
+    NB: int
+    per_head: bool
+    pack: int
+    row_tiles: int
+    tiles_per_head: int
+    num_tiles: int
+    groups: int
+    group_width: int
+
+
+def make_params(shape: Shape) -> Params:
+    rows = rows_per_tile(shape.dtype)
+    S, N, H = shape.S, shape.N, shape.H
+    nb = 0 if shape.rpe_mode == "none" else shape.NB  # Params{} leaves NB = 0
+    per_head = shape.rpe_mode == "contextual" and shape.per_head
+    pack = rows // N if N <= rows else 1
+    row_tiles = 1 if N <= rows else -(-N // rows)
+    tiles_per_head = -(-S // pack) if N <= rows else S * row_tiles
+    groups = H if shape.rpe_mode == "bias" or per_head else 1
+    group_width = nb * shape.d if shape.rpe_mode == "contextual" else nb
+    return Params(nb, per_head, pack, row_tiles, tiles_per_head, H * tiles_per_head, groups,
+                  group_width)
+
+
+@dataclass(frozen=True)
+class Launch:
+    kernel: str        # as ptxas_report names it: base<scalar, DP, ROWS>
+    grid: tuple        # (x, y)
+    threads: int
+    dynamic_smem: int
+
+    @property
+    def blocks(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def base(self) -> str:
+        return self.kernel.split("<", 1)[0]
+
+
+def dq_blocks(params: Params, mode: str, sms: int) -> int:
+    """The dq kernel's blocks per table group: a fixed count per GPU (4 per SM over the
+    groups), so the d(rpe) summation order depends only on the shapes and the card."""
+    group_tiles = params.num_tiles // params.groups
+    if mode == "none":
+        return group_tiles
+    return max(1, min(group_tiles, (4 * sms + params.groups - 1) // params.groups))
+
+
+def forward_launches(shape: Shape) -> list[Launch]:
+    p, rows, dp = make_params(shape), rows_per_tile(shape.dtype), padded_head_dim(shape.d)
+    tmpl = f"<{shape.dtype}, {dp}, {rows}>"
+    return [Launch("window_attention_fwd_kernel" + tmpl, (p.num_tiles, 1), 2 * rows,
+                   fwd_smem(shape.dtype, dp, p.NB, shape.rpe_mode))]
+
+
+def backward_launches(shape: Shape, sms: int) -> list[Launch]:
+    """delta, dk/dv, dq, then (with a table) the d(rpe) reduction, in launch order."""
+    if sms < 1:
+        raise ValueError(f"sms={sms}: a card has at least one SM")
+    p, rows, dp = make_params(shape), rows_per_tile(shape.dtype), padded_head_dim(shape.d)
+    acc = DTYPES[shape.dtype][1]
+    tmpl = f"<{shape.dtype}, {dp}, {rows}>"
+    n_rows = shape.S * shape.H * shape.N
+    delta_blocks = min(-(-n_rows // 8), sms * 32)
+    out = [Launch(f"window_attention_delta_kernel<{shape.dtype}>", (delta_blocks, 1), 256, 0),
+           Launch("window_attention_dkdv_kernel" + tmpl, (p.num_tiles, 1), 2 * rows,
+                  bwd_smem(shape.dtype, dp, p.NB, shape.rpe_mode, dq_kernel=False)),
+           Launch("window_attention_dq_kernel" + tmpl,
+                  (dq_blocks(p, shape.rpe_mode, sms), p.groups), 2 * rows,
+                  bwd_smem(shape.dtype, dp, p.NB, shape.rpe_mode, dq_kernel=True))]
+    if shape.rpe_mode != "none":
+        total = p.groups * p.group_width
+        out.append(Launch(f"window_attention_drpe_kernel<{shape.dtype}, {acc}>",
+                          (min(-(-total // 256), sms * 8), 1), 256, 0))
+    return out
