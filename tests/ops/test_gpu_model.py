@@ -112,6 +112,9 @@ def test_readable_names_drop_namespaces_and_parameters_and_shorten_types():
 @pytest.mark.skipif(shutil.which("nvcc") is None and not os.environ.get("CUDA_HOME"),
                     reason="no CUDA toolkit: setup.py refuses LOMAR_CUDA=1 without nvcc")
 def test_the_compile_uses_the_shipped_builds_flags():
+    torch = pytest.importorskip("torch")
+    if torch.version.cuda is None:
+        pytest.skip("torch is not a CUDA build: setup.py refuses LOMAR_CUDA=1")
     flags = compile_facts.shipped_build_flags(ROOT)
     cmd = flags.command(KERNEL_SOURCE, "sm_90", Path("x.cubin"))
     setup_py = ["-O3", "-DLOMAR_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo"]
@@ -578,6 +581,7 @@ def test_measured_ceilings_replace_the_spec_only_for_that_card(tmp_path):
     assert h100.bandwidth_source.startswith("spec") and a100.bf16_source.startswith("spec")
 
 
+@pytest.mark.skipif(shutil.which("c++filt") is None, reason="c++filt (binutils) not installed")
 def test_the_record_says_it_is_a_model(tmp_path, capsys):
     out = tmp_path / "model-test"
     assert gpu_model_main(["--out", str(out), "--reports", *map(str, REPORTS)]) == 0
