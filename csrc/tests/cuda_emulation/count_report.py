@@ -8,7 +8,7 @@ dq, dk, dv written once, the iRPE table, bucket map and lse once).
 
 These are emulation counts: a model of the kernels' memory traffic made on the CPU,
 not GPU measurements (no cache, no timing; see docs/design.md).
-    python count_report.py DIR [--ops OP ...] [--json OUT] [--markdown]
+    python count_report.py DIR [--ops OP ...] [--cases NAME ...] [--json OUT [--raw-cases NAME ...]] [--markdown]
 """
 import argparse
 import glob
@@ -190,6 +190,8 @@ def main():
     parser.add_argument("folder")
     parser.add_argument("--ops", nargs="*", default=[])
     parser.add_argument("--json", help="write every case, its launches and the floors here")
+    parser.add_argument("--raw-cases", nargs="*", help="with --json: the raw counters (buffers, sites) "
+                        "only for the cases whose name holds one of these (default: every case)")
     parser.add_argument("--markdown", action="store_true", help="tables in Markdown")
     parser.add_argument("--cases", nargs="*", default=[], help="only cases whose name holds one of these")
     args = parser.parse_args()
@@ -213,9 +215,12 @@ def main():
               "sectors those requests touch, distinct = bytes touched at least once")
         print(floor_table(fl, args.markdown))
     if args.json:
+        def keep_raw(c):
+            return args.raw_cases is None or any(n in c["case"] for n in args.raw_cases)
         with open(args.json, "w") as f:
-            json.dump({"model": NOTE, "cases": [{k: v for k, v in c.items() if k != "raw"} | {"counters": c["raw"]}
-                                                for c in cases], "floors": fl}, f, indent=1)
+            json.dump({"model": NOTE,
+                       "cases": [{k: v for k, v in c.items() if k != "raw"} | ({"counters": c["raw"]} if keep_raw(c) else {})
+                                 for c in cases], "floors": fl}, f, indent=1)
     return 0
 
 

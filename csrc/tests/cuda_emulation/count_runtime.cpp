@@ -619,7 +619,7 @@ LaunchCounts* launch_begin(const void* fn, const char* name, const char* file, i
   Quiet quiet;
   auto* l = new LaunchCounts;
   l->rec.fn = fn;
-  l->rec.site = std::string(file) + ":" + std::to_string(line) + " (" + name + ")";
+  l->rec.site = std::filesystem::path(file).filename().string() + ":" + std::to_string(line) + " (" + name + ")";
   std::copy(grid, grid + 3, l->rec.grid);
   std::copy(block, block + 3, l->rec.block);
   l->rec.dynamic_smem = smem;
