@@ -82,6 +82,15 @@ emulate: $(VENV_STAMP)
 emulate-quick: $(VENV_STAMP)
 	$(EMULATE) --quick --sanitize thread
 	$(EMULATE) --quick --sanitize address
+	$(EMULATE) --count emulator
+
+# The emulation's traffic counters, a model (docs/design.md): window_attention's quick and
+# model cases counted (JSON under $TMPDIR/lomar_emulation_counts, summed up), then the
+# inefficiencies planted in copies of the kernel that must move them (4 minutes on 2 cores).
+.PHONY: emulate-count
+emulate-count: $(VENV_STAMP)
+	$(EMULATE) --count window_attention
+	$(EMULATE) --planted
 
 # CPU benchmarks (pytest-benchmark); tagged CSV/JSON under bench/results/cpu-latest,
 # then the end-to-end throughput comparison at reduced scale (lomar bench --quick), then
