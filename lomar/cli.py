@@ -10,6 +10,7 @@
     lomar bench-data --source FILE [FILE ...] | --tiled [--sizes 1024] [--out DIR]
     lomar report probe|detect OUT.png LABEL=RUN_DIR [LABEL=RUN_DIR ...]
     lomar convert SRC [SRC ...] DST [--tile 256] [--quality 90 | --lossless] [--jobs N]
+    lomar stats PATH [--out stats.yaml]
     lomar info
 
 ``--config`` takes a YAML file or the name of a config shipped with the package
@@ -173,6 +174,31 @@ def _convert(args) -> int:
     return 1 if result["failed"] else 0
 
 
+def _stats(args) -> int:
+    from pathlib import Path
+
+    from .data.stats import band_statistics, plot_histograms
+
+    try:
+        stats = band_statistics(args.path, max_files=args.max_files, seed=args.seed,
+                                region=args.region, regions_per_file=args.regions_per_file,
+                                progress=True)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for path, reason in stats.skipped:
+        print(f"lomar stats: skipped {path}: {reason}", file=sys.stderr)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(stats.yaml())
+        figure = plot_histograms(stats, out.with_suffix(".png"))
+        print(f"{out} (use it as a second --config), {figure}")
+    else:
+        print(stats.yaml(), end="")
+    return 0
+
+
 def _info(args) -> int:
     import lomar_ops
 
@@ -189,7 +215,8 @@ def main(argv=None) -> int:
                   "--help-config)"
     def add_job(name, help, run):
         job = sub.add_parser(name, help=help)
-        job.add_argument("--config", help=config_help)
+        job.add_argument("--config", action="append", help=config_help + "; repeat it to "
+                         "layer files, later over earlier (e.g. a lomar stats fragment)")
         job.add_argument("--help-config", action="store_true",
                          help="print every key and its default")
         job.add_argument("overrides", nargs="*", help="dotted key=value overrides")
@@ -245,6 +272,20 @@ def main(argv=None) -> int:
                        help="zstd instead of JPEG: every value, the dtype and the bands kept")
     cv.add_argument("--jobs", type=int, default=1, help="files converted in parallel")
     cv.set_defaults(run=_convert)
+    st = sub.add_parser("stats", help="per-band mean, std, min, max and histograms of a data "
+                                      "set, as a config fragment (data.mean, data.std)")
+    st.add_argument("path", help="a folder of images or tiled files (searched recursively), "
+                                 "or one file")
+    st.add_argument("--out", help="the YAML fragment to write (its histograms beside it as "
+                                  ".png); default: print the fragment")
+    st.add_argument("--max-files", type=int, default=1000,
+                    help="files read, drawn with --seed when there are more (default 1000)")
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--region", type=int, default=1024,
+                    help="side of the boxes read from files over 16 Mi pixels (default 1024)")
+    st.add_argument("--regions-per-file", type=int, default=8,
+                    help="boxes per big file (default 8)")
+    st.set_defaults(run=_stats)
     i = sub.add_parser("info", help="what lomar_ops was built with, which backends run here")
     i.set_defaults(run=_info)
     args = parser.parse_args(argv)

@@ -166,22 +166,37 @@ def resolve_config(value: str | Path) -> Path:
                       f"packaged: {', '.join(packaged)}; 'lomar configs' lists them)")
 
 
-def load_config(cls, path: str | Path | None = None, overrides: typing.Iterable[str] = ()):
+def load_config(cls, path=None, overrides: typing.Iterable[str] = ()):
     """Defaults of ``cls``, then the YAML file ``path`` (a path or a packaged config's
-    name, see :func:`resolve_config`), then ``overrides``; then ``cfg.validate()``
-    when the class defines it."""
+    name, see :func:`resolve_config`; or a list of them, each layered over the ones
+    before: mappings merged key by key, so a fragment such as ``lomar stats``' output
+    sets data.mean and data.std and keeps the rest), then ``overrides``; then
+    ``cfg.validate()`` when the class defines it."""
     data = {}
-    if path is not None:
-        path = resolve_config(path)
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"config: {path} must hold a mapping at the top level")
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    for p in paths:
+        p = resolve_config(p)
+        layer = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(layer, dict):
+            raise ConfigError(f"config: {p} must hold a mapping at the top level")
+        data = _merge(data, layer)
     cfg = from_dict(cls, data)
     for override in overrides:
         cfg = apply_override(cfg, override)
     if hasattr(cfg, "validate"):
         cfg.validate()
     return cfg
+
+
+def _merge(base: dict, layer: dict) -> dict:
+    """``layer`` over ``base``: nested mappings merged, any other value replaced."""
+    out = dict(base)
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def to_dict(cfg) -> dict:

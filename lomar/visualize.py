@@ -40,19 +40,22 @@ def _model_spec(checkpoint: Path, model: str | None,
             "model_kwargs": model_kwargs if model_kwargs is not None
             else config.get("model_kwargs", {}),
             "norm_pix_loss": config.get("norm_pix_loss", True),
-            "input_size": (config.get("data") or {}).get("input_size")}
+            "input_size": (config.get("data") or {}).get("input_size"),
+            # The run's normalisation (data.mean/std), ImageNet's when it set none.
+            "mean": tuple((config.get("data") or {}).get("mean") or IMAGENET_MEAN),
+            "std": tuple((config.get("data") or {}).get("std") or IMAGENET_STD)}
     if not spec["model"]:
         raise ValueError(f"visualize: checkpoint {checkpoint} does not name its model (no config "
                          f"inside or beside it); pass the model name (--model)")
     return weights, spec
 
 
-def _preprocess(size: int) -> v2.Compose:
+def _preprocess(size: int, mean, std) -> v2.Compose:
     return v2.Compose([
         v2.Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=True),
         v2.CenterCrop(size),
         v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        v2.Normalize(mean, std),
     ])
 
 
@@ -67,10 +70,10 @@ def _image_files(images, num_images: int, size: int, scratch: Path) -> list[Path
     return files[:num_images]
 
 
-def _to_pixels(x: torch.Tensor) -> torch.Tensor:
-    """ImageNet-normalised values (channel last) -> [0, 1] RGB."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device)
-    std = torch.tensor(IMAGENET_STD, device=x.device)
+def _to_pixels(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """Normalised values (channel last) -> [0, 1] RGB."""
+    mean = torch.tensor(mean, device=x.device, dtype=x.dtype)
+    std = torch.tensor(std, device=x.device, dtype=x.dtype)
     return (x * std + mean).clamp(0, 1)
 
 
@@ -83,7 +86,8 @@ def _window_image(patches: torch.Tensor, K: int, p: int) -> torch.Tensor:
 
 @torch.no_grad()
 def reconstruct(model, imgs: torch.Tensor, window_size: int, mask_ratio: float,
-                generator: torch.Generator) -> dict:
+                generator: torch.Generator, pixel_mean=IMAGENET_MEAN,
+                pixel_std=IMAGENET_STD) -> dict:
     """One window per image through the model: coords (B, 2), the window, masked
     window and reconstruction as (B, K*p, K*p, 3) pixels in [0, 1], the loss per image."""
     K, p = window_size, model.patch_size
@@ -99,8 +103,9 @@ def reconstruct(model, imgs: torch.Tensor, window_size: int, mask_ratio: float,
         var = target.var(dim=-1, keepdim=True)  # unbiased, as the loss uses
         pred = pred * (var + 1e-6).sqrt() + mean
     masked = mask[..., None]
-    window = _to_pixels(_window_image(target, K, p))
-    recon = _to_pixels(_window_image(torch.where(masked, pred, target), K, p))
+    window = _to_pixels(_window_image(target, K, p), pixel_mean, pixel_std)
+    recon = _to_pixels(_window_image(torch.where(masked, pred, target), K, p), pixel_mean,
+                       pixel_std)
     grey = _window_image(masked.expand_as(target).float(), K, p) > 0
     return {"coords": coords[:, 0], "window": window, "masked": window.masked_fill(grey, GREY),
             "reconstruction": recon, "loss": losses}
@@ -153,22 +158,24 @@ def visualize(checkpoint: str | Path, images=None, out: str | Path | None = None
         files = _image_files(images, num_images, size, Path(scratch))
         if not files:
             raise ValueError(f"visualize: no images found in {list(images)}")
-        prep = _preprocess(size)
+        prep = _preprocess(size, spec["mean"], spec["std"])
         imgs = torch.stack([prep(read_rgb(f)) for f in files])
-    parts = reconstruct(net, imgs, window_size, mask_ratio, torch.Generator().manual_seed(seed))
-    return _plot(imgs, parts, [f.name for f in files], window_size, net.patch_size, mask_ratio, out)
+    parts = reconstruct(net, imgs, window_size, mask_ratio, torch.Generator().manual_seed(seed),
+                        spec["mean"], spec["std"])
+    parts["original"] = _to_pixels(imgs.permute(0, 2, 3, 1), spec["mean"], spec["std"])
+    return _plot(parts, [f.name for f in files], window_size, net.patch_size, mask_ratio, out)
 
 
-def _plot(imgs, parts, names, K, p, mask_ratio, out: Path) -> Path:
+def _plot(parts, names, K, p, mask_ratio, out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    rows = len(imgs)
+    originals = parts["original"]
+    rows = len(originals)
     fig, axes = plt.subplots(rows, 4, figsize=(10, 2.6 * rows), dpi=120, squeeze=False)
-    originals = _to_pixels(imgs.permute(0, 2, 3, 1))
     titles = ["original", f"sampled window ({K}x{K} patches)",
               f"masked ({int(K * K * mask_ratio)} of {K * K})", "reconstruction"]
     for r in range(rows):

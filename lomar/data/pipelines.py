@@ -87,12 +87,14 @@ class WindowCrops:
 
 class FullCrops:
     """The full-image pipeline: a file -> (crop (3, S, S) float32 normalised with
-    ImageNet's mean/std, coords (n, 2)), the same draws as :class:`WindowCrops`."""
+    ``mean``/``std`` (per channel, on values / 255; ImageNet's by default), coords
+    (n, 2)), the same draws as :class:`WindowCrops`."""
 
     reads_files = True
 
-    def __init__(self, spec: WindowSpec):
+    def __init__(self, spec: WindowSpec, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.spec = spec
+        self.mean, self.std = tuple(mean), tuple(std)
 
     def __call__(self, source):
         with open_image(source) as opened:
@@ -100,7 +102,7 @@ class FullCrops:
             image = decode_rgb(opened).permute(2, 0, 1)
         pixels = render_crop(image, crop)
         return v2.functional.normalize(v2.functional.to_dtype(pixels, torch.float32, scale=True),
-                                       IMAGENET_MEAN, IMAGENET_STD), coords
+                                       self.mean, self.std), coords
 
 
 def pretrain_transform(size: int | tuple[int, int], scale=(0.2, 1.0)) -> v2.Compose:

@@ -326,7 +326,8 @@ class TiledRegions(torch.utils.data.Dataset):
     """Samples of tiled files for pretraining: item i is sample i % samples_per_file of
     file i // samples_per_file; ``(windows, coords, -1)`` with the window pipeline
     ("windows": (n, 3, K*p, K*p) uint8), ``(crop, coords, -1)`` with the full one
-    ("full": (3, S, S) float32 normalised with ImageNet's mean and std).
+    ("full": (3, S, S) float32 normalised with ``mean`` and ``std``, per channel on
+    values / 255, ImageNet's by default).
 
     The files must hold 3-band uint8 pixels (RGB); ``tile_cache_mb`` bounds each
     worker's cache of decoded tiles; foreground masks are cached in ``mask_dir``."""
@@ -334,7 +335,7 @@ class TiledRegions(torch.utils.data.Dataset):
     def __init__(self, path: str | Path, window: WindowSpec, region: RegionSpec,
                  samples_per_file: int = 16, pipeline: str = "windows",
                  tile_cache_mb: float = 256, mask_dir: str | Path | None = None,
-                 on_corrupt: str = "skip"):
+                 on_corrupt: str = "skip", mean=IMAGENET_MEAN, std=IMAGENET_STD):
         if pipeline not in ("windows", "full"):
             raise ValueError(f"pipeline must be 'windows' or 'full', got {pipeline!r}")
         if on_corrupt not in ("skip", "error"):
@@ -345,6 +346,7 @@ class TiledRegions(torch.utils.data.Dataset):
         self.window, self.region = window, region
         self.samples_per_file, self.pipeline = samples_per_file, pipeline
         self.tile_cache_mb, self.on_corrupt = tile_cache_mb, on_corrupt
+        self.mean, self.std = tuple(mean), tuple(std)  # the full pipeline's normalisation
         self.mask_dir = Path(mask_dir) if mask_dir is not None else None
         self._open: dict[int, tuple] = {}  # per process: file index -> (image, positions)
         self._bad: set[int] = set()  # per process: files that failed, skipped from then on
@@ -429,7 +431,7 @@ class TiledRegions(torch.utils.data.Dataset):
             return windows, coords
         pixels = render_tiled_crop(image, level, box, crop)
         return v2.functional.normalize(v2.functional.to_dtype(pixels, torch.float32, scale=True),
-                                       IMAGENET_MEAN, IMAGENET_STD), coords
+                                       self.mean, self.std), coords
 
     def __getitem__(self, index: int):
         file_index = index // self.samples_per_file

@@ -27,6 +27,8 @@ augmentation, mixup and drop path are drawn from seeds that are functions of
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal, Optional
@@ -45,8 +47,10 @@ from ..data import ImageFiles, build_demo_digits
 from ..models import create_model
 from ..run_log import plot_loss_curve
 from . import precision
-from .init_weights import load_encoder_weights
-from .job import Job, OptimConfig, RunConfig, run_job
+from ..checkpoint import read_weights
+from ..data import IMAGENET_MEAN, IMAGENET_STD
+from .init_weights import load_encoder_state
+from .job import Job, OptimConfig, RunConfig, check_normalisation, run_job
 from .param_groups import no_weight_decay_names, param_groups_layer_decay
 from .seeding import mix, seed_all
 
@@ -63,6 +67,10 @@ class FinetuneDataConfig:
     num_workers: int = 2
     on_corrupt: Literal["skip", "error"] = "skip"
     digits_size: int = 64  # image side of the digits set when path is "digits"
+    # Per-channel normalisation on values / 255 (null: ImageNet's). It must be the one
+    # the checkpoint was pretrained with (data.mean/std of its run): a mismatch is refused.
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,7 @@ class FinetuneConfig(RunConfig):
         for name, value, ok, allowed in checks:
             if not ok:
                 raise ConfigError(f"config: {name} must be {allowed}, got {value}")
+        check_normalisation(self.data.mean, self.data.std, self.model_kwargs.get("in_chans", 3))
         if self.uses_mixup and self.batch_size % 2:
             raise ConfigError(f"config: batch_size must be even with mixup/cutmix (timm pairs "
                               f"images), got {self.batch_size}")
@@ -155,21 +164,31 @@ def _patch_posterize(transform) -> None:
                     op.aug_fn = _posterize_zero_bits_black
 
 
+def normalisation(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) a run normalises with: its data.mean/std, else ImageNet's."""
+    if mean is None:
+        return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
 def _transforms(cfg: FinetuneConfig):
     """(train, val) transforms on uint8 (3, H, W) tensors; timm's work on PIL images."""
     size, a = cfg.data.input_size, cfg.aug
+    norm = dict(zip(("mean", "std"), normalisation(cfg.data.mean, cfg.data.std)))
     if cfg.linear_probe:  # random-resized crop + flip only
         timm_train = create_transform(size, is_training=True, scale=(a.min_scale, 1.0),
-                                      hflip=a.hflip, color_jitter=None, interpolation="bicubic")
+                                      hflip=a.hflip, color_jitter=None, interpolation="bicubic",
+                                      **norm)
     else:
         timm_train = create_transform(
             size, is_training=True, scale=(a.min_scale, 1.0), hflip=a.hflip,
             color_jitter=a.color_jitter, auto_augment=a.auto_augment, interpolation="bicubic",
-            re_prob=a.reprob, re_mode=a.remode, re_count=a.recount)
+            re_prob=a.reprob, re_mode=a.remode, re_count=a.recount, **norm)
         _patch_posterize(timm_train)
     train = v2.Compose([v2.ToPILImage(), timm_train])
     val = v2.Compose([v2.ToPILImage(), create_transform(
-        size, is_training=False, interpolation="bicubic", crop_pct=cfg.data.eval_crop_pct)])
+        size, is_training=False, interpolation="bicubic", crop_pct=cfg.data.eval_crop_pct,
+        **norm)])
     return train, val
 
 
@@ -245,7 +264,17 @@ def _build_model(cfg: FinetuneConfig, num_classes: int) -> tuple[nn.Module, str]
     model = create_model(cfg.model, **kwargs)
     report = "random initialisation"
     if cfg.checkpoint:
-        report = load_encoder_weights(model, cfg.checkpoint).summary()
+        state, source, config = read_weights(cfg.checkpoint)
+        data = (config or {}).get("data") or {}
+        pretrained = normalisation(data.get("mean"), data.get("std"))
+        ours = normalisation(cfg.data.mean, cfg.data.std)
+        if source == "lomar" and config and not all(
+                math.isclose(a, b, rel_tol=1e-6) for a, b in zip(sum(pretrained, ()), sum(ours, ()))):
+            raise ConfigError(f"checkpoint {cfg.checkpoint} was pretrained on pixels normalised "
+                              f"with data.mean={list(pretrained[0])} data.std="
+                              f"{list(pretrained[1])}: fine-tune with the same, not "
+                              f"mean={list(ours[0])} std={list(ours[1])}")
+        report = load_encoder_state(model, state, source, cfg.checkpoint).summary()
     if cfg.linear_probe:
         attach_probe_head(model, num_classes)
         for name, p in model.named_parameters():

@@ -18,6 +18,8 @@ safetensors export and the figures. A job subclass supplies the parts:
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Literal, Optional, Union
@@ -108,6 +110,23 @@ class RunConfig:
                 ("optim.blr", o.blr, o.blr > 0, "> 0")):
             if not ok:
                 raise ConfigError(f"config: {name} must be {allowed}, got {value}")
+
+
+def check_normalisation(mean, std, channels: int) -> None:
+    """data.mean/data.std: both or neither, one finite value per channel, std > 0."""
+    if (mean is None) != (std is None):
+        raise ConfigError(f"config: data.mean and data.std go together (one value per "
+                          f"channel each), got mean={mean}, std={std}")
+    if mean is None:
+        return
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) != channels:
+            raise ConfigError(f"config: data.{name} needs one value per channel ({channels}: "
+                              f"the pipelines give RGB), got {list(values)}")
+    if not all(math.isfinite(v) and v > 0 for v in std) or \
+            not all(math.isfinite(v) for v in mean):
+        raise ConfigError(f"config: data.std must be finite and > 0 and data.mean finite, got "
+                          f"mean={list(mean)}, std={list(std)}")
 
 
 class Job:

@@ -30,7 +30,7 @@ from ..config import ConfigError
 from ..data import (FullCrops, ImageFiles, RegionSpec, TiledRegions, WindowCrops, WindowSpec,
                     build_demo_photos, build_demo_slide)
 from ..models import create_model
-from .job import Job, OptimConfig, RunConfig, run_job
+from .job import Job, OptimConfig, RunConfig, check_normalisation, run_job
 from .param_groups import no_weight_decay_names
 from .seeding import sample_generators
 
@@ -62,6 +62,11 @@ class DataConfig:
     min_foreground: float = 0.0
     samples_per_file: int = 16
     tile_cache_mb: float = 256.0  # decoded tiles kept per data-loader worker
+    # Per-channel normalisation on values / 255, one value per channel (the pipelines give
+    # RGB); null: ImageNet's. `lomar stats PATH` measures a data set's and writes them as a
+    # config fragment (--config base.yaml --config stats.yaml).
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,11 @@ class PretrainConfig(RunConfig):
             if not ok:
                 raise ConfigError(f"config: data.{name} must be {allowed}, got "
                                   f"{getattr(d, name)}")
+        check_normalisation(d.mean, d.std, self.model_kwargs.get("in_chans", 3))
+        if d.mean is not None:
+            if {"pixel_mean", "pixel_std"} & set(self.model_kwargs):
+                raise ConfigError("config: give the normalisation once: data.mean/data.std, "
+                                  "not also model_kwargs.pixel_mean/pixel_std")
         if d.path == DEMO_SLIDE and not d.region_size:
             raise ConfigError(f"config: data.path '{DEMO_SLIDE}' is a tiled image: set "
                               f"data.region_size (e.g. 1024)")
@@ -120,6 +130,11 @@ class PretrainConfig(RunConfig):
             raise ConfigError("config: data.pipeline 'windows' draws each image's windows in "
                               "the data loader, so mask.window_sampling must be 'image' (the "
                               "authors' per-batch windows need data.pipeline=full)")
+
+
+def _normalisation(d: DataConfig) -> dict:
+    """data.mean/std as the pipelines' and the model's keyword arguments ({}: ImageNet's)."""
+    return {} if d.mean is None else {"mean": tuple(d.mean), "std": tuple(d.std)}
 
 
 def _dataset(cfg: PretrainConfig, info: distributed.DistInfo, patch_size: int):
@@ -141,9 +156,9 @@ def _dataset(cfg: PretrainConfig, info: distributed.DistInfo, patch_size: int):
         region = RegionSpec(d.region_size, d.mpp, d.downsample, d.min_foreground)
         return TiledRegions(path, spec, region, d.samples_per_file, d.pipeline, d.tile_cache_mb,
                             mask_dir=Path(cfg.output_dir) / "foreground_masks",
-                            on_corrupt=d.on_corrupt)
+                            on_corrupt=d.on_corrupt, **_normalisation(d))
     transform = (WindowCrops(spec, d.reduced_decode) if d.pipeline == "windows"
-                 else FullCrops(spec))
+                 else FullCrops(spec, **_normalisation(d)))
     return ImageFiles(path, transform, on_corrupt=d.on_corrupt)
 
 
@@ -155,8 +170,10 @@ class PretrainJob(Job):
 
     def build_model(self, train_set):
         cfg = self.cfg
+        # The window pipeline ships uint8 and the model normalises (window_patchify).
+        norm = {f"pixel_{k}": v for k, v in _normalisation(cfg.data).items()}
         model = create_model(cfg.model, norm_pix_loss=cfg.norm_pix_loss,
-                             window_sampling=cfg.mask.window_sampling, **cfg.model_kwargs)
+                             window_sampling=cfg.mask.window_sampling, **norm, **cfg.model_kwargs)
         model.ops_backend = cfg.ops_backend
         return model, None
 

@@ -137,3 +137,21 @@ def test_asymmetric_model_checkpoint(tmp_path):
     path = save_checkpoint(tmp_path / "checkpoint-1.pt", {"model": model.state_dict(), "config": {
         **CONFIG, "model": name, "model_kwargs": kwargs}})
     assert _is_png(visualize(path, num_images=1, window_size=4))
+
+
+def test_the_runs_normalisation_is_undone_in_the_figure(model, tmp_path):
+    """A run pretrained with data.mean/std: the figure normalises the images with them
+    and maps the windows back to pixels with them (ImageNet's would shift the colours)."""
+    from lomar.visualize import _model_spec, _preprocess, _to_pixels
+
+    stats = {"mean": [0.2, 0.3, 0.4], "std": [0.1, 0.2, 0.3]}
+    path = save_checkpoint(tmp_path / "c.pt", {"model": model.state_dict(),
+                                               "config": {**CONFIG, "data": {**CONFIG["data"],
+                                                                             **stats}}})
+    _, spec = _model_spec(path, None, None)
+    assert spec["mean"] == (0.2, 0.3, 0.4) and spec["std"] == (0.1, 0.2, 0.3)
+    image = torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8)
+    normalised = _preprocess(96, spec["mean"], spec["std"])(image)
+    back = _to_pixels(normalised.permute(1, 2, 0), spec["mean"], spec["std"])
+    torch.testing.assert_close(back, image.permute(1, 2, 0).float() / 255, atol=1e-6, rtol=0)
+    assert _is_png(visualize(path, num_images=1, window_size=3))

@@ -169,6 +169,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(photos, tmp_path, mon
     ({"model": "vit_small_patch16"}, ConfigError, "model must be a LoMaR pretraining model"),
     ({"model": "lomar_vit_tiny_patch16"}, ConfigError, "known: lomar_vit_small_patch16"),
     ({"data.path": "/nonexistent/folder"}, FileNotFoundError, "data folder not found"),
+    ({"data.mean": "[0.5, 0.5, 0.5]"}, ConfigError, "data.mean and data.std go together"),
+    ({"data.mean": "[0.5, 0.5]", "data.std": "[0.2, 0.2]"}, ConfigError,
+     r"data.mean needs one value per channel \(3"),
+    ({"data.mean": "[0.5, 0.5, 0.5]", "data.std": "[0.2, 0, 0.2]"}, ConfigError,
+     "data.std must be finite and > 0"),
 ])
 def test_bad_configurations_fail_before_work(photos, tmp_path, override, exc, match):
     with pytest.raises(exc, match=match):
@@ -259,3 +264,49 @@ def test_demo_slides_config_runs(tmp_path):
     summary = pretrain(cfg)
     assert summary["steps"] == 2 and math.isfinite(summary["loss"])
     assert (tmp_path / "demo_slide" / "slide.tif").is_file()
+
+
+@pytest.mark.parametrize("pipeline", ["windows", "full"])
+def test_data_mean_and_std_normalise_the_run_and_bind_its_fine_tuning(photos, tmp_path, pipeline):
+    """data.mean/std reach the model (windows: it normalises the uint8 windows) or the
+    full crops, are stored with the run, and a fine-tune from its checkpoint must use the
+    same: another normalisation is refused in one line, the same one runs."""
+    from lomar.data import FullCrops, IMAGENET_MEAN
+    from lomar.engine import FinetuneConfig, finetune
+    from lomar.engine.pretrain import PretrainJob
+
+    stats = {"data.mean": "[0.4, 0.5, 0.6]", "data.std": "[0.2, 0.25, 0.3]",
+             "data.pipeline": pipeline}
+    cfg = config(photos, tmp_path / "pre", max_steps=1, **stats)
+    seen = {}
+    real_build, real_call = PretrainJob.build_model, FullCrops.__call__
+
+    def build(self, train_set):
+        model, extra = real_build(self, train_set)
+        seen["pixel"] = (model.pixel_mean.tolist(), model.pixel_std.tolist())
+        return model, extra
+
+    def crops(self, source):
+        seen["crops"] = (self.mean, self.std)
+        return real_call(self, source)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PretrainJob, "build_model", build)
+        mp.setattr(FullCrops, "__call__", crops)
+        pretrain(cfg)
+    assert seen["pixel"] == ([0.4, 0.5, 0.6], [0.2, 0.25, 0.3])
+    if pipeline == "full":
+        assert seen["crops"] == ((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+    checkpoint = tmp_path / "pre" / "checkpoint-last.pt"
+    folder = tmp_path / "digits"
+    tune = ["model=vit_small_patch16", "model_kwargs={depth: 2, embed_dim: 32, num_heads: 2}",
+            "data.path=digits", "data.digits_size=32", "data.input_size=32", "epochs=1",
+            "max_steps=1", "batch_size=4", "data.num_workers=0", "progress=false", "device=cpu",
+            f"checkpoint={checkpoint}"]
+    with pytest.raises(ConfigError, match=r"pretrained on pixels normalised with data.mean="
+                                          r"\[0.4, 0.5, 0.6\].*not mean=\[0.485"):
+        finetune(load_config(FinetuneConfig, None, tune + [f"output_dir={folder}/a"]))
+    assert IMAGENET_MEAN[0] == 0.485
+    summary = finetune(load_config(FinetuneConfig, None, tune + [
+        f"output_dir={folder}/b", "data.mean=[0.4, 0.5, 0.6]", "data.std=[0.2, 0.25, 0.3]"]))
+    assert math.isfinite(summary["loss"])
