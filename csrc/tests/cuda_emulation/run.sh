@@ -59,6 +59,10 @@ case $sanitize in none|thread|address) ;; *)
   echo "run.sh: --sanitize must be none, thread or address, got '$sanitize'" >&2; exit 2 ;;
 esac
 ((${#ops[@]})) || ops=("${all_ops[@]}")
+for op in "${ops[@]}"; do
+  [[ " ${all_ops[*]} " == *" $op "* ]] || {
+    echo "run.sh: unknown op '$op'; the ops are: ${all_ops[*]}" >&2; exit 2; }
+done
 python=${PYTHON:-}
 [[ -n $python ]] || { [[ -x $root/.venv/bin/python ]] && python=$root/.venv/bin/python || python=python3; }
 if ((planted)); then
@@ -75,10 +79,6 @@ if ((count)); then
   ((${#list[@]})) || for op in "${ops[@]}"; do rm -rf "${count_out:?}/$op"; done
   export LOMAR_EMU_COUNT_OUT=$count_out
 fi
-for op in "${ops[@]}"; do
-  [[ " ${all_ops[*]} " == *" $op "* ]] || {
-    echo "run.sh: unknown op '$op'; the ops are: ${all_ops[*]}" >&2; exit 2; }
-done
 
 torch_dir=$("$python" -c "import torch, os; print(os.path.dirname(torch.__file__))")
 cuda_dir=${LOMAR_EMU_CUDA_DIR:-$root/csrc/cuda}
