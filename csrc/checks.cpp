@@ -139,8 +139,9 @@ void check_window_patchify_args(const at::Tensor& images, const at::Tensor& coor
   const char* op = "window_patchify";
   TORCH_CHECK(images.dim() == 4, op, ": images must be (B, C, H, W), got shape ",
               images.sizes());
-  TORCH_CHECK(is_float_type(images.scalar_type()) || images.scalar_type() == at::kByte, op,
-              ": images must be uint8, float16, bfloat16, float32 or float64, got ",
+  TORCH_CHECK(is_float_type(images.scalar_type()) || images.scalar_type() == at::kByte ||
+                  images.scalar_type() == at::kUInt16,
+              op, ": images must be uint8, uint16, float16, bfloat16, float32 or float64, got ",
               images.scalar_type());
   TORCH_CHECK(!out_dtype || is_float_type(*out_dtype), op,
               ": out_dtype must be float16, bfloat16, float32 or float64, got ",

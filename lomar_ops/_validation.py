@@ -9,6 +9,11 @@ import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INDEX_DTYPES = (torch.int32, torch.int64)
+# Integer pixels (decoded images as files hold them) and the value that maps each
+# dtype's range onto [0, 1] (torchvision's ToDtype(scale=True)): the ops that take
+# images divide by it before any normalisation.
+INT_PIXEL_DTYPES = (torch.uint8, torch.uint16)
+PIXEL_SCALE = {torch.uint8: 255, torch.uint16: 65535}
 
 
 def _names(dtypes: Iterable[torch.dtype]) -> str:

@@ -1,8 +1,9 @@
 // window_patchify on the CPU: copies the pixels of each K x K-patch window into
 // (B, n, K*K, p*p*C), patch by patch, reading the image through its strides (only
 // the windows' pixels are touched, so the cost does not grow with the image).
-// With uint8 images, mean/std or another output dtype, each pixel goes through the
-// input pipeline's transform on the way (PixelTransform); otherwise it is a copy.
+// With integer (uint8, uint16) images, mean/std or another output dtype, each pixel
+// goes through the input pipeline's transform on the way (PixelTransform); otherwise
+// it is a copy.
 // Backward: one pass per image row that sums, in window order, the gradients of
 // the windows covering it, in fp32 (fp64 for double): deterministic, no atomics.
 #include <ATen/Dispatch.h>
@@ -67,14 +68,16 @@ inline void prefetch_range(const void* ptr, int64_t bytes) {
 }
 
 // The pixel transform of the input pipeline (lomar_ops.h), in acc_t: value (/ 255
-// for uint8), then (x - mean[ch]) / std[ch]; the same operations, in the same order,
-// as the reference, so float32 results agree to the bit.
+// for uint8, / 65535 for uint16: each type's maximum), then (x - mean[ch]) / std[ch];
+// the same operations, in the same order, as the reference, so float32 results agree
+// to the bit.
 template <typename in_t, typename out_t, typename acc_t>
 struct PixelTransform {
   std::vector<acc_t> mean, std;  // empty: no normalisation
   out_t operator()(in_t v, int64_t ch) const {
     acc_t x = static_cast<acc_t>(v);
     if constexpr (std::is_same_v<in_t, uint8_t>) x = x / acc_t(255);
+    if constexpr (std::is_same_v<in_t, uint16_t>) x = x / acc_t(65535);
     if (!mean.empty()) x = (x - mean[ch]) / std[ch];
     return static_cast<out_t>(x);
   }
@@ -151,7 +154,8 @@ at::Tensor window_patchify_cpu(const at::Tensor& images, const at::Tensor& coord
   const int64_t K = window_size, p = patch_size, n = coords.size(1);
   check_window_coords_range(coords, H / p, W / p, K, "window_patchify");
   const auto in_type = images.scalar_type();
-  const auto out_type = out_dtype.value_or(in_type == at::kByte ? at::kFloat : in_type);
+  const bool int_pixels = in_type == at::kByte || in_type == at::kUInt16;
+  const auto out_type = out_dtype.value_or(int_pixels ? at::kFloat : in_type);
   auto out = at::empty({B, n, K * K, p * p * C}, images.options().dtype(out_type));
   if (out.numel() == 0) return out;
   const ImageStrides s{images.stride(0), images.stride(1), images.stride(2), images.stride(3)};
@@ -166,7 +170,7 @@ at::Tensor window_patchify_cpu(const at::Tensor& images, const at::Tensor& coord
     });
     return out;
   }
-  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, in_type, "window_patchify_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND4(at::kHalf, at::kBFloat16, at::kByte, at::kUInt16, in_type, "window_patchify_cpu", [&] {
     using in_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_type, "window_patchify_cpu", [&] {
       using out_t = scalar_t;

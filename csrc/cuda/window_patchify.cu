@@ -4,8 +4,8 @@
 //
 // Forward: one block per window pixel row (b, w, r, py), i.e. K*p*C elements.
 // Each element goes through the input pipeline's pixel transform on its way out
-// (PixelTransform: uint8 -> / 255, (x - mean) / std, out_dtype), a plain copy when
-// there is none.
+// (PixelTransform: uint8 -> / 255, uint16 -> / 65535, (x - mean) / std, out_dtype), a
+// plain copy when there is none.
 // For NCHW images its threads read (channel, K*p consecutive pixels) with the
 // pixel fastest (coalesced) into shared memory in output order, then write the
 // K contiguous runs of p*C; for channels-last images they walk (patch column, px,
@@ -43,9 +43,10 @@ struct Geometry {
   int64_t sb, sc, sh, sw;  // image strides in elements (forward)
 };
 
-// The pixel transform (lomar_ops.h) in acc_t: value (/ 255 for uint8), then
-// (x - mean[ch]) / std[ch] when mean is set; the operations and their order are the
-// reference's, so float32 results agree with it to the bit (IEEE division).
+// The pixel transform (lomar_ops.h) in acc_t: value (/ 255 for uint8, / 65535 for
+// uint16), then (x - mean[ch]) / std[ch] when mean is set; the operations and their
+// order are the reference's, so float32 results agree with it to the bit (IEEE
+// division).
 template <typename in_t, typename out_t>
 struct PixelTransform {
   using acc_t = std::conditional_t<std::is_same_v<in_t, double> || std::is_same_v<out_t, double>,
@@ -55,6 +56,7 @@ struct PixelTransform {
   __device__ __forceinline__ out_t operator()(in_t v, int32_t ch) const {
     acc_t x = static_cast<acc_t>(v);
     if constexpr (std::is_same_v<in_t, uint8_t>) x = x / acc_t(255);
+    if constexpr (std::is_same_v<in_t, uint16_t>) x = x / acc_t(65535);
     if (mean != nullptr) x = (x - static_cast<acc_t>(mean[ch])) / static_cast<acc_t>(std[ch]);
     return static_cast<out_t>(x);
   }
@@ -151,7 +153,8 @@ at::Tensor window_patchify_cuda(const at::Tensor& images, const at::Tensor& coor
   const int64_t B = images.size(0), C = images.size(1), H = images.size(2), W = images.size(3);
   const int64_t K = window_size, p = patch_size, n = coords.size(1);
   const auto in_type = images.scalar_type();
-  const auto out_type = out_dtype.value_or(in_type == at::kByte ? at::kFloat : in_type);
+  const bool int_pixels = in_type == at::kByte || in_type == at::kUInt16;
+  const auto out_type = out_dtype.value_or(int_pixels ? at::kFloat : in_type);
   auto out = at::empty({B, n, K * K, p * p * C}, images.options().dtype(out_type));
   if (out.numel() == 0) return out;
   TORCH_CHECK(K * p * C < (int64_t(1) << 31), "window_patchify: a window row of K*p*C = ",
@@ -169,7 +172,7 @@ at::Tensor window_patchify_cuda(const at::Tensor& images, const at::Tensor& coor
   const int threads = threads_for(K * p * C);
   const int64_t blocks = grid_for_rows(rows);
   const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, in_type, "window_patchify_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND4(at::kHalf, at::kBFloat16, at::kByte, at::kUInt16, in_type, "window_patchify_cuda", [&] {
     using in_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_type, "window_patchify_cuda", [&] {
       using out_t = scalar_t;

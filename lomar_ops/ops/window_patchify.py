@@ -12,13 +12,13 @@ import torch
 
 from .. import _extension
 from .._autograd import register_autograd
-from .._validation import (FLOAT_DTYPES, INDEX_DTYPES, check_positive_int, check_same_device,
-                           check_tensor)
+from .._validation import (FLOAT_DTYPES, INDEX_DTYPES, INT_PIXEL_DTYPES, check_positive_int,
+                           check_same_device, check_tensor)
 from ..backends import TRITON_INSTALLED, resolve_backend
 from ..reference.window_patchify import window_patchify_reference
 
 _OP = "window_patchify"
-PIXEL_DTYPES = FLOAT_DTYPES + (torch.uint8,)
+PIXEL_DTYPES = FLOAT_DTYPES + INT_PIXEL_DTYPES
 
 
 def _save(ctx, inputs, output):
@@ -54,8 +54,8 @@ if _extension.AVAILABLE:
 
 
 def default_out_dtype(images_dtype: torch.dtype) -> torch.dtype:
-    """float32 for uint8 images, else the images' dtype."""
-    return torch.float32 if images_dtype == torch.uint8 else images_dtype
+    """float32 for uint8 and uint16 images, else the images' dtype."""
+    return torch.float32 if images_dtype in INT_PIXEL_DTYPES else images_dtype
 
 
 def scale_image_grad(grad_images: torch.Tensor, std: torch.Tensor | None,
@@ -125,14 +125,15 @@ def window_patchify(images: torch.Tensor, coords: torch.Tensor, window_size: int
 
     Reads only the windows' pixels, through the image's strides (channels-last and
     other non-contiguous images are not copied whole), so its cost does not depend
-    on the image size. With uint8 images and ``mean``/``std`` it is also the
-    normalisation of the input pipeline, fused into the gather: the loader ships
-    uint8 pixels (a quarter of float32's bytes) and only the windows' pixels are
-    ever converted.
+    on the image size. With integer images (uint8, uint16) and ``mean``/``std`` it is
+    also the normalisation of the input pipeline, fused into the gather: the loader
+    ships the file's samples as they are (uint8: 1 byte per sample value, a quarter of
+    float32's; uint16: 2 bytes, a half) and only the windows' pixels are ever
+    converted.
 
     Args:
-        images: (B, C, H, W) uint8/float16/bfloat16/float32/float64, any strides; H and W
-            multiples of ``patch_size``.
+        images: (B, C, H, W) uint8/uint16/float16/bfloat16/float32/float64, any number
+            of channels C, any strides; H and W multiples of ``patch_size``.
         coords: (B, n, 2) int32 or int64: (top row, left column) of each window in
             patch units, with 0 <= row <= H/p - K and 0 <= col <= W/p - K
             (e.g. from :func:`lomar_ops.sample_windows`).
@@ -140,11 +141,14 @@ def window_patchify(images: torch.Tensor, coords: torch.Tensor, window_size: int
         patch_size: p, pixels per patch side.
         mean, std: None, or per-channel values (sequences of C floats or float tensors
             of shape (C,)), given together, std > 0: the output is (x - mean) / std.
-            x is the pixel value, divided by 255 for uint8 images (so ImageNet's
-            mean/std in [0, 1] units apply to uint8 images as they do to
-            ``ToDtype(scale=True)`` images). Not differentiated.
+            x is the pixel value, divided by 255 for uint8 images and by 65535 for
+            uint16 images (their type's maximum: [0, 1] units, as
+            ``ToDtype(torch.float32, scale=True)`` gives), taken as it is for float
+            images. So ImageNet's mean/std apply to uint8 images, and the statistics
+            of 16-bit data (``lomar stats``) are given as value / 65535: a 12-bit
+            sensor's mean of 1000 counts is 1000 / 65535 = 0.01526. Not differentiated.
         out_dtype: float16/bfloat16/float32/float64 output; default the images' dtype
-            (float32 for uint8 images).
+            (float32 for uint8 and uint16 images).
         backend: None, "cuda", "triton", "cpu" or "torch" (see lomar_ops.backends).
 
     Returns:
@@ -160,7 +164,7 @@ def window_patchify(images: torch.Tensor, coords: torch.Tensor, window_size: int
     Images normally need no gradient (they are data). When float images do, the
     backward is correct: zero outside the windows, overlapping windows summed (in
     fp32, fp64 for double, deterministically), divided by std; it writes a
-    whole-image gradient. uint8 images have no gradient.
+    whole-image gradient. Integer (uint8, uint16) images have no gradient.
     """
     check_tensor(_OP, "images", images, ndim=4, dtypes=PIXEL_DTYPES, shape_doc="(B, C, H, W)")
     check_tensor(_OP, "coords", coords, ndim=3, dtypes=INDEX_DTYPES, shape_doc="(B, n, 2)")

@@ -2,8 +2,8 @@
 
 Forward: one program per window patch (b, w, r, c) copies its p x (p*C) tile,
 loading the image through its strides (never a whole-image copy), through the
-input pipeline's pixel transform when asked (uint8 / 255, (x - mean) / std, the
-output dtype; see lomar_ops/reference/window_patchify.py).
+input pipeline's pixel transform when asked (uint8 / 255, uint16 / 65535,
+(x - mean) / std, the output dtype; see lomar_ops/reference/window_patchify.py).
 Backward: one program per (b, tile of image pixels) sums, channel by channel and
 window by window in index order, the gradients of the windows covering each pixel,
 in fp32 (fp64 for double): no atomics, zero outside every window."""
@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
+from .._validation import PIXEL_SCALE
 from ..backends import triton_interpret
 from ._launch import launch
 
@@ -25,7 +26,7 @@ from ._launch import launch
 def _window_patchify_fwd_kernel(img_ptr, coords_ptr, out_ptr, mean_ptr, std_ptr, n, K, p, C,
                                 stride_b, stride_c, stride_h, stride_w,
                                 BLOCK_PY: tl.constexpr, BLOCK_J: tl.constexpr,
-                                TRANSFORM: tl.constexpr, FROM_U8: tl.constexpr,
+                                TRANSFORM: tl.constexpr, INT_MAX: tl.constexpr,
                                 NORMALIZE: tl.constexpr, ACC_F64: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)  # ((b * n + w) * K + r) * K + c
     c = pid % K
@@ -47,8 +48,11 @@ def _window_patchify_fwd_kernel(img_ptr, coords_ptr, out_ptr, mean_ptr, std_ptr,
     if TRANSFORM:
         acc_dtype = tl.float64 if ACC_F64 else tl.float32
         x = v.to(acc_dtype)
-        if FROM_U8:
+        # Integer images: value / the type's maximum (0: a float image).
+        if INT_MAX == 255:
             x = x / 255.0
+        if INT_MAX == 65535:
+            x = x / 65535.0
         if NORMALIZE:
             in_c = j < p * C
             m = tl.load(mean_ptr + ch, mask=in_c, other=0.0).to(acc_dtype)
@@ -95,20 +99,20 @@ def window_patchify_triton(images: torch.Tensor, coords: torch.Tensor, window_si
                            out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """images (B, C, H, W) any strides, coords (B, n, 2) int32 contiguous, mean/std float64
     (C,) or None -> (B, n, K*K, p*p*C) in out_dtype (default: the images' dtype, float32
-    for uint8)."""
+    for uint8 and uint16)."""
     B, C, _, _ = images.shape
     n, K, p = coords.shape[1], window_size, patch_size
-    out_dtype = out_dtype or (torch.float32 if images.dtype == torch.uint8 else images.dtype)
+    int_max = PIXEL_SCALE.get(images.dtype, 0)  # a constexpr: 0 for float images
+    out_dtype = out_dtype or (torch.float32 if int_max else images.dtype)
     out = torch.empty((B, n, K * K, p * p * C), dtype=out_dtype, device=images.device)
     if out.numel() == 0:
         return out
-    from_u8 = images.dtype == torch.uint8
     normalize = mean is not None
-    transform = from_u8 or normalize or out_dtype != images.dtype
+    transform = bool(int_max) or normalize or out_dtype != images.dtype
     launch(_window_patchify_fwd_kernel, (B * n * K * K,))(
         images, coords, out, mean if normalize else out, std if normalize else out, n, K, p, C,
         *images.stride(), BLOCK_PY=triton.next_power_of_2(p),
-        BLOCK_J=triton.next_power_of_2(p * C), TRANSFORM=transform, FROM_U8=from_u8,
+        BLOCK_J=triton.next_power_of_2(p * C), TRANSFORM=transform, INT_MAX=int_max,
         NORMALIZE=normalize, ACC_F64=torch.float64 in (images.dtype, out_dtype))
     return out
 

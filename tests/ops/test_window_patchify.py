@@ -414,6 +414,158 @@ def test_torch_compile_fullgraph_uint8(device, backend):
     assert torch.equal(compiled(images, coords), step(images, coords))
 
 
+# ---- 16-bit images: uint16 in, value / 65535, normalised -------------------------
+
+def random_uint16(shape, generator, device="cpu"):
+    """Random uint16 over the whole 0..65535 range. Made through an int16 view (torch has
+    few uint16 kernels, fewer in older releases), with 0, 65535 and the int16 sign
+    boundary 32767/32768 (where a signed read goes wrong) among the values."""
+    values = torch.randint(0, 65536, shape, generator=generator, dtype=torch.int32)
+    flat = values.view(-1)
+    flat[:4] = torch.tensor([0, 65535, 32767, 32768])[:flat.numel()]
+    bits = torch.where(values > 32767, values - 65536, values).to(torch.int16)
+    return bits.to(device).view(torch.uint16)
+
+
+def uint16_values(images):
+    """The values of a uint16 tensor as int32 (exactly), on the CPU."""
+    return images.cpu().view(torch.int16).to(torch.int32) & 0xFFFF
+
+
+# (B, C, H, W, K, p, n): C in {1, 3, 6}, odd patch sizes and image sides, overlaps.
+UINT16_CASES = [
+    (2, 1, 40, 56, 3, 8, 5),
+    (1, 3, 70, 42, 2, 14, 4),
+    (2, 6, 45, 35, 3, 5, 3),
+]
+UINT16_TRITON_CASES = [UINT16_CASES[0], UINT16_CASES[2]]
+
+
+def _uint16_params():
+    params = []
+    for p in devices_and_backends():
+        device, backend = p.values
+        chosen = UINT16_TRITON_CASES if (device, backend) == ("cpu", "triton") else UINT16_CASES
+        params += [pytest.param(device, backend, out_dtype, case, marks=p.marks,
+                                id=f"{device}-{backend}-{out_dtype}-{case}")
+                   for out_dtype in (torch.float32, torch.bfloat16, torch.float64)
+                   for case in chosen]
+    return params
+
+
+@pytest.mark.parametrize("device,backend,out_dtype,case", _uint16_params())
+def test_uint16_images_normalised_in_the_gather(device, backend, out_dtype, case):
+    B, C, H, W, K, p, n = case
+    g = torch.Generator().manual_seed(sum(case) + 16)
+    images = random_uint16((B, C, H, W), g, device)
+    coords = make_coords(B, H // p, W // p, n, K, device)
+    mean = torch.rand(C, generator=g, dtype=torch.float64)
+    std = 0.05 + torch.rand(C, generator=g, dtype=torch.float64)
+    out = lomar_ops.window_patchify(images, coords, K, p, mean=mean, std=std,
+                                    out_dtype=out_dtype, backend=backend)
+    assert out.dtype == out_dtype and out.shape == (B, n, K * K, p * p * C)
+    assert not out.requires_grad
+    want = window_patchify_reference(images.cpu(), coords.cpu(), K, p, mean, std, out_dtype)
+    if device == "cpu" and backend in ("cpu", "torch"):  # the same float32 (float64) operations
+        assert torch.equal(out, want)
+    else:
+        torch.testing.assert_close(out.cpu(), want, **TRANSFORM_TOL[out_dtype])
+    # The reference is the formula: (v / 65535 - mean) / std of the copied values.
+    values = uint16_values(images).double()
+    pixels = window_patchify_reference(values, coords.cpu(), K, p)
+    formula = (pixels.view(B, n, K * K, p * p, C) / 65535 - mean) / std
+    torch.testing.assert_close(want.double(), formula.view_as(pixels), **TRANSFORM_TOL[out_dtype])
+    # Without mean/std: the default output is float32 value / 65535, 0 and 65535 at the
+    # ends of [0, 1] exactly.
+    plain = lomar_ops.window_patchify(images, coords, K, p, backend=backend)
+    assert plain.dtype == torch.float32
+    scaled = window_patchify_reference(values.float(), coords.cpu(), K, p) / 65535
+    torch.testing.assert_close(plain.cpu(), scaled, **TRANSFORM_TOL[torch.float32])
+
+
+@pytest.mark.parametrize("device,backend", devices_and_backends())
+def test_uint16_extremes_and_sign_boundary(device, backend):
+    # 0, 32767, 32768, 65535 in every channel of a one-patch image: a kernel that reads
+    # the samples as int16, or as bytes, gives other values.
+    values = torch.tensor([0, 32767, 32768, 65535, 1, 65534, 255, 256], dtype=torch.int32)
+    pattern = values.repeat(8)[:64].view(8, 8)
+    ints = torch.stack([pattern, pattern.flip(1), pattern.T])[None]   # (1, 3, 8, 8)
+    images = torch.where(ints > 32767, ints - 65536, ints).to(torch.int16).to(device)         .view(torch.uint16)
+    coords = torch.zeros(1, 1, 2, dtype=torch.int64, device=device)
+    out = lomar_ops.window_patchify(images, coords, 1, 8, out_dtype=torch.float64,
+                                    backend=backend)
+    want = (ints[0].permute(1, 2, 0).reshape(-1).double() / 65535).view(1, 1, 1, -1)
+    torch.testing.assert_close(out.cpu(), want, **TRANSFORM_TOL[torch.float64])
+    assert out.min() == 0 and out.max() == 1
+
+
+@pytest.mark.parametrize("device,backend", devices_and_backends())
+def test_uint16_non_contiguous_images(device, backend):
+    g = torch.Generator().manual_seed(3)
+    K, p = 2, 8
+    base = random_uint16((2, 6, 64, 80), g, device)
+    layouts = {
+        "channels_last": random_uint16((2, 3, 32, 48), g).contiguous(
+            memory_format=torch.channels_last).to(device),
+        "channel_and_column_slice": base[:, 1:4, :32, 1::2][..., :32],
+        "crop": base[:, :, 16:48, 8:56],
+    }
+    for name, images in layouts.items():
+        assert not images.is_contiguous(), name
+        B, C, H, W = images.shape
+        coords = make_coords(B, H // p, W // p, 3, K, device)
+        mean = tuple(0.1 * (c + 1) for c in range(C))
+        std = tuple(0.2 + 0.05 * c for c in range(C))
+        out = lomar_ops.window_patchify(images, coords, K, p, mean=mean, std=std,
+                                        backend=backend)
+        dense = torch.where(uint16_values(images) > 32767, uint16_values(images) - 65536,
+                            uint16_values(images)).to(torch.int16).view(torch.uint16)
+        want = window_patchify_reference(dense, coords.cpu(), K, p, torch.tensor(mean),
+                                         torch.tensor(std))
+        torch.testing.assert_close(out.cpu(), want, **TRANSFORM_TOL[torch.float32], msg=name)
+
+
+def test_opcheck_cpu_op_uint16():
+    g = torch.Generator().manual_seed(5)
+    images = random_uint16((2, 6, 24, 40), g)
+    coords = make_coords(2, 3, 5, 3, 2, "cpu").int()
+    mean = torch.rand(6, generator=g, dtype=torch.float64)
+    std = 0.1 + torch.rand(6, generator=g, dtype=torch.float64)
+    op = torch.ops.lomar_ops.window_patchify.default
+    torch.library.opcheck(op, (images, coords, 2, 8, mean, std, torch.bfloat16))
+    torch.library.opcheck(op, (images, coords, 2, 8, None, None, None))
+
+
+@pytest.mark.gpu
+def test_opcheck_cuda_and_triton_ops_uint16():
+    g = torch.Generator().manual_seed(5)
+    images = random_uint16((2, 3, 24, 40), g, "cuda")
+    coords = make_coords(2, 3, 5, 3, 2, "cuda").int()
+    mean = torch.rand(3, generator=g, dtype=torch.float64).cuda()
+    std = (0.1 + torch.rand(3, generator=g, dtype=torch.float64)).cuda()
+    torch.library.opcheck(torch.ops.lomar_ops.window_patchify.default,
+                          (images, coords, 2, 8, mean, std, torch.bfloat16))
+    from lomar_ops.triton_kernels.window_patchify import window_patchify_triton
+    torch.library.opcheck(window_patchify_triton, (images, coords, 2, 8, mean, std, None))
+
+
+@pytest.mark.parametrize("device,backend", _compile_devices_and_backends())
+def test_torch_compile_fullgraph_uint16(device, backend):
+    torch._dynamo.reset()
+    B, C, H, W, K, p, n = 2, 6, 48, 40, 2, 8, 3
+    images = random_uint16((B, C, H, W), torch.Generator().manual_seed(6), device)
+    coords = make_coords(B, H // p, W // p, n, K, device)
+    mean = torch.linspace(0.1, 0.6, C, dtype=torch.float64, device=device)
+    std = torch.linspace(0.2, 0.3, C, dtype=torch.float64, device=device)
+
+    def step(x, xy):
+        return lomar_ops.window_patchify(x, xy, K, p, mean=mean, std=std,
+                                         out_dtype=torch.bfloat16, backend=backend)
+
+    compiled = torch.compile(step, fullgraph=True, dynamic=False)
+    assert torch.equal(compiled(images, coords), step(images, coords))
+
+
 # ---- bad input ---------------------------------------------------------------
 
 def test_rejects_bad_arguments():
@@ -423,7 +575,7 @@ def test_rejects_bad_arguments():
     cases = [
         ((images.numpy(), coords, 2, 8), TypeError, "images must be a torch.Tensor"),
         ((images.int(), coords, 2, 8), TypeError,
-         r"images must have dtype in \(float16, bfloat16, float32, float64, uint8\)"),
+         r"images must have dtype in \(float16, bfloat16, float32, float64, uint8, uint16\)"),
         ((images[0], coords, 2, 8), ValueError, r"images must be 4-D \(B, C, H, W\)"),
         ((images, coords.float(), 2, 8), TypeError, r"coords must have dtype in \(int32, int64\)"),
         ((images, coords[0], 2, 8), ValueError, r"coords must be 3-D \(B, n, 2\)"),
