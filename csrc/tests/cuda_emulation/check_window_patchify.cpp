@@ -1,9 +1,9 @@
 // Emulated CUDA window_patchify (csrc/cuda/window_patchify.cu) against the CPU op,
 // every dtype: the forward bitwise (staged through shared memory for NCHW images,
 // direct for channels-last ones and for rows over 48 KB), as a copy and with the
-// input pipeline's pixel transform (uint8 -> / 255, (x - mean) / std, out_dtype: the
-// same operations in the same order on both backends); the backward's sums over
-// overlapping windows within 3x the CPU op's own error.
+// input pipeline's pixel transform (uint8 -> / 255, uint16 -> / 65535, (x - mean) / std,
+// out_dtype: the same operations in the same order on both backends); the backward's
+// sums over overlapping windows within 3x the CPU op's own error.
 #include "window_patchify_emulated.cpp"  // written by emulate_cu.py
 
 #include "check_common.h"
@@ -69,18 +69,29 @@ void check(const Shape& s, Layout layout) {
   }
 }
 
-// uint8 images (the window pipeline's): / 255 only, and normalised, to every float
-// dtype; the default out_dtype is float32 on both backends.
-void check_uint8(const Shape& s, Layout layout) {
+// Integer images (the window pipeline's): uint8 (/ 255) or uint16 (/ 65535) only, and
+// normalised, to every float dtype; the default out_dtype is float32 on both backends.
+// uint16 samples span 0..65535, the int16 sign boundary (32767, 32768) and both ends
+// among them: a kernel reading them as int16 or as bytes gives other values.
+void check_integer(const Shape& s, Layout layout, at::ScalarType dt) {
   const auto coords = random_coords(s);
   const auto [mean, std] = random_stats(s.C);
-  const auto images = with_layout(at::randint(0, 256, {s.B, s.C, s.H, s.W}, at::kByte), layout);
-  emu_check::same("uint8 default out_dtype",
+  const bool u16 = dt == at::kUInt16;
+  auto values = at::randint(0, u16 ? 65536 : 256, {s.B, s.C, s.H, s.W}, at::kInt);
+  if (u16) {
+    auto flat = values.view(-1);
+    const int32_t edges[] = {0, 65535, 32767, 32768};
+    for (int64_t i = 0; i < std::min<int64_t>(4, flat.numel()); ++i) flat[i] = edges[i];
+  }
+  const auto images = with_layout(values.to(dt), layout);
+  const std::string name = c10::toString(dt);
+  emu_check::same(name + " default out_dtype",
                   window_patchify_cuda(images, coords, s.K, s.p, {}, {}, {}),
                   window_patchify_cpu(images, coords, s.K, s.p, {}, {}, {}));
   for (auto out : emu_check::kAllTypes) {
-    const std::string t = std::string("uint8 to ") + c10::toString(out);
-    emu_check::same(t + " / 255", window_patchify_cuda(images, coords, s.K, s.p, {}, {}, out),
+    const std::string t = name + " to " + c10::toString(out);
+    emu_check::same(t + (u16 ? " / 65535" : " / 255"),
+                    window_patchify_cuda(images, coords, s.K, s.p, {}, {}, out),
                     window_patchify_cpu(images, coords, s.K, s.p, {}, {}, out));
     emu_check::same(t + " normalised",
                     window_patchify_cuda(images, coords, s.K, s.p, mean, std, out),
@@ -113,7 +124,11 @@ Case shape(const char* name, bool quick, Shape s, Layout layout = kNCHW) {
 }
 
 Case uint8_shape(const char* name, bool quick, Shape s, Layout layout = kNCHW) {
-  return {name, quick, [=] { check_uint8(s, layout); }};
+  return {name, quick, [=] { check_integer(s, layout, at::kByte); }};
+}
+
+Case uint16_shape(const char* name, bool quick, Shape s, Layout layout = kNCHW) {
+  return {name, quick, [=] { check_integer(s, layout, at::kUInt16); }};
 }
 
 }  // namespace
@@ -145,6 +160,14 @@ int main(int argc, char** argv) {
       uint8_shape("uint8 strided 1x3x56x70 K=4 p=14 n=6", false,
                   {1, 3, 56, 70, 4, 14, 6}, kStrided),
       uint8_shape("uint8 tails: C=15 K=4 p=5", false, {1, 15, 30, 25, 4, 5, 2}),
+      // uint16 images (16-bit, multi-band data): staged (2-byte tile elements), direct,
+      // strided, one band and six, odd patch sizes and tails.
+      uint16_shape("uint16 2x3x64x48 K=3 p=8 n=5", true, {2, 3, 64, 48, 3, 8, 5}),
+      uint16_shape("uint16 channels-last 2x6x40x30 K=2 p=5 n=3", true,
+                   {2, 6, 40, 30, 2, 5, 3}, kChannelsLast),
+      uint16_shape("uint16 strided 1x1x45x35 K=3 p=5 n=4", true, {1, 1, 45, 35, 3, 5, 4},
+                   kStrided),
+      uint16_shape("uint16 tails: C=6 K=4 p=7", false, {1, 6, 35, 28, 4, 7, 2}),
       {"transform argument errors", true, check_errors},
   });
 }

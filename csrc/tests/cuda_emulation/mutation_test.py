@@ -75,6 +75,11 @@ MUTATIONS = [
     M("window_patchify: staged copy-out normalises with the next channel's mean/std",
       "window_patchify.cu", "tf(tile[k], k % C32)", "tf(tile[k], (k + 1) % C32)", "none",
       "mismatch", ["uint8 2x3"]),
+    # Only a uint16 case can catch this one: uint8 and float images never take the line.
+    M("window_patchify: uint16 samples read as their low byte", "window_patchify.cu",
+      "if constexpr (std::is_same_v<in_t, uint16_t>) x = x / acc_t(65535);",
+      "if constexpr (std::is_same_v<in_t, uint16_t>) x = static_cast<acc_t>(static_cast<uint8_t>(v)) / acc_t(65535);",
+      "none", "mismatch", ["uint16"]),
 
     # mask_substitute.cu: 16-byte word copies, column tiles with a tail, chunk sums.
     M("mask_substitute: forward row copy one past D", "mask_substitute.cu",
