@@ -80,7 +80,8 @@ SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 
 _TENSOR_TYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
                 torch.float64: "fp64", torch.int8: "i8", torch.int16: "i16",
-                torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8"}
+                torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8",
+                torch.uint16: "u16"}
 # triton.jit types a bool tensor *u1, Inductor *i1: the same IR type (MLIR integers are
 # signless; Triton stores bools as bytes), so both typings compile "*i1".
 _FLOAT_TYPE = {"jit": "fp32", "inductor": "fp64"}
@@ -366,13 +367,13 @@ def cases(full: bool = False) -> list[Case]:
             wa(f"N=50 d=64 NB={NB}", 2, 50, 2, 64, dtype, "contextual", NB=NB)
         wa("N=197 d=64 bias NB=732", 1, 197, 2, 64, dtype, "bias", NB=732)
     # window_patchify at p = 16, C = 3 (the pretraining patch): every images dtype as it
-    # is and normalised; uint8 (the input pipeline) into every output dtype; float images
-    # into another float dtype. Then other patch sizes and channel counts, and a
-    # channels-last image.
-    pixel = (torch.uint8,) + FLOATS
+    # is and normalised; uint8 and uint16 (the input pipeline) into every output dtype;
+    # float images into another float dtype. Then other patch sizes and channel counts
+    # (uint16: one band and six), and a channels-last image.
+    pixel = (torch.uint8, torch.uint16) + FLOATS
     conversions = [(images, None, norm) for images in pixel for norm in (False, True)]
-    conversions += [(torch.uint8, out_dtype, norm) for out_dtype in FLOATS
-                    for norm in (False, True)]
+    conversions += [(ints, out_dtype, norm) for ints in (torch.uint8, torch.uint16)
+                    for out_dtype in FLOATS for norm in (False, True)]
     conversions += [(images, out_dtype, True) for images, out_dtype in (
         (torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32),
         (torch.float16, torch.float32), (torch.float32, torch.float64),
@@ -389,8 +390,13 @@ def cases(full: bool = False) -> list[Case]:
             norm = images == torch.uint8
             add("window_patchify", f"{_dt(images)} p={p} C={C} normalize={norm}",
                 window_patchify_case(1, 2, 2, p, C, images, normalize=norm))
+    for p, C in ((16, 1), (16, 6), (5, 6), (14, 1)):
+        add("window_patchify", f"uint16 p={p} C={C} normalize=True",
+            window_patchify_case(1, 2, 2, p, C, torch.uint16, normalize=True))
     add("window_patchify", "float32 p=16 C=3 channels-last",
         window_patchify_case(2, 2, 3, 16, 3, torch.float32, channels_last=True))
+    add("window_patchify", "uint16 p=16 C=6 channels-last",
+        window_patchify_case(2, 2, 3, 16, 6, torch.uint16, normalize=True, channels_last=True))
     return out
 
 
