@@ -246,3 +246,23 @@ def test_probe_report(tmp_path, capsys):
     (tmp_path / "c" / "log.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
     with pytest.raises(ValueError, match="report probe: no val_top1"):
         report("probe", str(tmp_path / "x.png"), {"untrained": str(tmp_path / "c")})
+
+
+@pytest.mark.parametrize("in_chans", [1, 6])
+def test_rgb_weights_adapt_the_patch_embedding_to_other_bands(tmp_path, in_chans):
+    """An RGB checkpoint into a model of other bands: the patch embedding's channels are
+    repeated and rescaled (timm's rule: the response to a grey image is kept), the
+    report says so; every other tensor loads as it is."""
+    state = pretrain_state()
+    path = save_checkpoint(tmp_path / "rgb.pt", {"model": state})
+    model = create_model("vit_small_patch16", **TINY, num_classes=3, in_chans=in_chans)
+    report = load_encoder_weights(model, path)
+    assert f"adapted from 3 to {in_chans} input channels" in report.summary()
+    w, rgb = model.state_dict()["patch_embed.proj.weight"], state["patch_embed.proj.weight"]
+    assert w.shape[1] == in_chans and "patch_embed.proj.weight" in report.loaded
+    grey = torch.rand(1, 1, 16, 16)  # the same grey image in every band
+    response = torch.nn.functional.conv2d(grey.expand(1, in_chans, 16, 16), w)
+    expected = torch.nn.functional.conv2d(grey.expand(1, 3, 16, 16), rgb)
+    torch.testing.assert_close(response, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(model.state_dict()["blocks.0.attn.qkv.weight"],
+                       state["blocks.0.attn.qkv.weight"])
