@@ -187,3 +187,9 @@ def test_bad_input():
         tiny_window()(torch.randn(1, 3, 96, 128))
     with pytest.raises(ValueError, match="unknown model 'beit_huge'"):
         create_model("beit_huge")
+
+
+@pytest.mark.parametrize("name", ["beit_base_patch16", "beit_window_base_patch16"])
+def test_other_bands_are_refused_by_name(name):
+    with pytest.raises(ValueError, match=r"in_chans must be 3 for BEiT, got 6: .*dVAE tokenizer"):
+        create_model(name, depth=1, in_chans=6)

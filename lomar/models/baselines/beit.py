@@ -136,6 +136,10 @@ class _BEiTEncoder(nn.Module):
             raise ValueError(f"patch_size must be {TOKENIZER_STRIDE}: BEiT's tokenizer gives one "
                              f"token per {TOKENIZER_STRIDE}x{TOKENIZER_STRIDE} pixels, "
                              f"got {patch_size}")
+        if in_chans != 3:
+            raise ValueError(f"in_chans must be 3 for BEiT, got {in_chans}: its targets come from "
+                             f"a dVAE tokenizer (DALL-E's) that reads RGB images; pretrain other "
+                             f"bands with LoMaR or MAE")
         self.patch_size, self.in_chans = patch_size, in_chans
         self.ops_backend: str | None = None
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
