@@ -21,7 +21,16 @@ Backward: read grad_out and the corners; write the whole image's gradient:
 
 (e: bytes per element; covered_patches summed over the images). fwd+bwd is their
 sum. Until 2026-12 the forward was counted as reading n*K*K patches per image,
-overlaps twice."""
+overlaps twice.
+
+Integer images (mode "fwd-norm"): what the input pipeline hands the model, uint8 or
+uint16 images (C = 3, and C = 6 for multi-band data) at 448, normalised in the gather
+(per-channel mean/std, value / 255 or / 65535) to float32 (bfloat16 on CUDA). The
+loader ships 1 byte per sample value for uint8, 2 for uint16 (float32: 4). Each record
+carries ``ns_per_pixel`` (the median over the window pixels gathered, each C samples)
+and ``vs_uint8`` (its time over the uint8 time of the same backend and C: the same
+pixels, so the per-pixel ratio). Bytes: the covered pixels read at the images' element
+size, the corners, the output written at its own."""
 
 from __future__ import annotations
 
@@ -101,3 +110,62 @@ def test_window_patchify(benchmark, record, device, backend, mode, size):
            shape=f"B={B},C=3,H=W={size},n={WINDOWS},K={K},p={P},covered_patches={covered}",
            median_ms=round(median_ms, 4), bytes=nbytes, gbps=round(rate, 2), vs_224=vs_224,
            timer=timer)
+
+
+INT_SIZE = 448
+_INT_MEDIANS: dict[tuple, float] = {}
+
+
+@pytest.mark.parametrize("images_dtype", [torch.uint8, torch.uint16], ids=str)  # innermost
+@pytest.mark.parametrize("channels", [3, 6])
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_window_patchify_integer_images(benchmark, record, device, backend, images_dtype,
+                                        channels):
+    reason = lomar_ops.backends.unavailable_reason(backend, device)
+    if reason is not None:
+        pytest.skip(reason)
+    B = BATCH["tiny" if TINY else device.type]
+    out_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    g = torch.Generator().manual_seed(0)
+    coords = lomar_ops.sample_windows(B, 224 // P, 224 // P, WINDOWS, K, generator=g).to(device)
+    top = 256 if images_dtype == torch.uint8 else 65536
+    # Through int32 and an int16 view: torch has few uint16 kernels.
+    values = torch.randint(0, top, (B, channels, INT_SIZE, INT_SIZE), generator=g,
+                           dtype=torch.int32)
+    if images_dtype == torch.uint16:
+        images = torch.where(values > 32767, values - 65536, values).to(torch.int16) \
+            .view(torch.uint16)
+    else:
+        images = values.to(torch.uint8)
+    images = images.to(device)
+    mean = [0.5] * channels
+    std = [0.25] * channels
+    pixels = B * WINDOWS * K * K * P * P
+    out_elems = pixels * channels
+    coords_bytes = coords.numel() * coords.element_size()
+    covered = covered_patches(coords, INT_SIZE // P, K)
+    nbytes = (covered * P * P * channels * images.element_size() + coords_bytes
+              + out_elems * out_dtype.itemsize)
+
+    def fn():
+        lomar_ops.window_patchify(images, coords, K, P, mean=mean, std=std, out_dtype=out_dtype,
+                                  backend=backend)
+
+    median_ms, timer = time_case(benchmark, fn, device)
+    dtype_name = str(images_dtype).replace("torch.", "")
+    _INT_MEDIANS[(device.type, backend, channels, dtype_name)] = median_ms
+    base = _INT_MEDIANS.get((device.type, backend, channels, "uint8"))
+    vs_uint8 = round(median_ms / base, 3) if base else None
+    rate = gbps(nbytes, median_ms)
+    ns_per_pixel = round(median_ms * 1e6 / pixels, 3)
+    benchmark.extra_info.update(gbps=round(rate, 2), ns_per_pixel=ns_per_pixel,
+                                vs_uint8=vs_uint8)
+    record(op="window_patchify", backend=backend, mode="fwd-norm",
+           case=f"img{INT_SIZE}-{'u8' if dtype_name == 'uint8' else 'u16'}-C{channels}",
+           device=device.type, device_name=device_name(device), dtype=dtype_name,
+           out_dtype=str(out_dtype).replace("torch.", ""),
+           shape=f"B={B},C={channels},H=W={INT_SIZE},n={WINDOWS},K={K},p={P},"
+                 f"covered_patches={covered}",
+           median_ms=round(median_ms, 4), bytes=nbytes, gbps=round(rate, 2),
+           ns_per_pixel=ns_per_pixel, vs_uint8=vs_uint8,
+           bytes_per_sample=images.element_size(), timer=timer)
