@@ -460,19 +460,60 @@ __device__ void stage_bias(const Params& p, int h, acc_t* bias) {
   for (int b = threadIdx.x; b < p.NB; b += blockDim.x) bias[b] = to<acc_t>(rpe[b]);
 }
 
-// Fragment rows r of (S, N, H, d) output tensors: element (r, c) written for c < d.
-template <typename scalar_t, int NT, typename acc_t>
+// Fragment rows of (S, N, H, d) output tensors, element (r, c) written for c < d:
+// the calling warp's 16 rows (row0...) go through `stage` (a ROWS x DP shared tile,
+// row stride LD, free for the warp's own rows) so that each row leaves as whole
+// 16-byte stores (lanes on consecutive chunks) instead of one store per fragment
+// element. The values are the same: each is rounded once from acc * mul.
+template <typename scalar_t, int LD, int NT, typename acc_t>
 __device__ void store_rows(scalar_t* dst, const Params& p, int h, int row0, const int* seq,
-                           const int* pos, const acc_t (&acc)[NT][4], const acc_t (&mul)[2]) {
+                           const int* pos, const acc_t (&acc)[NT][4], const acc_t (&mul)[2],
+                           scalar_t* stage) {
+  const int lane = threadIdx.x & 31;
+  scalar_t* w = stage + row0 * LD;
 #pragma unroll
   for (int n = 0; n < NT; ++n)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int r = row0 + frag_row(e), c = frag_col(n, e);
-      if (seq[r] < 0 || c >= p.d) continue;
-      const int64_t at = ((static_cast<int64_t>(seq[r]) * p.N + pos[r]) * p.H + h) * p.d + c;
-      dst[at] = to<scalar_t>(acc[n][e] * mul[e >> 1]);
+    for (int e = 0; e < 4; e += 2) {
+      const int r = frag_row(e), c = frag_col(n, e);
+      const scalar_t lo = to<scalar_t>(acc[n][e] * mul[e >> 1]);
+      const scalar_t hi = to<scalar_t>(acc[n][e + 1] * mul[e >> 1]);
+      if constexpr (sizeof(scalar_t) == 2) {  // the pair as one 32-bit store
+        *reinterpret_cast<uint32_t*>(w + r * LD + c) =
+            static_cast<uint32_t>(lo.x) | (static_cast<uint32_t>(hi.x) << 16);
+      } else {
+        w[r * LD + c] = lo;
+        w[r * LD + c + 1] = hi;
+      }
     }
+  __syncwarp();
+  constexpr int V = 16 / sizeof(scalar_t);
+  if (p.d % V == 0 && reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
+    const int chunks = p.d / V;
+    for (int e = lane; e < 16 * chunks; e += 32) {
+      const int r = e / chunks, c = (e - r * chunks) * V;
+      if (seq[row0 + r] < 0) continue;
+      const int64_t at = ((static_cast<int64_t>(seq[row0 + r]) * p.N + pos[row0 + r]) * p.H + h) * p.d + c;
+      uint4 val;
+      if constexpr (sizeof(scalar_t) == 2) {  // shared rows are 16-byte aligned
+        val = *reinterpret_cast<const uint4*>(w + r * LD + c);
+      } else {
+        alignas(16) scalar_t tmp[V];
+#pragma unroll
+        for (int i = 0; i < V; ++i) tmp[i] = w[r * LD + c + i];
+        val = *reinterpret_cast<const uint4*>(tmp);
+      }
+      *reinterpret_cast<uint4*>(dst + at) = val;
+    }
+  } else {
+    for (int e = lane; e < 16 * p.d; e += 32) {
+      const int r = e / p.d, c = e - r * p.d;
+      if (seq[row0 + r] < 0) continue;
+      const int64_t at = ((static_cast<int64_t>(seq[row0 + r]) * p.N + pos[row0 + r]) * p.H + h) * p.d + c;
+      dst[at] = w[r * LD + c];
+    }
+  }
+  __syncwarp();  // the warp's rows of `stage` may be written again after this
 }
 
 // ---- forward ------------------------------------------------------------------
@@ -559,7 +600,9 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_fwd_kernel(const Pa
     l[hh] = quad_sum(l[hh]);
     inv[hh] = l[hh] > 0 ? acc_t(1) / l[hh] : acc_t(0);
   }
-  store_rows<scalar_t>(static_cast<scalar_t*>(p.o), p, tc.h, row0, sm.qseq, sm.qpos, o, inv);
+  // Q is dead (the key loop ended with a barrier): its rows stage O.
+  store_rows<scalar_t, LD>(static_cast<scalar_t*>(p.o), p, tc.h, row0, sm.qseq, sm.qpos, o, inv,
+                           sm.Qs);
   if ((threadIdx.x & 3) == 0) {
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
@@ -668,8 +711,11 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_dkdv_kernel(const P
     __syncthreads();  // Q, dO, the buckets and the query rows are replaced next
   }
   const acc_t dk_mul[2] = {scale, scale}, one[2] = {1, 1};
-  store_rows<scalar_t>(static_cast<scalar_t*>(p.dk), p, tc.h, row0, sm.kseq, sm.kpos, dk, dk_mul);
-  store_rows<scalar_t>(static_cast<scalar_t*>(p.dv), p, tc.h, row0, sm.kseq, sm.kpos, dv, one);
+  // Q and dO are dead (the query loop ended with a barrier): their rows stage dK, dV.
+  store_rows<scalar_t, LD>(static_cast<scalar_t*>(p.dk), p, tc.h, row0, sm.kseq, sm.kpos, dk,
+                           dk_mul, sm.Qs);
+  store_rows<scalar_t, LD>(static_cast<scalar_t*>(p.dv), p, tc.h, row0, sm.kseq, sm.kpos, dv, one,
+                           sm.dOs);
 }
 
 // dQ of the group's tiles taken by this block, and the block's d(rpe) partial.
@@ -768,7 +814,10 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
         __syncthreads();
       }
     }
-    store_rows<scalar_t>(static_cast<scalar_t*>(p.dq), p, tc.h, row0, sm.qseq, sm.qpos, dq, mul);
+    // dO is dead (the key loop ended with a barrier; Q still feeds the partial): its
+    // rows stage dQ.
+    store_rows<scalar_t, LD>(static_cast<scalar_t*>(p.dq), p, tc.h, row0, sm.qseq, sm.qpos, dq, mul,
+                             sm.dOs);
     if (p.mode == kContextual) {  // partial[b][c] += sum over rows of dT[r][b] q[r][c]
       for (int64_t e = threadIdx.x; e < p.group_width; e += blockDim.x) {
         const int b = static_cast<int>(e / p.d), c = static_cast<int>(e - b * p.d);
