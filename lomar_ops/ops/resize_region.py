@@ -1,18 +1,21 @@
-"""resize_region: rectangles of a bicubic antialiased resize of a uint8 image,
-computed from the source pixels they need only.
+"""resize_region: rectangles of a bicubic antialiased resize of a uint8, uint16 or
+float32 image with any number of channels, computed from the source pixels they need
+only.
 
 The window pipeline (lomar.data) renders each LoMaR window of a random-resized crop
-with it, so its cost follows the windows, not the crop's output size. Its result is,
-to the bit, that rectangle of torchvision's
-``resized_crop(image, ..., BICUBIC, antialias=True)`` on a uint8 image (torch's AVX2
-uint8 path; on machines without AVX2 torch computes in float and may differ by one
-grey level).
+with it, so its cost follows the windows, not the crop's output size. On a uint8
+image its result is, to the bit, that rectangle of torchvision's
+``resized_crop(image, ..., BICUBIC, antialias=True)`` (torch's AVX2 uint8 path; on
+machines without AVX2 torch computes in float and may differ by one grey level).
+uint16 images go through the same fixed-point algorithm with 32-bit weights, float32
+images through float32 weights and float64 sums (lomar_ops/reference/resize_region.py
+says exactly how); the output has the image's dtype.
 
 Implementations: csrc/cpu/resize_region.cpp (CPU tensors: the op runs in the data
 loader's workers, on decoded images in host memory) and
 lomar_ops/reference/resize_region.py. There is no CUDA or Triton kernel. This file
 registers the fake-tensor rule of the C++ op ``torch.ops.lomar_ops.resize_region``
-(uint8, no autograd) and exposes the public functions."""
+(no autograd) and exposes the public functions."""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from .. import _extension
 from .._validation import check_tensor
 from ..backends import (BACKENDS, BackendUnavailableError, implemented_backends,
                         resolve_backend, unavailable_reason)
-from ..reference.resize_region import resize_regions_reference
+from ..reference.resize_region import DTYPES, resize_regions_reference
 
 _OP = "resize_region"
 _IMPLEMENTED = implemented_backends(_OP)
@@ -53,7 +56,7 @@ def _ints(name: str, values, count: int, doc: str) -> tuple[int, ...]:
 
 def _check(image, box, size, regions) -> tuple[tuple[float, ...], tuple[int, int],
                                                 list[tuple[int, ...]]]:
-    check_tensor(_OP, "image", image, ndim=3, dtypes=(torch.uint8,), shape_doc="(H, W, C)")
+    check_tensor(_OP, "image", image, ndim=3, dtypes=DTYPES, shape_doc="(H, W, C)")
     H, W, C = image.shape
     if H == 0 or W == 0 or C == 0:
         raise ValueError(f"{_OP}: image must not be empty, got shape {tuple(image.shape)}")
@@ -95,8 +98,8 @@ def resize_region(image: torch.Tensor, box: Sequence[float], size: Sequence[int]
     """``region`` of the bicubic antialiased resize of ``box`` of ``image`` to ``size``.
 
     Args:
-        image: (H, W, C) uint8 (the decoder's layout), any strides; CPU for the
-            "cpu" backend.
+        image: (H, W, C) uint8, uint16 or float32 (the decoder's layout), any number
+            of channels C, any strides; CPU for the "cpu" backend.
         box: (top, left, height, width) of the crop in ``image``'s pixels, inside the
             image; fractional values address a crop of an image decoded at reduced
             scale.
@@ -106,9 +109,15 @@ def resize_region(image: torch.Tensor, box: Sequence[float], size: Sequence[int]
             "triton" have no implementation of this op.
 
     Returns:
-        (C, rows, cols) uint8, equal to
+        (C, rows, cols) in the image's dtype: integers rounded to nearest and clamped to
+        the dtype's range after each of the two passes, float32 not clamped. For a uint8
+        image and an integer box it equals
         ``resized_crop(image_chw, top, left, height, width, size, BICUBIC,
-        antialias=True)[:, y0:y0 + rows, x0:x0 + cols]`` for an integer box.
+        antialias=True)[:, y0:y0 + rows, x0:x0 + cols]``; for uint16, the same
+        algorithm with finer weights (within 1.25 units of the exact resize where nothing
+        clamps); for float32, torchvision's float resize to within float32 rounding.
+        Every region equals, to the bit, that part of the whole resize
+        (``region = (0, 0, *size)``).
     """
     return resize_regions(image, box, size, [region], backend=backend)[0]
 
@@ -116,7 +125,7 @@ def resize_region(image: torch.Tensor, box: Sequence[float], size: Sequence[int]
 def resize_regions(image: torch.Tensor, box: Sequence[float], size: Sequence[int],
                    regions: Sequence[Sequence[int]], backend: str | None = None) -> torch.Tensor:
     """:func:`resize_region` for several rectangles of one size at once (the filter
-    taps are computed once): (n, C, rows, cols) uint8."""
+    taps are computed once): (n, C, rows, cols) in the image's dtype."""
     box, size, regions = _check(image, box, size, regions)
     if backend in _NO_KERNEL:
         usable = [b for b in BACKENDS

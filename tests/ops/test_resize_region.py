@@ -1,9 +1,11 @@
-"""resize_region (rectangles of a bicubic antialiased uint8 resize, the window
-pipeline's resampler): every backend against the PyTorch reference on random inputs
-(to the bit, fractional boxes included), both against torchvision's resize of the
-whole crop (to the bit: torch's AVX2 uint8 path is Pillow's fixed-point algorithm,
-which the op reproduces; one grey level allowed where torch has no AVX2 and resizes
-in float), opcheck of the C++ op, and the argument and backend errors.
+"""resize_region (rectangles of a bicubic antialiased resize, the window pipeline's
+resampler): every backend against the PyTorch reference on random inputs (to the bit,
+fractional boxes included, uint8, uint16 and float32, any channel count), uint8 against
+torchvision's resize of the whole crop (to the bit: torch's AVX2 uint8 path is Pillow's
+fixed-point algorithm, which the op reproduces; one grey level allowed where torch has
+no AVX2 and resizes in float), uint16 within 1.25 units of the exact resize, float32
+against torchvision's and Pillow's float resizes, opcheck of the C++ op, and the
+argument and backend errors.
 
 The op has two backends, "cpu" (the C++ kernel) and "torch" (the reference); it has
 no CUDA or Triton kernel (it runs in the data loader's CPU workers)."""
@@ -191,6 +193,187 @@ def test_torch_compile_fullgraph(backend):
     assert torch.equal(compiled(hwc), step(hwc))
 
 
+# ---- uint16 and float32 images -----------------------------------------------------
+
+def _uint16(values):
+    """int64/int32 values in 0..65535 -> uint16, through an int16 view (torch has few
+    uint16 kernels, fewer in older releases)."""
+    values = values.to(torch.int32)
+    return torch.where(values > 32767, values - 65536, values).to(torch.int16).view(torch.uint16)
+
+
+def _values(image):
+    """A uint16 tensor's values as int64, exactly."""
+    return image.view(torch.int16).to(torch.int64) & 0xFFFF
+
+
+def _image_of(dtype, h, w, c, seed=0):
+    """(H, W, C): uint8 as _image; uint16 over the whole 0..65535 range (smooth structure,
+    noise, saturated pixels at both ends); float32 in about [-1, 2] with the same shape."""
+    if dtype == torch.uint8:
+        return _hwc(_image(h, w, c, seed))
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(c, h // 4 + 2, w // 4 + 2, generator=g, dtype=torch.float64)
+    smooth = torch.nn.functional.interpolate(base[None], size=(h, w), mode="bilinear")[0]
+    noisy = smooth + 0.15 * torch.randn(c, h, w, generator=g, dtype=torch.float64)
+    if dtype == torch.float32:
+        return _hwc((3 * noisy - 1).float())
+    return _hwc(_uint16((noisy.clamp(0, 1) * 65535).round()))
+
+
+def _random_typed_case(g, dtype):
+    image, box, size, region = _random_case(g)
+    H, W, _ = image.shape
+    C = (1, 3, 6)[int(torch.randint(0, 3, (), generator=g))]
+    return (_image_of(dtype, H, W, C, seed=int(torch.randint(0, 1 << 30, (), generator=g))),
+            box, size, region)
+
+
+TYPED = [torch.uint16, torch.float32]
+
+
+@pytest.mark.parametrize("dtype", TYPED, ids=str)
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_uint16_and_float32_match_the_reference(device, backend, dtype):
+    # Random sizes (odd ones among them), boxes (fractional half the time), C in {1, 3, 6}.
+    g = torch.Generator().manual_seed(16)
+    for _ in range(12):
+        image, box, size, region = _random_typed_case(g, dtype)
+        got = lomar_ops.resize_region(image.to(device), box, size, region, backend=backend)
+        assert got.dtype == dtype and got.device.type == device
+        assert got.shape == (image.shape[2], region[2], region[3])
+        want = resize_region_reference(image, box, size, region)
+        assert torch.equal(got.cpu().view(torch.int16) if dtype == torch.uint16 else got.cpu(),
+                           want.view(torch.int16) if dtype == torch.uint16 else want), \
+            (tuple(image.shape), box, size, region)
+
+
+@pytest.mark.parametrize("dtype", TYPED, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uint16_and_float32_regions_equal_the_whole_resize(backend, dtype):
+    image = _image_of(dtype, 61, 47, 6, seed=7)
+    box, size = (3.5, 2.0, 55.25, 44.0), (37, 29)
+    whole = lomar_ops.resize_region(image, box, size, (0, 0, *size), backend=backend)
+    regions = [(0, 0, 11, 13), (26, 16, 11, 13), (9, 5, 11, 13)]
+    many = lomar_ops.resize_regions(image, box, size, regions, backend=backend)
+    if dtype == torch.uint16:
+        whole, many = _values(whole), _values(many)
+    for got, (y0, x0, rows, cols) in zip(many, regions):
+        assert torch.equal(got, whole[:, y0:y0 + rows, x0:x0 + cols])
+
+
+def _exact_resize(chw, box, size):
+    """The resize in float64 with unquantised weights and no rounding or clamping
+    between the passes: (C, out_h, out_w) float64."""
+    from lomar_ops.reference.resize_region import _axis_taps
+    top, left, height, width = box
+    C, H, W = chw.shape
+
+    def matrix(in_size, start, length, out_size):
+        taps, _ = _axis_taps(in_size, start, length, out_size)
+        m = torch.zeros(out_size, in_size, dtype=torch.float64)
+        for i, (first, w) in enumerate(taps):
+            m[i, first:first + len(w)] = w
+        return m
+
+    mx, my = matrix(W, left, width, size[1]), matrix(H, top, height, size[0])
+    return my @ chw.double() @ mx.T
+
+
+@pytest.mark.parametrize("channels", [1, 3, 6])
+def test_uint16_within_a_unit_and_a_quarter_of_the_exact_resize(channels):
+    # Values in 12000..53000 with smooth structure: no pass overshoots 0..65535, so the
+    # only differences are the rounding of each pass and the 32-bit weights: half a unit
+    # for the last, half a unit times the vertical weights' sum of magnitudes (under
+    # 1.25 for this cubic) for the first, on average a third of a unit.
+    g = torch.Generator().manual_seed(channels)
+    chw = 12000 + (41000 * torch.nn.functional.interpolate(
+        torch.rand(1, channels, 9, 11, generator=g, dtype=torch.float64), size=(45, 53),
+        mode="bicubic", align_corners=True)[0].clamp(0, 1)).round()
+    image = _uint16(chw.permute(1, 2, 0))
+    for box, size in [((0, 0, 45, 53), (97, 71)), ((2.5, 3.25, 40.0, 47.5), (13, 11)),
+                      ((1, 2, 43, 50), (45, 53))]:
+        got = _values(lomar_ops.resize_region(image, box, size, (0, 0, *size), backend="cpu"))
+        exact = _exact_resize(chw, box, size)
+        error = (got.double() - exact).abs()
+        assert error.max() <= 1.25 and error.mean() < 0.4, (box, size)
+
+
+def test_uint16_clamps_float32_does_not():
+    # A checkerboard of 0 and 65535 upscaled: bicubic overshoots both ends; uint16 output
+    # is clamped to 0..65535 (both values reached), float32 keeps the overshoot.
+    board = ((torch.arange(12)[:, None] + torch.arange(10)) % 2) * 65535
+    image = _uint16(board[..., None])
+    got = _values(lomar_ops.resize_region(image, (0, 0, 12, 10), (40, 33), (0, 0, 40, 33),
+                                          backend="cpu"))
+    assert got.min() == 0 and got.max() == 65535
+    floats = lomar_ops.resize_region(board[..., None].float() / 65535, (0, 0, 12, 10),
+                                     (40, 33), (0, 0, 40, 33), backend="cpu")
+    assert floats.min() < -0.05 and floats.max() > 1.05
+    # A constant image stays constant, its value exactly.
+    flat = _uint16(torch.full((9, 7, 3), 65535))
+    assert (_values(lomar_ops.resize_region(flat, (0.5, 0, 8, 7), (20, 3), (0, 0, 20, 3),
+                                            backend="cpu")) == 65535).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_matches_torchvision_and_pillow(backend):
+    import numpy as np
+    from PIL import Image
+
+    image = _image_of(torch.float32, 50, 70, 3, seed=3)
+    chw = image.permute(2, 0, 1)
+    for box, size in [((5, 6, 40, 60), (30, 90)), ((0, 0, 50, 70), (17, 23)),
+                      ((3, 1, 44, 61), (88, 122))]:
+        got = lomar_ops.resize_region(image, box, size, (0, 0, *size), backend=backend)
+        # torch resizes float32 in float32 (its own float32 weights and sums): values of
+        # magnitude up to about 3, some 20 float32 ulps of them apart (4.5e-6 seen).
+        torch.testing.assert_close(got, _torchvision(chw, box, size), atol=1e-5, rtol=0)
+        # Pillow's "F" mode: float64 weights and sums, rounded to float32 after each
+        # pass; ours rounds the weights to float32 (a relative 6e-8).
+        top, left, height, width = box
+        crop = Image.fromarray(np.ascontiguousarray(
+            image[top:top + height, left:left + width, 0].numpy()))
+        assert crop.mode == "F"
+        pil = torch.from_numpy(np.asarray(crop.resize(size[::-1], Image.BICUBIC)).copy())
+        torch.testing.assert_close(got[0], pil, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uint16_matches_pillow(backend):
+    # Pillow resizes 16-bit greyscale ("I;16") in float64 with unquantised weights,
+    # clamping each pass: the same result but for one unit in a few outputs. Values up
+    # to 3/4 of the range (overshoots stay below 65535, where Pillow's clipping is off:
+    # it clips the high byte alone), with zeros (clamped at 0 by both). Recent Pillow
+    # runs first the pass that leaves fewer pixels between the two: these cases are
+    # horizontal-first there too (ours always is, as torch's and Pillow's uint8 resize).
+    import numpy as np
+    from PIL import Image
+
+    values = _values(_image_of(torch.uint16, 45, 53, 1, seed=2))[..., 0] * 3 // 4
+    image = _uint16(values[..., None])
+    for box, size in [((0, 0, 45, 53), (97, 71)), ((0, 0, 45, 53), (13, 11)),
+                      ((1, 2, 40, 50), (45, 53)), ((5, 0, 33, 53), (66, 20))]:
+        assert size[1] * box[2] <= box[3] * size[0]  # Pillow's horizontal pass first
+        got = _values(lomar_ops.resize_region(image, box, size, (0, 0, *size),
+                                              backend=backend))[0]
+        top, left, height, width = box
+        crop = Image.fromarray(values[top:top + height, left:left + width].numpy()
+                               .astype(np.uint16))
+        assert crop.mode == "I;16"
+        pil = torch.from_numpy(np.asarray(crop.resize(size[::-1], Image.BICUBIC))
+                               .astype(np.int64))
+        diff = (got - pil).abs()
+        assert diff.max() <= 1 and diff.float().mean() < 0.01, (box, size)
+
+
+def test_opcheck_cpu_op_uint16_and_float32():
+    for dtype in TYPED:
+        image = _image_of(dtype, 20, 30, 6)
+        torch.library.opcheck(torch.ops.lomar_ops.resize_region.default,
+                              (image, [1.5, 2.0, 15.0, 20.5], [12, 16], [0, 0, 6, 8, 6, 8, 6, 8]))
+
+
 # ---- bad input ---------------------------------------------------------------
 
 def test_rejects_bad_arguments():
@@ -198,7 +381,9 @@ def test_rejects_bad_arguments():
     ok = dict(box=(0, 0, 10, 10), size=(8, 8), region=(0, 0, 8, 8))
     cases = [
         (dict(image=hwc.numpy()), TypeError, "resize_region: image must be a torch.Tensor"),
-        (dict(image=hwc.float()), TypeError, r"image must have dtype in \(uint8\), got torch.float32"),
+        (dict(image=hwc.double()), TypeError,
+         r"image must have dtype in \(uint8, uint16, float32\), got torch.float64"),
+        (dict(image=hwc.to(torch.int16)), TypeError, r"image must have dtype in .* got torch.int16"),
         (dict(image=hwc[0]), ValueError, r"image must be 3-D \(H, W, C\), got shape \(30, 3\)"),
         (dict(image=hwc[:0]), ValueError, r"image must not be empty, got shape \(0, 30, 3\)"),
         (dict(box=(0, 0, 10)), TypeError,
@@ -250,7 +435,8 @@ def test_rejects_unknown_and_unavailable_backends(monkeypatch):
 
 def test_cpp_op_checks_guard_direct_calls():
     hwc = torch.zeros(20, 30, 3, dtype=torch.uint8)
-    cases = [(hwc.float(), [0, 0, 10, 10], [8, 8], [0, 0, 8, 8], r"image must be a uint8 \(H, W, C\)"),
+    cases = [(hwc.double(), [0, 0, 10, 10], [8, 8], [0, 0, 8, 8],
+              r"image must be a uint8, uint16 or float32 \(H, W, C\) tensor, got Double"),
              (hwc, [0, 0, 21, 10], [8, 8], [0, 0, 8, 8], "must lie inside the 20x30 image"),
              (hwc, [0, 0, 0, 10], [8, 8], [0, 0, 8, 8], "not be empty"),
              (hwc, [0, 0, 10, 10], [8, 8], [4, 0, 5, 8], r"region .* must lie inside the 8x8 output"),
