@@ -118,14 +118,18 @@ def render_crop(image: torch.Tensor, crop: Crop) -> torch.Tensor:
     return out.flip(-1) if crop.flip else out
 
 
-def _check_image(image: torch.Tensor, crop: Crop) -> None:
-    if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.dtype != torch.uint8:
+def _check_image(image: torch.Tensor, crop: Crop, dtypes=(torch.uint8,)) -> None:
+    if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.dtype not in dtypes:
         got = (f"{image.dtype} {tuple(image.shape)}" if isinstance(image, torch.Tensor)
                else type(image).__name__)
-        raise TypeError(f"image must be a decoded (C, H, W) uint8 tensor, got {got}")
+        allowed = " or ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"image must be a decoded (C, H, W) {allowed} tensor, got {got}")
     if tuple(image.shape[1:]) != tuple(crop.image_size):
         raise ValueError(f"image is {tuple(image.shape[1:])} but the crop was drawn for "
                          f"{crop.image_size}")
+
+
+WINDOW_DTYPES = (torch.uint8, torch.uint16)  # what render_windows resamples (resize_region)
 
 
 def window_boxes(crop: Crop, coords: torch.Tensor, window_size: int,
@@ -163,8 +167,9 @@ def render_windows(source, crop: Crop, coords: torch.Tensor, window_size: int,
     """The LoMaR windows of a crop, rendered from the source without the rest of it.
 
     Args:
-        source: a decoded (3, H, W) uint8 tensor, a path, the file's bytes, or an
-            :class:`lomar.data.decode.OpenedImage`.
+        source: a decoded (C, H, W) uint8 or uint16 tensor (any bands, e.g. from
+            :func:`lomar.data.read_image`), a path, the file's bytes, or an
+            :class:`lomar.data.decode.OpenedImage` (decoded as RGB).
         crop: from :func:`sample_crop` for this source's size.
         coords: (n, 2) window corners (row, col) in patches of the crop, as
             :func:`lomar_ops.window_patchify` takes them.
@@ -174,13 +179,14 @@ def render_windows(source, crop: Crop, coords: torch.Tensor, window_size: int,
             bench-data`` reports the PSNR).
 
     Returns:
-        (n, 3, K*p, K*p) uint8. With a decoded tensor (or ``reduced_decode=False``),
+        (n, C, K*p, K*p) in the tensor's dtype (uint8 for files). With a decoded uint8
+        tensor (or ``reduced_decode=False``),
         window i is ``render_crop(image, crop)[:, r*p:(r+K)*p, c*p:(c+K)*p]`` with
         (r, c) = coords[i], to the bit where torch resizes uint8 with AVX2.
     """
     boxes = window_boxes(crop, coords, window_size, patch_size)
     if isinstance(source, torch.Tensor):
-        _check_image(source, crop)
+        _check_image(source, crop, WINDOW_DTYPES)
         hwc, factor = source.permute(1, 2, 0).contiguous(), 1
     elif isinstance(source, OpenedImage):
         factor, hwc = _decode_for(source, crop, reduced_decode)

@@ -26,8 +26,9 @@ from torchvision.transforms import v2
 import lomar_ops
 
 from .constants import IMAGENET_MEAN, IMAGENET_STD
-from .crop import Crop, render_crop, render_windows, sample_crop
+from .crop import WINDOW_DTYPES, Crop, render_crop, render_windows, sample_crop
 from .decode import decode_rgb, open_image
+from .read import read_image
 
 __all__ = ["FullCrops", "WindowCrops", "WindowSpec", "pretrain_transform"]
 
@@ -70,19 +71,62 @@ class WindowCrops:
 
     Only the windows' pixels are produced (:func:`lomar.data.crop.render_windows`), a JPEG
     decoded at 1/2, 1/4 or 1/8 scale when the crop shrinks it by that much
-    (``reduced_decode``): the cost per image does not grow with ``input_size``."""
+    (``reduced_decode``): the cost per image does not grow with ``input_size``.
+
+    ``bands``: "rgb" (every file decoded as 8-bit RGB, as photos are), or "all" / a list
+    of band indices: the file's own bands and bit depth through
+    :func:`lomar.data.read_image` (multispectral, 16-bit, single-channel data), windows
+    (n, C, K*p, K*p) uint8 or uint16, bit for bit what the file holds resampled."""
 
     reads_files = True
 
-    def __init__(self, spec: WindowSpec, reduced_decode: bool = True):
+    def __init__(self, spec: WindowSpec, reduced_decode: bool = True, bands="rgb",
+                 channels: int | None = None):
         self.spec, self.reduced_decode = spec, reduced_decode
+        self.bands = check_bands(bands)
+        self.channels = channels  # the band count every file must give (None: any)
 
     def __call__(self, source):
-        with open_image(source) as opened:
-            crop, coords = self.spec.draw(opened.size)
-            windows = render_windows(opened, crop, coords, self.spec.window_size,
-                                     self.spec.patch_size, reduced_decode=self.reduced_decode)
-        return windows, coords
+        if self.bands == "rgb":
+            with open_image(source) as opened:
+                crop, coords = self.spec.draw(opened.size)
+                windows = render_windows(opened, crop, coords, self.spec.window_size,
+                                         self.spec.patch_size, reduced_decode=self.reduced_decode)
+            return windows, coords
+        pixels = select_bands(read_image(source), self.bands, source)
+        if self.channels is not None and pixels.shape[0] != self.channels:
+            raise ValueError(f"{source}: {pixels.shape[0]} band(s), the run's other files "
+                             f"{self.channels}: one data set, one band layout")
+        crop, coords = self.spec.draw(tuple(pixels.shape[1:]))
+        return render_windows(pixels, crop, coords, self.spec.window_size,
+                              self.spec.patch_size), coords
+
+
+def check_bands(bands):
+    """``data.bands``: "rgb", "all" or a non-empty list of distinct band indices >= 0."""
+    if bands in ("rgb", "all"):
+        return bands
+    if isinstance(bands, (list, tuple)) and bands and all(
+            isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in bands) \
+            and len(set(bands)) == len(bands):
+        return tuple(bands)
+    raise ValueError(f"bands must be 'rgb', 'all' or a list of distinct band indices >= 0, "
+                     f"got {bands!r}")
+
+
+def select_bands(pixels: torch.Tensor, bands, source) -> torch.Tensor:
+    """The file's (C, H, W) pixels, or the bands picked from it, for a window pipeline:
+    uint8 or uint16 (float files are refused here: the model normalises integer pixels)."""
+    if pixels.dtype not in WINDOW_DTYPES:
+        raise ValueError(f"{source}: {str(pixels.dtype).replace('torch.', '')} pixels: the "
+                         f"pretraining pipelines take uint8 or uint16 files")
+    if bands == "all":
+        return pixels
+    missing = [b for b in bands if b >= pixels.shape[0]]
+    if missing:
+        raise ValueError(f"{source}: data.bands asks for band {missing[0]}, the file has "
+                         f"{pixels.shape[0]} (0 to {pixels.shape[0] - 1})")
+    return pixels[list(bands)]
 
 
 class FullCrops:

@@ -24,20 +24,20 @@ BACKEND = default_backend("resize_region", "cpu",
 def resize_windows(image: torch.Tensor, box: Sequence[float], size: Sequence[int],
                    corners: Sequence[tuple[int, int]], side: int) -> torch.Tensor:
     """The ``side`` x ``side`` squares at ``corners`` (y0, x0) of the resize of ``box``
-    of ``image`` (H, W, C) uint8 to ``size``: (n, C, side, side) uint8.
+    of ``image`` (H, W, C) uint8 or uint16 to ``size``: (n, C, side, side), its dtype.
 
     One rectangle, the windows' bounding box, is resized when that costs no more
     pixels than the windows one by one (at 224 four 7x7 windows tile the whole crop);
     else each window is its own region of one call."""
     n = len(corners)
     if n == 0:
-        return torch.empty(0, image.shape[2], side, side, dtype=torch.uint8)
+        return torch.empty(0, image.shape[2], side, side, dtype=image.dtype)
     y_lo, x_lo = min(y for y, _ in corners), min(x for _, x in corners)
     y_hi, x_hi = max(y for y, _ in corners) + side, max(x for _, x in corners) + side
     if (y_hi - y_lo) * (x_hi - x_lo) <= n * side * side:
         union = lomar_ops.resize_region(image, box, size, (y_lo, x_lo, y_hi - y_lo, x_hi - x_lo),
                                         backend=BACKEND)
-        out = torch.empty(n, image.shape[2], side, side, dtype=torch.uint8)
+        out = torch.empty(n, image.shape[2], side, side, dtype=image.dtype)
         for i, (y0, x0) in enumerate(corners):
             out[i] = union[:, y0 - y_lo:y0 - y_lo + side, x0 - x_lo:x0 - x_lo + side]
         return out

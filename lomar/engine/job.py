@@ -122,7 +122,7 @@ def check_normalisation(mean, std, channels: int) -> None:
     for name, values in (("mean", mean), ("std", std)):
         if len(values) != channels:
             raise ConfigError(f"config: data.{name} needs one value per channel ({channels}: "
-                              f"the pipelines give RGB), got {list(values)}")
+                              f"model_kwargs.in_chans, 3 by default), got {list(values)}")
     if not all(math.isfinite(v) and v > 0 for v in std) or \
             not all(math.isfinite(v) for v in mean):
         raise ConfigError(f"config: data.std must be finite and > 0 and data.mean finite, got "

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal, Optional
+from typing import ClassVar, Literal, Optional, Union
 
 import torch
 from timm.optim import param_groups_weight_decay
@@ -28,7 +28,8 @@ from timm.optim import param_groups_weight_decay
 from .. import distributed
 from ..config import ConfigError
 from ..data import (FullCrops, ImageFiles, RegionSpec, TiledRegions, WindowCrops, WindowSpec,
-                    build_demo_photos, build_demo_slide)
+                    build_demo_photos, build_demo_slide, read_image)
+from ..data.pipelines import check_bands, select_bands
 from ..models import create_model
 from .job import Job, OptimConfig, RunConfig, check_normalisation, run_job
 from .param_groups import no_weight_decay_names
@@ -67,6 +68,11 @@ class DataConfig:
     # config fragment (--config base.yaml --config stats.yaml).
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
+    # "rgb": every file decoded as 8-bit RGB (photos); "all" or a list of band indices: the
+    # files' own bands and bit depth (uint8/uint16: multispectral, 16-bit microscopy),
+    # model_kwargs.in_chans of them, with data.mean/std per band (window pipeline, whole
+    # images; docs/input-pipeline.md).
+    bands: Union[Literal["rgb", "all"], list[int]] = "rgb"
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,25 @@ class PretrainConfig(RunConfig):
             if not ok:
                 raise ConfigError(f"config: data.{name} must be {allowed}, got "
                                   f"{getattr(d, name)}")
+        channels = self.model_kwargs.get("in_chans", 3)
+        try:
+            bands = check_bands(d.bands)
+        except ValueError as exc:
+            raise ConfigError(f"config: data.{exc}") from None
+        if bands != "rgb":
+            if isinstance(bands, tuple) and len(bands) != channels:
+                raise ConfigError(f"config: data.bands picks {len(bands)} band(s), the model "
+                                  f"takes model_kwargs.in_chans = {channels}")
+            if d.pipeline != "windows" or d.region_size:
+                raise ConfigError("config: data.bands other than 'rgb' needs data.pipeline="
+                                  "windows on whole images (data.region_size 0) for now")
+            if channels != 3 and d.mean is None:
+                raise ConfigError(f"config: {channels} band(s) need their own data.mean and "
+                                  f"data.std (ImageNet's are for RGB): lomar stats PATH "
+                                  f"measures them")
+        elif channels != 3:
+            raise ConfigError(f"config: model_kwargs.in_chans = {channels} needs data.bands "
+                              f"'all' or a list of band indices (data.bands 'rgb' gives 3)")
         check_normalisation(d.mean, d.std, self.model_kwargs.get("in_chans", 3))
         if d.mean is not None:
             if {"pixel_mean", "pixel_std"} & set(self.model_kwargs):
@@ -157,9 +182,17 @@ def _dataset(cfg: PretrainConfig, info: distributed.DistInfo, patch_size: int):
         return TiledRegions(path, spec, region, d.samples_per_file, d.pipeline, d.tile_cache_mb,
                             mask_dir=Path(cfg.output_dir) / "foreground_masks",
                             on_corrupt=d.on_corrupt, **_normalisation(d))
-    transform = (WindowCrops(spec, d.reduced_decode) if d.pipeline == "windows"
+    channels = cfg.model_kwargs.get("in_chans", 3)
+    transform = (WindowCrops(spec, d.reduced_decode, d.bands, channels) if d.pipeline == "windows"
                  else FullCrops(spec, **_normalisation(d)))
-    return ImageFiles(path, transform, on_corrupt=d.on_corrupt)
+    images = ImageFiles(path, transform, on_corrupt=d.on_corrupt)
+    if d.bands != "rgb":  # the first file's bands and type, before any training
+        first = select_bands(read_image(images.files[0]), check_bands(d.bands), images.files[0])
+        if first.shape[0] != channels:
+            raise ConfigError(f"config: {images.files[0]} gives {first.shape[0]} band(s) with "
+                              f"data.bands={d.bands}, the model takes model_kwargs.in_chans = "
+                              f"{channels}")
+    return images
 
 
 class PretrainJob(Job):

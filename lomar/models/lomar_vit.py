@@ -175,11 +175,11 @@ class _WindowPretrain(_Encoder):
 
     def patchify(self, imgs, coords, window_size):
         """(B, n, K*K, p*p*C) pixels of the windows, normalised with pixel_mean/pixel_std
-        when they are uint8: from (B, C, H, W) images and coords, or from the window
+        when they are uint8 or uint16: from (B, C, H, W) images and coords, or from the window
         pipeline's (B, n, C, K*p, K*p) windows."""
         K, p = window_size, self.patch_size
         norm = {}
-        if imgs.dtype == torch.uint8:
+        if imgs.dtype in (torch.uint8, torch.uint16):  # files' pixels: value / max, then mean/std
             norm = dict(mean=self.pixel_mean, std=self.pixel_std,
                         out_dtype=self.patch_embed.proj.weight.dtype)
         if imgs.dim() == 5:

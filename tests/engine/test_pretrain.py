@@ -310,3 +310,44 @@ def test_data_mean_and_std_normalise_the_run_and_bind_its_fine_tuning(photos, tm
     summary = finetune(load_config(FinetuneConfig, None, tune + [
         f"output_dir={folder}/b", "data.mean=[0.4, 0.5, 0.6]", "data.std=[0.2, 0.25, 0.3]"]))
     assert math.isfinite(summary["loss"])
+
+
+@pytest.mark.parametrize("bands,dtype,in_chans", [("all", "uint16", 6), ("[4, 1]", "uint16", 2),
+                                                  ("all", "uint16", 1)])
+def test_pretraining_on_the_files_own_bands_and_bit_depth(tmp_path, bands, dtype, in_chans):
+    """A 6-band (or 1-band) 16-bit folder: the windows keep every band and bit (uint16 to
+    the model, value / 65535 then data.mean/std inside window_patchify), a few steps run,
+    the same run twice gives the same losses; a band layout the model does not take stops
+    before training."""
+    import numpy as np
+    import tifffile
+
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    file_bands = 1 if in_chans == 1 else 6
+    for i in range(6):  # 12-bit values in uint16, as many sensors write them
+        shape = (80 + 8 * i, 96) + ((file_bands,) if file_bands > 1 else ())
+        layout = {"planarconfig": "contig"} if file_bands > 1 else {}
+        tifffile.imwrite(folder / f"{i}.tif", rng.integers(0, 4096, shape, dtype=np.uint16),
+                         photometric="minisblack", **layout)
+    stats = {"data.bands": bands, "model_kwargs": f"{{depth: 2, embed_dim: 32, num_heads: 2, "
+             f"in_chans: {in_chans}}}", "data.mean": str([0.03] * in_chans),
+             "data.std": str([0.02] * in_chans)}
+    run = config(folder, tmp_path / "a", max_steps=4, save_every=2, **stats)
+    summary = pretrain(run)
+    assert summary["steps"] == 4 and math.isfinite(summary["loss"])
+    pretrain(config(folder, tmp_path / "b", max_steps=4, save_every=2, **stats))
+    assert [r["loss"] for r in read_log(tmp_path / "a" / "log.jsonl")] == \
+        [r["loss"] for r in read_log(tmp_path / "b" / "log.jsonl")]  # items seeded: repeatable
+    with pytest.raises(ConfigError, match="needs data.bands 'all' or a list"):
+        config(folder, tmp_path / "c", **{**stats, "data.bands": "rgb"})
+    if bands == "all" and in_chans == 6:
+        wrong = {**stats, "model_kwargs": "{depth: 2, embed_dim: 32, num_heads: 2, in_chans: 4}",
+                 "data.mean": "[0.1, 0.1, 0.1, 0.1]", "data.std": "[0.1, 0.1, 0.1, 0.1]"}
+        with pytest.raises(ConfigError, match=r"0.tif gives 6 band\(s\) with data.bands=all, "
+                                              r"the model takes model_kwargs.in_chans = 4"):
+            pretrain(config(folder, tmp_path / "d", max_steps=1, **wrong))
+        without_stats = {k: v for k, v in stats.items() if k not in ("data.mean", "data.std")}
+        with pytest.raises(ConfigError, match="need their own data.mean"):
+            config(folder, tmp_path / "e", **without_stats)
