@@ -53,7 +53,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
 // coords (B, n, 2) int32 (top row, left column in patch units). Optionally the
 // pixel transform of the input pipeline, in float32 (float64 when images or output
 // are float64), rounded once to out_dtype (default: images' dtype, float32 for
-// uint8): x = value (/ 255 for uint8 images); with mean and std (float64 (C,)),
+// uint8 and uint16): x = value (/ 255 for uint8, / 65535 for uint16 images); with
+// mean and std (float64 (C,)),
 // (x - mean[ch]) / std[ch]. Without any of these it is an exact copy.
 void check_window_patchify_args(const at::Tensor& images, const at::Tensor& coords,
                                 int64_t window_size, int64_t patch_size,
@@ -77,13 +78,15 @@ at::Tensor window_patchify_cpu(const at::Tensor& images, const at::Tensor& coord
 at::Tensor window_patchify_backward_cpu(const at::Tensor& grad_out, const at::Tensor& coords,
                                         int64_t window_size, int64_t patch_size,
                                         int64_t height, int64_t width);
-// ---- resize_region: rectangles of a bicubic antialiased uint8 resize ---------
-// image (H, W, C) uint8 (the decoder's layout); box (top, left, height, width) in
+// ---- resize_region: rectangles of a bicubic antialiased resize ----------------
+// image (H, W, C) uint8, uint16 or float32 (the decoder's layout, any C); box (top,
+// left, height, width) in
 // source pixels (fractional allowed); size (out_h, out_w) of the whole resize;
 // regions: n rectangles (y0, x0, rows, cols), flattened, all of one size
-// -> (n, C, rows, cols) uint8, rectangle i equal to torchvision's
-// resized_crop(..., BICUBIC, antialias=True)[:, y0:y0+rows, x0:x0+cols] for an
-// integer box. CPU only: it runs in the data loader's workers.
+// -> (n, C, rows, cols) in the image's dtype (integers rounded and clamped per pass);
+// for uint8, rectangle i equals torchvision's resized_crop(..., BICUBIC,
+// antialias=True)[:, y0:y0+rows, x0:x0+cols] for an integer box. CPU only: it runs
+// in the data loader's workers.
 at::Tensor resize_region_cpu(const at::Tensor& image, at::ArrayRef<double> box,
                              at::IntArrayRef size, at::IntArrayRef regions);
 
