@@ -199,7 +199,7 @@ bool bad_input_errors() {
                                          at::kInt); },
                      "out_dtype must be float16, bfloat16, float32 or float64"));
   EXPECT(throws_with([&] { call_patchify(images.to(at::kInt), coords, 2, 8); },
-                     "images must be uint8, float16, bfloat16, float32 or float64"));
+                     "images must be uint8, uint16, float16, bfloat16, float32 or float64"));
   EXPECT(throws_with([&] { call_patchify_backward(at::randn({1, 2, 4, 100}), coords, 2, 8,
                                                   32, 48); },
                      "grad_out must be (B, n, K*K, p*p*C)"));
