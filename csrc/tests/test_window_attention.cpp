@@ -3,6 +3,7 @@
 //   logit_ij = scale q_i.k_j + term_ij, out_i = sum_j softmax_j(logit_i) v_j.
 //   test_window_attention [case]     (no argument: every case)
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include "harness.h"
