@@ -28,15 +28,18 @@ def pyramid(levels: int = 4, size=(1536, 1280), tile=64, background=False, seed=
     return out
 
 
-def write_pyramid(path, arrays, tile=64, mpp=None):
-    """A tiled (deflate, lossless) RGB TIFF with the reductions as SubIFDs."""
-    res = {}
+def write_pyramid(path, arrays, tile=64, mpp=None, photometric="rgb", planarconfig=None):
+    """A tiled (deflate, lossless) RGB TIFF with the reductions as SubIFDs; other bands
+    with ``photometric="minisblack"`` (``planarconfig`` "contig" or "separate")."""
+    res = {} if planarconfig is None else {"planarconfig": planarconfig}
     if mpp is not None:  # pixels per centimetre
-        res = dict(resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+        res |= dict(resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+    if planarconfig == "separate":  # tifffile takes planar pixels as (bands, H, W)
+        arrays = [a.transpose(2, 0, 1) for a in arrays]
     with tifffile.TiffWriter(path) as tif:
         tif.write(arrays[0], tile=(tile, tile), subifds=len(arrays) - 1, compression="zlib",
-                  photometric="rgb", **res)
+                  photometric=photometric, **res)
         for a in arrays[1:]:
             tif.write(a, tile=(tile, tile), subfiletype=1, compression="zlib",
-                      photometric="rgb")
+                      photometric=photometric, planarconfig=planarconfig)
     return path

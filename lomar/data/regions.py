@@ -37,7 +37,8 @@ from torchvision.transforms import v2
 
 from .constants import IMAGENET_MEAN, IMAGENET_STD, TILED_EXTENSIONS
 from .crop import Crop, window_boxes
-from .pipelines import WindowSpec
+from .crop import WINDOW_DTYPES
+from .pipelines import WindowSpec, check_bands
 from .tiled import open_tiled
 
 __all__ = ["RegionSpec", "TiledRegions", "find_tiled_files", "foreground_mask",
@@ -259,10 +260,12 @@ def _taps(start: float, length: float, out_size: int, lo: int, count: int) -> tu
 
 
 def render_tiled_windows(image, level: int, box: tuple[float, float, float, float], crop: Crop,
-                         coords: torch.Tensor, window_size: int, patch_size: int) -> torch.Tensor:
+                         coords: torch.Tensor, window_size: int, patch_size: int,
+                         bands: tuple[int, ...] | None = None) -> torch.Tensor:
     """The windows of ``crop`` of ``box`` (top, left, height, width in ``level``'s pixels)
     of a tiled image, reading only the tiles under the windows' source pixels:
-    (n, bands, K*p, K*p) in the image's dtype (uint8 for the resampler).
+    (n, bands, K*p, K*p) in the image's dtype (uint8, uint16 or float32 for the
+    resampler); ``bands``: the band indices kept, in that order (None: all).
 
     The crop is resampled from a canvas that holds the box's pixels where the windows'
     taps fall and nothing elsewhere (never read): the result is, to the bit, what
@@ -272,13 +275,15 @@ def render_tiled_windows(image, level: int, box: tuple[float, float, float, floa
     top, left, height, width = box
     y_org, x_org = math.floor(top), math.floor(left)
     y_end, x_end = math.ceil(top + height), math.ceil(left + width)
-    canvas = _new_canvas((y_end - y_org, x_end - x_org, image.bands), image.dtype)
+    keep = list(bands) if bands is not None else slice(None)
+    count = len(bands) if bands is not None else image.bands
+    canvas = _new_canvas((y_end - y_org, x_end - x_org, count), image.dtype)
     out_h, out_w = crop.size
     for y0, x0, _ in boxes:
         ya, yb = _taps(top, height, out_h, y0, side)
         xa, xb = _taps(left, width, out_w, x0, side)
         canvas[ya - y_org:yb - y_org, xa - x_org:xb - x_org] = image.read(
-            level, ya, xa, yb - ya, xb - xa).permute(1, 2, 0)
+            level, ya, xa, yb - ya, xb - xa)[keep].permute(1, 2, 0)
     rel = (top - y_org, left - x_org, height, width)
     out = _resize_each(canvas, rel, crop.size, [(y0, x0) for y0, x0, _ in boxes], side)
     return out.flip(-1) if crop.flip else out
@@ -303,9 +308,10 @@ def _resize_each(canvas, box, size, corners, side):
 
 
 def render_tiled_crop(image, level: int, box: tuple[float, float, float, float],
-                      crop: Crop) -> torch.Tensor:
-    """The whole crop from ``level`` (the full pipeline): (bands, out_h, out_w) uint8,
-    :func:`lomar.data.crop.render_crop` of the decoded level to the bit."""
+                      crop: Crop, bands: tuple[int, ...] | None = None) -> torch.Tensor:
+    """The whole crop from ``level`` (the full pipeline): (bands, out_h, out_w) in the
+    image's dtype, :func:`lomar.data.crop.render_crop` of the decoded level to the bit;
+    ``bands`` as for :func:`render_tiled_windows`."""
     from lomar_ops import resize_region
 
     from .resample import BACKEND
@@ -314,6 +320,8 @@ def render_tiled_crop(image, level: int, box: tuple[float, float, float, float],
     y_org, x_org = math.floor(top), math.floor(left)
     pixels = image.read(level, y_org, x_org, math.ceil(top + height) - y_org,
                         math.ceil(left + width) - x_org)
+    if bands is not None:
+        pixels = pixels[list(bands)]
     rel = (top - y_org, left - x_org, height, width)
     out = resize_region(pixels.permute(1, 2, 0).contiguous(), rel, crop.size,
                         (0, 0, *crop.size), backend=BACKEND)
@@ -329,13 +337,19 @@ class TiledRegions(torch.utils.data.Dataset):
     ("full": (3, S, S) float32 normalised with ``mean`` and ``std``, per channel on
     values / 255, ImageNet's by default).
 
-    The files must hold 3-band uint8 pixels (RGB); ``tile_cache_mb`` bounds each
-    worker's cache of decoded tiles; foreground masks are cached in ``mask_dir``."""
+    ``bands`` "rgb" (the default): the files must hold 3-band uint8 pixels (RGB).
+    "all" or a list of band indices: the files' own bands (those picked, in that order),
+    uint8 or uint16, ``channels`` of them (None: any count), one band count and one
+    dtype across the data set (the window pipeline ships the raw values and the model
+    normalises them by their type's maximum; the full pipeline scales them so too).
+    ``tile_cache_mb`` bounds each worker's cache of decoded tiles; foreground masks are
+    cached in ``mask_dir``."""
 
     def __init__(self, path: str | Path, window: WindowSpec, region: RegionSpec,
                  samples_per_file: int = 16, pipeline: str = "windows",
                  tile_cache_mb: float = 256, mask_dir: str | Path | None = None,
-                 on_corrupt: str = "skip", mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 on_corrupt: str = "skip", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 bands="rgb", channels: int | None = None):
         if pipeline not in ("windows", "full"):
             raise ValueError(f"pipeline must be 'windows' or 'full', got {pipeline!r}")
         if on_corrupt not in ("skip", "error"):
@@ -347,6 +361,9 @@ class TiledRegions(torch.utils.data.Dataset):
         self.samples_per_file, self.pipeline = samples_per_file, pipeline
         self.tile_cache_mb, self.on_corrupt = tile_cache_mb, on_corrupt
         self.mean, self.std = tuple(mean), tuple(std)  # the full pipeline's normalisation
+        self.bands = check_bands(bands)
+        self.channels = 3 if self.bands == "rgb" else channels
+        self.dtype: torch.dtype | None = None  # the data set's, from the first file taken
         self.mask_dir = Path(mask_dir) if mask_dir is not None else None
         self._open: dict[int, tuple] = {}  # per process: file index -> (image, positions)
         self._bad: set[int] = set()  # per process: files that failed, skipped from then on
@@ -369,9 +386,9 @@ class TiledRegions(torch.utils.data.Dataset):
                 self._skip(i, exc)
                 continue
             try:
-                if image.bands != 3 or image.dtype != torch.uint8:
-                    unsupported.append(f"{path} ({image.bands} band(s) of "
-                                       f"{str(image.dtype).replace('torch.', '')})")
+                reason = self._unsupported(image)
+                if reason:
+                    unsupported.append(f"{path} ({reason})")
                     continue
                 self.region.scale(image, path)
             except ValueError as exc:
@@ -380,9 +397,9 @@ class TiledRegions(torch.utils.data.Dataset):
                 image.close()
         if unsupported:
             more = f" and {len(unsupported) - 5} more" if len(unsupported) > 5 else ""
-            raise UnsupportedImage(f"the pretraining pipelines take 3-band uint8 (RGB) images; "
-                                   f"{len(unsupported)} of the {len(self.files)} files are not: "
-                                   f"{', '.join(unsupported[:5])}{more}")
+            raise UnsupportedImage(f"the pretraining pipelines take {self._wanted()}; "
+                                   f"{len(unsupported)} of the {len(self.files)} files do not "
+                                   f"give that: {', '.join(unsupported[:5])}{more}")
         for i in range(len(self.files)):
             if i not in self._bad:
                 try:
@@ -393,6 +410,31 @@ class TiledRegions(torch.utils.data.Dataset):
                 return
         raise ValueError(f"no tiled file under {self.files[0].parent} can be sampled: every "
                          f"one was skipped (see the warnings above)")
+
+    def _wanted(self) -> str:
+        if self.bands == "rgb":
+            return "3-band uint8 (RGB) images with data.bands=rgb"
+        count = f"{self.channels} band(s)" if self.channels else "one band count"
+        picked = "" if self.bands == "all" else f" as data.bands={list(self.bands)} picks them"
+        dtype = str(self.dtype).replace("torch.", "") if self.dtype else "uint8 or uint16"
+        return f"{count} of {dtype}{picked}"
+
+    def _unsupported(self, image) -> str | None:
+        """Why the pipelines cannot take this file's pixels (None: they can). The first
+        file taken sets the data set's dtype (and band count when ``channels`` is None)."""
+        dtype = str(image.dtype).replace("torch.", "")
+        if self.bands == "rgb":
+            ok = image.bands == 3 and image.dtype == torch.uint8
+            return None if ok else f"{image.bands} band(s) of {dtype}"
+        if image.dtype not in WINDOW_DTYPES or (self.dtype and image.dtype != self.dtype):
+            return f"samples of {dtype}"
+        picked = image.bands if self.bands == "all" else len(self.bands)
+        if self.bands != "all" and max(self.bands) >= image.bands:
+            return f"{image.bands} band(s): no band {max(self.bands)}"
+        if self.channels is not None and picked != self.channels:
+            return f"{image.bands} band(s)"
+        self.dtype, self.channels = image.dtype, picked
+        return None
 
     def _skip(self, index: int, exc: Exception) -> None:
         """A file that cannot be sampled: skipped with its path named once, or, with
@@ -408,10 +450,11 @@ class TiledRegions(torch.utils.data.Dataset):
         if index not in self._open:
             path = self.files[index]
             image = open_tiled(path, tile_cache_mb=self.tile_cache_mb)
-            if image.bands != 3 or image.dtype != torch.uint8:
-                raise UnsupportedImage(f"{path}: the pretraining pipelines take 3-band uint8 "
-                                       f"(RGB) images, this file has {image.bands} band(s) of "
-                                       f"{str(image.dtype).replace('torch.', '')}")
+            reason = self._unsupported(image)
+            if reason:
+                image.close()
+                raise UnsupportedImage(f"{path}: the pretraining pipelines take "
+                                       f"{self._wanted()}, this file has {reason}")
             self._open[index] = (image, _Positions(image, path, self.region, self.mask_dir))
         return self._open[index]
 
@@ -425,11 +468,12 @@ class TiledRegions(torch.utils.data.Dataset):
         box0 = (top0 + crop.top * s, left0 + crop.left * s, crop.height * s, crop.width * s)
         level = _level_for(image, s * crop.reduction)
         box = _box_at(image, box0, level)
+        bands = self.bands if isinstance(self.bands, tuple) else None
         if self.pipeline == "windows":
             windows = render_tiled_windows(image, level, box, crop, coords,
-                                           self.window.window_size, self.window.patch_size)
+                                           self.window.window_size, self.window.patch_size, bands)
             return windows, coords
-        pixels = render_tiled_crop(image, level, box, crop)
+        pixels = render_tiled_crop(image, level, box, crop, bands)
         return v2.functional.normalize(v2.functional.to_dtype(pixels, torch.float32, scale=True),
                                        self.mean, self.std), coords
 

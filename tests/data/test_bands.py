@@ -5,8 +5,10 @@ import pytest
 import tifffile
 import torch
 
-from lomar.data import WindowCrops, WindowSpec, read_image
-from lomar.data.crop import render_windows, sample_crop
+from lomar.data import RegionSpec, TiledRegions, WindowCrops, WindowSpec, read_image, regions
+from lomar.data.crop import render_windows, sample_crop, window_boxes
+from lomar_ops import resize_regions
+from tiled_files import write_pyramid
 
 SPEC = WindowSpec(input_size=64, patch_size=8, window_size=3, num_windows=2)
 
@@ -53,3 +55,63 @@ def test_refusals_name_the_file_and_the_value(scene, tmp_path):
     for bad in ("bgr", [], [1, 1], [-1], [True]):
         with pytest.raises(ValueError, match="bands must be 'rgb', 'all' or a list"):
             WindowCrops(SPEC, bands=bad)
+
+
+# ---- tiled, pyramidal files: the same bands and bits, read region by region ----------------
+
+def _scene_pyramid(path, bands=6, planar=False, dtype=np.uint16, seed=0):
+    """A tiled 2-level pyramid of smooth uint16 noise, (H, W, bands) per level."""
+    g = np.random.default_rng(seed)
+    coarse = torch.from_numpy(g.integers(0, 60000, (bands, 24, 20)).astype(np.float32))
+    base = torch.nn.functional.interpolate(coarse[None], size=(384, 320), mode="bilinear")[0]
+    base = (base + torch.from_numpy(g.normal(0, 300, base.shape).astype(np.float32)))
+    levels = [base.clamp(0, np.iinfo(dtype).max).to(torch.int64).numpy().astype(dtype)]
+    levels.append(levels[0].reshape(bands, 192, 2, 160, 2).mean((2, 4)).astype(dtype))
+    levels = [a.transpose(1, 2, 0).copy() for a in levels]
+    write_pyramid(path, levels, photometric="minisblack",
+                  planarconfig="separate" if planar else "contig")
+    return levels
+
+
+@pytest.mark.parametrize("planar", [False, True])
+def test_tiled_regions_keep_every_band_and_bit(tmp_path, monkeypatch, planar):
+    levels = _scene_pyramid(tmp_path / "scene.tif", planar=planar)
+    data = TiledRegions(tmp_path, SPEC, RegionSpec(128), samples_per_file=4, bands="all",
+                        channels=6)
+    calls, render = [], regions.render_tiled_windows
+
+    def spy(image, level, box, crop, coords, K, p, bands=None):
+        calls.append((level, box, crop))
+        return render(image, level, box, crop, coords, K, p, bands)
+
+    monkeypatch.setattr(regions, "render_tiled_windows", spy)
+    picked = TiledRegions(tmp_path, SPEC, RegionSpec(128), samples_per_file=4, bands=[5, 0],
+                          channels=2)
+    for item in range(4):
+        torch.manual_seed(item)
+        windows, coords, _ = data[item]
+        level, box, crop = calls[-1]
+        corners = [(y0, x0, 24, 24) for y0, x0, _ in window_boxes(crop, coords, 3, 8)]
+        want = resize_regions(torch.from_numpy(levels[level]), box, crop.size, corners)
+        want = want.flip(-1) if crop.flip else want
+        assert windows.dtype == torch.uint16 and windows.shape == (2, 6, 24, 24)
+        assert torch.equal(windows, want)  # the whole decoded level's render, to the bit
+        torch.manual_seed(item)
+        assert torch.equal(picked[item][0], windows[:, [5, 0]])
+    full = TiledRegions(tmp_path, SPEC, RegionSpec(128), samples_per_file=1, pipeline="full",
+                        bands="all", channels=6, mean=[0.5] * 6, std=[0.2] * 6)
+    torch.manual_seed(0)
+    crop = full[0][0]
+    assert crop.shape == (6, 64, 64) and crop.dtype == torch.float32
+
+
+def test_tiled_regions_refuse_other_bands_and_types_before_training(tmp_path):
+    _scene_pyramid(tmp_path / "a.tif")
+    _scene_pyramid(tmp_path / "b.tif", bands=4)
+    _scene_pyramid(tmp_path / "c.tif", dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"take 6 band\(s\) of uint16; 2 of the 3 files do not "
+                                         r"give that: .*b.tif \(4 band\(s\)\), .*c.tif \(samples "
+                                         r"of uint8\)"):
+        TiledRegions(tmp_path, SPEC, RegionSpec(128), bands="all", channels=6)
+    with pytest.raises(ValueError, match=r"b.tif \(4 band\(s\): no band 5\)"):
+        TiledRegions(tmp_path, SPEC, RegionSpec(128), bands=[5], channels=1)

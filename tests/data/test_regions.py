@@ -39,9 +39,9 @@ def test_windows_equal_the_whole_level_render_bit_for_bit(slide, monkeypatch):
     calls = []
     render = regions.render_tiled_windows
 
-    def spy(image, level, box, crop, coords, K, p):
+    def spy(image, level, box, crop, coords, K, p, bands=None):
         calls.append((level, box, crop, coords))
-        return render(image, level, box, crop, coords, K, p)
+        return render(image, level, box, crop, coords, K, p, bands)
 
     monkeypatch.setattr(regions, "render_tiled_windows", spy)
     levels_seen = set()
@@ -145,8 +145,9 @@ def test_files_the_pipelines_cannot_take_are_refused_before_training(tmp_path):
     grey16 = np.random.default_rng(0).integers(0, 65535, (256, 256), dtype=np.uint16)
     with tifffile.TiffWriter(tmp_path / "g16.tif") as tif:
         tif.write(grey16, tile=(64, 64), compression="zlib")
-    with pytest.raises(ValueError, match=r"take 3-band uint8 \(RGB\) images; 1 of the 1 files "
-                                         r"are not: .*g16.tif \(1 band\(s\) of uint16\)"):
+    with pytest.raises(ValueError, match=r"take 3-band uint8 \(RGB\) images with data.bands=rgb; "
+                                         r"1 of the 1 files do not give that: .*g16.tif \(1 "
+                                         r"band\(s\) of uint16\)"):
         TiledRegions(tmp_path, SPEC, RegionSpec(128))
 
 
