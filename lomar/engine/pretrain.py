@@ -32,6 +32,7 @@ from ..data import (FullCrops, ImageFiles, RegionSpec, TiledRegions, WindowCrops
 from ..data.pipelines import check_bands, select_bands
 from ..models import create_model
 from .job import Job, OptimConfig, RunConfig, check_normalisation, run_job
+from .knn import KnnMonitor
 from .param_groups import no_weight_decay_names
 from .seeding import sample_generators
 
@@ -84,6 +85,23 @@ class MaskConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """The kNN monitor (lomar/engine/knn.py, docs/training.md#knn-monitor): every
+    knn_every epochs and at the end, DINO's weighted kNN top-1/top-5 of the encoder's
+    features of knn_data's val/ against its train/, logged as knn_top1, knn_top5 and
+    knn_seconds. Off (0) by default: it costs a forward pass over both sets."""
+
+    knn_every: float = 0.0  # epochs between evaluations (fractions allowed); 0: off
+    # an ImageFolder-layout folder with train/ and val/, or "digits" (scikit-learn's
+    # digits at data.input_size, offline: the demo probe's set)
+    knn_data: str = ""
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    knn_batch_size: int = 64
+    knn_max_images: int = 10000  # per split, evenly spaced over the files (0: all)
+
+
+@dataclass(frozen=True)
 class PretrainConfig(RunConfig):
     TASK: ClassVar[str] = "pretrain"
 
@@ -92,6 +110,7 @@ class PretrainConfig(RunConfig):
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     epochs: float = 300.0
     output_dir: str = "output/pretrain"
 
@@ -155,6 +174,30 @@ class PretrainConfig(RunConfig):
             raise ConfigError("config: data.pipeline 'windows' draws each image's windows in "
                               "the data loader, so mask.window_sampling must be 'image' (the "
                               "authors' per-batch windows need data.pipeline=full)")
+        self._check_eval()
+
+    def _check_eval(self) -> None:
+        e = self.eval
+        for name, value, ok, allowed in (
+                ("knn_every", e.knn_every, e.knn_every >= 0, ">= 0 (epochs; 0: off)"),
+                ("knn_k", e.knn_k, e.knn_k >= 1, ">= 1"),
+                ("knn_temperature", e.knn_temperature, e.knn_temperature > 0, "> 0"),
+                ("knn_batch_size", e.knn_batch_size, e.knn_batch_size >= 1, ">= 1"),
+                ("knn_max_images", e.knn_max_images, e.knn_max_images >= 0, ">= 0 (0: all)")):
+            if not ok:
+                raise ConfigError(f"config: eval.{name} must be {allowed}, got {value}")
+        if not e.knn_every:
+            return
+        if not e.knn_data:
+            raise ConfigError("config: eval.knn_every > 0 needs eval.knn_data: a folder with "
+                              "train/ and val/ (one sub-folder per class) or 'digits'")
+        if getattr(self.model_info.builder, "forward_features", None) is None:
+            raise ConfigError(f"config: eval.knn_every > 0 needs a model with whole-image "
+                              f"features (forward_features); {self.model} has none: set "
+                              f"eval.knn_every=0")
+        if self.data.bands != "rgb":
+            raise ConfigError(f"config: eval.knn_every > 0 reads its images as RGB, so it needs "
+                              f"data.bands 'rgb', got {self.data.bands}: set eval.knn_every=0")
 
 
 def _normalisation(d: DataConfig) -> dict:
@@ -199,7 +242,16 @@ class PretrainJob(Job):
     name, kind = "pretrain", "pretraining"
 
     def datasets(self):
-        return _dataset(self.cfg, self.info, self.cfg.model_info.patch_size), None
+        train = _dataset(self.cfg, self.info, self.cfg.model_info.patch_size)
+        self.knn = None
+        e = self.cfg.eval
+        if e.knn_every:  # its folder is checked here too, before any model is built
+            self.knn = KnnMonitor(e.knn_data, self.cfg.data.input_size, self.cfg.output_dir,
+                                  self.info, e.knn_k, e.knn_temperature, e.knn_batch_size,
+                                  e.knn_max_images, self.cfg.amp, self.cfg.data.num_workers)
+            if self.info.is_main:
+                print(self.knn.describe(), flush=True)
+        return train, None
 
     def build_model(self, train_set):
         cfg = self.cfg
@@ -228,6 +280,21 @@ class PretrainJob(Job):
         m = cfg.mask
         return net(batch[0], m.window_size, m.num_windows, m.mask_ratio, generator=g,
                    coords=coords)[0]
+
+    def on_step(self, step):
+        # The kNN monitor every eval.knn_every epochs (at least every step) and at the end.
+        if self.knn is None:
+            return
+        every = max(1, round(self.cfg.eval.knn_every * self.loop.steps_per_epoch))
+        if step % every and step != self.loop.total_steps:
+            return
+        self.latest = self.knn.evaluate(self.model)
+        epoch = step / self.loop.steps_per_epoch
+        self.log.log(step, epoch=epoch, **self.latest)
+        if self.info.is_main:
+            m = self.latest
+            print(f"{self.name} step {step} (epoch {epoch:.2f}): kNN top-1 {m['knn_top1']:.2f}%, "
+                  f"top-5 {m['knn_top5']:.2f}% ({m['knn_seconds']:.1f} s)", flush=True)
 
 
 def pretrain(cfg: PretrainConfig) -> dict:

@@ -190,6 +190,31 @@ class _WindowPretrain(_Encoder):
             return patches.view(B, n, K * K, -1)
         return lomar_ops.window_patchify(imgs, coords, K, p, backend=self.ops_backend, **norm)
 
+    def forward_features(self, imgs):
+        """(B, D) features of whole images, nothing masked: every patch of the grid
+        through the encoder (iRPE over the full grid, or the sin-cos embedding of each
+        patch's place), the final norm, then the mean over the patch tokens (cls left
+        out). For monitors and probes of a pretraining model (the kNN monitor,
+        lomar/engine/knn.py); the pixel head and the decoder are not used.
+
+        imgs: (B, C, H, W), uint8/uint16 (normalised with pixel_mean/pixel_std, as the
+        training windows are) or float already normalised; H and W multiples of the patch
+        size, any aspect. No random draw."""
+        gh, gw = self.check_images(imgs)
+        # The grid as gh*gw windows of one patch: window_patchify gives the pixels in the
+        # layout and normalisation the patch embedding was trained on.
+        rows = torch.arange(gh, device=imgs.device).repeat_interleave(gw)
+        cols = torch.arange(gw, device=imgs.device).repeat(gh)
+        coords = torch.stack([rows, cols], dim=1).expand(imgs.shape[0], -1, -1)
+        tokens = self.patch_embed(self.patchify(imgs, coords.contiguous(), 1).squeeze(2))
+        if self.abs_pos_embed:
+            pos = sincos_2d(self.embed_dim, gh, gw, num_cls=0).to(tokens.device, tokens.dtype)
+            tokens = tokens + pos
+        x = torch.cat([self.cls_token.expand(len(tokens), -1, -1).to(tokens.dtype), tokens],
+                      dim=1)
+        x = self.norm(self.run_blocks(x, self.bucket_ids(gh, gw, x.device)))
+        return x[:, 1:].mean(dim=1)
+
     @staticmethod
     def _window_pos_embed(coords, K, dim):
         B, n, _ = coords.shape
