@@ -1,10 +1,22 @@
-"""Semantic segmentation with a LoMaR backbone: the confusion-matrix metrics
-(:mod:`.metrics`: :class:`SegmentationMetrics`).
+"""Semantic segmentation with a LoMaR backbone.
 
-Work in progress: the data (``SegmentationFolder``, ``collate``, ``val_collate``),
-the synthetic demo set (``build_demo_segmentation``) and the figures
-(:mod:`.figures`) follow in this package."""
+- :mod:`.metrics`: :class:`SegmentationMetrics` (num_classes, ignore_index=255):
+  ``update(pred, target)``, ``compute()`` -> {miou, iou, pixel_accuracy,
+  mean_accuracy, accuracy}, ``all_reduce()`` (DDP), ``reset()``, ``confusion``;
+- :mod:`.data`: :class:`SegmentationFolder` (ADE20K layout or any folder of image +
+  label-map pairs; train items (C, S, S) + (S, S) augmented, eval items the whole
+  image, by default scaled to mmseg's bound with the mask at its own size),
+  :func:`collate` (training: stacked), :func:`val_collate` (evaluation: lists),
+  :data:`ADE20K_CLASSES`, :func:`read_label_map`;
+- :mod:`.transforms`: mmsegmentation's ADE20K augmentation on image and mask
+  together (:class:`TrainTransform`, :func:`resize_to_bound`);
+- :mod:`.synthetic`: ``build_demo_segmentation(root, num_train=256, num_val=64,
+  size=128, seed=0) -> Path``, an offline set in the ADE20K layout;
+- :mod:`.figures`: ``draw_segmentations``, ``plot_class_iou``, ``plot_miou``."""
 
+from .data import ADE20K_CLASSES, SegmentationFolder, collate, read_label_map, val_collate
 from .metrics import SegmentationMetrics
+from .transforms import TrainTransform, resize_to_bound
 
-__all__ = ["SegmentationMetrics"]
+__all__ = ["ADE20K_CLASSES", "SegmentationFolder", "SegmentationMetrics", "TrainTransform",
+           "collate", "read_label_map", "resize_to_bound", "val_collate"]
