@@ -1,6 +1,11 @@
 """lomar visualize on a tiny model: the figure from both checkpoint kinds, the
 reconstruction's pixels (visible patches pasted back, predictions un-normalised
-per patch), bad arguments refused before work."""
+per patch), bad arguments refused before work; runs pretrained on the files' own
+bands (6-band and 1-band uint16 TIFFs): the files read at their bit depth, the band
+composite, the contrast stretch, and the refusals (band counts, bands out of range,
+16-bit files for an RGB run, no images for a non-RGB run)."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +17,8 @@ from lomar.cli import main
 from lomar.config import save_config
 from lomar.engine import PretrainConfig
 from lomar.models import create_model
-from lomar.visualize import reconstruct, visualize
+from lomar.visualize import (composite, contrast_stretch, reconstruct, stretch_limits,
+                             visualize)
 
 KWARGS = {"depth": 1, "embed_dim": 32, "num_heads": 2}
 CONFIG = {"model": "lomar_vit_small_patch16", "model_kwargs": KWARGS, "norm_pix_loss": True,
@@ -155,3 +161,242 @@ def test_the_runs_normalisation_is_undone_in_the_figure(model, tmp_path):
     back = _to_pixels(normalised.permute(1, 2, 0), spec["mean"], spec["std"])
     torch.testing.assert_close(back, image.permute(1, 2, 0).float() / 255, atol=1e-6, rtol=0)
     assert _is_png(visualize(path, num_images=1, window_size=3))
+
+
+# Runs pretrained on the files' own bands (data.bands=all, 16-bit TIFFs).
+
+TINY_BANDS_RUN = ["model=lomar_vit_small_patch16", "data.input_size=64", "data.num_workers=0",
+                  "mask.window_size=3", "mask.num_windows=2", "batch_size=2", "max_steps=2",
+                  "progress=false", "device=cpu", "data.bands=all"]
+
+
+def _write_scenes(folder, bands, sizes, seed=0):
+    """uint16 TIFFs of 12-bit values (as many sensors write them): a ramp per band, in
+    another direction and range for each band, plus noise."""
+    import numpy as np
+    import tifffile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i, (h, w) in enumerate(sizes):
+        rows, cols = np.mgrid[0:h, 0:w]
+        planes = [(200 * (b + 1) + (rows if b % 2 else cols) * (b + 3) * 2
+                   + rng.integers(0, 300, (h, w))) for b in range(bands)]
+        array = np.stack(planes, -1).astype(np.uint16)
+        layout = {"planarconfig": "contig"} if bands > 1 else {}
+        tifffile.imwrite(folder / f"{i}.tif", array if bands > 1 else array[..., 0],
+                         photometric="minisblack", **layout)
+    return folder
+
+
+def _pretrain_on(folder, out, bands):
+    from lomar.config import load_config
+    from lomar.engine import pretrain
+
+    cfg = load_config(PretrainConfig, None, TINY_BANDS_RUN + [
+        f"data.path={folder}", f"output_dir={out}",
+        f"model_kwargs={{depth: 1, embed_dim: 32, num_heads: 2, in_chans: {bands}}}",
+        f"data.mean={[0.05] * bands}", f"data.std={[0.03] * bands}"])
+    return Path(pretrain(cfg)["checkpoint"])
+
+
+@pytest.fixture(scope="module")
+def six_band_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("six")
+    # two at the input size (the original panel is then the file itself), two not
+    folder = _write_scenes(root / "scenes", 6, [(64, 64), (64, 64), (80, 96), (72, 64)])
+    return _pretrain_on(folder, root / "run", 6), folder
+
+
+@pytest.fixture(scope="module")
+def one_band_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("one")
+    folder = _write_scenes(root / "slices", 1, [(64, 64), (90, 70), (64, 80)])
+    return _pretrain_on(folder, root / "run", 1), folder
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """What visualize hands the figure: the panels, per call."""
+    import lomar.visualize as viz
+
+    calls, plot = [], viz._plot
+
+    def capture(parts, *args):
+        calls.append(parts)
+        return plot(parts, *args)
+
+    monkeypatch.setattr(viz, "_plot", capture)
+    return calls
+
+
+def _figure(path):
+    import numpy as np
+
+    with Image.open(path) as fig:
+        return np.asarray(fig.convert("RGB"))
+
+
+def test_six_band_16_bit_run_figure_reads_its_files_and_stretches_each_band(six_band_run,
+                                                                             tmp_path, drawn):
+    import numpy as np
+    import tifffile
+
+    checkpoint, folder = six_band_run
+    files = [folder / "0.tif", folder / "1.tif"]
+    out = visualize(checkpoint, files, tmp_path / "six.png", num_images=2, window_size=3,
+                    bands=[5, 3, 1])
+    assert _is_png(out)
+    parts = drawn[-1]
+    for r, f in enumerate(files):  # 64x64 files: the original is the file / 65535, bands 5, 3, 1
+        values = tifffile.imread(f)[..., [5, 3, 1]].astype(np.float64) / 65535
+        low, high = np.percentile(values, [2, 98], axis=(0, 1))
+        want = np.clip((values - low) / (high - low), 0, 1)
+        np.testing.assert_allclose(parts["original"][r].numpy(), want, atol=1e-5, rtol=0)
+        # the window (before masking) is the same stretch of the same pixels
+        top, left = (int(v) * 16 for v in parts["coords"][r])
+        np.testing.assert_allclose(parts["window"][r].numpy(),
+                                   want[top:top + 48, left:left + 48], atol=1e-5, rtol=0)
+    mask = parts["mask"]
+    assert (parts["masked"][mask] == 0.5).all()
+    assert torch.equal(parts["masked"][~mask], parts["window"][~mask])
+    assert parts["reconstruction"].shape == parts["window"].shape == (2, 48, 48, 3)
+    assert 0 <= float(parts["reconstruction"].min()) and float(parts["reconstruction"].max()) <= 1
+    # the safetensors export, with the run's config.yaml beside it, gives the same figure
+    again = visualize(checkpoint.parent / "model.safetensors", files, tmp_path / "st.png",
+                      num_images=2, window_size=3, bands=[5, 3, 1])
+    assert np.array_equal(_figure(again), _figure(out))
+
+
+def test_the_composite_choice_changes_the_pixels_drawn(six_band_run, tmp_path):
+    import numpy as np
+
+    checkpoint, folder = six_band_run
+    first = visualize(checkpoint, [folder], tmp_path / "a.png", num_images=3, window_size=3)
+    same = visualize(checkpoint, [folder], tmp_path / "b.png", num_images=3, window_size=3,
+                     bands=(0, 1, 2))
+    other = visualize(checkpoint, [folder], tmp_path / "c.png", num_images=3, window_size=3,
+                      bands=(4, 2, 0))
+    grey = visualize(checkpoint, [folder], tmp_path / "d.png", num_images=3, window_size=3,
+                     bands=[3])
+    assert np.array_equal(_figure(first), _figure(same))  # the default: the first three
+    assert not np.array_equal(_figure(first), _figure(other))
+    # one band: grey (red = green = blue) but for the window's yellow outline (red = green)
+    pixels = _figure(grey).astype(int)
+    assert np.array_equal(pixels[..., 0], pixels[..., 1])
+    assert 0 < (pixels[..., 2] != pixels[..., 0]).mean() < 0.01
+    x = torch.rand(2, 4, 4, 6)
+    assert torch.equal(composite(x, (4, 2, 0)), torch.stack([x[..., 4], x[..., 2], x[..., 0]], -1))
+    assert composite(x, (3,)).shape == (2, 4, 4, 1)
+
+
+def test_one_band_16_bit_run_is_drawn_grey(one_band_run, tmp_path, drawn):
+    checkpoint, folder = one_band_run
+    out = visualize(checkpoint, [folder], tmp_path / "one.png", num_images=3, window_size=3)
+    assert _is_png(out)
+    parts = drawn[-1]
+    assert parts["original"].shape == (3, 64, 64, 1)
+    # stretched: in each image, the 2% darkest pixels black and the 2% brightest white
+    original = parts["original"].flatten(1, 3)
+    for end in (0, 1):
+        share = (original == end).float().mean(1)
+        assert ((share - 0.02).abs() < 0.003).all(), share
+    with pytest.raises(ValueError, match=r"band 1 does not exist; the model takes 1 band\(s\), "
+                                         r"0 to 0"):
+        visualize(checkpoint, [folder], bands=[1], window_size=3)
+
+
+def test_contrast_stretch_maps_the_2nd_and_98th_percentiles_to_0_and_1():
+    import numpy as np
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 20, 30, 3) * torch.tensor([0.01, 0.5, 0.06]) + torch.tensor([0.0, 0.2,
+                                                                                   0.001])
+    x[1, ..., 2] = 0.3  # one value over the image: nothing to stretch
+    low, high = stretch_limits(x)
+    assert low.shape == high.shape == (2, 1, 1, 3)
+    want = np.percentile(x.double().numpy(), [2, 98], axis=(1, 2))
+    np.testing.assert_allclose(low[:, 0, 0].numpy(), want[0], rtol=1e-5)
+    np.testing.assert_allclose(high[:, 0, 0].numpy(), want[1], rtol=1e-5)
+    out = contrast_stretch(x, low, high)
+    stretched = high > low
+    assert stretched.sum() == 5
+    torch.testing.assert_close(contrast_stretch(low, low, high)[stretched], torch.zeros(5))
+    torch.testing.assert_close(contrast_stretch(high, low, high)[stretched], torch.ones(5))
+    inside = (x > low) & (x < high)
+    torch.testing.assert_close(out[inside], ((x - low) / (high - low))[inside])
+    assert (out[(x <= low) & stretched] == 0).all() and (out[(x >= high) & stretched] == 1).all()
+    assert torch.equal(out[1, ..., 2], x[1, ..., 2])  # the flat band as it is
+
+
+def test_a_file_of_another_band_count_is_refused_by_name(six_band_run, tmp_path):
+    checkpoint, folder = six_band_run
+    four = _write_scenes(tmp_path / "four", 4, [(64, 64)])
+    with pytest.raises(ValueError, match=r"visualize: .*four/0.tif gives 4 band\(s\) with "
+                                         r"data.bands=all, the model takes in_chans = 6"):
+        visualize(checkpoint, [folder / "0.tif", four / "0.tif"], tmp_path / "x.png",
+                  window_size=3)
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("bands,match", [
+    ([0, 1, 6], r"band 6 does not exist; the model takes 6 band\(s\), 0 to 5"),
+    ([0, 1], r"bands must be three band indices \(drawn as red, green, blue\) or one"),
+    ([-1], "band -1 does not exist"),
+])
+def test_composite_bands_out_of_range_are_refused(six_band_run, bands, match):
+    checkpoint, folder = six_band_run
+    with pytest.raises(ValueError, match=match):
+        visualize(checkpoint, [folder], bands=bands, window_size=3)
+
+
+def test_a_non_rgb_run_needs_its_own_images(six_band_run):
+    with pytest.raises(ValueError, match=r"data.bands=all\) and the demo photos are RGB: give "
+                                         r"its images"):
+        visualize(six_band_run[0], window_size=3)
+
+
+def test_an_rgb_run_refuses_16_bit_files(checkpoint, tmp_path):
+    import numpy as np
+    import tifffile
+
+    path = tmp_path / "rgb16.tif"
+    tifffile.imwrite(path, np.full((64, 64, 3), 40000, np.uint16), photometric="rgb")
+    with pytest.raises(ValueError, match=r"rgb16.tif holds uint16 samples, and this run was "
+                                         r"pretrained on 8-bit RGB .*as its training did"):
+        visualize(checkpoint, [path], window_size=3)
+
+
+def test_a_many_band_model_without_its_run_config_is_refused(tmp_path):
+    kwargs = {**KWARGS, "in_chans": 6}
+    net = create_model("lomar_vit_small_patch16", pixel_mean=[0.1] * 6, pixel_std=[0.1] * 6,
+                       **kwargs)
+    weights = export_safetensors(net.state_dict(), tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match=r"the model takes 6 band\(s\) and no run config"):
+        visualize(weights, model="lomar_vit_small_patch16", model_kwargs=kwargs, window_size=3)
+
+
+def test_rgb_runs_draw_what_they_drew_before(checkpoint, tmp_path, drawn):
+    """An RGB run without bands/stretch: the photos decoded as 8-bit RGB, unstretched,
+    the masked patches grey, no note in the title (the figure as before bands existed)."""
+    from lomar.data import read_rgb
+    from lomar.visualize import _preprocess, _to_pixels
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    ramp = torch.arange(130, dtype=torch.uint8).expand(100, 130)  # dark to mid grey
+    Image.fromarray(torch.stack([ramp, ramp // 2, 255 - ramp], -1).numpy()).save(folder / "a.png")
+    visualize(checkpoint, [folder], tmp_path / "fig.png", num_images=1, window_size=3)
+    parts = drawn[-1]
+    prep = _preprocess(96, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    want = _to_pixels(prep(read_rgb(folder / "a.png")).permute(1, 2, 0))
+    assert torch.equal(parts["original"][0], want)
+    mask = parts["mask"]
+    assert (parts["masked"][mask] == 0.5).all()
+    assert torch.equal(parts["masked"][~mask], parts["window"][~mask])
+    visualize(checkpoint, [folder], tmp_path / "s.png", num_images=1, window_size=3,
+              stretch=True)  # asked: each band stretched from its 2nd-98th percentiles
+    stretched = drawn[-1]["original"][0]
+    assert not torch.equal(stretched, parts["original"][0])
+    low, high = stretch_limits(want[None])
+    torch.testing.assert_close(stretched, contrast_stretch(want, low[0], high[0]))
