@@ -20,8 +20,10 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
+import lomar_ops
+
 from .decode import OpenedImage, decode_rgb, open_image
-from .resample import resize_windows
+from .resample import BACKEND, resize_windows
 
 __all__ = ["Crop", "sample_crop", "render_crop", "render_windows", "window_boxes"]
 
@@ -109,12 +111,19 @@ def sample_crop(image_size, input_size, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), 
 
 
 def render_crop(image: torch.Tensor, crop: Crop) -> torch.Tensor:
-    """The whole crop: (3, out_h, out_w) uint8 from a decoded (3, H, W) uint8 image, as
-    the full-image pipeline makes it (``resized_crop``, bicubic, antialiased, then
-    the flip)."""
-    _check_image(image, crop)
-    out = v2.functional.resized_crop(image, crop.top, crop.left, crop.height, crop.width,
-                                     list(crop.size), InterpolationMode.BICUBIC, antialias=True)
+    """The whole crop: (C, out_h, out_w) from a decoded (C, H, W) uint8 or uint16 image,
+    in its dtype, as the full-image pipeline makes it (``resized_crop``, bicubic,
+    antialiased, then the flip). torch does not resample uint16: those go through the
+    op :func:`lomar_ops.resize_region`, the same filter (to the bit on uint8 too)."""
+    _check_image(image, crop, WINDOW_DTYPES)
+    if image.dtype == torch.uint8:
+        out = v2.functional.resized_crop(image, crop.top, crop.left, crop.height, crop.width,
+                                         list(crop.size), InterpolationMode.BICUBIC,
+                                         antialias=True)
+    else:
+        box = (crop.top, crop.left, crop.height, crop.width)
+        out = lomar_ops.resize_region(image.permute(1, 2, 0).contiguous(), box, crop.size,
+                                      (0, 0, *crop.size), backend=BACKEND)
     return out.flip(-1) if crop.flip else out
 
 

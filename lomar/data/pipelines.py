@@ -18,6 +18,7 @@ decoded image, for callers that hold tensors rather than files."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torchvision.transforms import InterpolationMode
@@ -30,7 +31,8 @@ from .crop import WINDOW_DTYPES, Crop, render_crop, render_windows, sample_crop
 from .decode import decode_rgb, open_image
 from .read import read_image
 
-__all__ = ["FullCrops", "WindowCrops", "WindowSpec", "pretrain_transform"]
+__all__ = ["FullCrops", "WindowCrops", "WindowSpec", "check_bands", "pretrain_transform",
+           "probe_bands", "read_bands", "select_bands"]
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,11 @@ class WindowCrops:
     reads_files = True
 
     def __init__(self, spec: WindowSpec, reduced_decode: bool = True, bands="rgb",
-                 channels: int | None = None):
+                 channels: int | None = None, dtype: torch.dtype | None = None):
         self.spec, self.reduced_decode = spec, reduced_decode
         self.bands = check_bands(bands)
         self.channels = channels  # the band count every file must give (None: any)
+        self.dtype = dtype  # the sample type every file must have (None: any)
 
     def __call__(self, source):
         if self.bands == "rgb":
@@ -93,10 +96,7 @@ class WindowCrops:
                 windows = render_windows(opened, crop, coords, self.spec.window_size,
                                          self.spec.patch_size, reduced_decode=self.reduced_decode)
             return windows, coords
-        pixels = select_bands(read_image(source), self.bands, source)
-        if self.channels is not None and pixels.shape[0] != self.channels:
-            raise ValueError(f"{source}: {pixels.shape[0]} band(s), the run's other files "
-                             f"{self.channels}: one data set, one band layout")
+        pixels = read_bands(source, self.bands, self.channels, self.dtype)
         crop, coords = self.spec.draw(tuple(pixels.shape[1:]))
         return render_windows(pixels, crop, coords, self.spec.window_size,
                               self.spec.patch_size), coords
@@ -129,21 +129,59 @@ def select_bands(pixels: torch.Tensor, bands, source) -> torch.Tensor:
     return pixels[list(bands)]
 
 
+def read_bands(source, bands, channels: int | None = None,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A file's pixels for a pipeline on its own bands (``bands`` "all" or indices):
+    (C, H, W) uint8 or uint16, refused with the file's name when it does not give the
+    run's band count ``channels`` or sample type ``dtype`` (None: any)."""
+    pixels = select_bands(read_image(source), bands, source)
+    if channels is not None and pixels.shape[0] != channels:
+        raise ValueError(f"{source}: {pixels.shape[0]} band(s) where the run takes "
+                         f"{channels} (model_kwargs.in_chans): one data set, one band layout")
+    if dtype is not None and pixels.dtype != dtype:
+        name = str(pixels.dtype).replace("torch.", "")
+        raise ValueError(f"{source}: samples of {name} where the run's first files hold "
+                         f"{str(dtype).replace('torch.', '')}: one data set, one sample type")
+    return pixels
+
+
+def probe_bands(files, bands, channels: int) -> torch.dtype:
+    """The sample type of a data set on its own bands, from the first file of each kind
+    (file extension) before any training: each must give ``channels`` bands after the
+    ``bands`` pick, uint8 or uint16, all of one type; else ValueError naming the file.
+    (A later file that differs stops the run with its name when it is read.)"""
+    first: dict[str, Path] = {}
+    for path in files:
+        first.setdefault(Path(path).suffix.lower(), Path(path))
+    dtype = None
+    for path in first.values():
+        pixels = read_bands(path, bands, channels, dtype)
+        dtype = pixels.dtype
+    return dtype
+
+
 class FullCrops:
-    """The full-image pipeline: a file -> (crop (3, S, S) float32 normalised with
-    ``mean``/``std`` (per channel, on values / 255; ImageNet's by default), coords
-    (n, 2)), the same draws as :class:`WindowCrops`."""
+    """The full-image pipeline: a file -> (crop (C, S, S) float32 normalised with
+    ``mean``/``std`` (per channel, on values / the type's maximum: 255 or 65535;
+    ImageNet's by default), coords (n, 2)), the same draws as :class:`WindowCrops`.
+    ``bands``, ``channels`` and ``dtype`` as there."""
 
     reads_files = True
 
-    def __init__(self, spec: WindowSpec, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def __init__(self, spec: WindowSpec, mean=IMAGENET_MEAN, std=IMAGENET_STD, bands="rgb",
+                 channels: int | None = None, dtype: torch.dtype | None = None):
         self.spec = spec
         self.mean, self.std = tuple(mean), tuple(std)
+        self.bands, self.channels, self.dtype = check_bands(bands), channels, dtype
 
     def __call__(self, source):
-        with open_image(source) as opened:
-            crop, coords = self.spec.draw(opened.size)
-            image = decode_rgb(opened).permute(2, 0, 1)
+        if self.bands == "rgb":
+            with open_image(source) as opened:
+                crop, coords = self.spec.draw(opened.size)
+                image = decode_rgb(opened).permute(2, 0, 1)
+        else:
+            image = read_bands(source, self.bands, self.channels, self.dtype)
+            crop, coords = self.spec.draw(tuple(image.shape[1:]))
         pixels = render_crop(image, crop)
         return v2.functional.normalize(v2.functional.to_dtype(pixels, torch.float32, scale=True),
                                        self.mean, self.std), coords

@@ -31,7 +31,7 @@ import math
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal, Optional
+from typing import ClassVar, Literal, Optional, Union
 
 import torch
 from PIL import Image
@@ -44,6 +44,8 @@ from torchvision.transforms import v2
 from .. import distributed
 from ..config import ConfigError
 from ..data import ImageFiles, build_demo_digits
+from ..data.band_transforms import BandEvalTransform, BandTrainTransform
+from ..data.pipelines import check_bands, probe_bands
 from ..models import create_model
 from ..run_log import plot_loss_curve
 from . import precision
@@ -71,6 +73,10 @@ class FinetuneDataConfig:
     # the checkpoint was pretrained with (data.mean/std of its run): a mismatch is refused.
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
+    # "rgb": files decoded as 8-bit RGB (timm's transforms); "all" or band indices: the
+    # files' own bands and bit depth (lomar.data.band_transforms), model_kwargs.in_chans
+    # of them, as the checkpoint was pretrained on (docs/bands.md).
+    bands: Union[Literal["rgb", "all"], list[int]] = "rgb"
 
 
 @dataclass(frozen=True)
@@ -143,9 +149,36 @@ class FinetuneConfig(RunConfig):
             if not ok:
                 raise ConfigError(f"config: {name} must be {allowed}, got {value}")
         check_normalisation(self.data.mean, self.data.std, self.model_kwargs.get("in_chans", 3))
+        self._check_bands()
         if self.uses_mixup and self.batch_size % 2:
             raise ConfigError(f"config: batch_size must be even with mixup/cutmix (timm pairs "
                               f"images), got {self.batch_size}")
+
+
+    def _check_bands(self) -> None:
+        d, a, channels = self.data, self.aug, self.model_kwargs.get("in_chans", 3)
+        try:
+            bands = check_bands(d.bands)
+        except ValueError as exc:
+            raise ConfigError(f"config: data.{exc}") from None
+        if bands == "rgb":
+            if channels != 3:
+                raise ConfigError(f"config: model_kwargs.in_chans = {channels} needs data.bands "
+                                  f"'all' or a list of band indices (data.bands 'rgb' gives 3)")
+            return
+        if isinstance(bands, tuple) and len(bands) != channels:
+            raise ConfigError(f"config: data.bands picks {len(bands)} band(s), the model takes "
+                              f"model_kwargs.in_chans = {channels}")
+        if d.mean is None:
+            raise ConfigError(f"config: data.bands={d.bands} needs its own data.mean and data.std "
+                              f"(ImageNet's are for 8-bit RGB photos): lomar stats PATH "
+                              f"measures them")
+        for name, value in (("aug.auto_augment", a.auto_augment),
+                            ("aug.color_jitter", a.color_jitter)):
+            if value:
+                raise ConfigError(f"config: {name}={value} is a colour-photo augmentation "
+                                  f"(8-bit RGB); with data.bands={d.bands} set {name}=null "
+                                  f"(crop, flip, erasing, mixup and cutmix still apply)")
 
 
 def _posterize_zero_bits_black(img, bits_to_keep, **kwargs):
@@ -171,10 +204,19 @@ def normalisation(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
-def _transforms(cfg: FinetuneConfig):
-    """(train, val) transforms on uint8 (3, H, W) tensors; timm's work on PIL images."""
+def _transforms(cfg: FinetuneConfig, dtype: Optional[torch.dtype] = None):
+    """(train, val) transforms: on uint8 (3, H, W) tensors (timm's, through PIL) for
+    data.bands "rgb"; else on the files' own bands (``dtype``: the data set's)."""
     size, a = cfg.data.input_size, cfg.aug
     norm = dict(zip(("mean", "std"), normalisation(cfg.data.mean, cfg.data.std)))
+    if cfg.data.bands != "rgb":
+        bands = dict(bands=check_bands(cfg.data.bands), dtype=dtype,
+                     channels=cfg.model_kwargs.get("in_chans", 3), **norm)
+        erase = {} if cfg.linear_probe else dict(reprob=a.reprob, remode=a.remode,
+                                                 recount=a.recount)
+        return (BandTrainTransform(size, scale=(a.min_scale, 1.0), hflip=a.hflip, **erase,
+                                   **bands),
+                BandEvalTransform(size, crop_pct=cfg.data.eval_crop_pct, **bands))
     if cfg.linear_probe:  # random-resized crop + flip only
         timm_train = create_transform(size, is_training=True, scale=(a.min_scale, 1.0),
                                       hflip=a.hflip, color_jitter=None, interpolation="bicubic",
@@ -200,9 +242,17 @@ def _datasets(cfg: FinetuneConfig, info: distributed.DistInfo) -> tuple[ImageFil
             build_demo_digits(root, size=cfg.data.digits_size, seed=0)
         if info.enabled:
             torch.distributed.barrier()
-    train_tf, val_tf = _transforms(cfg)
-    train = ImageFiles(root / cfg.data.train_split, train_tf, on_corrupt=cfg.data.on_corrupt)
-    val = ImageFiles(root / cfg.data.val_split, val_tf, on_corrupt=cfg.data.on_corrupt)
+    train = ImageFiles(root / cfg.data.train_split, None, on_corrupt=cfg.data.on_corrupt)
+    val = ImageFiles(root / cfg.data.val_split, None, on_corrupt=cfg.data.on_corrupt)
+    dtype = None
+    if cfg.data.bands != "rgb":  # the first file of each kind, before any training
+        try:
+            dtype = probe_bands(train.files + val.files, check_bands(cfg.data.bands),
+                                cfg.model_kwargs.get("in_chans", 3))
+        except ValueError as exc:
+            raise ConfigError(f"config: data.bands={cfg.data.bands} with model_kwargs.in_chans"
+                              f" = {cfg.model_kwargs.get('in_chans', 3)}: {exc}") from None
+    train.transform, val.transform = _transforms(cfg, dtype)
     if not train.classes:
         raise ConfigError(f"config: {train.root} must hold one sub-folder per class "
                           f"(ImageFolder layout); it holds images only")
@@ -256,6 +306,39 @@ def attach_probe_head(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
+def _listed(bands):  # data.bands as a comparable value (a config gives lists or tuples)
+    return bands if bands in ("rgb", "all") else list(bands)
+
+
+def _band_layout(bands, in_chans: int) -> str:
+    return f"data.bands={_listed(bands)} ({in_chans} band(s))"
+
+
+def check_pretrained_data(config: dict, cfg: FinetuneConfig) -> None:
+    """Refuse, in one line, fine-tuning data unlike the checkpoint's pretraining data:
+    other bands (a pretraining on its own bands; an RGB checkpoint's weights are adapted
+    to other bands instead), or another normalisation of the same bands."""
+    data = config.get("data") or {}
+    pre_bands = data.get("bands", "rgb")
+    pre_chans = (config.get("model_kwargs") or {}).get("in_chans", 3)
+    ours_chans = cfg.model_kwargs.get("in_chans", 3)
+    same_bands = _listed(pre_bands) == _listed(cfg.data.bands)
+    if pre_bands != "rgb" and (not same_bands or pre_chans != ours_chans):
+        raise ConfigError(f"checkpoint {cfg.checkpoint} was pretrained on "
+                          f"{_band_layout(pre_bands, pre_chans)}: fine-tune on the same bands, "
+                          f"not {_band_layout(cfg.data.bands, ours_chans)}")
+    if not same_bands:
+        return  # an RGB checkpoint for other bands: its weights are adapted (init_weights)
+    pretrained = normalisation(data.get("mean"), data.get("std"))
+    ours = normalisation(cfg.data.mean, cfg.data.std)
+    if len(pretrained[0]) != len(ours[0]) or not all(
+            math.isclose(a, b, rel_tol=1e-6) for a, b in zip(sum(pretrained, ()), sum(ours, ()))):
+        raise ConfigError(f"checkpoint {cfg.checkpoint} was pretrained on pixels normalised "
+                          f"with data.mean={list(pretrained[0])} data.std="
+                          f"{list(pretrained[1])}: fine-tune with the same, not "
+                          f"mean={list(ours[0])} std={list(ours[1])}")
+
+
 def _build_model(cfg: FinetuneConfig, num_classes: int) -> tuple[nn.Module, str]:
     """The encoder with its head (the linear probe's, frozen encoder, for a probe), the
     pretraining weights loaded when ``cfg.checkpoint`` is set; and a line on its init."""
@@ -265,15 +348,8 @@ def _build_model(cfg: FinetuneConfig, num_classes: int) -> tuple[nn.Module, str]
     report = "random initialisation"
     if cfg.checkpoint:
         state, source, config = read_weights(cfg.checkpoint)
-        data = (config or {}).get("data") or {}
-        pretrained = normalisation(data.get("mean"), data.get("std"))
-        ours = normalisation(cfg.data.mean, cfg.data.std)
-        if source == "lomar" and config and not all(
-                math.isclose(a, b, rel_tol=1e-6) for a, b in zip(sum(pretrained, ()), sum(ours, ()))):
-            raise ConfigError(f"checkpoint {cfg.checkpoint} was pretrained on pixels normalised "
-                              f"with data.mean={list(pretrained[0])} data.std="
-                              f"{list(pretrained[1])}: fine-tune with the same, not "
-                              f"mean={list(ours[0])} std={list(ours[1])}")
+        if source == "lomar" and config:
+            check_pretrained_data(config, cfg)
         report = load_encoder_state(model, state, source, cfg.checkpoint).summary()
     if cfg.linear_probe:
         attach_probe_head(model, num_classes)

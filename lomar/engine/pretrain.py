@@ -28,8 +28,8 @@ from timm.optim import param_groups_weight_decay
 from .. import distributed
 from ..config import ConfigError
 from ..data import (FullCrops, ImageFiles, RegionSpec, TiledRegions, WindowCrops, WindowSpec,
-                    build_demo_photos, build_demo_slide, read_image)
-from ..data.pipelines import check_bands, select_bands
+                    build_demo_photos, build_demo_slide)
+from ..data.pipelines import check_bands, probe_bands
 from ..models import create_model
 from .job import Job, OptimConfig, RunConfig, check_normalisation, run_job
 from .knn import KnnMonitor
@@ -71,8 +71,8 @@ class DataConfig:
     std: Optional[list[float]] = None
     # "rgb": every file decoded as 8-bit RGB (photos); "all" or a list of band indices: the
     # files' own bands and bit depth (uint8/uint16: multispectral, 16-bit microscopy),
-    # model_kwargs.in_chans of them, with data.mean/std per band (window pipeline, whole
-    # images; docs/input-pipeline.md).
+    # model_kwargs.in_chans of them, with data.mean/std per band (both pipelines, whole
+    # images and tiled regions; docs/bands.md).
     bands: Union[Literal["rgb", "all"], list[int]] = "rgb"
 
 
@@ -152,9 +152,6 @@ class PretrainConfig(RunConfig):
             if isinstance(bands, tuple) and len(bands) != channels:
                 raise ConfigError(f"config: data.bands picks {len(bands)} band(s), the model "
                                   f"takes model_kwargs.in_chans = {channels}")
-            if d.pipeline != "windows" or d.region_size:
-                raise ConfigError("config: data.bands other than 'rgb' needs data.pipeline="
-                                  "windows on whole images (data.region_size 0) for now")
             if channels != 3 and d.mean is None:
                 raise ConfigError(f"config: {channels} band(s) need their own data.mean and "
                                   f"data.std (ImageNet's are for RGB): lomar stats PATH "
@@ -220,21 +217,25 @@ def _dataset(cfg: PretrainConfig, info: distributed.DistInfo, patch_size: int):
                 build_demo_slide(Path(path) / "slide.tif", size=d.demo_slide_size, seed=0)
         if info.enabled:
             torch.distributed.barrier()
-    if d.region_size:
+    channels = cfg.model_kwargs.get("in_chans", 3)
+    if d.region_size:  # every file's header is checked (bands, dtype) before training
         region = RegionSpec(d.region_size, d.mpp, d.downsample, d.min_foreground)
         return TiledRegions(path, spec, region, d.samples_per_file, d.pipeline, d.tile_cache_mb,
                             mask_dir=Path(cfg.output_dir) / "foreground_masks",
-                            on_corrupt=d.on_corrupt, **_normalisation(d))
-    channels = cfg.model_kwargs.get("in_chans", 3)
-    transform = (WindowCrops(spec, d.reduced_decode, d.bands, channels) if d.pipeline == "windows"
-                 else FullCrops(spec, **_normalisation(d)))
-    images = ImageFiles(path, transform, on_corrupt=d.on_corrupt)
-    if d.bands != "rgb":  # the first file's bands and type, before any training
-        first = select_bands(read_image(images.files[0]), check_bands(d.bands), images.files[0])
-        if first.shape[0] != channels:
-            raise ConfigError(f"config: {images.files[0]} gives {first.shape[0]} band(s) with "
-                              f"data.bands={d.bands}, the model takes model_kwargs.in_chans = "
-                              f"{channels}")
+                            on_corrupt=d.on_corrupt, bands=d.bands, channels=channels,
+                            **_normalisation(d))
+    images = ImageFiles(path, None, on_corrupt=d.on_corrupt)
+    bands, dtype = check_bands(d.bands), None
+    if bands != "rgb":  # the first file of each kind (bands, dtype), before any training
+        try:
+            dtype = probe_bands(images.files, bands, channels)
+        except ValueError as exc:
+            raise ConfigError(f"config: data.bands={d.bands} with model_kwargs.in_chans = "
+                              f"{channels}: {exc}") from None
+    images.transform = (WindowCrops(spec, d.reduced_decode, bands, channels, dtype)
+                        if d.pipeline == "windows" else
+                        FullCrops(spec, bands=bands, channels=channels, dtype=dtype,
+                                  **_normalisation(d)))
     return images
 
 

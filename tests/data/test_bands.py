@@ -46,7 +46,7 @@ def test_each_band_is_resampled_on_its_own(scene):
 def test_refusals_name_the_file_and_the_value(scene, tmp_path):
     with pytest.raises(ValueError, match=r"s.tif: data.bands asks for band 6, the file has 6"):
         _draw(WindowCrops(SPEC, bands=[0, 6]), scene)
-    with pytest.raises(ValueError, match=r"s.tif: 6 band\(s\), the run's other files 4"):
+    with pytest.raises(ValueError, match=r"s.tif: 6 band\(s\) where the run takes 4 \(model_kwargs.in_chans\)"):
         _draw(WindowCrops(SPEC, bands="all", channels=4), scene)
     tifffile.imwrite(tmp_path / "f.tif", np.ones((40, 40), np.float32))
     with pytest.raises(ValueError, match=r"f.tif: float32 pixels: the pretraining pipelines "

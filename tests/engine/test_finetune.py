@@ -266,3 +266,79 @@ def test_rgb_weights_adapt_the_patch_embedding_to_other_bands(tmp_path, in_chans
     torch.testing.assert_close(response, expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(model.state_dict()["blocks.0.attn.qkv.weight"],
                        state["blocks.0.attn.qkv.weight"])
+
+
+def _band_folder(root, bands=6, dtype="uint16"):
+    """An ImageFolder of (bands)-band 16-bit TIFFs, two classes told apart by their
+    level (12-bit values, as many sensors write them)."""
+    import numpy as np
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 2)):
+        for label in range(2):
+            (root / split / f"c{label}").mkdir(parents=True)
+            for i in range(count):
+                shape = (40 + 4 * i, 48, bands) if bands > 1 else (40 + 4 * i, 48)
+                pixels = rng.integers(0, 2048, shape) + 2048 * label
+                tifffile.imwrite(root / split / f"c{label}" / f"{i}.tif",
+                                 pixels.astype(dtype), photometric="minisblack",
+                                 **({"planarconfig": "contig"} if bands > 1 else {}))
+    return root
+
+
+@pytest.mark.parametrize("bands,in_chans", [("all", 6), ("[5, 0]", 2), ("all", 1)])
+def test_fine_tuning_on_the_bands_a_checkpoint_was_pretrained_on(tmp_path, bands, in_chans):
+    """Pretrain on a 6-band (or 1-band) uint16 folder, then fine-tune and probe from the
+    result on the same bands: the run reads every band and bit (value / 65535, then the
+    bands' mean/std) and trains; other bands, RGB-only augmentations and a folder of
+    another band count are refused in one line before any work."""
+    from lomar.engine import PretrainConfig, pretrain
+
+    root = _band_folder(tmp_path / "scenes", bands=1 if in_chans == 1 else 6)
+    stats = [f"data.bands={bands}", f"data.mean={[0.03] * in_chans}",
+             f"data.std={[0.02] * in_chans}"]
+    kwargs = f"model_kwargs={{depth: 2, embed_dim: 32, num_heads: 2, in_chans: {in_chans}}}"
+    pretrain(load_config(PretrainConfig, None, [
+        "model=lomar_vit_small_patch16", kwargs, f"data.path={root / 'train'}",
+        "data.input_size=32", "data.num_workers=0", "mask.window_size=2", "mask.num_windows=1",
+        "batch_size=4", "max_steps=2", "progress=false", "device=cpu",
+        f"output_dir={tmp_path / 'pre'}", *stats]))
+    checkpoint = tmp_path / "pre" / "checkpoint-last.pt"
+    tune = {"model_kwargs": kwargs.split("=", 1)[1], "checkpoint": checkpoint, "max_steps": 3,
+            "aug.auto_augment": "null", **dict(s.split("=", 1) for s in stats)}
+    summary = finetune(config(root, tmp_path / "ft", **tune))
+    assert math.isfinite(summary["loss"]) and 0 <= summary["best_top1"] <= 100
+    summary = finetune(config(root, tmp_path / "probe", **tune, linear_probe="true"))
+    assert math.isfinite(summary["loss"])
+    with pytest.raises(ConfigError, match=rf"pretrained on data.bands={bands.replace('[', '.')}"
+                                          rf".*not data.bands=rgb \(3 band"):
+        finetune(config(root, tmp_path / "x", checkpoint=checkpoint, max_steps=1))
+    with pytest.raises(ConfigError, match="aug.auto_augment=rand-m9-mstd0.5-inc1 is a colour-"
+                                          "photo augmentation"):
+        config(root, tmp_path / "y", **{**tune, "aug.auto_augment": "rand-m9-mstd0.5-inc1"})
+    if in_chans == 6:
+        other = _band_folder(tmp_path / "four", bands=4)
+        with pytest.raises(ConfigError, match=r"0.tif: 4 band\(s\) where the run takes 6"):
+            finetune(config(other, tmp_path / "z", **tune))
+
+
+def test_band_eval_transform_is_timms_resize_and_centre_crop(tmp_path):
+    """On 8-bit RGB the band transform's evaluation crop is timm's (resize the short
+    side to size / crop_pct, centre crop), within one level of rounding."""
+    import numpy as np
+    from timm.data import create_transform
+    from torchvision.transforms import v2
+
+    from lomar.data.band_transforms import BandEvalTransform
+
+    rgb = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    path = tmp_path / "x.png"
+    Image.fromarray(rgb).save(path)
+    ours = BandEvalTransform(32, [0, 0, 0], [1, 1, 1], bands="all", crop_pct=0.875)(path)
+    theirs = v2.Compose([v2.ToPILImage(), create_transform(32, interpolation="bicubic",
+                                                           crop_pct=0.875, mean=(0, 0, 0),
+                                                           std=(1, 1, 1))])(
+        torch.from_numpy(rgb).permute(2, 0, 1))
+    assert ours.shape == theirs.shape == (3, 32, 32)
+    assert (ours - theirs).abs().max() <= 2 / 255 + 1e-6

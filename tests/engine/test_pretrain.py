@@ -345,9 +345,37 @@ def test_pretraining_on_the_files_own_bands_and_bit_depth(tmp_path, bands, dtype
     if bands == "all" and in_chans == 6:
         wrong = {**stats, "model_kwargs": "{depth: 2, embed_dim: 32, num_heads: 2, in_chans: 4}",
                  "data.mean": "[0.1, 0.1, 0.1, 0.1]", "data.std": "[0.1, 0.1, 0.1, 0.1]"}
-        with pytest.raises(ConfigError, match=r"0.tif gives 6 band\(s\) with data.bands=all, "
-                                              r"the model takes model_kwargs.in_chans = 4"):
+        with pytest.raises(ConfigError, match=r"data.bands=all with model_kwargs.in_chans = 4: "
+                                              r".*0.tif: 6 band\(s\) where the run takes 4"):
             pretrain(config(folder, tmp_path / "d", max_steps=1, **wrong))
         without_stats = {k: v for k, v in stats.items() if k not in ("data.mean", "data.std")}
         with pytest.raises(ConfigError, match="need their own data.mean"):
             config(folder, tmp_path / "e", **without_stats)
+
+
+@pytest.mark.parametrize("pipeline,tiled", [("windows", True), ("full", True), ("full", False)])
+def test_own_bands_through_tiled_regions_and_the_full_pipeline(tmp_path, pipeline, tiled):
+    """data.bands on tiled files (regions read tile by tile) and through the full-crop
+    pipeline: a 6-band uint16 source, a few steps, the same losses twice."""
+    import numpy as np
+    import tifffile
+
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2 if tiled else 4):
+        pixels = rng.integers(0, 4096, (160, 192, 6), dtype=np.uint16)
+        tifffile.imwrite(folder / f"{i}.tif", pixels, photometric="minisblack",
+                         planarconfig="contig", **({"tile": (64, 64)} if tiled else {}))
+    over = {"data.bands": "all", "data.pipeline": pipeline, "mask.window_sampling":
+            "image" if pipeline == "windows" else "batch",
+            "model_kwargs": "{depth: 2, embed_dim: 32, num_heads: 2, in_chans: 6}",
+            "data.mean": str([0.03] * 6), "data.std": str([0.02] * 6), "max_steps": 2}
+    if tiled:
+        over.update({"data.region_size": 96, "data.samples_per_file": 4})
+    losses = []
+    for out in ("a", "b"):
+        summary = pretrain(config(folder, tmp_path / out, **over))
+        assert summary["steps"] == 2 and math.isfinite(summary["loss"])
+        losses.append([r["loss"] for r in read_log(tmp_path / out / "log.jsonl")])
+    assert losses[0] == losses[1]
