@@ -181,7 +181,8 @@ def _image_files(images, num_images: int, size: int, scratch: Path) -> list[Path
 
 
 def _to_pixels(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """Normalised values (channel last) -> [0, 1] RGB."""
+    """Normalised values (channel last) -> pixels in [0, 1] (value / 255, or / 65535 for
+    16-bit files)."""
     mean = torch.tensor(mean, device=x.device, dtype=x.dtype)
     std = torch.tensor(std, device=x.device, dtype=x.dtype)
     return (x * std + mean).clamp(0, 1)

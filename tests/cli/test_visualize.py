@@ -350,6 +350,37 @@ def test_composite_bands_out_of_range_are_refused(six_band_run, bands, match):
         visualize(checkpoint, [folder], bands=bands, window_size=3)
 
 
+def test_the_default_composite_is_the_first_three_bands_or_the_first_grey():
+    from lomar.visualize import _composite_bands
+
+    assert _composite_bands(None, 6) == _composite_bands(None, 3) == (0, 1, 2)
+    assert _composite_bands(None, 2) == _composite_bands(None, 1) == (0,)
+    assert _composite_bands([2, 0, 1], 3) == (2, 0, 1) and _composite_bands(4, 6) == (4,)
+
+
+def test_a_run_of_picked_bands_reads_them_from_each_file(model, tmp_path, drawn):
+    """data.bands [4, 1]: the model's two bands are the files' bands 4 and 1 (band 0
+    drawn grey by default); a file without band 4 is refused by name."""
+    import numpy as np
+    import tifffile
+
+    kwargs = {**KWARGS, "in_chans": 2}
+    net = create_model("lomar_vit_small_patch16", pixel_mean=[0.05] * 2, pixel_std=[0.03] * 2,
+                       **kwargs)
+    path = save_checkpoint(tmp_path / "c.pt", {"model": net.state_dict(), "config": {
+        **CONFIG, "model_kwargs": kwargs, "data": {"input_size": 64, "bands": [4, 1],
+                                                   "mean": [0.05] * 2, "std": [0.03] * 2}}})
+    scenes = _write_scenes(tmp_path / "six", 6, [(64, 64)])
+    visualize(path, [scenes / "0.tif"], tmp_path / "f.png", window_size=3, stretch=False)
+    band4 = torch.from_numpy(tifffile.imread(scenes / "0.tif")[..., 4].astype(np.float32))
+    torch.testing.assert_close(drawn[-1]["original"][0, ..., 0], band4 / 65535, atol=1e-6,
+                               rtol=0)
+    three = _write_scenes(tmp_path / "three", 3, [(64, 64)])
+    with pytest.raises(ValueError, match=r"visualize: .*three/0.tif: data.bands asks for band 4, "
+                                         r"the file has 3"):
+        visualize(path, [three / "0.tif"], window_size=3)
+
+
 def test_a_non_rgb_run_needs_its_own_images(six_band_run):
     with pytest.raises(ValueError, match=r"data.bands=all\) and the demo photos are RGB: give "
                                          r"its images"):
