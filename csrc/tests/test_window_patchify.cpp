@@ -11,6 +11,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -112,30 +113,49 @@ bool forward_matches(at::ScalarType dtype) {
   return true;
 }
 
-// uint8 images, ImageNet's mean/std: (v / 255 - mean) / std in float32, rounded to the
-// output dtype; the float32 result is the float32 formula's to the bit.
-bool uint8_normalised(at::ScalarType out_dtype, double tol) {
-  const auto mean = at::tensor({0.485, 0.456, 0.406}, at::kDouble);
-  const auto std = at::tensor({0.229, 0.224, 0.225}, at::kDouble);
+// Integer images (uint8, uint16), per-channel mean/std: (v / max - mean[ch]) / std[ch] in
+// float32 (max: the type's, 255 or 65535), rounded to the output dtype; the float32
+// result is the float32 formula's to the bit. Random values over the whole range, and in
+// the first window the extremes and the values around a byte's and a sign bit's edges,
+// so that a kernel reading only the low byte, or the values as signed, fails.
+bool integer_normalised(at::ScalarType in_dtype, at::ScalarType out_dtype, double tol) {
+  const int64_t top = in_dtype == at::kByte ? 255 : 65535;
+  const std::vector<int64_t> edges =
+      in_dtype == at::kByte ? std::vector<int64_t>{0, 1, 127, 128, 254, 255}
+                            : std::vector<int64_t>{0, 255, 256, 32767, 32768, 65534, 65535};
   for (const auto& c : kCases) {
-    if (c.C != 3) continue;
-    auto images = at::randint(0, 256, {c.B, c.C, c.H, c.W}).to(at::kByte);
+    auto values = at::randint(0, top + 1, {c.B, c.C, c.H, c.W}, at::kInt);
     auto coords = random_coords(c);
+    const int64_t y0 = coords[0][0][0].item<int32_t>() * c.p;
+    const int64_t x0 = coords[0][0][1].item<int32_t>() * c.p;
+    for (size_t i = 0; i < edges.size(); ++i) {
+      const int64_t px = static_cast<int64_t>(i) % (c.K * c.p);  // along the first row
+      values[0][static_cast<int64_t>(i) % c.C][y0][x0 + px] = edges[i];
+    }
+    auto images = values.to(in_dtype);
+    EXPECT(at::equal(images.to(at::kInt), values));  // the input holds what was drawn
+    // Per-channel statistics in [0, 1] units, different in every channel.
+    auto mean = at::rand({c.C}, at::kDouble) * 0.5 + 0.1;
+    auto std = at::rand({c.C}, at::kDouble) * 0.3 + 0.05;
     auto out = call_patchify(images, coords, c.K, c.p, mean, std, out_dtype);
     EXPECT(out.scalar_type() == out_dtype);
     auto pixels = naive_forward(images, coords, c.K, c.p);  // (B, n, K*K, p*p*C), C fastest
+    EXPECT(pixels.max().item<double>() == static_cast<double>(top));
     auto m = mean.to(at::kFloat), s = std.to(at::kFloat);
-    auto want = ((pixels.to(at::kFloat) / 255).view({-1, 3}) - m).div(s).view(pixels.sizes());
+    auto want = ((pixels.to(at::kFloat) / static_cast<double>(top)).view({-1, c.C}) - m)
+                    .div(s)
+                    .view(pixels.sizes());
     EXPECT(at::allclose(out.to(at::kDouble), want.to(at::kDouble), tol, tol));
     if (out_dtype == at::kFloat) EXPECT(at::equal(out, want));
   }
-  // Without mean/std: v / 255.
+  // Without mean/std: v / max, float32.
   const Case c = kCases[1];
-  auto images = at::randint(0, 256, {c.B, c.C, c.H, c.W}).to(at::kByte);
+  auto images = at::randint(0, top + 1, {c.B, c.C, c.H, c.W}, at::kInt).to(in_dtype);
   auto coords = random_coords(c);
   auto out = call_patchify(images, coords, c.K, c.p);
   EXPECT(out.scalar_type() == at::kFloat);
-  EXPECT(at::equal(out, naive_forward(images, coords, c.K, c.p).to(at::kFloat) / 255));
+  EXPECT(at::equal(out, naive_forward(images, coords, c.K, c.p).to(at::kFloat) /
+                            static_cast<double>(top)));
   return true;
 }
 
@@ -218,9 +238,17 @@ int main(int argc, char** argv) {
       {"backward_double", [] { return backward_matches(at::kDouble, 1e-12); }},
       {"backward_half", [] { return backward_matches(at::kHalf, 1e-3); }},
       {"backward_bfloat16", [] { return backward_matches(at::kBFloat16, 8e-3); }},
-      {"uint8_normalised_float", [] { return uint8_normalised(at::kFloat, 0); }},
-      {"uint8_normalised_bfloat16", [] { return uint8_normalised(at::kBFloat16, 1.6e-2); }},
-      {"uint8_normalised_double", [] { return uint8_normalised(at::kDouble, 1e-6); }},
+      {"uint8_normalised_float", [] { return integer_normalised(at::kByte, at::kFloat, 0); }},
+      {"uint8_normalised_bfloat16",
+       [] { return integer_normalised(at::kByte, at::kBFloat16, 1.6e-2); }},
+      {"uint8_normalised_double",
+       [] { return integer_normalised(at::kByte, at::kDouble, 1e-6); }},
+      {"uint16_normalised_float",
+       [] { return integer_normalised(at::kUInt16, at::kFloat, 0); }},
+      {"uint16_normalised_bfloat16",
+       [] { return integer_normalised(at::kUInt16, at::kBFloat16, 1.6e-2); }},
+      {"uint16_normalised_double",
+       [] { return integer_normalised(at::kUInt16, at::kDouble, 1e-6); }},
       {"non_contiguous_images", non_contiguous_images},
       {"bad_input_errors", bad_input_errors},
   };
