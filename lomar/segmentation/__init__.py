@@ -10,13 +10,17 @@
   :data:`ADE20K_CLASSES`, :func:`read_label_map`;
 - :mod:`.transforms`: mmsegmentation's ADE20K augmentation on image and mask
   together (:class:`TrainTransform`, :func:`resize_to_bound`);
-- :mod:`.synthetic`: ``build_demo_segmentation(root, num_train=256, num_val=64,
-  size=128, seed=0) -> Path``, an offline set in the ADE20K layout;
-- :mod:`.figures`: ``draw_segmentations``, ``plot_class_iou``, ``plot_miou``."""
+- :mod:`.synthetic`: :func:`build_demo_segmentation` (root, num_train=256,
+  num_val=64, size=128, seed=0) -> Path, an offline set in the ADE20K layout
+  (:data:`DEMO_CLASSES`);
+- :mod:`.figures` (imported on its own: matplotlib): ``draw_segmentations``,
+  ``plot_class_iou``, ``plot_miou``."""
 
 from .data import ADE20K_CLASSES, SegmentationFolder, collate, read_label_map, val_collate
 from .metrics import SegmentationMetrics
+from .synthetic import DEMO_CLASSES, build_demo_segmentation
 from .transforms import TrainTransform, resize_to_bound
 
-__all__ = ["ADE20K_CLASSES", "SegmentationFolder", "SegmentationMetrics", "TrainTransform",
-           "collate", "read_label_map", "resize_to_bound", "val_collate"]
+__all__ = ["ADE20K_CLASSES", "DEMO_CLASSES", "SegmentationFolder", "SegmentationMetrics",
+           "TrainTransform", "build_demo_segmentation", "collate", "read_label_map",
+           "resize_to_bound", "val_collate"]

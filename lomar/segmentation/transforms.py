@@ -63,6 +63,8 @@ def _uniform(low: float, high: float) -> float:
 def _resize(image: torch.Tensor, mask: torch.Tensor | None, scale: float):
     h, w = image.shape[-2:]
     size = [max(1, round(h * scale)), max(1, round(w * scale))]
+    if size == [h, w]:
+        return tv_tensors.Image(image), None if mask is None else tv_tensors.Mask(mask)
     image = v2.functional.resize(tv_tensors.Image(image), size, InterpolationMode.BILINEAR,
                                  antialias=True).clamp_(0, 1)
     if mask is not None:
