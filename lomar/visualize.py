@@ -250,6 +250,8 @@ def visualize(checkpoint: str | Path, images=None, out: str | Path | None = None
     stretch: each drawn band from its 2nd-98th percentile over the original image to
     black-white (None: on for runs of the files' own bands, off for RGB runs)."""
     _check(num_images, window_size, mask_ratio)
+    if stretch not in (None, True, False):
+        raise ValueError(f"visualize: stretch must be True, False or None (auto), got {stretch!r}")
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"visualize: checkpoint not found: {checkpoint}")

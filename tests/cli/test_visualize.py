@@ -125,6 +125,7 @@ def test_cli(checkpoint, tmp_path, capsys):
     ({"mask_ratio": 1.0}, ValueError, r"mask_ratio must be in \(0, 1\)"),
     ({"window_size": 0}, ValueError, "window_size must be an integer >= 1, got 0"),
     ({"images": ["/nonexistent.png"]}, FileNotFoundError, "image file or folder not found"),
+    ({"stretch": "yes"}, ValueError, r"stretch must be True, False or None \(auto\), got 'yes'"),
 ])
 def test_bad_arguments(checkpoint, kwargs, exc, match):
     with pytest.raises(exc, match=match):
