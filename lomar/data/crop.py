@@ -111,9 +111,9 @@ def sample_crop(image_size, input_size, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), 
 
 
 def render_crop(image: torch.Tensor, crop: Crop) -> torch.Tensor:
-    """The whole crop: (C, out_h, out_w) from a decoded (C, H, W) uint8 or uint16 image,
-    in its dtype, as the full-image pipeline makes it (``resized_crop``, bicubic,
-    antialiased, then the flip). torch does not resample uint16: those go through the
+    """The whole crop: (C, out_h, out_w) from a decoded (C, H, W) uint8, uint16 or float32
+    image, in its dtype, as the full-image pipeline makes it (``resized_crop``, bicubic,
+    antialiased, then the flip). torch does not resample uint16: the others go through the
     op :func:`lomar_ops.resize_region`, the same filter (to the bit on uint8 too)."""
     _check_image(image, crop, WINDOW_DTYPES)
     if image.dtype == torch.uint8:
@@ -138,7 +138,10 @@ def _check_image(image: torch.Tensor, crop: Crop, dtypes=(torch.uint8,)) -> None
                          f"{crop.image_size}")
 
 
-WINDOW_DTYPES = (torch.uint8, torch.uint16)  # what render_windows resamples (resize_region)
+# What render_windows and render_crop resample (resize_region): the files' integer pixels,
+# which the model normalises on the device, and float32 ones (reflectances, CT in
+# Hounsfield units), which the pipelines normalise before shipping them.
+WINDOW_DTYPES = (torch.uint8, torch.uint16, torch.float32)
 
 
 def window_boxes(crop: Crop, coords: torch.Tensor, window_size: int,

@@ -32,7 +32,8 @@ from .decode import decode_rgb, open_image
 from .read import read_image
 
 __all__ = ["FullCrops", "WindowCrops", "WindowSpec", "check_bands", "pretrain_transform",
-           "probe_bands", "read_bands", "select_bands"]
+           "check_finite", "normalise_float", "probe_bands", "read_bands",
+           "select_bands"]
 
 
 @dataclass(frozen=True)
@@ -78,16 +79,20 @@ class WindowCrops:
     ``bands``: "rgb" (every file decoded as 8-bit RGB, as photos are), or "all" / a list
     of band indices: the file's own bands and bit depth through
     :func:`lomar.data.read_image` (multispectral, 16-bit, single-channel data), windows
-    (n, C, K*p, K*p) uint8 or uint16, bit for bit what the file holds resampled."""
+    (n, C, K*p, K*p) uint8 or uint16, bit for bit what the file holds resampled; float32
+    files' windows are normalised here with ``mean``/``std`` (in the file's units) and
+    shipped as float32 (the model takes float windows as normalised)."""
 
     reads_files = True
 
     def __init__(self, spec: WindowSpec, reduced_decode: bool = True, bands="rgb",
-                 channels: int | None = None, dtype: torch.dtype | None = None):
+                 channels: int | None = None, dtype: torch.dtype | None = None,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.spec, self.reduced_decode = spec, reduced_decode
         self.bands = check_bands(bands)
         self.channels = channels  # the band count every file must give (None: any)
         self.dtype = dtype  # the sample type every file must have (None: any)
+        self.mean, self.std = tuple(mean), tuple(std)  # float files' normalisation
 
     def __call__(self, source):
         if self.bands == "rgb":
@@ -98,8 +103,11 @@ class WindowCrops:
             return windows, coords
         pixels = read_bands(source, self.bands, self.channels, self.dtype)
         crop, coords = self.spec.draw(tuple(pixels.shape[1:]))
-        return render_windows(pixels, crop, coords, self.spec.window_size,
-                              self.spec.patch_size), coords
+        windows = render_windows(pixels, crop, coords, self.spec.window_size,
+                                 self.spec.patch_size)
+        if windows.dtype.is_floating_point:
+            windows = normalise_float(windows, self.mean, self.std)
+        return windows, coords
 
 
 def check_bands(bands):
@@ -115,24 +123,47 @@ def check_bands(bands):
 
 
 def select_bands(pixels: torch.Tensor, bands, source) -> torch.Tensor:
-    """The file's (C, H, W) pixels, or the bands picked from it, for a window pipeline:
-    uint8 or uint16 (float files are refused here: the model normalises integer pixels)."""
+    """The file's (C, H, W) pixels, or the bands picked from it, for a pipeline: uint8,
+    uint16 or float32; a float band with NaN or infinite values is refused (a model
+    cannot learn from them, and no fill value would be the file's data)."""
     if pixels.dtype not in WINDOW_DTYPES:
         raise ValueError(f"{source}: {str(pixels.dtype).replace('torch.', '')} pixels: the "
-                         f"pretraining pipelines take uint8 or uint16 files")
-    if bands == "all":
-        return pixels
-    missing = [b for b in bands if b >= pixels.shape[0]]
-    if missing:
-        raise ValueError(f"{source}: data.bands asks for band {missing[0]}, the file has "
-                         f"{pixels.shape[0]} (0 to {pixels.shape[0] - 1})")
-    return pixels[list(bands)]
+                         f"pretraining pipelines take uint8, uint16 or float32 files")
+    if bands != "all":
+        missing = [b for b in bands if b >= pixels.shape[0]]
+        if missing:
+            raise ValueError(f"{source}: data.bands asks for band {missing[0]}, the file has "
+                             f"{pixels.shape[0]} (0 to {pixels.shape[0] - 1})")
+        pixels = pixels[list(bands)]
+    if pixels.dtype.is_floating_point:
+        check_finite(pixels, source)
+    return pixels
+
+
+def check_finite(pixels: torch.Tensor, source) -> None:
+    """ValueError naming the source and the bands when float pixels hold NaN or inf."""
+    bad = (~torch.isfinite(pixels)).flatten(1).any(1)
+    if bad.any():
+        raise ValueError(f"{source}: NaN or infinite values in band(s) "
+                         f"{bad.nonzero().flatten().tolist()}: a float image must be finite "
+                         f"(fill or mask its no-data pixels when converting it)")
+
+
+def normalise_float(pixels: torch.Tensor, mean, std) -> torch.Tensor:
+    """Float pixels normalised per band (dim -3) with ``mean``/``std`` (the file's units):
+    integer pixels travel raw and the model normalises them, float ones go normalised."""
+    if not len(mean) == len(std) == pixels.shape[-3]:
+        raise ValueError(f"float pixels of {pixels.shape[-3]} band(s) need one mean and std "
+                         f"per band (data.mean/data.std), got mean={list(mean)}, "
+                         f"std={list(std)}")
+    shape = (-1, 1, 1)
+    return (pixels - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
 
 
 def read_bands(source, bands, channels: int | None = None,
                dtype: torch.dtype | None = None) -> torch.Tensor:
     """A file's pixels for a pipeline on its own bands (``bands`` "all" or indices):
-    (C, H, W) uint8 or uint16, refused with the file's name when it does not give the
+    (C, H, W) uint8, uint16 or float32 (finite), refused with the file's name when it does not give the
     run's band count ``channels`` or sample type ``dtype`` (None: any)."""
     pixels = select_bands(read_image(source), bands, source)
     if channels is not None and pixels.shape[0] != channels:
@@ -148,7 +179,8 @@ def read_bands(source, bands, channels: int | None = None,
 def probe_bands(files, bands, channels: int) -> torch.dtype:
     """The sample type of a data set on its own bands, from the first file of each kind
     (file extension) before any training: each must give ``channels`` bands after the
-    ``bands`` pick, uint8 or uint16, all of one type; else ValueError naming the file.
+    ``bands`` pick, uint8, uint16 or float32 (finite), all of one type; else ValueError
+    naming the file.
     (A later file that differs stops the run with its name when it is read.)"""
     first: dict[str, Path] = {}
     for path in files:

@@ -38,7 +38,7 @@ from torchvision.transforms import v2
 from .constants import IMAGENET_MEAN, IMAGENET_STD, TILED_EXTENSIONS
 from .crop import Crop, window_boxes
 from .crop import WINDOW_DTYPES
-from .pipelines import WindowSpec, check_bands
+from .pipelines import WindowSpec, check_bands, check_finite, normalise_float
 from .tiled import open_tiled
 
 __all__ = ["RegionSpec", "TiledRegions", "find_tiled_files", "foreground_mask",
@@ -339,9 +339,11 @@ class TiledRegions(torch.utils.data.Dataset):
 
     ``bands`` "rgb" (the default): the files must hold 3-band uint8 pixels (RGB).
     "all" or a list of band indices: the files' own bands (those picked, in that order),
-    uint8 or uint16, ``channels`` of them (None: any count), one band count and one
-    dtype across the data set (the window pipeline ships the raw values and the model
-    normalises them by their type's maximum; the full pipeline scales them so too).
+    uint8, uint16 or float32, ``channels`` of them (None: any count), one band count and
+    one dtype across the data set (the window pipeline ships integer values raw and the
+    model normalises them by their type's maximum and ``mean``/``std``; float32 windows
+    are normalised here; the full pipeline normalises all). A float sample with NaN or
+    infinite values is an unreadable sample: its file is skipped and named.
     ``tile_cache_mb`` bounds each worker's cache of decoded tiles; foreground masks are
     cached in ``mask_dir``."""
 
@@ -360,7 +362,7 @@ class TiledRegions(torch.utils.data.Dataset):
         self.window, self.region = window, region
         self.samples_per_file, self.pipeline = samples_per_file, pipeline
         self.tile_cache_mb, self.on_corrupt = tile_cache_mb, on_corrupt
-        self.mean, self.std = tuple(mean), tuple(std)  # the full pipeline's normalisation
+        self.mean, self.std = tuple(mean), tuple(std)  # full pipeline's, float windows'
         self.bands = check_bands(bands)
         self.channels = 3 if self.bands == "rgb" else channels
         self.dtype: torch.dtype | None = None  # the data set's, from the first file taken
@@ -416,7 +418,7 @@ class TiledRegions(torch.utils.data.Dataset):
             return "3-band uint8 (RGB) images with data.bands=rgb"
         count = f"{self.channels} band(s)" if self.channels else "one band count"
         picked = "" if self.bands == "all" else f" as data.bands={list(self.bands)} picks them"
-        dtype = str(self.dtype).replace("torch.", "") if self.dtype else "uint8 or uint16"
+        dtype = str(self.dtype).replace("torch.", "") if self.dtype else "uint8, uint16 or float32"
         return f"{count} of {dtype}{picked}"
 
     def _unsupported(self, image) -> str | None:
@@ -472,8 +474,13 @@ class TiledRegions(torch.utils.data.Dataset):
         if self.pipeline == "windows":
             windows = render_tiled_windows(image, level, box, crop, coords,
                                            self.window.window_size, self.window.patch_size, bands)
+            if windows.dtype.is_floating_point:  # shipped normalised (integers travel raw)
+                check_finite(windows, self.files[index])
+                windows = normalise_float(windows, self.mean, self.std)
             return windows, coords
         pixels = render_tiled_crop(image, level, box, crop, bands)
+        if pixels.dtype.is_floating_point:
+            check_finite(pixels, self.files[index])
         return v2.functional.normalize(v2.functional.to_dtype(pixels, torch.float32, scale=True),
                                        self.mean, self.std), coords
 

@@ -202,6 +202,13 @@ def _normalisation(d: DataConfig) -> dict:
     return {} if d.mean is None else {"mean": tuple(d.mean), "std": tuple(d.std)}
 
 
+def _check_float_normalisation(dtype, d: DataConfig, path) -> None:
+    if dtype == torch.float32 and d.mean is None:
+        raise ConfigError(f"config: {path} holds float32 pixels, which need data.mean and "
+                          f"data.std in their own units (ImageNet's are for 8-bit photos): "
+                          f"lomar stats PATH measures them")
+
+
 def _dataset(cfg: PretrainConfig, info: distributed.DistInfo, patch_size: int):
     d = cfg.data
     spec = WindowSpec(d.input_size, patch_size, cfg.mask.window_size, cfg.mask.num_windows,
@@ -220,10 +227,12 @@ def _dataset(cfg: PretrainConfig, info: distributed.DistInfo, patch_size: int):
     channels = cfg.model_kwargs.get("in_chans", 3)
     if d.region_size:  # every file's header is checked (bands, dtype) before training
         region = RegionSpec(d.region_size, d.mpp, d.downsample, d.min_foreground)
-        return TiledRegions(path, spec, region, d.samples_per_file, d.pipeline, d.tile_cache_mb,
-                            mask_dir=Path(cfg.output_dir) / "foreground_masks",
-                            on_corrupt=d.on_corrupt, bands=d.bands, channels=channels,
-                            **_normalisation(d))
+        regions = TiledRegions(path, spec, region, d.samples_per_file, d.pipeline,
+                               d.tile_cache_mb, mask_dir=Path(cfg.output_dir) / "foreground_masks",
+                               on_corrupt=d.on_corrupt, bands=d.bands, channels=channels,
+                               **_normalisation(d))
+        _check_float_normalisation(regions.dtype, d, path)
+        return regions
     images = ImageFiles(path, None, on_corrupt=d.on_corrupt)
     bands, dtype = check_bands(d.bands), None
     if bands != "rgb":  # the first file of each kind (bands, dtype), before any training
@@ -232,7 +241,9 @@ def _dataset(cfg: PretrainConfig, info: distributed.DistInfo, patch_size: int):
         except ValueError as exc:
             raise ConfigError(f"config: data.bands={d.bands} with model_kwargs.in_chans = "
                               f"{channels}: {exc}") from None
-    images.transform = (WindowCrops(spec, d.reduced_decode, bands, channels, dtype)
+        _check_float_normalisation(dtype, d, path)
+    images.transform = (WindowCrops(spec, d.reduced_decode, bands, channels, dtype,
+                                    **_normalisation(d))
                         if d.pipeline == "windows" else
                         FullCrops(spec, bands=bands, channels=channels, dtype=dtype,
                                   **_normalisation(d)))

@@ -5,7 +5,8 @@ import pytest
 import tifffile
 import torch
 
-from lomar.data import RegionSpec, TiledRegions, WindowCrops, WindowSpec, read_image, regions
+from lomar.data import (FullCrops, RegionSpec, TiledRegions, WindowCrops, WindowSpec, read_image,
+                        regions)
 from lomar.data.crop import render_windows, sample_crop, window_boxes
 from lomar_ops import resize_regions
 from tiled_files import write_pyramid
@@ -48,10 +49,18 @@ def test_refusals_name_the_file_and_the_value(scene, tmp_path):
         _draw(WindowCrops(SPEC, bands=[0, 6]), scene)
     with pytest.raises(ValueError, match=r"s.tif: 6 band\(s\) where the run takes 4 \(model_kwargs.in_chans\)"):
         _draw(WindowCrops(SPEC, bands="all", channels=4), scene)
-    tifffile.imwrite(tmp_path / "f.tif", np.ones((40, 40), np.float32))
-    with pytest.raises(ValueError, match=r"f.tif: float32 pixels: the pretraining pipelines "
-                                         r"take uint8 or uint16 files"):
+    tifffile.imwrite(tmp_path / "f.tif", np.ones((40, 40), np.float64))
+    with pytest.raises(ValueError, match=r"f.tif: samples of float64: read_image returns"):
         _draw(WindowCrops(SPEC, bands="all"), tmp_path / "f.tif")
+    nodata = np.random.default_rng(0).normal(size=(40, 40, 3)).astype(np.float32)
+    nodata[5, 7, 2] = np.nan
+    tifffile.imwrite(tmp_path / "n.tif", nodata, photometric="minisblack", planarconfig="contig")
+    with pytest.raises(ValueError, match=r"n.tif: NaN or infinite values in band\(s\) \[2\]"):
+        _draw(WindowCrops(SPEC, bands="all"), tmp_path / "n.tif")
+    two = WindowCrops(SPEC, bands=[0, 1], mean=[0, 0], std=[1, 1])
+    assert _draw(two, tmp_path / "n.tif")[0].isfinite().all()  # band 2 not read, not refused
+    with pytest.raises(ValueError, match=r"2 band\(s\) need one mean and std per band"):
+        _draw(WindowCrops(SPEC, bands=[0, 1]), tmp_path / "n.tif")
     for bad in ("bgr", [], [1, 1], [-1], [True]):
         with pytest.raises(ValueError, match="bands must be 'rgb', 'all' or a list"):
             WindowCrops(SPEC, bands=bad)
@@ -115,3 +124,23 @@ def test_tiled_regions_refuse_other_bands_and_types_before_training(tmp_path):
         TiledRegions(tmp_path, SPEC, RegionSpec(128), bands="all", channels=6)
     with pytest.raises(ValueError, match=r"b.tif \(4 band\(s\): no band 5\)"):
         TiledRegions(tmp_path, SPEC, RegionSpec(128), bands=[5], channels=1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_float_files_travel_normalised(tmp_path, dtype):
+    """float32 files (and int16, read as float32: CT's Hounsfield units) keep their values;
+    their windows and crops are normalised with data.mean/std in the file's own units
+    in the data loader (the model normalises integer pixels, not floats)."""
+    rng = np.random.default_rng(0)
+    values = rng.normal(-300, 400, (70, 90, 2)).astype(dtype)
+    tifffile.imwrite(tmp_path / "ct.tif", values, photometric="minisblack", planarconfig="contig")
+    mean, std = [-300.0, -280.0], [400.0, 350.0]
+    windows, coords = _draw(WindowCrops(SPEC, bands="all", mean=mean, std=std), tmp_path / "ct.tif")
+    torch.manual_seed(0)
+    crop = sample_crop((70, 90), SPEC.input_size, SPEC.scale, SPEC.ratio, SPEC.hflip)
+    raw = render_windows(read_image(tmp_path / "ct.tif"), crop, coords, 3, 8)
+    assert windows.dtype == torch.float32 and raw.dtype == torch.float32
+    want = (raw - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
+    torch.testing.assert_close(windows, want, rtol=0, atol=0)
+    full, _ = _draw(FullCrops(SPEC, mean=mean, std=std, bands="all"), tmp_path / "ct.tif")
+    assert full.shape == (2, 64, 64) and abs(float(full.mean())) < 0.5

@@ -313,10 +313,11 @@ def test_data_mean_and_std_normalise_the_run_and_bind_its_fine_tuning(photos, tm
 
 
 @pytest.mark.parametrize("bands,dtype,in_chans", [("all", "uint16", 6), ("[4, 1]", "uint16", 2),
-                                                  ("all", "uint16", 1)])
+                                                  ("all", "uint16", 1), ("all", "float32", 6)])
 def test_pretraining_on_the_files_own_bands_and_bit_depth(tmp_path, bands, dtype, in_chans):
     """A 6-band (or 1-band) 16-bit folder: the windows keep every band and bit (uint16 to
-    the model, value / 65535 then data.mean/std inside window_patchify), a few steps run,
+    the model, value / 65535 then data.mean/std inside window_patchify; float32 files'
+    windows normalised in the loader), a few steps run,
     the same run twice gives the same losses; a band layout the model does not take stops
     before training."""
     import numpy as np
@@ -329,11 +330,12 @@ def test_pretraining_on_the_files_own_bands_and_bit_depth(tmp_path, bands, dtype
     for i in range(6):  # 12-bit values in uint16, as many sensors write them
         shape = (80 + 8 * i, 96) + ((file_bands,) if file_bands > 1 else ())
         layout = {"planarconfig": "contig"} if file_bands > 1 else {}
-        tifffile.imwrite(folder / f"{i}.tif", rng.integers(0, 4096, shape, dtype=np.uint16),
+        tifffile.imwrite(folder / f"{i}.tif", rng.integers(0, 4096, shape).astype(dtype),
                          photometric="minisblack", **layout)
+    scale = 1 if dtype == "float32" else 65535  # float files' statistics in their own units
     stats = {"data.bands": bands, "model_kwargs": f"{{depth: 2, embed_dim: 32, num_heads: 2, "
-             f"in_chans: {in_chans}}}", "data.mean": str([0.03] * in_chans),
-             "data.std": str([0.02] * in_chans)}
+             f"in_chans: {in_chans}}}", "data.mean": str([2048 / scale] * in_chans),
+             "data.std": str([1200 / scale] * in_chans)}
     run = config(folder, tmp_path / "a", max_steps=4, save_every=2, **stats)
     summary = pretrain(run)
     assert summary["steps"] == 4 and math.isfinite(summary["loss"])
