@@ -11,8 +11,8 @@ target patch, as MAE's visualisation does.
 Images are read as the run read them in training: 8-bit RGB photos for an RGB run
 (``data.bands`` rgb), the files' own bands and bit depth otherwise (``data.bands``
 all or a list: :func:`lomar.data.read_image`, the run's band selection, values /
-255 or / 65535, then the run's per-band mean and std, as ``window_patchify``
-normalises them). Three of the model's bands are drawn as red, green and blue (one as
+255 or / 65535 (float32 as they are), then the run's per-band mean and std, as
+training normalised them). Three of the model's bands are drawn as red, green and blue (one as
 grey), each stretched from its 2nd to its 98th percentile over the original image,
 the same mapping for the window, its masked copy and the reconstruction; 16-bit data
 would otherwise be near black (12-bit values fill 1/16 of the range).
@@ -36,7 +36,7 @@ import lomar_ops
 from .checkpoint import read_weights
 from .data import (IMAGENET_MEAN, IMAGENET_STD, build_demo_photos, find_images, read_image,
                    read_rgb)
-from .data.pipelines import check_bands, select_bands
+from .data.pipelines import check_bands, read_bands
 from .data.stats import PIXEL_SCALE
 from .models import create_model, model_info
 
@@ -88,12 +88,15 @@ def _preprocess(size: int, mean, std) -> v2.Compose:
 
 
 def _to_model_units(pixels: torch.Tensor, size: int, mean, std) -> torch.Tensor:
-    """A file's (C, H, W) uint8/uint16 bands -> (C, size, size) normalised as the model
-    normalises them in training (value / 255 or / 65535, then mean/std per band),
-    resized and centre-cropped in those units (bicubic, clamped to the file's range)."""
+    """A file's (C, H, W) uint8/uint16/float32 bands -> (C, size, size) normalised as
+    training normalised them (value / 255 or / 65535, float32 as it is, then mean/std
+    per band), resized and centre-cropped in those units (bicubic; integer files
+    clamped to their range, as their resampled samples are)."""
     x = pixels.to(torch.float32) / PIXEL_SCALE[pixels.dtype]
     x = v2.functional.resize(x, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
-    x = v2.functional.center_crop(x, size).clamp(0, 1)
+    x = v2.functional.center_crop(x, size)
+    if not pixels.dtype.is_floating_point:
+        x = x.clamp(0, 1)
     return v2.functional.normalize(x, mean, std)
 
 
@@ -112,16 +115,13 @@ def _read_images(files: list[Path], spec: dict, size: int) -> torch.Tensor:
                                  f"its training did): give 8-bit images, or visualise a run "
                                  f"pretrained with data.bands all or a list of bands")
         return torch.stack([prep(read_rgb(f)) for f in files])
-    pixels = []
-    for f in files:
+    pixels, dtype = [], None
+    for f in files:  # as training: the run's bands and band count, one sample type
         try:
-            selected = select_bands(read_image(f), bands, f)
+            pixels.append(read_bands(f, bands, channels, dtype))
         except ValueError as exc:
             raise ValueError(f"visualize: {exc}") from None
-        if selected.shape[0] != channels:
-            raise ValueError(f"visualize: {f} gives {selected.shape[0]} band(s) with data.bands="
-                             f"{_bands_text(bands)}, the model takes in_chans = {channels}")
-        pixels.append(selected)
+        dtype = pixels[-1].dtype
     return torch.stack([_to_model_units(p, size, spec["mean"], spec["std"]) for p in pixels])
 
 
@@ -180,12 +180,14 @@ def _image_files(images, num_images: int, size: int, scratch: Path) -> list[Path
     return files[:num_images]
 
 
-def _to_pixels(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """Normalised values (channel last) -> pixels in [0, 1] (value / 255, or / 65535 for
-    16-bit files)."""
+def _to_pixels(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+               clamp: bool = True) -> torch.Tensor:
+    """Normalised values (channel last) -> pixels (value / 255, / 65535 for 16-bit
+    files, float32 files' values as they are), clamped to [0, 1] unless told not to."""
     mean = torch.tensor(mean, device=x.device, dtype=x.dtype)
     std = torch.tensor(std, device=x.device, dtype=x.dtype)
-    return (x * std + mean).clamp(0, 1)
+    x = x * std + mean
+    return x.clamp(0, 1) if clamp else x
 
 
 def _window_image(patches: torch.Tensor, K: int, p: int) -> torch.Tensor:
@@ -198,10 +200,10 @@ def _window_image(patches: torch.Tensor, K: int, p: int) -> torch.Tensor:
 @torch.no_grad()
 def reconstruct(model, imgs: torch.Tensor, window_size: int, mask_ratio: float,
                 generator: torch.Generator, pixel_mean=IMAGENET_MEAN,
-                pixel_std=IMAGENET_STD) -> dict:
+                pixel_std=IMAGENET_STD, clamp: bool = True) -> dict:
     """One window per image through the model: coords (B, 2), the window, masked
-    window and reconstruction as (B, K*p, K*p, C) pixels in [0, 1], the masked pixels
-    (B, K*p, K*p) bool, the loss per image."""
+    window and reconstruction as (B, K*p, K*p, C) pixels (in [0, 1] with ``clamp``),
+    the masked pixels (B, K*p, K*p) bool, the loss per image."""
     K, p = window_size, model.patch_size
     coords, mask = model.sample(imgs, K, 1, mask_ratio, generator=generator)
     _, pred, mask = model(imgs, K, 1, mask_ratio, coords=coords, window_mask=mask)
@@ -215,9 +217,9 @@ def reconstruct(model, imgs: torch.Tensor, window_size: int, mask_ratio: float,
         var = target.var(dim=-1, keepdim=True)  # unbiased, as the loss uses
         pred = pred * (var + 1e-6).sqrt() + mean
     masked = mask[..., None]
-    window = _to_pixels(_window_image(target, K, p), pixel_mean, pixel_std)
+    window = _to_pixels(_window_image(target, K, p), pixel_mean, pixel_std, clamp)
     recon = _to_pixels(_window_image(torch.where(masked, pred, target), K, p), pixel_mean,
-                       pixel_std)
+                       pixel_std, clamp)
     grey = _window_image(masked.expand_as(target).float(), K, p) > 0
     return {"coords": coords[:, 0], "window": window, "masked": window.masked_fill(grey, GREY),
             "reconstruction": recon, "mask": grey[..., 0], "loss": losses}
@@ -289,13 +291,17 @@ def visualize(checkpoint: str | Path, images=None, out: str | Path | None = None
         if not files:
             raise ValueError(f"visualize: no images found in {list(images)}")
         imgs = _read_images(files, spec, size)
+    # Unclamped until drawn: a float file's values need not lie in [0, 1].
     parts = reconstruct(net, imgs, window_size, mask_ratio, torch.Generator().manual_seed(seed),
-                        spec["mean"], spec["std"])
-    parts["original"] = _to_pixels(imgs.permute(0, 2, 3, 1), spec["mean"], spec["std"])
+                        spec["mean"], spec["std"], clamp=False)
+    parts["original"] = _to_pixels(imgs.permute(0, 2, 3, 1), spec["mean"], spec["std"],
+                                   clamp=False)
     panels = {k: composite(parts[k], drawn) for k in ("original", "window", "reconstruction")}
     if stretch:  # one mapping per image and band, from the original, for all four panels
         low, high = stretch_limits(panels["original"])
         panels = {k: contrast_stretch(v, low, high) for k, v in panels.items()}
+    else:
+        panels = {k: v.clamp(0, 1) for k, v in panels.items()}
     panels["masked"] = panels["window"].masked_fill(parts["mask"][..., None], GREY)
     shown = None
     if spec["bands"] != "rgb" or bands is not None or stretch:

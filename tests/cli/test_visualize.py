@@ -333,8 +333,8 @@ def test_contrast_stretch_maps_the_2nd_and_98th_percentiles_to_0_and_1():
 def test_a_file_of_another_band_count_is_refused_by_name(six_band_run, tmp_path):
     checkpoint, folder = six_band_run
     four = _write_scenes(tmp_path / "four", 4, [(64, 64)])
-    with pytest.raises(ValueError, match=r"visualize: .*four/0.tif gives 4 band\(s\) with "
-                                         r"data.bands=all, the model takes in_chans = 6"):
+    with pytest.raises(ValueError, match=r"visualize: .*four/0.tif: 4 band\(s\) where the run "
+                                         r"takes 6 \(model_kwargs.in_chans\)"):
         visualize(checkpoint, [folder / "0.tif", four / "0.tif"], tmp_path / "x.png",
                   window_size=3)
     assert not (tmp_path / "x.png").exists()
@@ -380,6 +380,33 @@ def test_a_run_of_picked_bands_reads_them_from_each_file(model, tmp_path, drawn)
     with pytest.raises(ValueError, match=r"visualize: .*three/0.tif: data.bands asks for band 4, "
                                          r"the file has 3"):
         visualize(path, [three / "0.tif"], window_size=3)
+
+
+def test_a_float_run_is_drawn_from_its_values_and_refuses_another_sample_type(model, tmp_path,
+                                                                             drawn):
+    """float32 files (CT's Hounsfield units): values as they are, mean/std in those
+    units, nothing clamped before the stretch; a uint16 file among them is refused."""
+    import numpy as np
+    import tifffile
+
+    kwargs = {**KWARGS, "in_chans": 1}
+    stats = {"mean": [300.0], "std": [900.0]}
+    net = create_model("lomar_vit_small_patch16", pixel_mean=stats["mean"],
+                       pixel_std=stats["std"], **kwargs)
+    path = save_checkpoint(tmp_path / "c.pt", {"model": net.state_dict(), "config": {
+        **CONFIG, "model_kwargs": kwargs, "data": {"input_size": 64, "bands": "all", **stats}}})
+    rows = np.mgrid[0:64, 0:64][0]
+    hu = (-1000 + 50 * rows + np.random.default_rng(0).normal(0, 40, (64, 64)))
+    tifffile.imwrite(tmp_path / "ct.tif", hu.astype(np.float32), photometric="minisblack")
+    visualize(path, [tmp_path / "ct.tif"], tmp_path / "f.png", window_size=3)
+    values = hu.astype(np.float32).astype(np.float64)
+    low, high = np.percentile(values, [2, 98])
+    want = np.clip((values - low) / (high - low), 0, 1)
+    np.testing.assert_allclose(drawn[-1]["original"][0, ..., 0].numpy(), want, atol=1e-4, rtol=0)
+    _write_scenes(tmp_path / "u16", 1, [(64, 64)])
+    with pytest.raises(ValueError, match=r"visualize: .*u16/0.tif: samples of uint16 where the "
+                                         r"run's first files hold float32"):
+        visualize(path, [tmp_path / "ct.tif", tmp_path / "u16" / "0.tif"], window_size=3)
 
 
 def test_a_non_rgb_run_needs_its_own_images(six_band_run):
