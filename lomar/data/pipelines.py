@@ -29,9 +29,9 @@ import lomar_ops
 from .constants import IMAGENET_MEAN, IMAGENET_STD
 from .crop import WINDOW_DTYPES, Crop, render_crop, render_windows, sample_crop
 from .decode import decode_rgb, open_image
-from .read import read_image
+from .read import band_names, read_image
 
-__all__ = ["FullCrops", "WindowCrops", "WindowSpec", "check_bands", "pretrain_transform",
+__all__ = ["FullCrops", "WindowCrops", "WindowSpec", "band_indices", "check_bands", "pretrain_transform",
            "check_finite", "normalise_float", "probe_bands", "read_bands",
            "select_bands"]
 
@@ -111,30 +111,52 @@ class WindowCrops:
 
 
 def check_bands(bands):
-    """``data.bands``: "rgb", "all" or a non-empty list of distinct band indices >= 0."""
+    """``data.bands``: "rgb", "all", or a non-empty list of distinct band indices >= 0 or
+    of distinct band names (as the files name them: :func:`lomar.data.read.band_names`)."""
     if bands in ("rgb", "all"):
         return bands
-    if isinstance(bands, (list, tuple)) and bands and all(
-            isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in bands) \
-            and len(set(bands)) == len(bands):
+    if isinstance(bands, (list, tuple)) and bands and len(set(bands)) == len(bands) and (
+            all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in bands)
+            or all(isinstance(b, str) and b for b in bands)):
         return tuple(bands)
-    raise ValueError(f"bands must be 'rgb', 'all' or a list of distinct band indices >= 0, "
-                     f"got {bands!r}")
+    raise ValueError(f"bands must be 'rgb', 'all' or a list of distinct band indices >= 0 or "
+                     f"of distinct band names, got {bands!r}")
+
+
+def band_indices(bands, source, count: int) -> tuple[int, ...] | str:
+    """``bands`` ("all", indices or names) as "all" or the indices into ``source``'s
+    ``count`` bands, names looked up in the file's own (OME channel names, GeoTIFF band
+    descriptions); ValueError naming the file and what it has when one is missing."""
+    if bands == "all":
+        return bands
+    if isinstance(bands[0], str):
+        names = band_names(source)
+        if names is None or len(names) != count:
+            raise ValueError(f"{source}: data.bands picks bands by name ({list(bands)}), and "
+                             f"the file does not name its {count} band(s) (OME channel names "
+                             f"or GeoTIFF band descriptions): pick them by index")
+        missing = [b for b in bands if b not in names]
+        if missing:
+            raise ValueError(f"{source}: data.bands asks for band {missing[0]!r}, the file's "
+                             f"bands are {names}")
+        return tuple(names.index(b) for b in bands)
+    missing = [b for b in bands if b >= count]
+    if missing:
+        raise ValueError(f"{source}: data.bands asks for band {missing[0]}, the file has "
+                         f"{count} (0 to {count - 1})")
+    return tuple(bands)
 
 
 def select_bands(pixels: torch.Tensor, bands, source) -> torch.Tensor:
-    """The file's (C, H, W) pixels, or the bands picked from it, for a pipeline: uint8,
-    uint16 or float32; a float band with NaN or infinite values is refused (a model
-    cannot learn from them, and no fill value would be the file's data)."""
+    """The file's (C, H, W) pixels, or the bands picked from it (indices or names), for a
+    pipeline: uint8, uint16 or float32; a float band with NaN or infinite values is
+    refused (a model cannot learn from them, and no fill value would be the file's data)."""
     if pixels.dtype not in WINDOW_DTYPES:
         raise ValueError(f"{source}: {str(pixels.dtype).replace('torch.', '')} pixels: the "
                          f"pretraining pipelines take uint8, uint16 or float32 files")
-    if bands != "all":
-        missing = [b for b in bands if b >= pixels.shape[0]]
-        if missing:
-            raise ValueError(f"{source}: data.bands asks for band {missing[0]}, the file has "
-                             f"{pixels.shape[0]} (0 to {pixels.shape[0] - 1})")
-        pixels = pixels[list(bands)]
+    picked = band_indices(bands, source, pixels.shape[0])
+    if picked != "all":
+        pixels = pixels[list(picked)]
     if pixels.dtype.is_floating_point:
         check_finite(pixels, source)
     return pixels

@@ -30,7 +30,7 @@ import torch
 
 from .decode import _ORIENT, CorruptImageError, decode_rgb, open_image
 
-__all__ = ["READ_DTYPES", "read_image"]
+__all__ = ["READ_DTYPES", "band_names", "read_image"]
 
 READ_DTYPES = (torch.uint8, torch.uint16, torch.float32)  # what read_image returns
 # Sample types float32 holds exactly (every value), so reading them as float32 loses nothing.
@@ -39,6 +39,7 @@ _MAX_PIXELS = 2 ** 28  # a whole image in memory; larger ones are read by region
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 _TIFF_ORIENTATION = 274
+_GDAL_METADATA = 42112  # GeoTIFF files' band descriptions, as GDAL writes them
 
 
 def read_image(source) -> torch.Tensor:
@@ -113,3 +114,44 @@ def _tiff_orientation(path: Path) -> int:
     with tifffile.TiffFile(path) as tif:
         tag = tif.pages[0].tags.get(_TIFF_ORIENTATION)
         return int(tag.value) if tag is not None else 1
+
+
+def band_names(source) -> list[str] | None:
+    """The names a file gives its bands, in band order, or None when it names none:
+    an OME-TIFF's channel names (``<Channel Name=...>``), a GeoTIFF's band descriptions
+    (GDAL's metadata tag, ``<Item name="DESCRIPTION" sample=i>``). Other formats name
+    no bands. A file that names only some bands gives "" for the others."""
+    path = Path(source)
+    with open(path, "rb") as f:
+        if f.read(4) not in _TIFF_SIGNATURES:
+            return None
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if tif.is_ome and tif.ome_metadata:
+            return _ome_channel_names(tif.ome_metadata)
+        tag = tif.pages[0].tags.get(_GDAL_METADATA)
+        return _gdal_band_names(tag.value) if tag is not None else None
+
+
+def _ome_channel_names(xml: str) -> list[str] | None:
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(xml)
+    pixels = next((e for e in root.iter() if e.tag.endswith("}Pixels")), None)
+    if pixels is None:
+        return None
+    names = [c.get("Name", "") for c in pixels if c.tag.endswith("}Channel")]
+    return names if any(names) else None
+
+
+def _gdal_band_names(xml: str) -> list[str] | None:
+    import xml.etree.ElementTree as ET
+
+    items = {}
+    for item in ET.fromstring(xml).iter("Item"):
+        if item.get("name") == "DESCRIPTION" and item.get("sample") is not None:
+            items[int(item.get("sample"))] = (item.text or "").strip()
+    if not items:
+        return None
+    return [items.get(i, "") for i in range(max(items) + 1)]

@@ -38,7 +38,7 @@ from torchvision.transforms import v2
 from .constants import IMAGENET_MEAN, IMAGENET_STD, TILED_EXTENSIONS
 from .crop import Crop, window_boxes
 from .crop import WINDOW_DTYPES
-from .pipelines import WindowSpec, check_bands, check_finite, normalise_float
+from .pipelines import WindowSpec, band_indices, check_bands, check_finite, normalise_float
 from .tiled import open_tiled
 
 __all__ = ["RegionSpec", "TiledRegions", "find_tiled_files", "foreground_mask",
@@ -366,6 +366,7 @@ class TiledRegions(torch.utils.data.Dataset):
         self.bands = check_bands(bands)
         self.channels = 3 if self.bands == "rgb" else channels
         self.dtype: torch.dtype | None = None  # the data set's, from the first file taken
+        self._picks: dict[Path, tuple[int, ...] | None] = {}  # per file: data.bands' indices
         self.mask_dir = Path(mask_dir) if mask_dir is not None else None
         self._open: dict[int, tuple] = {}  # per process: file index -> (image, positions)
         self._bad: set[int] = set()  # per process: files that failed, skipped from then on
@@ -388,7 +389,7 @@ class TiledRegions(torch.utils.data.Dataset):
                 self._skip(i, exc)
                 continue
             try:
-                reason = self._unsupported(image)
+                reason = self._unsupported(image, path)
                 if reason:
                     unsupported.append(f"{path} ({reason})")
                     continue
@@ -421,7 +422,7 @@ class TiledRegions(torch.utils.data.Dataset):
         dtype = str(self.dtype).replace("torch.", "") if self.dtype else "uint8, uint16 or float32"
         return f"{count} of {dtype}{picked}"
 
-    def _unsupported(self, image) -> str | None:
+    def _unsupported(self, image, path: Path) -> str | None:
         """Why the pipelines cannot take this file's pixels (None: they can). The first
         file taken sets the data set's dtype (and band count when ``channels`` is None)."""
         dtype = str(image.dtype).replace("torch.", "")
@@ -430,12 +431,15 @@ class TiledRegions(torch.utils.data.Dataset):
             return None if ok else f"{image.bands} band(s) of {dtype}"
         if image.dtype not in WINDOW_DTYPES or (self.dtype and image.dtype != self.dtype):
             return f"samples of {dtype}"
-        picked = image.bands if self.bands == "all" else len(self.bands)
-        if self.bands != "all" and max(self.bands) >= image.bands:
-            return f"{image.bands} band(s): no band {max(self.bands)}"
+        try:
+            picks = band_indices(self.bands, path, image.bands)
+        except ValueError as exc:
+            return str(exc).removeprefix(f"{path}: ")
+        picked = image.bands if picks == "all" else len(picks)
         if self.channels is not None and picked != self.channels:
             return f"{image.bands} band(s)"
         self.dtype, self.channels = image.dtype, picked
+        self._picks[path] = None if picks == "all" else picks
         return None
 
     def _skip(self, index: int, exc: Exception) -> None:
@@ -452,7 +456,7 @@ class TiledRegions(torch.utils.data.Dataset):
         if index not in self._open:
             path = self.files[index]
             image = open_tiled(path, tile_cache_mb=self.tile_cache_mb)
-            reason = self._unsupported(image)
+            reason = self._unsupported(image, path)
             if reason:
                 image.close()
                 raise UnsupportedImage(f"{path}: the pretraining pipelines take "
@@ -470,7 +474,7 @@ class TiledRegions(torch.utils.data.Dataset):
         box0 = (top0 + crop.top * s, left0 + crop.left * s, crop.height * s, crop.width * s)
         level = _level_for(image, s * crop.reduction)
         box = _box_at(image, box0, level)
-        bands = self.bands if isinstance(self.bands, tuple) else None
+        bands = self._picks.get(self.files[index])  # this file's band indices (None: all)
         if self.pipeline == "windows":
             windows = render_tiled_windows(image, level, box, crop, coords,
                                            self.window.window_size, self.window.patch_size, bands)

@@ -73,10 +73,10 @@ class FinetuneDataConfig:
     # the checkpoint was pretrained with (data.mean/std of its run): a mismatch is refused.
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
-    # "rgb": files decoded as 8-bit RGB (timm's transforms); "all" or band indices: the
-    # files' own bands and bit depth (lomar.data.band_transforms), model_kwargs.in_chans
+    # "rgb": files decoded as 8-bit RGB (timm's transforms); "all", band indices or band
+    # names: the files' own bands and samples (lomar.data.band_transforms), model_kwargs.in_chans
     # of them, as the checkpoint was pretrained on (docs/bands.md).
-    bands: Union[Literal["rgb", "all"], list[int]] = "rgb"
+    bands: Union[Literal["rgb", "all"], list[Union[int, str]]] = "rgb"
 
 
 @dataclass(frozen=True)

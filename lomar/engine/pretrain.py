@@ -69,11 +69,12 @@ class DataConfig:
     # config fragment (--config base.yaml --config stats.yaml).
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
-    # "rgb": every file decoded as 8-bit RGB (photos); "all" or a list of band indices: the
-    # files' own bands and bit depth (uint8/uint16: multispectral, 16-bit microscopy),
+    # "rgb": every file decoded as 8-bit RGB (photos); "all" or a list of band indices or
+    # of the files' band names (OME channels, GeoTIFF descriptions): the files' own bands
+    # and samples (uint8/uint16/float32: multispectral, 16-bit microscopy, CT),
     # model_kwargs.in_chans of them, with data.mean/std per band (both pipelines, whole
     # images and tiled regions; docs/bands.md).
-    bands: Union[Literal["rgb", "all"], list[int]] = "rgb"
+    bands: Union[Literal["rgb", "all"], list[Union[int, str]]] = "rgb"
 
 
 @dataclass(frozen=True)

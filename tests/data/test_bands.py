@@ -61,7 +61,7 @@ def test_refusals_name_the_file_and_the_value(scene, tmp_path):
     assert _draw(two, tmp_path / "n.tif")[0].isfinite().all()  # band 2 not read, not refused
     with pytest.raises(ValueError, match=r"2 band\(s\) need one mean and std per band"):
         _draw(WindowCrops(SPEC, bands=[0, 1]), tmp_path / "n.tif")
-    for bad in ("bgr", [], [1, 1], [-1], [True]):
+    for bad in ("bgr", [], [1, 1], [-1], [True], [0, "red"], ["red", "red"], [""]):
         with pytest.raises(ValueError, match="bands must be 'rgb', 'all' or a list"):
             WindowCrops(SPEC, bands=bad)
 
@@ -122,7 +122,7 @@ def test_tiled_regions_refuse_other_bands_and_types_before_training(tmp_path):
                                          r"give that: .*b.tif \(4 band\(s\)\), .*c.tif \(samples "
                                          r"of uint8\)"):
         TiledRegions(tmp_path, SPEC, RegionSpec(128), bands="all", channels=6)
-    with pytest.raises(ValueError, match=r"b.tif \(4 band\(s\): no band 5\)"):
+    with pytest.raises(ValueError, match=r"b.tif \(data.bands asks for band 5, the file has 4 "):
         TiledRegions(tmp_path, SPEC, RegionSpec(128), bands=[5], channels=1)
 
 
@@ -144,3 +144,45 @@ def test_float_files_travel_normalised(tmp_path, dtype):
     torch.testing.assert_close(windows, want, rtol=0, atol=0)
     full, _ = _draw(FullCrops(SPEC, mean=mean, std=std, bands="all"), tmp_path / "ct.tif")
     assert full.shape == (2, 64, 64) and abs(float(full.mean())) < 0.5
+
+
+def _named(path, names, ome):
+    """A 3-band uint16 file naming its bands: OME-TIFF channel names or GeoTIFF band
+    descriptions (GDAL's metadata tag)."""
+    pixels = np.random.default_rng(0).integers(0, 65536, (3, 80, 96), dtype=np.uint16)
+    if ome:
+        tifffile.imwrite(path, pixels, ome=True, tile=(32, 32),
+                         metadata={"axes": "CYX", "Channel": {"Name": names}})
+    else:
+        items = "".join(f'<Item name="DESCRIPTION" sample="{i}" role="description">{n}</Item>'
+                        for i, n in enumerate(names))
+        tifffile.imwrite(path, pixels.transpose(1, 2, 0), photometric="minisblack",
+                         planarconfig="contig", tile=(32, 32),
+                         extratags=[(42112, "s", 0, f"<GDALMetadata>{items}</GDALMetadata>", True)])
+    return pixels
+
+
+@pytest.mark.parametrize("ome", [True, False])
+def test_bands_picked_by_the_names_the_files_give(tmp_path, ome):
+    from lomar.data.read import band_names
+
+    path = tmp_path / ("cells.ome.tif" if ome else "scene.tif")
+    names = ["DAPI", "GFP", "Cy5"] if ome else ["Blue", "Green", "NIR"]
+    _named(path, names, ome)
+    assert band_names(path) == names
+    by_name, coords = _draw(WindowCrops(SPEC, bands=[names[2], names[0]]), path)
+    by_index, same = _draw(WindowCrops(SPEC, bands=[2, 0]), path)
+    assert torch.equal(coords, same) and torch.equal(by_name, by_index)
+    with pytest.raises(ValueError, match=rf"asks for band 'Red', the file's bands are \[.{names[0]}"):
+        _draw(WindowCrops(SPEC, bands=["Red"]), path)
+    data = TiledRegions(tmp_path, SPEC, RegionSpec(48), samples_per_file=1, bands=[names[1]],
+                        channels=1)
+    torch.manual_seed(0)
+    assert data[0][0].shape == (2, 1, 24, 24)
+    unnamed = tmp_path / "plain" / "p.tif"
+    unnamed.parent.mkdir()
+    tifffile.imwrite(unnamed, np.zeros((40, 40, 3), np.uint16), photometric="minisblack",
+                     planarconfig="contig")
+    assert band_names(unnamed) is None
+    with pytest.raises(ValueError, match=r"p.tif: data.bands picks bands by name .* does not name"):
+        _draw(WindowCrops(SPEC, bands=["GFP"]), unnamed)
