@@ -124,19 +124,27 @@ def build_demo_segmentation(root: str | Path, num_train: int = 256, num_val: int
     tag = f"{num_train} {num_val} {size} {seed} {','.join(DEMO_PHOTOS)}"
     if stamp.is_file() and stamp.read_text() == tag:
         return out
-    src = demo_photo_dir()
-    photos = [_shrunk(read_rgb(src / name), 2 * size) for name in DEMO_PHOTOS]
-    g = torch.Generator().manual_seed(seed)
-    counts = {"num_train": num_train, "num_val": num_val}
-    for split, count in SPLITS:
-        images, annotations = out / "images" / split, out / "annotations" / split
-        images.mkdir(parents=True, exist_ok=True)
-        annotations.mkdir(parents=True, exist_ok=True)
-        for i in range(counts[count]):
-            image, labels = _scene(photos, size, g)
-            name = f"scene_{i:05d}.png"
-            Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(images / name)
-            Image.fromarray(labels.numpy()).save(annotations / name)
+    # Every operation here is on a few thousand pixels: one intra-op thread is
+    # several times faster than a pool (measured: 2 s instead of 15 s of CPU for
+    # the default set) and leaves the other cores alone.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        src = demo_photo_dir()
+        photos = [_shrunk(read_rgb(src / name), 2 * size) for name in DEMO_PHOTOS]
+        g = torch.Generator().manual_seed(seed)
+        counts = {"num_train": num_train, "num_val": num_val}
+        for split, count in SPLITS:
+            images, annotations = out / "images" / split, out / "annotations" / split
+            images.mkdir(parents=True, exist_ok=True)
+            annotations.mkdir(parents=True, exist_ok=True)
+            for i in range(counts[count]):
+                image, labels = _scene(photos, size, g)
+                name = f"scene_{i:05d}.png"
+                Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(images / name)
+                Image.fromarray(labels.numpy()).save(annotations / name)
+    finally:
+        torch.set_num_threads(threads)
     (out / "classes.txt").write_text("\n".join(DEMO_CLASSES) + "\n")
     stamp.write_text(tag)
     return out

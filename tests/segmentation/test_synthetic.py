@@ -6,7 +6,7 @@ from PIL import Image
 
 from lomar.segmentation import DEMO_CLASSES, SegmentationFolder, build_demo_segmentation
 
-SMALL = dict(num_train=12, num_val=4, size=64)
+SMALL = {"num_train": 12, "num_val": 4, "size": 64}
 
 
 def files(root):
