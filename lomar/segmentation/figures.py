@@ -181,6 +181,7 @@ def plot_class_iou(results, classes, path: str | Path, title: str | None = None)
 
 def plot_miou(runs: dict[str, str | Path], path: str | Path, title: str = "") -> Path:
     """mIoU against step, one line per run: ``runs`` maps a label to a run folder (or
-    its log.jsonl) whose evaluation records carry ``miou``."""
+    its log.jsonl) whose evaluation records carry ``miou`` (``lomar segment`` logs it
+    in percent, as detection logs AP)."""
     return plot_runs(runs, path, key="miou", x="step", title=title or "validation mIoU",
-                     ylabel="mIoU")
+                     ylabel="mIoU (%)")
