@@ -25,6 +25,9 @@ Classes and label values:
     of their smallest raw value; a raw value mapped to null, or not listed, is
     ignored. With a mapping ``reduce_zero_label`` must be False (the mapping says
     what 0 is).
+  - JSON/YAML mapping ``{raw value: class index}`` (e.g. Cityscapes' label ids to
+    train ids): the same with the indices given; the classes are ``class_0`` up to
+    the largest index.
 - without ``class_map``: ``root/classes.txt`` (as above) if present; ADE20K's 150
   names (mmsegmentation's list) if ``root/objectInfo150.txt`` (shipped with
   ADEChallengeData2016) is present; otherwise every label map is scanned once
@@ -156,20 +159,37 @@ def _load_class_map(path: Path, reduce_zero_label: bool):
     if reduce_zero_label:
         raise ValueError(f"class_map {path} maps raw label values, so reduce_zero_label "
                          f"must be False (map 0 to null to ignore it)")
+    try:
+        entries = sorted((int(k), v) for k, v in content.items())
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"class_map {path}: the keys must be raw label values (integers), "
+                         f"got {sorted(map(str, content))[:5]}") from exc
+    values = [v for _, v in entries if v is not None]
+    by_index = bool(values) and all(isinstance(v, int) and not isinstance(v, bool)
+                                    for v in values)
+    if not by_index and not all(isinstance(v, str) for v in values):
+        raise ValueError(f"class_map {path}: map every raw value to a class name, or every "
+                         f"one to a class index (or null to ignore it), not a mix, got "
+                         f"{sorted({type(v).__name__ for v in values})}")
     names: list[str] = []
     table = torch.full((65536,), -1, dtype=torch.int64)  # -1: ignored
-    for raw, name in sorted(((int(k), v) for k, v in content.items())):
+    for raw, value in entries:
         if not 0 <= raw < 65536:
             raise ValueError(f"class_map {path}: raw value {raw} is outside 0..65535 "
                              f"(label maps are 8- or 16-bit)")
-        if name is None:
+        if value is None:
             continue
-        if not isinstance(name, str):
-            raise ValueError(f"class_map {path}: value {raw} maps to {name!r}; class "
-                             f"names are strings (or null to ignore)")
-        if name not in names:
-            names.append(name)
-        table[raw] = names.index(name)
+        if by_index:
+            if value < 0:
+                raise ValueError(f"class_map {path}: value {raw} maps to the class index "
+                                 f"{value}; indices are >= 0")
+            table[raw] = value
+            continue
+        if value not in names:
+            names.append(value)
+        table[raw] = names.index(value)
+    if by_index:
+        names = [f"class_{i}" for i in range(max(values) + 1)]
     if not names:
         raise ValueError(f"class_map {path} maps every value to null: no classes")
     return names, table

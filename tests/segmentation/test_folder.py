@@ -192,6 +192,20 @@ def test_class_names(tmp_path):
     mapping.write_text(json.dumps({"1": "x"}))
     with pytest.raises(ValueError, match="reduce_zero_label must be False"):
         SegmentationFolder(tmp_path, class_map=mapping)
+    # raw value -> class index (Cityscapes' ids -> train ids): 0 and 5 ignored, 3 and 4 merged
+    mapping.write_text(json.dumps({"1": 2, "2": 0, "3": 1, "4": 1, "5": None}))
+    ds = SegmentationFolder(tmp_path, class_map=mapping, reduce_zero_label=False,
+                            train=False, eval_resize=False)
+    assert ds.classes == ["class_0", "class_1", "class_2"]
+    raw = read_label_map(ds.pairs[0][1])
+    lut = torch.tensor([IGNORE, 2, 0, 1, 1, IGNORE])
+    assert torch.equal(ds[0][1], lut[raw])
+    mapping.write_text(json.dumps({"1": 2, "2": "x"}))
+    with pytest.raises(ValueError, match="not a mix"):
+        SegmentationFolder(tmp_path, class_map=mapping, reduce_zero_label=False)
+    mapping.write_text(json.dumps({"one": "x"}))
+    with pytest.raises(ValueError, match="keys must be raw label values"):
+        SegmentationFolder(tmp_path, class_map=mapping, reduce_zero_label=False)
 
 
 def test_palette_label_maps_give_their_indices(tmp_path):
