@@ -8,8 +8,10 @@ Layout (ADE20K's ``ADEChallengeData2016``; the sub-folders are arguments)::
 
 A label map is a single-band integer image (8- or 16-bit PNG, palette PNG whose
 indices are the labels, TIFF) of the image's size. Images are read by
-:func:`lomar.data.read_image`: any number of bands, uint8, uint16 or float32,
-scaled to [0, 1] by their type's range (``PIXEL_SCALE``).
+:func:`lomar.data.read_image`: any number of bands (all images of a set alike),
+uint8, uint16 or float32, scaled to [0, 1] by their type's range (``PIXEL_SCALE``:
+float32 values are taken as they are, and the photometric distortion clips to
+[0, 1], so float data should be in that range).
 
 Classes and label values:
 
@@ -200,7 +202,8 @@ class SegmentationFolder(torch.utils.data.Dataset):
     class rules, what items are and what is checked). ``crop_size``,
     ``scale_range``, ``hflip``, ``photometric`` configure the training augmentation
     (:class:`.transforms.TrainTransform`). Attributes: ``pairs`` [(image path,
-    label path)], ``classes``, ``num_classes``, ``ignore_index``."""
+    label path)], ``classes``, ``num_classes``, ``ignore_index``, ``bands`` (of the
+    images)."""
 
     def __init__(self, root: str | Path, images: str = "images/training",
                  annotations: str = "annotations/training", train: bool = True,
@@ -235,6 +238,7 @@ class SegmentationFolder(torch.utils.data.Dataset):
         if ignore_index < self.num_classes:
             raise ValueError(f"ignore_index {ignore_index} is a class index (there are "
                              f"{self.num_classes} classes); choose a value >= {self.num_classes}")
+        self.bands = None
         image, _ = self._read(0)  # the first pair decodes, and is consistent
         self.bands = bands = image.shape[0]
         self.mean = self.std = None
@@ -278,7 +282,7 @@ class SegmentationFolder(torch.utils.data.Dataset):
             raise ValueError(f"label map {label_path} is {raw.shape[1]} x {raw.shape[0]} "
                              f"pixels but its image {image_path} is {pixels.shape[-1]} x "
                              f"{pixels.shape[-2]}")
-        if hasattr(self, "bands") and pixels.shape[0] != self.bands:
+        if self.bands is not None and pixels.shape[0] != self.bands:
             raise ValueError(f"{image_path} has {pixels.shape[0]} band(s), the first image "
                              f"{self.pairs[0][0]} {self.bands}: a dataset's images share bands")
         mask = self._labels(raw)

@@ -66,7 +66,7 @@ def _resize(image: torch.Tensor, mask: torch.Tensor | None, scale: float):
     if size == [h, w]:
         return tv_tensors.Image(image), None if mask is None else tv_tensors.Mask(mask)
     image = v2.functional.resize(tv_tensors.Image(image), size, InterpolationMode.BILINEAR,
-                                 antialias=True).clamp_(0, 1)
+                                 antialias=True)
     if mask is not None:
         mask = v2.functional.resize(tv_tensors.Mask(mask), size)  # nearest for a Mask
     return image, mask
