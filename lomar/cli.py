@@ -4,11 +4,12 @@
     lomar finetune [--config NAME|FILE.yaml] [key=value ...]
     lomar configs [NAME]
     lomar detect [--config NAME|FILE.yaml] [key=value ...]
+    lomar segment [--config NAME|FILE.yaml] [key=value ...]
     lomar visualize --checkpoint output/run/checkpoint-last.pt [--images DIR ...]
     lomar bench [--device cuda|cpu] [--quick] [--out DIR] [...]
     lomar bench-data [--images DIR] [--sizes 224 448 1024 2048] [--out DIR]
     lomar bench-data --source FILE [FILE ...] | --tiled [--sizes 1024] [--out DIR]
-    lomar report probe|detect OUT.png LABEL=RUN_DIR [LABEL=RUN_DIR ...]
+    lomar report probe|detect|segment OUT.png LABEL=RUN_DIR [LABEL=RUN_DIR ...]
     lomar convert SRC [SRC ...] DST [--tile 256] [--quality 90 | --lossless] [--jobs N]
     lomar stats PATH [--out stats.yaml]
     lomar info
@@ -16,7 +17,7 @@
 ``--config`` takes a YAML file or the name of a config shipped with the package
 (``lomar configs`` lists them). Overrides use the config's dotted keys
 (``optim.blr=1e-4 data.path=/data/train``); ``lomar pretrain --help-config`` (or
-``finetune``, ``detect``) prints every key with its default. ``lomar convert`` writes
+``finetune``, ``detect``, ``segment``) prints every key with its default. ``lomar convert`` writes
 images (big photos, untiled TIFFs, slides, folders of them) as tiled pyramidal TIFFs
 that ``lomar.data.open_tiled`` reads window by window (docs/tiled-images.md)."""
 
@@ -146,6 +147,12 @@ def _detect(args) -> int:
     return _run_job(DetectConfig, detect, args)
 
 
+def _segment(args) -> int:
+    from .engine.segment import SegmentConfig, segment
+
+    return _run_job(SegmentConfig, segment, args)
+
+
 def _report(args) -> int:
     from .reports import parse_runs, report
 
@@ -254,10 +261,13 @@ def main(argv=None) -> int:
     c.set_defaults(run=_configs)
     add_job("detect", "Mask R-CNN / Faster R-CNN with the encoder as a ViTDet backbone, on "
                       "COCO-format data (torchrun for several processes)", _detect)
+    add_job("segment", "UperNet semantic segmentation with the encoder as a ViTDet backbone, "
+                       "on ADE20K-layout data (torchrun for several processes)", _segment)
     r = sub.add_parser("report", help="compare finished runs from their logs: a PNG and the "
                                       "first run against the others")
-    r.add_argument("kind", choices=("probe", "detect"),
-                   help="probe: val top-1 per epoch; detect: box and mask AP per evaluation")
+    r.add_argument("kind", choices=("probe", "detect", "segment"),
+                   help="probe: val top-1 per epoch; detect: box and mask AP per evaluation; "
+                        "segment: mIoU per evaluation and the last IoU per class")
     r.add_argument("out", help="the PNG to write")
     r.add_argument("runs", nargs="+", metavar="LABEL=RUN_DIR", help="a run's folder and its label")
     r.set_defaults(run=_report)

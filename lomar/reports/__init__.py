@@ -1,14 +1,15 @@
 """Reports that compare finished runs from their logs, each a PNG and a few printed lines,
-the first run against the others: ``lomar report probe|detect OUT.png LABEL=RUN_DIR ...``.
+the first run against the others: ``lomar report probe|detect|segment OUT.png LABEL=RUN_DIR ...``.
 
 * ``probe``: linear-probe (or fine-tuning) runs, val top-1 per epoch (:mod:`.probe`);
-* ``detect``: detection runs, box and mask AP per evaluation (:mod:`.detect`)."""
+* ``detect``: detection runs, box and mask AP per evaluation (:mod:`.detect`);
+* ``segment``: segmentation runs, mIoU per evaluation and IoU per class (:mod:`.segment`)."""
 
 from __future__ import annotations
 
-from . import detect, probe
+from . import detect, probe, segment
 
-REPORTS = {"probe": probe, "detect": detect}
+REPORTS = {"probe": probe, "detect": detect, "segment": segment}
 
 
 def report(kind: str, out_png: str, runs: dict[str, str]) -> list[str]:

@@ -3,6 +3,8 @@ covered at odd sizes, the direct forward when the image is the crop, a pointwise
 model's logits unchanged by the windows, padding of small images with the model's
 mean colour, batching."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -29,7 +31,7 @@ def test_window_starts_follow_mmsegs_rule():
             assert 0 <= s <= size - crop
             covered[s:s + crop] = True
         assert covered.all() and starts[-1] == size - crop
-        assert all(0 < b - a <= stride for a, b in zip(starts, starts[1:]))
+        assert all(0 < b - a <= stride for a, b in itertools.pairwise(starts))
     with pytest.raises(ValueError, match="stride <= crop <= size"):
         window_starts(10, 16, 8)
 
