@@ -13,7 +13,8 @@
 - :mod:`~lomar.data.pipelines`: the two pretraining pipelines (:class:`WindowCrops`,
   :class:`FullCrops`) and what they draw (:class:`WindowSpec`);
 - :mod:`~lomar.data.folder`: a folder of images as a dataset (:class:`ImageFiles`);
-- :mod:`~lomar.data.demo`: the offline demo sets.
+- :mod:`~lomar.data.demo`: the offline demo sets (photos, digits, 6-band 16-bit scenes,
+  16-bit greyscale slices);
 - :mod:`~lomar.data.tiled`: gigapixel images (tiled TIFF pyramids, slides) read
   box by box, only the tiles a box touches (:func:`open_tiled`);
 - :mod:`~lomar.data.regions`: samples of tiled files for pretraining: regions where
@@ -26,7 +27,8 @@ The public names are re-exported here: ``from lomar.data import ImageFiles``."""
 from .constants import DEMO_PHOTOS, IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD
 from .crop import Crop, render_crop, render_windows, sample_crop, window_boxes
 from .decode import CorruptImageError, OpenedImage, decode_rgb, open_image, read_rgb
-from .demo import build_demo_digits, build_demo_photos, demo_photo_dir
+from .demo import (DEMO_BAND_NAMES, build_demo_bands, build_demo_digits, build_demo_grey16,
+                   build_demo_photos, demo_photo_dir)
 from .read import READ_DTYPES, read_image
 from .folder import ImageFiles, find_images
 from .pipelines import FullCrops, WindowCrops, WindowSpec, pretrain_transform
@@ -40,7 +42,8 @@ __all__ = [
     "DEMO_PHOTOS", "IMAGE_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD",
     "Crop", "render_crop", "render_windows", "sample_crop", "window_boxes",
     "CorruptImageError", "OpenedImage", "decode_rgb", "open_image", "read_rgb",
-    "build_demo_digits", "build_demo_photos", "demo_photo_dir",
+    "DEMO_BAND_NAMES", "build_demo_bands", "build_demo_digits", "build_demo_grey16",
+    "build_demo_photos", "demo_photo_dir",
     "READ_DTYPES", "read_image",
     "ImageFiles", "find_images",
     "FullCrops", "WindowCrops", "WindowSpec", "pretrain_transform",

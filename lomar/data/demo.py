@@ -1,6 +1,7 @@
 """The offline demo data sets, written as image folders from data that ships inside
 installed packages (no download): crops of scikit-image's photographs for
-pretraining, scikit-learn's handwritten digits for the probe."""
+pretraining, scikit-learn's handwritten digits for the probe, 6-band 16-bit scenes
+and 16-bit greyscale slices made from the photographs for the non-RGB path."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from torchvision.transforms import v2
 from .constants import DEMO_PHOTOS
 from .decode import read_rgb
 
-__all__ = ["build_demo_digits", "build_demo_photos", "demo_photo_dir"]
+__all__ = ["DEMO_BAND_NAMES", "build_demo_bands", "build_demo_digits", "build_demo_grey16",
+           "build_demo_photos", "demo_photo_dir"]
 
 
 def demo_photo_dir() -> Path:
@@ -51,6 +53,94 @@ def build_demo_photos(out_dir: str | Path, num_images: int = 256, size: int = 22
         if torch.rand((), generator=g) < 0.5:
             crop = crop.flip(-1)
         Image.fromarray(crop.permute(1, 2, 0).contiguous().numpy()).save(out / f"photo_{i:05d}.png")
+    stamp.write_text(tag)
+    return out
+
+
+def _photo_crops(num_images: int, size: int, seed: int):
+    """(index, crop (3, size, size) float32 in 0..255) of the bundled photos: crops of
+    35-100% of a photo's shorter side, bicubic, randomly flipped; the float resize keeps
+    the fractions that 16-bit samples can hold."""
+    photos = [read_rgb(demo_photo_dir() / name).float() for name in DEMO_PHOTOS]
+    g = torch.Generator().manual_seed(seed)
+    for i in range(num_images):
+        photo = photos[i % len(photos)]
+        _, h, w = photo.shape
+        side = int(min(h, w) * (0.35 + 0.65 * torch.rand((), generator=g).item()))
+        top = int(torch.randint(0, h - side + 1, (), generator=g))
+        left = int(torch.randint(0, w - side + 1, (), generator=g))
+        crop = v2.functional.resize(photo[:, top:top + side, left:left + side], [size, size],
+                                    interpolation=InterpolationMode.BICUBIC, antialias=True)
+        yield i, (crop.flip(-1) if torch.rand((), generator=g) < 0.5 else crop).clamp(0, 255)
+
+
+# The demo scenes' bands: the photo's colours and three bands derived from them, so
+# that bands differ in content as a multispectral scene's do.
+DEMO_BAND_NAMES = ("Red", "Green", "Blue", "Luminance", "Saturation", "Edges")
+
+
+def _scene_bands(rgb: torch.Tensor) -> torch.Tensor:
+    """(6, H, W) uint16 from an RGB crop in 0..255 (12-bit colours, as many sensors
+    write them, full-range derived bands)."""
+    luminance = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])[None]
+    saturation = (rgb.amax(0) - rgb.amin(0))[None]
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    kernels = torch.stack([sobel, sobel.T])[:, None]
+    grad = torch.nn.functional.conv2d(luminance[None], kernels, padding=1)[0]
+    edges = grad.square().sum(0, keepdim=True).sqrt()
+    bands = torch.cat([rgb * (4095 / 255), luminance * (65535 / 255),
+                       saturation * (65535 / 255), (edges * 64).clamp(max=65535)])
+    return bands.round().to(torch.int32).to(torch.uint16)
+
+
+def build_demo_bands(out_dir: str | Path, num_images: int = 64, size: int = 256,
+                     seed: int = 0) -> Path:
+    """Write ``num_images`` 6-band uint16 TIFF scenes (``size`` x ``size``) into
+    ``out_dir``, offline and reproducibly, from crops of the bundled photos: 12-bit
+    red, green and blue, then luminance, saturation and edge strength at full 16-bit
+    range (:data:`DEMO_BAND_NAMES`, written as GeoTIFF-style band descriptions, so
+    ``data.bands`` can pick them by name). Layouts alternate, as real archives mix them:
+    tiled and interleaved, striped and planar. An existing complete set is reused."""
+    import tifffile
+
+    out = Path(out_dir)
+    stamp = out / ".demo_bands"
+    tag = f"{num_images} {size} {seed} {','.join(DEMO_PHOTOS)} {','.join(DEMO_BAND_NAMES)}"
+    if stamp.is_file() and stamp.read_text() == tag:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    items = "".join(f'<Item name="DESCRIPTION" sample="{b}" role="description">{name}</Item>'
+                    for b, name in enumerate(DEMO_BAND_NAMES))
+    described = [(42112, "s", 0, f"<GDALMetadata>{items}</GDALMetadata>", True)]
+    for i, crop in _photo_crops(num_images, size, seed):
+        bands = _scene_bands(crop).numpy()
+        layout = (dict(tile=(64, 64), planarconfig="contig", data=bands.transpose(1, 2, 0))
+                  if i % 2 == 0 else dict(planarconfig="separate", data=bands))
+        tifffile.imwrite(out / f"scene_{i:05d}.tif", photometric="minisblack",
+                         compression="zlib", extratags=described, **layout)
+    stamp.write_text(tag)
+    return out
+
+
+def build_demo_grey16(out_dir: str | Path, num_images: int = 64, size: int = 256,
+                      seed: int = 0) -> Path:
+    """Write ``num_images`` one-band 16-bit PNGs (``size`` x ``size``) into ``out_dir``:
+    the photos' luminance as 12-bit counts with shot noise, as a microscope's or an
+    X-ray detector's frames hold them; offline, reproducible, reused when complete."""
+    import imagecodecs
+
+    out = Path(out_dir)
+    stamp = out / ".demo_grey16"
+    tag = f"{num_images} {size} {seed} {','.join(DEMO_PHOTOS)}"
+    if stamp.is_file() and stamp.read_text() == tag:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed + 1)
+    for i, crop in _photo_crops(num_images, size, seed):
+        counts = (0.299 * crop[0] + 0.587 * crop[1] + 0.114 * crop[2]) * (4095 / 255)
+        noisy = torch.poisson(counts + 100, generator=g).clamp(0, 65535)  # dark offset 100
+        slice16 = noisy.to(torch.int32).to(torch.uint16).numpy()
+        (out / f"slice_{i:05d}.png").write_bytes(imagecodecs.png_encode(slice16))
     stamp.write_text(tag)
     return out
 

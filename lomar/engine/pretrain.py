@@ -28,7 +28,7 @@ from timm.optim import param_groups_weight_decay
 from .. import distributed
 from ..config import ConfigError
 from ..data import (FullCrops, ImageFiles, RegionSpec, TiledRegions, WindowCrops, WindowSpec,
-                    build_demo_photos, build_demo_slide)
+                    build_demo_bands, build_demo_photos, build_demo_slide)
 from ..data.pipelines import check_bands, probe_bands
 from ..models import create_model
 from .job import Job, OptimConfig, RunConfig, check_normalisation, run_job
@@ -38,6 +38,16 @@ from .seeding import sample_generators
 
 DEMO_DATA = "demo"  # data.path value: the offline photo set built from scikit-image
 DEMO_SLIDE = "demo_slide"  # data.path value: the offline gigapixel pyramid (with region_size)
+DEMO_BANDS = "demo_bands"  # data.path value: offline 6-band uint16 scenes (data.bands)
+# The offline sets: data.path value -> (folder under output_dir, builder(folder, data config)).
+DEMO_SETS = {
+    DEMO_DATA: ("demo_photos", lambda path, d: build_demo_photos(
+        path, num_images=d.demo_images, size=max(256, d.input_size), seed=0)),
+    DEMO_SLIDE: ("demo_slide", lambda path, d: build_demo_slide(
+        Path(path) / "slide.tif", size=d.demo_slide_size, seed=0)),
+    DEMO_BANDS: ("demo_bands", lambda path, d: build_demo_bands(
+        path, num_images=d.demo_images, size=max(256, d.input_size), seed=0)),
+}
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,7 @@ class DataConfig:
     reduced_decode: bool = True  # windows pipeline: JPEGs at 1/2, 1/4, 1/8 scale when possible
     num_workers: int = 2
     on_corrupt: Literal["skip", "error"] = "skip"
-    demo_images: int = 512  # size of the demo set when path is "demo"
+    demo_images: int = 512  # size of the demo set when path is "demo" or "demo_bands"
     demo_slide_size: int = 32768  # side of the demo slide when path is "demo_slide"
     # Tiled, pyramidal files (slides, scenes): region_size > 0 samples regions of that many
     # pixels at mpp micrometres per pixel (or at downsample level-0 pixels per pixel)
@@ -117,8 +127,9 @@ class PretrainConfig(RunConfig):
 
     def validate(self) -> None:
         self.check_run(f"an image folder, a folder or list file of tiled images with "
-                       f"data.region_size, '{DEMO_DATA}' for the offline demo photos or "
-                       f"'{DEMO_SLIDE}' for the offline gigapixel pyramid")
+                       f"data.region_size, '{DEMO_DATA}' for the offline demo photos, "
+                       f"'{DEMO_SLIDE}' for the offline gigapixel pyramid or '{DEMO_BANDS}' "
+                       f"for offline 6-band 16-bit scenes")
         patch = self.model_info.patch_size
         size, K = self.data.input_size, self.mask.window_size
         if size % patch:
@@ -215,14 +226,11 @@ def _dataset(cfg: PretrainConfig, info: distributed.DistInfo, patch_size: int):
     spec = WindowSpec(d.input_size, patch_size, cfg.mask.window_size, cfg.mask.num_windows,
                       scale=(d.min_scale, 1.0))
     path = d.path
-    if path in (DEMO_DATA, DEMO_SLIDE):
-        path = str(Path(cfg.output_dir) / ("demo_photos" if path == DEMO_DATA else "demo_slide"))
+    if path in DEMO_SETS:
+        folder, build = DEMO_SETS[path]
+        path = str(Path(cfg.output_dir) / folder)
         if info.is_main:
-            if d.path == DEMO_DATA:
-                build_demo_photos(path, num_images=d.demo_images, size=max(256, d.input_size),
-                                  seed=0)
-            else:
-                build_demo_slide(Path(path) / "slide.tif", size=d.demo_slide_size, seed=0)
+            build(path, d)
         if info.enabled:
             torch.distributed.barrier()
     channels = cfg.model_kwargs.get("in_chans", 3)

@@ -186,3 +186,33 @@ def test_bands_picked_by_the_names_the_files_give(tmp_path, ome):
     assert band_names(unnamed) is None
     with pytest.raises(ValueError, match=r"p.tif: data.bands picks bands by name .* does not name"):
         _draw(WindowCrops(SPEC, bands=["GFP"]), unnamed)
+
+
+def test_demo_scenes_and_slices_hold_16_bit_data(tmp_path):
+    """The offline non-RGB demo sets: 6 named uint16 bands in both layouts, and one-band
+    16-bit PNGs, with values an 8-bit file cannot hold; the same bytes from the same
+    seed; a complete set is reused."""
+    from lomar.data import DEMO_BAND_NAMES, build_demo_bands, build_demo_grey16
+    from lomar.data.read import band_names
+
+    scenes = build_demo_bands(tmp_path / "a", num_images=3, size=64, seed=0)
+    files = sorted(scenes.glob("scene_*.tif"))
+    assert len(files) == 3
+    with tifffile.TiffFile(files[0]) as tiled, tifffile.TiffFile(files[1]) as planar:
+        assert tiled.pages[0].is_tiled and planar.pages[0].planarconfig == 2
+    for path in files:
+        pixels = read_image(path)
+        assert pixels.shape == (6, 64, 64) and pixels.dtype == torch.uint16
+        assert band_names(path) == list(DEMO_BAND_NAMES)
+        assert int(pixels[3].int().max()) > 255 and (pixels[:3].int() % 257 != 0).any()
+    again = build_demo_bands(tmp_path / "b", num_images=3, size=64, seed=0)
+    assert all((again / f.name).read_bytes() == f.read_bytes() for f in files)
+    files[0].unlink()
+    (scenes / ".demo_bands").unlink()  # the stamp, written last, marks a finished build
+    build_demo_bands(scenes, num_images=3, size=64, seed=0)  # an interrupted one is redone
+    assert (again / files[0].name).read_bytes() == files[0].read_bytes()
+    slices = build_demo_grey16(tmp_path / "g", num_images=2, size=64, seed=0)
+    for path in sorted(slices.glob("slice_*.png")):
+        pixels = read_image(path)
+        assert pixels.shape == (1, 64, 64) and pixels.dtype == torch.uint16
+        assert 255 < int(pixels.int().max()) < 4500  # 12-bit counts plus noise and offset

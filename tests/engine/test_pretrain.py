@@ -266,6 +266,18 @@ def test_demo_slides_config_runs(tmp_path):
     assert (tmp_path / "demo_slide" / "slide.tif").is_file()
 
 
+def test_demo_bands_config_runs(tmp_path):
+    """The 6-band 16-bit demo (lomar pretrain --config demo_bands): bands picked by the
+    names the scenes give them, its measured statistics, a few steps on 8 scenes."""
+    cfg = load_config(PretrainConfig, "demo_bands", [
+        "data.demo_images=8", "data.num_workers=0", "batch_size=4", "max_steps=2",
+        "progress=false", "model_kwargs={depth: 1, embed_dim: 32, num_heads: 2, in_chans: 6}",
+        "device=cpu", f"output_dir={tmp_path}"])
+    summary = pretrain(cfg)
+    assert summary["steps"] == 2 and math.isfinite(summary["loss"])
+    assert len(list((tmp_path / "demo_bands").glob("scene_*.tif"))) == 8
+
+
 @pytest.mark.parametrize("pipeline", ["windows", "full"])
 def test_data_mean_and_std_normalise_the_run_and_bind_its_fine_tuning(photos, tmp_path, pipeline):
     """data.mean/std reach the model (windows: it normalises the uint8 windows) or the
