@@ -23,7 +23,7 @@ import torch
 
 from .constants import IMAGE_EXTENSIONS, TILED_EXTENSIONS
 from .decode import CorruptImageError
-from .read import read_image
+from .read import band_names, read_image
 
 __all__ = ["PIXEL_SCALE", "BandStatistics", "band_statistics", "find_stat_files"]
 
@@ -49,6 +49,12 @@ class BandStatistics:
     max: list[float]
     histogram: torch.Tensor = field(repr=False)
     edges: torch.Tensor = field(repr=False)
+    # The bands' names when every file measured gives the same ones (OME channels,
+    # GeoTIFF descriptions: lomar.data.read.band_names), else None.
+    names: list[str] | None = None
+
+    def label(self, band: int) -> str:
+        return f"band {band} ({self.names[band]})" if self.names else f"band {band}"
 
     def yaml(self) -> str:
         """A config fragment (``--config`` layers it over another config; see
@@ -59,6 +65,8 @@ class BandStatistics:
         return (f"# lomar stats: {len(self.files)} files, {self.bands} band(s) of "
                 f"{str(self.dtype).replace('torch.', '')}, {self.pixels} pixels per band; "
                 f"values / {PIXEL_SCALE[self.dtype]:g}\n"
+                + (f"# band names {self.names} (data.bands can pick by name)\n"
+                   if self.names else "") +
                 f"# min {floats(self.min)}\n# max {floats(self.max)}\n"
                 f"data:\n  mean: {floats(self.mean)}\n  std: {floats(self.std)}\n")
 
@@ -138,7 +146,7 @@ def band_statistics(path: str | Path, max_files: int = 1000, seed: int = 0, bins
         files_iter = tqdm(files, desc="lomar stats", unit="file")
     else:
         files_iter = files
-    used, skipped, kept = [], [], []
+    used, skipped, kept, names = [], [], [], []
     moments = bands = dtype = low = high = None
     for file in files_iter:
         try:
@@ -168,6 +176,7 @@ def band_statistics(path: str | Path, max_files: int = 1000, seed: int = 0, bins
             step = max(1, x.shape[1] // _HIST_VALUES)
             kept.append(x[:, ::step])
         used.append(str(file))
+        names.append(band_names(file))
     if not used:
         raise ValueError(f"lomar stats: no readable image under {path} ({len(skipped)} skipped: "
                          f"{skipped[0][1] if skipped else ''})")
@@ -177,8 +186,11 @@ def band_statistics(path: str | Path, max_files: int = 1000, seed: int = 0, bins
     values = torch.cat(kept, 1)
     histogram = torch.stack([torch.histc(v, bins, lo, hi) for v in values]).to(torch.int64)
     std = (moments.m2 / moments.n).sqrt()
+    same_names = names[0] if names[0] and len(names[0]) == bands and all(
+        n == names[0] for n in names) else None
     return BandStatistics(used, skipped, bands, dtype, moments.n, moments.mean.tolist(),
-                          std.tolist(), low.tolist(), high.tolist(), histogram, edges)
+                          std.tolist(), low.tolist(), high.tolist(), histogram, edges,
+                          same_names)
 
 
 def plot_histograms(stats: BandStatistics, out: str | Path) -> Path:
@@ -202,7 +214,7 @@ def plot_histograms(stats: BandStatistics, out: str | Path) -> Path:
         m, s = stats.mean[b], stats.std[b]
         ax.axvline(m, color="k", lw=1)
         ax.axvspan(m - s, m + s, color="k", alpha=0.1)
-        ax.set_title(f"band {b}: mean {m:.4g}, std {s:.4g}", fontsize=8)
+        ax.set_title(f"{stats.label(b)}: mean {m:.4g}, std {s:.4g}", fontsize=8)
         ax.set_yscale("log")
         ax.tick_params(labelsize=7)
     fig.suptitle(f"{len(stats.files)} files, {stats.bands} band(s) of "

@@ -81,3 +81,15 @@ def test_cli_fragment_layers_over_a_config(tmp_path):
     assert cfg.data.path == str(photos) and cfg.data.input_size == 128  # kept
     assert cfg.data.mean == fragment["data"]["mean"] and len(cfg.data.std) == 3
     assert main(["stats", str(tmp_path / "missing")]) == 2
+
+
+def test_band_names_the_files_give_are_reported(tmp_path):
+    from lomar.data import DEMO_BAND_NAMES, build_demo_bands
+
+    named = band_statistics(build_demo_bands(tmp_path / "s", num_images=2, size=64))
+    assert named.names == list(DEMO_BAND_NAMES) and named.label(3) == "band 3 (Luminance)"
+    assert f"# band names {list(DEMO_BAND_NAMES)}" in named.yaml()
+    tifffile.imwrite(tmp_path / "s" / "plain.tif", np.zeros((64, 64, 6), np.uint16),
+                     photometric="minisblack", planarconfig="contig")
+    mixed = band_statistics(tmp_path / "s")  # one file names no bands: no names claimed
+    assert mixed.names is None and "band names" not in mixed.yaml()
