@@ -24,13 +24,17 @@ sum. Until 2026-12 the forward was counted as reading n*K*K patches per image,
 overlaps twice.
 
 Integer images (mode "fwd-norm"): what the input pipeline hands the model, uint8 or
-uint16 images (C = 3, and C = 6 for multi-band data) at 448, normalised in the gather
-(per-channel mean/std, value / 255 or / 65535) to float32 (bfloat16 on CUDA). The
-loader ships 1 byte per sample value for uint8, 2 for uint16 (float32: 4). Each record
-carries ``ns_per_pixel`` (the median over the window pixels gathered, each C samples)
-and ``vs_uint8`` (its time over the uint8 time of the same backend and C: the same
-pixels, so the per-pixel ratio). Bytes: the covered pixels read at the images' element
-size, the corners, the output written at its own."""
+uint16 (C = 3, and C = 6 for multi-band data), normalised in the gather (per-channel
+mean/std, value / 255 or / 65535) to float32 (bfloat16 on CUDA), in two layouts of
+the same B x n windows: "windows" (case win112), what the window pipeline ships, B*n
+windows of (C, K*p, K*p) pixels, each read whole from its corner (0, 0), as the model's
+patchify does; "img448", B whole 448 images and their windows' corners. The loader
+ships 1 byte per sample value for uint8, 2 for uint16 (float32: 4): per image n
+windows x C x (K*p)^2 samples plus the (n, 2) int64 corners (``shipped_bytes_per_image``).
+Each record carries ``ns_per_pixel`` (the median over the window pixels gathered, each C
+samples) and ``vs_uint8`` (its time over the uint8 time of the same backend, layout and
+C: the same pixels, so the per-pixel ratio). Bytes: the covered pixels read at the
+images' element size, the corners, the output written at its own."""
 
 from __future__ import annotations
 
@@ -116,34 +120,54 @@ INT_SIZE = 448
 _INT_MEDIANS: dict[tuple, float] = {}
 
 
+def random_integer_images(shape: tuple, dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
+    """Uniform over the whole range of uint8 or uint16 (0..255, 0..65535)."""
+    top = 256 if dtype == torch.uint8 else 65536
+    values = torch.randint(0, top, shape, generator=g, dtype=torch.int32)
+    if dtype == torch.uint8:
+        return values.to(torch.uint8)
+    # Through int16: torch has few uint16 kernels.
+    return torch.where(values > 32767, values - 65536, values).to(torch.int16).view(torch.uint16)
+
+
+def integer_case(layout: str, B: int, channels: int, dtype: torch.dtype, g: torch.Generator):
+    """(images, coords, covered patches, case label) of one integer-image layout:
+    "windows", what the window pipeline ships (B*n windows (C, K*p, K*p), one corner
+    each, every pixel read); "img448", B whole 448 images and their n windows."""
+    if layout == "windows":
+        images = random_integer_images((B * WINDOWS, channels, K * P, K * P), dtype, g)
+        coords = torch.zeros(B * WINDOWS, 1, 2, dtype=torch.int32)
+        return images, coords, B * WINDOWS * K * K, f"win{K * P}"
+    coords = lomar_ops.sample_windows(B, 224 // P, 224 // P, WINDOWS, K, generator=g)
+    images = random_integer_images((B, channels, INT_SIZE, INT_SIZE), dtype, g)
+    return images, coords, covered_patches(coords, INT_SIZE // P, K), f"img{INT_SIZE}"
+
+
+def shipped_bytes(channels: int, dtype: torch.dtype) -> int:
+    """Bytes the window pipeline ships per image: its n windows (C, K*p, K*p) at the
+    file's sample size and their corners ((n, 2) int64, lomar.data.pipelines)."""
+    return WINDOWS * channels * (K * P) ** 2 * dtype.itemsize + WINDOWS * 2 * 8
+
+
 @pytest.mark.parametrize("images_dtype", [torch.uint8, torch.uint16], ids=str)  # innermost
 @pytest.mark.parametrize("channels", [3, 6])
+@pytest.mark.parametrize("layout", ["windows", "img448"])
 @pytest.mark.parametrize("device,backend", backend_params())
-def test_window_patchify_integer_images(benchmark, record, device, backend, images_dtype,
-                                        channels):
+def test_window_patchify_integer_images(benchmark, record, device, backend, layout, channels,
+                                        images_dtype):
     reason = lomar_ops.backends.unavailable_reason(backend, device)
     if reason is not None:
         pytest.skip(reason)
     B = BATCH["tiny" if TINY else device.type]
     out_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     g = torch.Generator().manual_seed(0)
-    coords = lomar_ops.sample_windows(B, 224 // P, 224 // P, WINDOWS, K, generator=g).to(device)
-    top = 256 if images_dtype == torch.uint8 else 65536
-    # Through int32 and an int16 view: torch has few uint16 kernels.
-    values = torch.randint(0, top, (B, channels, INT_SIZE, INT_SIZE), generator=g,
-                           dtype=torch.int32)
-    if images_dtype == torch.uint16:
-        images = torch.where(values > 32767, values - 65536, values).to(torch.int16) \
-            .view(torch.uint16)
-    else:
-        images = values.to(torch.uint8)
-    images = images.to(device)
+    images, coords, covered, case = integer_case(layout, B, channels, images_dtype, g)
+    images, coords = images.to(device), coords.to(device)
     mean = [0.5] * channels
     std = [0.25] * channels
     pixels = B * WINDOWS * K * K * P * P
     out_elems = pixels * channels
     coords_bytes = coords.numel() * coords.element_size()
-    covered = covered_patches(coords, INT_SIZE // P, K)
     nbytes = (covered * P * P * channels * images.element_size() + coords_bytes
               + out_elems * out_dtype.itemsize)
 
@@ -153,19 +177,21 @@ def test_window_patchify_integer_images(benchmark, record, device, backend, imag
 
     median_ms, timer = time_case(benchmark, fn, device)
     dtype_name = str(images_dtype).replace("torch.", "")
-    _INT_MEDIANS[(device.type, backend, channels, dtype_name)] = median_ms
-    base = _INT_MEDIANS.get((device.type, backend, channels, "uint8"))
+    _INT_MEDIANS[(device.type, backend, layout, channels, dtype_name)] = median_ms
+    base = _INT_MEDIANS.get((device.type, backend, layout, channels, "uint8"))
     vs_uint8 = round(median_ms / base, 3) if base else None
     rate = gbps(nbytes, median_ms)
     ns_per_pixel = round(median_ms * 1e6 / pixels, 3)
     benchmark.extra_info.update(gbps=round(rate, 2), ns_per_pixel=ns_per_pixel,
                                 vs_uint8=vs_uint8)
+    height = K * P if layout == "windows" else INT_SIZE
     record(op="window_patchify", backend=backend, mode="fwd-norm",
-           case=f"img{INT_SIZE}-{'u8' if dtype_name == 'uint8' else 'u16'}-C{channels}",
+           case=f"{case}-{'u8' if dtype_name == 'uint8' else 'u16'}-C{channels}",
            device=device.type, device_name=device_name(device), dtype=dtype_name,
            out_dtype=str(out_dtype).replace("torch.", ""),
-           shape=f"B={B},C={channels},H=W={INT_SIZE},n={WINDOWS},K={K},p={P},"
-                 f"covered_patches={covered}",
+           shape=f"B={images.shape[0]},C={channels},H=W={height},n={coords.shape[1]},K={K},"
+                 f"p={P},covered_patches={covered}",
            median_ms=round(median_ms, 4), bytes=nbytes, gbps=round(rate, 2),
            ns_per_pixel=ns_per_pixel, vs_uint8=vs_uint8,
-           bytes_per_sample=images.element_size(), timer=timer)
+           bytes_per_sample=images.element_size(),
+           shipped_bytes_per_image=shipped_bytes(channels, images_dtype), timer=timer)
