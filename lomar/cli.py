@@ -57,9 +57,10 @@ def _visualize(args) -> int:
     try:
         path = visualize(args.checkpoint, args.images, args.out, num_images=args.num_images,
                          window_size=args.window_size, mask_ratio=args.mask_ratio, seed=args.seed,
-                         model=args.model, model_kwargs=kwargs, input_size=args.input_size)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"lomar visualize: {exc}", file=sys.stderr)
+                         model=args.model, model_kwargs=kwargs, input_size=args.input_size,
+                         bands=args.bands, stretch=args.stretch)
+    except (ValueError, OSError) as exc:  # OSError: a missing or unreadable file
+        print(f"lomar visualize: {str(exc).removeprefix('visualize: ')}", file=sys.stderr)
         return 2
     print(path)
     return 0
@@ -242,6 +243,12 @@ def main(argv=None) -> int:
     v.add_argument("--model", help="model name, for a .safetensors file without config.yaml")
     v.add_argument("--model-kwargs", help="YAML mapping of model arguments, with --model")
     v.add_argument("--out", help="the PNG (default: reconstruction.png beside the checkpoint)")
+    v.add_argument("--bands", nargs="+", type=int, metavar="BAND",
+                   help="the model's bands drawn: three (red, green, blue) or one (grey); "
+                        "default the first three, or the first for a 1- or 2-band model")
+    v.add_argument("--stretch", action=argparse.BooleanOptionalAction, default=None,
+                   help="stretch each drawn band from its 2nd-98th percentile to black-white "
+                        "(default: on for runs of the files' own bands, off for RGB runs)")
     v.set_defaults(run=_visualize)
     b = sub.add_parser("bench", help="training-step throughput: LoMaR vs MAE vs BEiT")
     from .benchmark import add_arguments as add_bench_arguments

@@ -459,3 +459,16 @@ def test_rgb_runs_draw_what_they_drew_before(checkpoint, tmp_path, drawn):
     assert not torch.equal(stretched, parts["original"][0])
     low, high = stretch_limits(want[None])
     torch.testing.assert_close(stretched, contrast_stretch(want, low[0], high[0]))
+
+
+def test_cli_bands_and_stretch(six_band_run, tmp_path, capsys):
+    checkpoint, folder = six_band_run
+    out = tmp_path / "cli.png"
+    assert main(["visualize", "--checkpoint", str(checkpoint), "--images", str(folder),
+                 "--num-images", "2", "--window-size", "3", "--bands", "5", "3", "1",
+                 "--no-stretch", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out) and _is_png(out)
+    assert main(["visualize", "--checkpoint", str(checkpoint), "--images", str(folder),
+                 "--window-size", "3", "--bands", "9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lomar visualize: bands [9]: band 9 does not exist; the model takes 6")
