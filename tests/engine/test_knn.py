@@ -210,6 +210,8 @@ def test_the_monitor_logs_at_its_steps_and_changes_no_loss(photos, digits, tmp_p
     ({"eval.knn_temperature": 0}, "eval.knn_temperature must be > 0, got 0.0"),
     ({"eval.knn_batch_size": 0}, "eval.knn_batch_size must be >= 1"),
     ({"eval.knn_max_images": -1}, "eval.knn_max_images must be >= 0"),
+    ({"eval.knn_every": 1, "eval.knn_data": "digits", "data.bands": "all"},
+     "eval.knn_every > 0 reads its images as RGB"),
 ])
 def test_bad_values_are_refused(photos, tmp_path, override, match):
     with pytest.raises(ConfigError, match=match):
