@@ -92,8 +92,16 @@ class StepLoop:
             pin_memory=self.info.device.type == "cuda", **kwargs)
 
     def resume(self, path: str) -> dict:
-        """Load model, optimizer, RNG states, step and the job's extra state."""
+        """Load model, optimizer, RNG states, step and the job's extra state. A config
+        that differs from the checkpoint's in a key that shapes the computation is said
+        in one line (the schedule, data draws and masks follow the new values), e.g. a
+        run extended with more epochs: its cosine stretches from the resumed step on."""
         state = load_checkpoint(path, map_location=self.info.device)
+        changed = changed_keys(state.get("config") or {}, to_dict(self.cfg))
+        if changed and self.info.is_main:
+            print(f"resume: {path} was written by a run with other values of "
+                  f"{'; '.join(changed)}: the run continues under the new values (its "
+                  f"learning-rate schedule and data and mask draws included)", flush=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
@@ -182,6 +190,28 @@ class StepLoop:
         if bar is not None:
             bar.close()
         return last_loss
+
+
+# Keys that do not change what a run computes: where it writes, how it reports, how its
+# data is loaded, and the resume itself.
+_BOOKKEEPING = {"resume", "output_dir", "progress", "log_every", "save_every", "device",
+                "data.num_workers", "eval_every", "figure_images"}
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf of two config dicts that differs, but for the
+    bookkeeping keys; a key only one side has counts as changed."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        name = f"{prefix}{key}"
+        if name in _BOOKKEEPING:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_keys(a, b, f"{name}.")
+        elif a != b:
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
 
 
 def _timed(loader, waited: list):

@@ -42,14 +42,19 @@ def config(photos, out, **over):
     return load_config(PretrainConfig, None, overrides(photos, out, **over))
 
 
-def test_resume_continues_exactly(photos, tmp_path):
+def test_resume_continues_exactly(photos, tmp_path, capsys):
     straight = pretrain(config(photos, tmp_path / "straight", max_steps=8, save_every=100))
     pretrain(config(photos, tmp_path / "split", max_steps=4, save_every=4))
     first = load_checkpoint(tmp_path / "split" / "checkpoint-last.pt")
     assert first["step"] == 4
-    # The same job, resumed to 8 steps (a max_steps change is the only difference).
+    capsys.readouterr()
+    # The same job, resumed to 8 steps (a max_steps change is the only difference; the
+    # schedule up to step 4 is the same for 4 and 8 steps here: warmup 3, cosine from 3).
     pretrain(config(photos, tmp_path / "split", max_steps=8, save_every=100,
                     resume=str(tmp_path / "split" / "checkpoint-last.pt")))
+    said = capsys.readouterr().out
+    assert "other values of max_steps: 4 -> 8: the run continues under the new values" in said
+    assert said.count("other values of") == 1 and "save_every" not in said
     losses_a = [r["loss"] for r in read_log(tmp_path / "straight" / "log.jsonl")]
     losses_b = [r["loss"] for r in read_log(tmp_path / "split" / "log.jsonl")]
     assert len(losses_a) == 8 and losses_a == losses_b  # bit for bit on CPU
