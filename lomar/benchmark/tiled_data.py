@@ -26,13 +26,15 @@ slide (32768 x 32768, JPEG q90 tiles)."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime
 import json
 import multiprocessing
+import os
 import platform
 import resource
+import signal
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -179,10 +181,45 @@ def build_tiled_sources(out: Path) -> dict[str, Path]:
 
 def _measure_in_fresh_process(*args) -> dict:
     """measure_source in a spawned process: its peak RSS is this source's alone (a worker's),
-    not the largest of the sources timed before it."""
+    not the largest of the sources timed before it. The process does not outlive the
+    measurement: it is ended when this one is stopped (SIGTERM, Ctrl-C) and, on Linux,
+    when this one dies, so that a stopped benchmark leaves nothing loading the machine."""
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
-        return pool.submit(measure_source, *args).result()
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_measure_child, args=(send, os.getpid(), args), daemon=True)
+    previous = signal.signal(signal.SIGTERM, _raise_exit)
+    child.start()
+    send.close()
+    try:
+        ok, value = receive.recv()
+    except EOFError:
+        raise RuntimeError(f"lomar bench-data: the measuring process ended without a result "
+                           f"(exit code {child.exitcode})") from None
+    finally:
+        if child.is_alive():
+            child.terminate()
+        child.join()
+        signal.signal(signal.SIGTERM, previous)
+    if not ok:
+        raise RuntimeError(f"lomar bench-data: measuring {args[0]} failed: {value}")
+    return value
+
+
+def _raise_exit(signum, frame):  # SIGTERM -> SystemExit: the finally blocks run
+    raise SystemExit(128 + signum)
+
+
+def _measure_child(send, parent: int, args) -> None:
+    if sys.platform.startswith("linux"):  # die with the parent, even a SIGKILLed one
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it died before prctl took effect
+            return
+    try:
+        send.send((True, measure_source(*args)))
+    except Exception as exc:  # sent to the parent, which raises it with the source named
+        send.send((False, f"{type(exc).__name__}: {exc}"))
 
 
 def run(sources: list[str], out: str, sizes: list[int] = (1024,), samples: int = 200,

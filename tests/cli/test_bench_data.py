@@ -108,3 +108,54 @@ def test_source_refuses_bad_arguments(argv, message, capsys, tmp_path):
     assert main(["bench-data", *argv, "--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "data.json").exists()
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # field 4 of /proc/PID/stat: the parent's pid
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_a_stopped_bench_leaves_no_measuring_process(jpegs, tmp_path, signal_name):
+    """Stopping lomar bench-data (SIGTERM, or SIGKILL) ends its spawned measuring process
+    too: nothing is left loading the machine."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    bench = subprocess.Popen([sys.executable, "-m", "lomar", "bench-data", "--source",
+                              str(jpegs / "0.jpg"), "--samples", "1000000", "--out",
+                              str(tmp_path / "out")], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not _children(bench.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        children = _children(bench.pid)
+        assert children, "the measuring process did not start"
+        time.sleep(1.0)  # past the child's start-up (its death signal set)
+        bench.send_signal(getattr(signal, signal_name))
+        bench.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while any(os.path.exists(f"/proc/{c}") and
+                  open(f"/proc/{c}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+                  for c in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        alive = [c for c in children if os.path.exists(f"/proc/{c}") and
+                 open(f"/proc/{c}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+        assert not alive, f"measuring process(es) {alive} outlived the benchmark"
+    finally:
+        if bench.poll() is None:
+            bench.kill()
