@@ -24,3 +24,4 @@ from .transforms import TrainTransform, resize_to_bound
 __all__ = ["ADE20K_CLASSES", "DEMO_CLASSES", "SegmentationFolder", "SegmentationMetrics",
            "TrainTransform", "build_demo_segmentation", "collate", "read_label_map",
            "resize_to_bound", "val_collate"]
+from .segmenter import Segmenter, build_segmenter  # noqa: E402,F401 (the model: upernet, segmenter)
