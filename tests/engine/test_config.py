@@ -77,8 +77,9 @@ def test_override_returns_new_instance():
     assert apply_override(cfg, "optim.blr=1").optim.blr == 1.0 and cfg.optim.blr == 1.5e-4
 
 
-PACKAGED = {"demo_detect", "demo_pretrain", "demo_probe", "demo_slides", "detect_vitdet_base_1024",
-            "finetune_vit_base_448", "pretrain_vit_base_448"}
+PACKAGED = {"demo_bands", "demo_detect", "demo_pretrain", "demo_probe", "demo_segment",
+            "demo_slides", "detect_vitdet_base_1024", "finetune_vit_base_448",
+            "pretrain_vit_base_448", "segment_upernet_base_512"}
 
 
 def test_packaged_configs_by_name_or_path(tmp_path, monkeypatch):
@@ -86,12 +87,13 @@ def test_packaged_configs_by_name_or_path(tmp_path, monkeypatch):
 
     from lomar.config import config_description, from_dict, packaged_configs, resolve_config
     from lomar.engine import DetectConfig, FinetuneConfig, PretrainConfig
+    from lomar.engine.segment import SegmentConfig
 
     configs = packaged_configs()
     assert set(configs) == PACKAGED and all(p.suffix == ".yaml" for p in configs.values())
     for name, path in configs.items():
         assert config_description(path), f"{name}: no first comment line"
-        job = (DetectConfig if "detect" in name else
+        job = (DetectConfig if "detect" in name else SegmentConfig if "segment" in name else
                FinetuneConfig if "probe" in name or "finetune" in name else PretrainConfig)
         # Only known keys of the right types (its data paths need not exist here).
         from_dict(job, yaml.safe_load(path.read_text()))
@@ -104,7 +106,7 @@ def test_packaged_configs_by_name_or_path(tmp_path, monkeypatch):
     (tmp_path / "demo_pretrain").write_text("batch_size: 7\n")
     assert load_config(PretrainConfig, "demo_pretrain", ["data.path=x"]).batch_size == 7
     with pytest.raises(ConfigError, match=r"file not found: configs/demo_pretrain.yaml \(nor is "
-                                          r"it a packaged config; packaged: demo_detect, demo_pretrain, "):
+                                          r"it a packaged config; packaged: demo_bands, demo_detect, demo_pretrain, "):
         resolve_config("configs/demo_pretrain.yaml")
 
 

@@ -107,6 +107,7 @@ def test_wheel_works_outside_the_source_tree(tmp_path):
     summary = run([lomar, "pretrain", "--config", "demo_pretrain", "max_steps=2",
                    "data.demo_images=16", "data.num_workers=0", "batch_size=4", "progress=false",
                    "model_kwargs={depth: 2, embed_dim: 64, num_heads: 2}",
+                   "eval.knn_max_images=64",  # the demo's kNN monitor, on a few digits
                    f"output_dir={work / 'run'}"], cwd=work, env=clean)
     result = json.loads(summary[summary.index("{"):])
     assert result["steps"] == 2 and (work / "run" / "checkpoint-last.pt").is_file()
