@@ -4,6 +4,10 @@ checkpoint, mIoU over the val set, exact resume, the figures, the report and the
 CLI."""
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -195,3 +199,46 @@ def test_shipped_configs_load(name):
     cfg = load_config(SegmentConfig, path, ["checkpoint=null"])
     assert cfg.model.startswith("vitdet_") and cfg.data.crop_size % 32 == 0
     assert cfg.head.aux_weight == 0.4
+
+
+DDP_EVAL = textwrap.dedent("""
+    import sys, torch
+    from lomar.config import load_config
+    from lomar.distributed import setup, cleanup
+    from lomar.engine.segment import SegmentConfig, _datasets, build_model, evaluate
+    cfg = load_config(SegmentConfig, sys.argv[1], [])
+    info = setup("cpu")
+    _, val = _datasets(cfg, info)
+    torch.manual_seed(0)
+    model, _ = build_model(cfg, val.num_classes)
+    scores, iou = evaluate(model, val, cfg, info)
+    if info.is_main:
+        torch.save({"scores": scores, "iou": iou, "world": info.world_size}, sys.argv[2])
+    cleanup()
+""")
+
+
+def test_two_process_evaluation_equals_one_process(data_dir, tmp_path):
+    """Each process scores every second val image (3 images: 2 and 1); the summed
+    confusion matrices give the one-process scores exactly."""
+    from lomar.config import save_config
+    from lomar.distributed import DistInfo
+    from lomar.engine.segment import _datasets, build_model, evaluate
+
+    cfg = config(data_dir, tmp_path / "out", max_steps=1, eval_stride=32)
+    save_config(cfg, tmp_path / "cfg.yaml")
+    (tmp_path / "eval.py").write_text(DDP_EVAL)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", str(tmp_path / "eval.py"),
+                          str(tmp_path / "cfg.yaml"), str(tmp_path / "ddp.pt")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    _, val = _datasets(cfg, info)
+    torch.manual_seed(0)
+    model, _ = build_model(cfg, val.num_classes)
+    scores, iou = evaluate(model, val, cfg, info)
+    assert ddp["world"] == 2 and ddp["scores"] == scores
+    assert torch.equal(torch.tensor(ddp["iou"]).nan_to_num(-1), torch.tensor(iou).nan_to_num(-1))
