@@ -28,7 +28,7 @@ from .constants import DEMO_PHOTOS, IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_ST
 from .crop import Crop, render_crop, render_windows, sample_crop, window_boxes
 from .decode import CorruptImageError, OpenedImage, decode_rgb, open_image, read_rgb
 from .demo import (DEMO_BAND_NAMES, build_demo_bands, build_demo_digits, build_demo_grey16,
-                   build_demo_photos, demo_photo_dir)
+                   build_demo_photos, demo_photo_dir, photo_crop)
 from .read import READ_DTYPES, read_image
 from .folder import ImageFiles, find_images
 from .pipelines import FullCrops, WindowCrops, WindowSpec, pretrain_transform
@@ -43,7 +43,7 @@ __all__ = [
     "Crop", "render_crop", "render_windows", "sample_crop", "window_boxes",
     "CorruptImageError", "OpenedImage", "decode_rgb", "open_image", "read_rgb",
     "DEMO_BAND_NAMES", "build_demo_bands", "build_demo_digits", "build_demo_grey16",
-    "build_demo_photos", "demo_photo_dir",
+    "build_demo_photos", "demo_photo_dir", "photo_crop",
     "READ_DTYPES", "read_image",
     "ImageFiles", "find_images",
     "FullCrops", "WindowCrops", "WindowSpec", "pretrain_transform",

@@ -16,7 +16,7 @@ from .constants import DEMO_PHOTOS
 from .decode import read_rgb
 
 __all__ = ["DEMO_BAND_NAMES", "build_demo_bands", "build_demo_digits", "build_demo_grey16",
-           "build_demo_photos", "demo_photo_dir"]
+           "build_demo_photos", "demo_photo_dir", "photo_crop"]
 
 
 def demo_photo_dir() -> Path:
@@ -37,41 +37,48 @@ def build_demo_photos(out_dir: str | Path, num_images: int = 256, size: int = 22
     tag = f"{num_images} {size} {seed} {','.join(DEMO_PHOTOS)}"
     if stamp.is_file() and stamp.read_text() == tag:
         return out
-    out.mkdir(parents=True, exist_ok=True)
+    start_build(out, stamp, "photo_*.png")
     src = demo_photo_dir()
     photos = [read_rgb(src / name) for name in DEMO_PHOTOS]
     g = torch.Generator().manual_seed(seed)
     for i in range(num_images):
-        photo = photos[i % len(photos)]
-        _, h, w = photo.shape
-        side = int(min(h, w) * (0.35 + 0.65 * torch.rand((), generator=g).item()))
-        top = int(torch.randint(0, h - side + 1, (), generator=g))
-        left = int(torch.randint(0, w - side + 1, (), generator=g))
-        crop = photo[:, top:top + side, left:left + side]
-        crop = v2.functional.resize(crop, [size, size], interpolation=InterpolationMode.BICUBIC,
-                                    antialias=True)
-        if torch.rand((), generator=g) < 0.5:
-            crop = crop.flip(-1)
+        crop = photo_crop(photos[i % len(photos)], size, g)
         Image.fromarray(crop.permute(1, 2, 0).contiguous().numpy()).save(out / f"photo_{i:05d}.png")
     stamp.write_text(tag)
     return out
 
 
+def start_build(folder: Path, stamp: Path, pattern: str) -> None:
+    """Before (re)writing a demo set: its stamp and the files of a previous build (its
+    own names, ``pattern``) go, so that a set built again smaller keeps no stale files
+    and an interrupted build is redone; other files are left alone."""
+    stamp.unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob(pattern):
+        old.unlink()
+
+
+def photo_crop(photo: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """A random square of 35-100% of the (C, H, W) photo's shorter side, resized to
+    ``size`` (bicubic, antialiased; in the photo's dtype) and mirrored with probability
+    1/2: the crop every offline set is made of. Draws the side, top, left and flip from
+    ``generator``, in that order (the sets' bytes depend on it)."""
+    _, h, w = photo.shape
+    side = int(min(h, w) * (0.35 + 0.65 * torch.rand((), generator=generator).item()))
+    top = int(torch.randint(0, h - side + 1, (), generator=generator))
+    left = int(torch.randint(0, w - side + 1, (), generator=generator))
+    crop = v2.functional.resize(photo[:, top:top + side, left:left + side], [size, size],
+                                interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return crop.flip(-1) if torch.rand((), generator=generator) < 0.5 else crop
+
+
 def _photo_crops(num_images: int, size: int, seed: int):
-    """(index, crop (3, size, size) float32 in 0..255) of the bundled photos: crops of
-    35-100% of a photo's shorter side, bicubic, randomly flipped; the float resize keeps
-    the fractions that 16-bit samples can hold."""
+    """(index, crop (3, size, size) float32 in 0..255) of the bundled photos in turn;
+    the float resize keeps the fractions that 16-bit samples can hold."""
     photos = [read_rgb(demo_photo_dir() / name).float() for name in DEMO_PHOTOS]
     g = torch.Generator().manual_seed(seed)
     for i in range(num_images):
-        photo = photos[i % len(photos)]
-        _, h, w = photo.shape
-        side = int(min(h, w) * (0.35 + 0.65 * torch.rand((), generator=g).item()))
-        top = int(torch.randint(0, h - side + 1, (), generator=g))
-        left = int(torch.randint(0, w - side + 1, (), generator=g))
-        crop = v2.functional.resize(photo[:, top:top + side, left:left + side], [size, size],
-                                    interpolation=InterpolationMode.BICUBIC, antialias=True)
-        yield i, (crop.flip(-1) if torch.rand((), generator=g) < 0.5 else crop).clamp(0, 255)
+        yield i, photo_crop(photos[i % len(photos)], size, g).clamp(0, 255)
 
 
 # The demo scenes' bands: the photo's colours and three bands derived from them, so
@@ -108,7 +115,7 @@ def build_demo_bands(out_dir: str | Path, num_images: int = 64, size: int = 256,
     tag = f"{num_images} {size} {seed} {','.join(DEMO_PHOTOS)} {','.join(DEMO_BAND_NAMES)}"
     if stamp.is_file() and stamp.read_text() == tag:
         return out
-    out.mkdir(parents=True, exist_ok=True)
+    start_build(out, stamp, "scene_*.tif")
     items = "".join(f'<Item name="DESCRIPTION" sample="{b}" role="description">{name}</Item>'
                     for b, name in enumerate(DEMO_BAND_NAMES))
     described = [(42112, "s", 0, f"<GDALMetadata>{items}</GDALMetadata>", True)]
@@ -134,7 +141,7 @@ def build_demo_grey16(out_dir: str | Path, num_images: int = 64, size: int = 256
     tag = f"{num_images} {size} {seed} {','.join(DEMO_PHOTOS)}"
     if stamp.is_file() and stamp.read_text() == tag:
         return out
-    out.mkdir(parents=True, exist_ok=True)
+    start_build(out, stamp, "slice_*.png")
     g = torch.Generator().manual_seed(seed + 1)
     for i, crop in _photo_crops(num_images, size, seed):
         counts = (0.299 * crop[0] + 0.587 * crop[1] + 0.114 * crop[2]) * (4095 / 255)

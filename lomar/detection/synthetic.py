@@ -22,23 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
-
-from ..data import DEMO_PHOTOS, demo_photo_dir, read_rgb
+from ..data import DEMO_PHOTOS, demo_photo_dir, photo_crop, read_rgb
 
 SPLITS = ("train", "val")
 
 
 def _photo_crop(photos, size, g) -> torch.Tensor:
-    photo = photos[int(torch.randint(0, len(photos), (), generator=g))]
-    _, h, w = photo.shape
-    side = int(min(h, w) * (0.35 + 0.65 * torch.rand((), generator=g).item()))
-    top = int(torch.randint(0, h - side + 1, (), generator=g))
-    left = int(torch.randint(0, w - side + 1, (), generator=g))
-    crop = photo[:, top:top + side, left:left + side]
-    crop = v2.functional.resize(crop, [size, size], InterpolationMode.BICUBIC, antialias=True)
-    return crop.flip(-1) if torch.rand((), generator=g) < 0.5 else crop
+    """A crop of a photo drawn from ``photos`` (lomar.data.photo_crop)."""
+    return photo_crop(photos[int(torch.randint(0, len(photos), (), generator=g))], size, g)
 
 
 def _digit_mask(digit: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -26,8 +26,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
-from ..data import DEMO_PHOTOS, demo_photo_dir, read_rgb
-from ..detection.synthetic import _photo_crop
+from ..data import DEMO_PHOTOS, demo_photo_dir, photo_crop, read_rgb
+from ..data.demo import start_build
 
 __all__ = ["DEMO_CLASSES", "build_demo_segmentation"]
 
@@ -75,7 +75,8 @@ def _texture(photos, h: int, w: int, g: torch.Generator) -> torch.Tensor:
 def _scene(photos, size: int, g: torch.Generator):
     """One (image (3, S, S) uint8, raw labels (S, S) uint8) scene."""
     which = int(torch.randint(0, len(photos), (), generator=g))
-    image = _photo_crop([photos[which]], size, g)
+    torch.randint(0, 1, (), generator=g)  # a pick among one photo: the draws the set was made with
+    image = photo_crop(photos[which], size, g)
     labels = torch.ones(size, size, dtype=torch.uint8)  # 1: background
     others = [p for i, p in enumerate(photos) if i != which]
     for _ in range(int(torch.randint(1, 5, (), generator=g))):
@@ -136,8 +137,8 @@ def build_demo_segmentation(root: str | Path, num_train: int = 256, num_val: int
         counts = {"num_train": num_train, "num_val": num_val}
         for split, count in SPLITS:
             images, annotations = out / "images" / split, out / "annotations" / split
-            images.mkdir(parents=True, exist_ok=True)
-            annotations.mkdir(parents=True, exist_ok=True)
+            start_build(images, stamp, "scene_*.png")  # no stale scenes of a larger build
+            start_build(annotations, stamp, "scene_*.png")
             for i in range(counts[count]):
                 image, labels = _scene(photos, size, g)
                 name = f"scene_{i:05d}.png"

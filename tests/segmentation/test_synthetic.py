@@ -64,3 +64,13 @@ def test_bad_arguments_raise(tmp_path):
     with pytest.raises(ValueError, match="num_val >= 1"):
         build_demo_segmentation(tmp_path, num_val=0)
     assert not any(tmp_path.iterdir())  # refused before writing anything
+
+
+def test_a_smaller_rebuild_keeps_no_stale_scenes(tmp_path):
+    """Built again with fewer scenes, the set has exactly the new count (pairs are matched
+    by name, so a stale scene would silently join the data)."""
+    build_demo_segmentation(tmp_path, num_train=6, num_val=4, size=32)
+    build_demo_segmentation(tmp_path, num_train=3, num_val=2, size=32)
+    for folder, count in (("images/training", 3), ("annotations/training", 3),
+                          ("images/validation", 2), ("annotations/validation", 2)):
+        assert len(list((tmp_path / folder).glob("*.png"))) == count
