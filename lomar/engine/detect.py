@@ -51,7 +51,7 @@ from ..detection.figures import draw_predictions, plot_ap
 from ..models import create_model
 from . import precision
 from .init_weights import LoadReport, load_encoder_weights
-from .job import Job, OptimConfig, RunConfig, run_job
+from .job import LossTermsJob, OptimConfig, RunConfig, run_job
 from .param_groups import no_weight_decay_names, param_groups_layer_decay
 from .seeding import mix, seed_all
 
@@ -260,7 +260,7 @@ def evaluate(model: torch.nn.Module, dataset: CocoDetection, cfg: DetectConfig,
     return {**metrics[0], "detections": float(len(results))}
 
 
-class DetectJob(Job):
+class DetectJob(LossTermsJob):
     name, kind = "detect", "detection"
     best_metric, best_key = "box_ap", "best_box_ap"
     collate_fn = staticmethod(collate)
@@ -271,8 +271,6 @@ class DetectJob(Job):
     def build_model(self, train_set):
         cfg = self.cfg
         model, report = build_model(cfg, len(train_set.category_ids))
-        self.parts: dict[str, torch.Tensor] = {}  # loss terms summed since the last log
-        self.counted = 0
         return model, (f"detect: {cfg.model} {cfg.detector.kind}, {len(train_set.categories)} "
                        f"categories, {len(train_set)} train / {len(self.val_set)} val images; "
                        f"{report}")
@@ -285,23 +283,7 @@ class DetectJob(Job):
     def compute_loss(self, net, batch, step, micro):
         seed_all(mix(self.cfg.seed, step, micro, self.info.rank))  # RPN/RoI sampling, drop path
         images, targets = batch
-        losses = net(list(images), list(targets))
-        for name, value in losses.items():
-            share = value.detach() / self.cfg.optim.accum_iter
-            self.parts[name] = self.parts.get(name, 0.0) + share
-        return sum(losses.values())
-
-    def on_step(self, step):  # the loss terms, averaged since the last log
-        self.counted += 1
-        if step % self.cfg.log_every == 0 or step == self.loop.total_steps:
-            self.log.log(step, **{name: distributed.mean_across(value / self.counted, self.info)
-                                  for name, value in self.parts.items()})
-            self.parts.clear()
-            self.counted = 0
-
-    def evaluates_at(self, step):
-        every = self.cfg.eval_every
-        return (every and step % every == 0) or step == self.loop.total_steps
+        return self.sum_terms(net(list(images), list(targets)))
 
     def evaluate(self):
         return evaluate(self.model, self.val_set, self.cfg, self.info)

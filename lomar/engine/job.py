@@ -1,4 +1,4 @@
-"""The one skeleton of a training job; pretrain, finetune and detect hold what differs.
+"""The one skeleton of a training job; pretrain, finetune, detect and segment hold what differs.
 
 A job's config is a :class:`RunConfig` (the keys every job has: model, batch, steps,
 seed, device, mixed precision, output, checkpoints, logs) with its own sections,
@@ -238,6 +238,36 @@ class Job:
                 self.loop.save("checkpoint-best.pt")
         if self.info.is_main:
             print(self.eval_line(step, state[key]), flush=True)
+
+
+class LossTermsJob(Job):
+    """A job whose model returns its loss as named terms (detection's RPN and RoI
+    losses, segmentation's decode and auxiliary losses): :meth:`sum_terms` is the loss
+    to step on; each term, averaged over the steps since the last log and across
+    processes, is logged; evaluation every ``eval_every`` steps and at the end."""
+
+    def __init__(self, cfg: RunConfig, info: distributed.DistInfo):
+        super().__init__(cfg, info)
+        self.parts: dict[str, torch.Tensor] = {}  # loss terms summed since the last log
+        self.counted = 0  # optimizer steps since the last log
+
+    def sum_terms(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        for name, value in losses.items():
+            share = value.detach() / self.cfg.optim.accum_iter
+            self.parts[name] = self.parts.get(name, 0.0) + share
+        return sum(losses.values())
+
+    def on_step(self, step):  # the loss terms, averaged since the last log
+        self.counted += 1
+        if step % self.cfg.log_every == 0 or step == self.loop.total_steps:
+            self.log.log(step, **{name: distributed.mean_across(value / self.counted, self.info)
+                                  for name, value in self.parts.items()})
+            self.parts.clear()
+            self.counted = 0
+
+    def evaluates_at(self, step):
+        every = self.cfg.eval_every
+        return (every and step % every == 0) or step == self.loop.total_steps
 
 
 def run_job(job_cls: type[Job], cfg: RunConfig) -> dict:

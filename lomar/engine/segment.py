@@ -56,7 +56,7 @@ from ..segmentation.synthetic import build_demo_segmentation
 from . import precision
 from .detect import describe, detector_param_groups
 from .init_weights import load_encoder_weights
-from .job import Job, OptimConfig, RunConfig, check_normalisation, run_job
+from .job import LossTermsJob, OptimConfig, RunConfig, check_normalisation, run_job
 from .seeding import mix, seed_all
 
 SYNTHETIC = "synthetic"  # data.path value: the offline shapes-on-photos set
@@ -251,7 +251,7 @@ def evaluate(model, dataset: SegmentationFolder, cfg: SegmentConfig,
     return scores, [100 * v for v in result["iou"]]
 
 
-class SegmentJob(Job):
+class SegmentJob(LossTermsJob):
     name, kind = "segment", "segmentation"
     best_metric, best_key = "miou", "best_miou"
     collate_fn = staticmethod(collate)
@@ -271,8 +271,6 @@ class SegmentJob(Job):
         model, report = build_model(cfg, train_set.num_classes)
         if sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.parts: dict[str, torch.Tensor] = {}  # loss terms summed since the last log
-        self.counted = 0
         self.class_iou: list[float] = []
         return model, (f"segment: {cfg.model} UperNet, {train_set.num_classes} classes, "
                        f"{len(train_set)} train / {len(self.val_set)} val images; {report}")
@@ -285,23 +283,7 @@ class SegmentJob(Job):
     def compute_loss(self, net, batch, step, micro):
         seed_all(mix(self.cfg.seed, step, micro, self.info.rank))  # dropout, drop path
         images, masks = batch
-        losses = net(images, masks)
-        for name, value in losses.items():
-            share = value.detach() / self.cfg.optim.accum_iter
-            self.parts[name] = self.parts.get(name, 0.0) + share
-        return sum(losses.values())
-
-    def on_step(self, step):  # the loss terms, averaged since the last log
-        self.counted += 1
-        if step % self.cfg.log_every == 0 or step == self.loop.total_steps:
-            self.log.log(step, **{name: distributed.mean_across(value / self.counted, self.info)
-                                  for name, value in self.parts.items()})
-            self.parts.clear()
-            self.counted = 0
-
-    def evaluates_at(self, step):
-        every = self.cfg.eval_every
-        return (every and step % every == 0) or step == self.loop.total_steps
+        return self.sum_terms(net(images, masks))
 
     def evaluate(self):
         scores, self.class_iou = evaluate(self.model, self.val_set, self.cfg, self.info)
