@@ -67,9 +67,10 @@ test: $(EXT_STAMP) cmake-test pytest
 pytest: $(EXT_STAMP)
 	$(PY) -m pytest tests --durations=25
 
-# While you work: the ops, the data path, the models and the engine's units (not the
-# jobs, builds, docs or benchmarks: make test runs those), about 2.5 minutes on 2 cores.
-FAST_TESTS := tests/ops tests/data tests/models tests/engine/test_config.py \
+# While you work: the ops, the data path, the models, segmentation's parts and the
+# engine's units (not the jobs, builds, docs or benchmarks: make test runs those),
+# a few minutes on 2 cores.
+FAST_TESTS := tests/ops tests/data tests/models tests/segmentation tests/engine/test_config.py \
 	tests/engine/test_schedule.py tests/engine/test_run_log.py tests/engine/test_checkpoint.py \
 	tests/project/test_imports.py
 test-fast: $(EXT_STAMP)
