@@ -12,7 +12,7 @@ from dataclasses import dataclass
 # Per scalar type: bytes, its accumulator type, whether it multiplies on tensor cores.
 DTYPES = {"bf16": (2, "fp32", True), "fp16": (2, "fp32", True),
           "fp32": (4, "fp32", False), "fp64": (8, "fp64", False)}
-SIZEOF = {"bf16": 2, "fp16": 2, "fp32": 4, "fp64": 8, "int": 4}
+SIZEOF = {"bf16": 2, "fp16": 2, "fp32": 4, "fp64": 8, "int": 4, "uint16": 2}
 HEAD_DIMS = (32, 64, 80, 128)        # kHeadDims: d is padded with zeros to one of these
 MODES = {"none": 0, "bias": 1, "contextual": 2}
 
@@ -64,8 +64,8 @@ def fwd_smem(dtype: str, dp: int, nb: int, mode: str) -> int:
     c = _Carver()
     for _ in range(3):                       # Qs, Ks, Vs
         c.take(dtype, rows * ld)
-    c.take(p_t, rows * ldp)                  # Ps
-    c.take("int", rows * (rows + 1))         # ids
+    c.take(p_t, 0 if tc else rows * ldp)     # Ps (the tensor cores keep P in registers)
+    c.take("uint16", rows * (rows + 8))      # ids
     for _ in range(4):                       # qseq, qpos, kseq, kpos
         c.take("int", rows)
     c.take(acc, rows * table_width(nb, rows) if mode == "contextual" else 0)  # qR
@@ -81,9 +81,9 @@ def bwd_smem(dtype: str, dp: int, nb: int, mode: str, dq_kernel: bool) -> int:
     c = _Carver()
     for _ in range(4):                       # Qs, dOs, Ks, Vs
         c.take(dtype, rows * ld)
-    c.take(p_t, 0 if dq_kernel else rows * ldp)   # Ps
-    c.take(acc, rows * lds if dq_kernel else 0)   # dSs
-    c.take("int", rows * (rows + 1))         # ids
+    c.take(p_t, 0 if dq_kernel or tc else rows * ldp)   # Ps (FMA path's dk/dv kernel)
+    c.take(acc, rows * lds if dq_kernel else 0)         # dSs
+    c.take("uint16", rows * (rows + 8))                 # ids
     for _ in range(4):                       # qseq, qpos, kseq, kpos
         c.take("int", rows)
     c.take(acc, rows)                        # lse

@@ -23,20 +23,25 @@
 // 128} (a template parameter).
 //
 // Relative term. The bucket ids of the (query tile, key tile) pair are staged in
-// shared memory with -1 where the pair is masked (padding rows, other
-// sequences), so the mask costs nothing extra. Contextual: per query tile,
+// shared memory as 16-bit ids, 0xFFFF where the pair is masked (padding rows,
+// other sequences), so the mask costs nothing extra; rows of ROWS + 8 ids put a
+// warp's fragment reads (a pair of ids as one 32-bit load) in 32 distinct banks. Contextual: per query tile,
 // qR = q R^T (ROWS x NB, fp32) is computed once into shared memory from R staged
 // ROWS buckets at a time, and each logit adds qR[i][bucket(i, j)]. Bias: the
 // head's NB biases are staged. NB is bounded by shared memory (an error says so).
 //
 // Forward (one block per tile): S = scale Q K^T + term per key tile, running
-// max/sum per row (FlashAttention-2), P (rounded to q's dtype for the tensor
-// cores) through shared memory into O += P V; out = O / l, lse = m + log l.
+// max/sum per row (FlashAttention-2), P into O += P V; out = O / l, lse = m + log l.
+// On the tensor cores P stays in registers: the accumulator of two 8-column
+// slices of S is, element for element, the A fragment of a 16-wide k step
+// (FlashAttention-2's trick), so P is rounded to q's dtype and packed in place;
+// the FMA path (fp32, fp64) passes P through shared memory.
 //
 // Backward (FlashAttention-2): D = rowsum(dO * O) by a small kernel; then
 //  - dK/dV: one block per key tile, looping over the query tiles: P^T recomputed
 //    from lse, dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - D),
-//    dK += scale dS^T Q (the relative term does not depend on k);
+//    dK += scale dS^T Q (the relative term does not depend on k); P^T and dS^T
+//    are A operands straight from registers on the tensor cores, as above;
 //  - dQ and d(rpe): a fixed grid of (blocks, table groups); block x of group g
 //    takes the group's tiles x, x + blocks, ... (a fixed assignment). Per tile it
 //    loops over the key tiles: dS as above, dQ += scale dS K, and each row's dS
@@ -74,6 +79,12 @@ constexpr bool kTensorCores = std::is_same_v<T, c10::Half> || std::is_same_v<T, 
 // of 8 rows then land in distinct banks), one element otherwise.
 template <typename T> constexpr int kPad = sizeof(T) == 2 ? 8 : 1;
 template <typename T> constexpr int kRows = sizeof(T) == 8 ? 16 : sizeof(T) == 4 ? 32 : 64;
+// Staged bucket ids: 16 bits, kNoBucket where the (query, key) pair is masked.
+// Rows of ROWS + 8 ids (36, 20, 12 words for ROWS = 64, 32, 16): a warp's reads of
+// (g, 2t..2t+1) for g < 8, t < 4 then fall in 32 distinct banks (int32 ids in rows of
+// ROWS + 1 had 4-way conflicts and twice the bytes).
+constexpr int kNoBucket = 0xFFFF;
+template <int ROWS> constexpr int kIdsLd = ROWS + 8;
 
 // (S, N, H) strides of a (S, N, H, d) tensor whose last dim is contiguous;
 // vec: every row starts 16-byte aligned and d fills whole 16-byte chunks.
@@ -223,6 +234,44 @@ __device__ __forceinline__ void zero(acc_t (&acc)[NT][4]) {
     for (int e = 0; e < 4; ++e) acc[n][e] = acc_t(0);
 }
 
+// The staged buckets of (r, c) and (r, c + 1), c even, in one 32-bit load: the
+// lower half is (r, c).
+template <int ROWS>
+__device__ __forceinline__ uint32_t bucket_pair(const uint16_t* ids, int r, int c) {
+  return *reinterpret_cast<const uint32_t*>(ids + r * kIdsLd<ROWS> + c);
+}
+__device__ __forceinline__ int pair_half(uint32_t two, int x) {
+  return x ? static_cast<int>(two >> 16) : static_cast<int>(two & 0xFFFFu);
+}
+
+// lo, hi rounded to scalar_t and packed as one register (lower half first).
+template <typename scalar_t>
+__device__ __forceinline__ uint32_t pack_pair(float lo, float hi) {
+  return static_cast<uint32_t>(to<scalar_t>(lo).x) | (static_cast<uint32_t>(to<scalar_t>(hi).x) << 16);
+}
+
+// acc (16 x 8 NT) += A (16 x 8 KT) B, A held in registers: a[n][hh] packs A's
+// row g + 8 hh, columns 8 n + 2t and + 1 (the accumulator layout of an
+// 8-column slice, rounded by pack_pair), so slices 2 kk and 2 kk + 1 are the
+// A fragment of k step kk. B(k, n) read as bt.at(n, k). Tensor cores only.
+template <typename scalar_t, int NT, int KT, typename TB, bool RB>
+__device__ __forceinline__ void warp_gemm_a_regs(float (&acc)[NT][4], const uint32_t (&a)[KT][2],
+                                                 const View<TB, RB>& bt) {
+  static_assert(KT % 2 == 0, "k steps of 16");
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int kk = 0; kk < KT / 2; ++kk) {
+    const int k0 = 16 * kk;
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      const uint32_t b0 = pair_bits<scalar_t>(bt, 8 * n + g, k0 + 2 * t);
+      const uint32_t b1 = pair_bits<scalar_t>(bt, 8 * n + g, k0 + 2 * t + 8);
+      mma_16816<scalar_t>(acc[n], a[2 * kk][0], a[2 * kk][1], a[2 * kk + 1][0], a[2 * kk + 1][1],
+                          b0, b1);
+    }
+  }
+}
+
 // Shared memory carved in 16-byte-aligned pieces; the host runs the same code
 // (with a null base) to size the launch.
 struct Carver {
@@ -318,13 +367,13 @@ __device__ void load_table_chunk(scalar_t* dst, const scalar_t* __restrict__ R, 
   }
 }
 
-// ids_s[r][c]: the bucket of (query row r, key row c), -1 where masked.
+// ids_s[r][c]: the bucket of (query row r, key row c), kNoBucket where masked.
 template <int ROWS>
 __device__ void load_buckets(const Params& p, const int* qseq, const int* qpos, const int* kseq,
-                             const int* kpos, int* ids_s) {
+                             const int* kpos, uint16_t* ids_s) {
   for (int e = threadIdx.x; e < ROWS * ROWS; e += blockDim.x) {
     const int r = e / ROWS, c = e - r * ROWS;
-    int b = -1;
+    int b = kNoBucket;
     if (qseq[r] >= 0 && qseq[r] == kseq[c]) {
       b = 0;
       if (p.mode != kNone) {
@@ -332,7 +381,7 @@ __device__ void load_buckets(const Params& p, const int* qseq, const int* qpos, 
         CUDA_KERNEL_ASSERT(b >= 0 && b < p.NB);
       }
     }
-    ids_s[r * (ROWS + 1) + c] = b;
+    ids_s[r * kIdsLd<ROWS> + c] = static_cast<uint16_t>(b);
   }
 }
 
@@ -381,8 +430,9 @@ struct FwdSmem {
   using p_t = std::conditional_t<kTensorCores<scalar_t>, scalar_t, acc_t>;
   static constexpr int LD = DP + kPad<scalar_t>, LDP = ROWS + kPad<p_t>;
   scalar_t *Qs, *Ks, *Vs;
-  p_t* Ps;
-  int *ids, *qseq, *qpos, *kseq, *kpos;
+  p_t* Ps;  // FMA path only: P for the P V product (the tensor cores keep it in registers)
+  uint16_t* ids;
+  int *qseq, *qpos, *kseq, *kpos;
   acc_t *qR, *bias;
   size_t bytes;
   __host__ __device__ FwdSmem(unsigned char* base, int NB, int mode) {
@@ -390,8 +440,8 @@ struct FwdSmem {
     Qs = c.take<scalar_t>(ROWS * LD);
     Ks = c.take<scalar_t>(ROWS * LD);
     Vs = c.take<scalar_t>(ROWS * LD);
-    Ps = c.take<p_t>(ROWS * LDP);
-    ids = c.take<int>(ROWS * (ROWS + 1));
+    Ps = c.take<p_t>(kTensorCores<scalar_t> ? 0 : ROWS * LDP);
+    ids = c.take<uint16_t>(ROWS * kIdsLd<ROWS>);
     qseq = c.take<int>(ROWS);
     qpos = c.take<int>(ROWS);
     kseq = c.take<int>(ROWS);
@@ -409,9 +459,10 @@ struct BwdSmem {
   using p_t = std::conditional_t<kTensorCores<scalar_t>, scalar_t, acc_t>;
   static constexpr int LD = DP + kPad<scalar_t>, LDP = ROWS + kPad<p_t>, LDS = ROWS + 1;
   scalar_t *Qs, *dOs, *Ks, *Vs;
-  p_t* Ps;     // dk/dv kernel: P^T then dS^T, in the GEMM operand type
+  p_t* Ps;     // dk/dv kernel, FMA path: P^T then dS^T (the tensor cores keep them in registers)
   acc_t* dSs;  // dq kernel: dS in acc type (for the GEMM and the bucket sums)
-  int *ids, *qseq, *qpos, *kseq, *kpos;
+  uint16_t* ids;
+  int *qseq, *qpos, *kseq, *kpos;
   acc_t *lse, *delta, *qR, *dT, *bias;
   size_t bytes;
   __host__ __device__ BwdSmem(unsigned char* base, int NB, int mode, bool dq_kernel) {
@@ -420,9 +471,9 @@ struct BwdSmem {
     dOs = c.take<scalar_t>(ROWS * LD);
     Ks = c.take<scalar_t>(ROWS * LD);
     Vs = c.take<scalar_t>(ROWS * LD);
-    Ps = c.take<p_t>(dq_kernel ? 0 : ROWS * LDP);
+    Ps = c.take<p_t>(dq_kernel || kTensorCores<scalar_t> ? 0 : ROWS * LDP);
     dSs = c.take<acc_t>(dq_kernel ? ROWS * LDS : 0);
-    ids = c.take<int>(ROWS * (ROWS + 1));
+    ids = c.take<uint16_t>(ROWS * kIdsLd<ROWS>);
     qseq = c.take<int>(ROWS);
     qpos = c.take<int>(ROWS);
     kseq = c.take<int>(ROWS);
@@ -562,11 +613,17 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_fwd_kernel(const Pa
 #pragma unroll
     for (int n = 0; n < NTS; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
+      for (int e = 0; e < 4; e += 2) {
         const int r = row0 + frag_row(e), c = frag_col(n, e);
-        const int b = sm.ids[r * (ROWS + 1) + c];
-        s[n][e] = b < 0 ? neg_inf : scale * s[n][e] + relative_term(p, sm.qR, ldr, sm.bias, r, b);
-        tile_max[e >> 1] = fmax(tile_max[e >> 1], s[n][e]);
+        const uint32_t two = bucket_pair<ROWS>(sm.ids, r, c);
+#pragma unroll
+        for (int x = 0; x < 2; ++x) {
+          const int b = pair_half(two, x);
+          s[n][e + x] = b == kNoBucket
+                            ? neg_inf
+                            : scale * s[n][e + x] + relative_term(p, sm.qR, ldr, sm.bias, r, b);
+          tile_max[e >> 1] = fmax(tile_max[e >> 1], s[n][e + x]);
+        }
       }
     acc_t alpha[2], base[2];
 #pragma unroll
@@ -584,13 +641,27 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_fwd_kernel(const Pa
 #pragma unroll
     for (int n = 0; n < NTS; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const acc_t pr = dev_exp(s[n][e] - base[e >> 1]);
-        l[e >> 1] += pr;
-        sm.Ps[(row0 + frag_row(e)) * LDP + frag_col(n, e)] = to<p_t>(pr);
-      }
-    __syncwarp();
-    warp_gemm<scalar_t, kTC, NTO>(o, rows_of(sm.Ps + row0 * LDP, LDP), cols_of(sm.Vs, LD), ROWS);
+      for (int e = 0; e < 4; ++e) s[n][e] = dev_exp(s[n][e] - base[e >> 1]);
+#pragma unroll
+    for (int n = 0; n < NTS; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) l[e >> 1] += s[n][e];
+    if constexpr (kTC) {
+      uint32_t pa[NTS][2];
+#pragma unroll
+      for (int n = 0; n < NTS; ++n)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) pa[n][hh] = pack_pair<scalar_t>(s[n][2 * hh], s[n][2 * hh + 1]);
+      warp_gemm_a_regs<scalar_t, NTO>(o, pa, cols_of(sm.Vs, LD));
+    } else {
+#pragma unroll
+      for (int n = 0; n < NTS; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          sm.Ps[(row0 + frag_row(e)) * LDP + frag_col(n, e)] = to<p_t>(s[n][e]);
+      __syncwarp();
+      warp_gemm<scalar_t, kTC, NTO>(o, rows_of(sm.Ps + row0 * LDP, LDP), cols_of(sm.Vs, LD), ROWS);
+    }
     __syncthreads();  // K, V, the buckets and the key rows are replaced next
   }
 
@@ -687,27 +758,53 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_dkdv_kernel(const P
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int j = row0 + frag_row(e), i = frag_col(n, e);
-        const int b = sm.ids[i * (ROWS + 1) + j];
-        pt[n][e] = b < 0 ? acc_t(0)
-                         : dev_exp(scale * pt[n][e] + relative_term(p, sm.qR, ldr, sm.bias, i, b) -
-                                   sm.lse[i]);
-        sm.Ps[j * LDP + i] = to<p_t>(pt[n][e]);
+        // Read across the staged rows (query i, key j): with rows of ROWS + 8 ids a
+        // warp's 32 reads still fall in distinct banks (lanes g, g + 1 share a word).
+        const int b = sm.ids[i * kIdsLd<ROWS> + j];
+        pt[n][e] = b == kNoBucket
+                       ? acc_t(0)
+                       : dev_exp(scale * pt[n][e] + relative_term(p, sm.qR, ldr, sm.bias, i, b) -
+                                 sm.lse[i]);
       }
-    __syncwarp();
-    warp_gemm<scalar_t, kTC, NTO>(dv, rows_of(sm.Ps + row0 * LDP, LDP), cols_of(sm.dOs, LD), ROWS);
     acc_t dpt[NTS][4];
     zero(dpt);
     warp_gemm<scalar_t, kTC, NTS>(dpt, rows_of(sm.Vs + row0 * LD, LD), rows_of(sm.dOs, LD), DP);
-    __syncwarp();  // every lane is done reading P^T before dS^T replaces it
+    if constexpr (kTC) {
+      uint32_t pa[NTS][2];
 #pragma unroll
-    for (int n = 0; n < NTS; ++n)
+      for (int n = 0; n < NTS; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int j = row0 + frag_row(e), i = frag_col(n, e);
-        sm.Ps[j * LDP + i] = to<p_t>(pt[n][e] * (dpt[n][e] - sm.delta[i]));
-      }
-    __syncwarp();
-    warp_gemm<scalar_t, kTC, NTO>(dk, rows_of(sm.Ps + row0 * LDP, LDP), cols_of(sm.Qs, LD), ROWS);
+        for (int hh = 0; hh < 2; ++hh)
+          pa[n][hh] = pack_pair<scalar_t>(pt[n][2 * hh], pt[n][2 * hh + 1]);
+      warp_gemm_a_regs<scalar_t, NTO>(dv, pa, cols_of(sm.dOs, LD));
+#pragma unroll
+      for (int n = 0; n < NTS; ++n)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int i = frag_col(n, 2 * hh);
+          pa[n][hh] = pack_pair<scalar_t>(pt[n][2 * hh] * (dpt[n][2 * hh] - sm.delta[i]),
+                                          pt[n][2 * hh + 1] * (dpt[n][2 * hh + 1] - sm.delta[i + 1]));
+        }
+      warp_gemm_a_regs<scalar_t, NTO>(dk, pa, cols_of(sm.Qs, LD));
+    } else {
+#pragma unroll
+      for (int n = 0; n < NTS; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          sm.Ps[(row0 + frag_row(e)) * LDP + frag_col(n, e)] = to<p_t>(pt[n][e]);
+      __syncwarp();
+      warp_gemm<scalar_t, kTC, NTO>(dv, rows_of(sm.Ps + row0 * LDP, LDP), cols_of(sm.dOs, LD), ROWS);
+      __syncwarp();  // every lane is done reading P^T before dS^T replaces it
+#pragma unroll
+      for (int n = 0; n < NTS; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int j = row0 + frag_row(e), i = frag_col(n, e);
+          sm.Ps[j * LDP + i] = to<p_t>(pt[n][e] * (dpt[n][e] - sm.delta[i]));
+        }
+      __syncwarp();
+      warp_gemm<scalar_t, kTC, NTO>(dk, rows_of(sm.Ps + row0 * LDP, LDP), cols_of(sm.Qs, LD), ROWS);
+    }
     __syncthreads();  // Q, dO, the buckets and the query rows are replaced next
   }
   const acc_t dk_mul[2] = {scale, scale}, one[2] = {1, 1};
@@ -774,24 +871,32 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
 #pragma unroll
       for (int n = 0; n < NTS; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
+        for (int e = 0; e < 4; e += 2) {
           const int r = row0 + frag_row(e), c = frag_col(n, e);
-          const int b = sm.ids[r * (ROWS + 1) + c];
-          acc_t ds = 0;
-          if (b >= 0) {
-            const acc_t pr = dev_exp(scale * s[n][e] + relative_term(p, sm.qR, ldr, sm.bias, r, b) -
-                                     sm.lse[r]);
-            ds = pr * (dp[n][e] - sm.delta[r]);
+          const uint32_t two = bucket_pair<ROWS>(sm.ids, r, c);
+#pragma unroll
+          for (int x = 0; x < 2; ++x) {
+            const int b = pair_half(two, x);
+            acc_t ds = 0;
+            if (b != kNoBucket) {
+              const acc_t pr = dev_exp(scale * s[n][e + x] +
+                                       relative_term(p, sm.qR, ldr, sm.bias, r, b) - sm.lse[r]);
+              ds = pr * (dp[n][e + x] - sm.delta[r]);
+            }
+            sm.dSs[r * LDS + c + x] = ds;
           }
-          sm.dSs[r * LDS + c] = ds;
         }
       __syncwarp();
       warp_gemm<scalar_t, kTC, NTO>(dq, rows_of(sm.dSs + row0 * LDS, LDS), cols_of(sm.Ks, LD), ROWS);
       if (p.mode != kNone && lane < 16) {  // dT[r][bucket] += dS[r][c], c in order
         const int r = row0 + lane;
-        for (int c = 0; c < ROWS; ++c) {
-          const int b = sm.ids[r * (ROWS + 1) + c];
-          if (b >= 0) sm.dT[r * ldr + b] += sm.dSs[r * LDS + c];
+        for (int c = 0; c < ROWS; c += 2) {
+          const uint32_t two = bucket_pair<ROWS>(sm.ids, r, c);
+#pragma unroll
+          for (int x = 0; x < 2; ++x) {
+            const int b = pair_half(two, x);
+            if (b != kNoBucket) sm.dT[r * ldr + b] += sm.dSs[r * LDS + c + x];
+          }
         }
       }
       __syncthreads();  // K, V, the buckets and the key rows are replaced next
@@ -907,6 +1012,11 @@ Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
     p.ids = ids->data_ptr<int32_t>();
     p.per_head = p.mode == kContextual && rpe->dim() == 3;
     p.NB = static_cast<int>(rpe->size(p.mode == kBias ? 1 : rpe->dim() - 2));
+    // Shared memory bounds NB far below this (the launch says so); the check keeps
+    // the 16-bit staged ids and their kNoBucket sentinel sound on any card.
+    TORCH_CHECK(p.NB < kNoBucket, "window_attention (CUDA): rpe has NB = ", p.NB,
+                " buckets; the CUDA kernel takes fewer than ", kNoBucket,
+                "; use backend=\"cpu\"/\"torch\"");
   }
   p.pack = p.N <= rows ? static_cast<int>(rows / p.N) : 1;
   p.row_tiles = p.N <= rows ? 1 : static_cast<int>((p.N + rows - 1) / rows);

@@ -124,12 +124,26 @@ MUTATIONS = [
       "window_attention.cu",
       "sm.ids);\n    __syncthreads();\n\n    acc_t s[NTS][4];\n", "sm.ids);\n\n    acc_t s[NTS][4];\n",
       "thread", "race", ["one element"]),
+    # (The FMA path's: on the tensor cores P and dS^T stay in registers; "one element"
+    # runs every dtype, fp32 and fp64 among them.)
     M("window_attention: forward __syncwarp between P and P V removed", "window_attention.cu",
-      "    __syncwarp();\n    warp_gemm<scalar_t, kTC, NTO>(o, rows_of(sm.Ps",
-      "    warp_gemm<scalar_t, kTC, NTO>(o, rows_of(sm.Ps", "thread", "race", ["one element"]),
+      "      __syncwarp();\n      warp_gemm<scalar_t, kTC, NTO>(o, rows_of(sm.Ps",
+      "      warp_gemm<scalar_t, kTC, NTO>(o, rows_of(sm.Ps", "thread", "race", ["one element"]),
     M("window_attention: dk/dv __syncwarp before dS^T replaces P^T removed", "window_attention.cu",
-      "    __syncwarp();  // every lane is done reading P^T before dS^T replaces it\n", "",
+      "      __syncwarp();  // every lane is done reading P^T before dS^T replaces it\n", "",
       "thread", "race", ["one element"]),
+    # The tensor cores' register operands: P (and dS^T) packed in the accumulator's
+    # layout and fed as A fragments; a wrong fragment index or a swapped pair of staged
+    # bucket ids is wrong data, not a race.
+    M("window_attention: register A fragment with its row halves swapped (a1 <-> a2)",
+      "window_attention.cu",
+      "a[2 * kk][0], a[2 * kk][1], a[2 * kk + 1][0], a[2 * kk + 1][1],",
+      "a[2 * kk][0], a[2 * kk + 1][0], a[2 * kk][1], a[2 * kk + 1][1],",
+      "none", "mismatch", ["S=2 N=50 H=2 d=64 bias strided"]),
+    M("window_attention: staged bucket pair read in the wrong order", "window_attention.cu",
+      "return x ? static_cast<int>(two >> 16) : static_cast<int>(two & 0xFFFFu);",
+      "return x ? static_cast<int>(two & 0xFFFFu) : static_cast<int>(two >> 16);",
+      "none", "mismatch", ["S=2 N=7 H=3 d=8 contextual per-head"]),
     M("window_attention: dq __syncthreads before the next tile removed", "window_attention.cu",
       "    __syncthreads();  // Q, dO, dT and the query rows are replaced next\n", "",
       "thread", "race", ["dq blocks loop"]),
