@@ -1,6 +1,6 @@
 """The launches window_attention's CUDA host code makes at a shape: kernel, grid,
 threads per block and dynamic shared memory. The ONE Python mirror of the formulas
-of csrc/cuda/window_attention.cu (make_params, FwdSmem, BwdSmem, table_width and the
+of csrc/cuda/window_attention.cu (make_params, FwdSmem, BwdSmem, table_width, dt_width and the
 grids of window_attention_fwd_cuda / _bwd_cuda); tests/ops/test_gpu_model.py compiles
 those C++ formulas, cut from the source as they are, and checks this mirror against
 them, so a kernel change that moves a figure fails that test until this file follows."""
@@ -34,9 +34,15 @@ def padded_head_dim(d: int) -> int:
     raise ValueError(f"d={d}: the CUDA kernel takes a head dim d <= 128")
 
 
-def table_width(nb: int, rows: int) -> int:
-    """The qR / dT row stride."""
-    return (nb + rows - 1) // rows * rows + 1
+def dt_width(nb: int) -> int:
+    """The dT row stride (dq kernel): NB made odd."""
+    return nb | 1
+
+
+def table_width(nb: int) -> int:
+    """The qR / dT row stride: NB rounded up to even, then to 8 mod 16."""
+    even = nb + (nb & 1)
+    return even + (24 - even % 16) % 16
 
 
 def _sizeof(dtype: str) -> int:
@@ -68,7 +74,7 @@ def fwd_smem(dtype: str, dp: int, nb: int, mode: str) -> int:
     c.take("uint16", rows * (rows + 8))      # ids
     for _ in range(4):                       # qseq, qpos, kseq, kpos
         c.take("int", rows)
-    c.take(acc, rows * table_width(nb, rows) if mode == "contextual" else 0)  # qR
+    c.take(acc, rows * table_width(nb) if mode == "contextual" else 0)  # qR
     c.take(acc, nb if mode == "bias" else 0)  # bias
     return c.used
 
@@ -88,9 +94,8 @@ def bwd_smem(dtype: str, dp: int, nb: int, mode: str, dq_kernel: bool) -> int:
         c.take("int", rows)
     c.take(acc, rows)                        # lse
     c.take(acc, rows)                        # delta
-    w = table_width(nb, rows)
-    c.take(acc, rows * w if mode == "contextual" else 0)                 # qR
-    c.take(acc, rows * w if dq_kernel and mode != "none" else 0)         # dT
+    c.take(acc, rows * table_width(nb) if mode == "contextual" else 0)         # qR
+    c.take(acc, rows * dt_width(nb) if dq_kernel and mode != "none" else 0)    # dT
     c.take(acc, nb if mode == "bias" else 0)                             # bias
     return c.used
 

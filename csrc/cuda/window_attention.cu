@@ -103,6 +103,10 @@ struct Params {
   void* partial;                // d(rpe) partials (acc type)
   int64_t S, N, H;
   int d, NB, mode, per_head;
+  // Row strides of qR and dT, table_width(NB) and dt_width(NB), computed on the host:
+  // read from the parameter bank they hold no register (computed in the kernels,
+  // ptxas spilled 4 bytes in seven dk/dv instantiations on sm_80).
+  int qr_ld, dt_ld;
   double scale;
   int pack;                     // sequences per tile (N <= ROWS), else 1
   int row_tiles;                // row tiles per sequence (1 when packed)
@@ -385,6 +389,20 @@ __device__ void load_buckets(const Params& p, const int* qseq, const int* qpos, 
   }
 }
 
+// The dT row stride (dq kernel): NB made odd. dT is read down its columns (the
+// dT R product: rows g, g + 8 of a column per lane; the d(rpe) partial) and added
+// into by one lane per row: an odd stride puts 32 consecutive rows of a column in
+// 32 banks (the qR stride would give the product 2-way conflicts).
+__host__ __device__ inline int dt_width(int NB) { return NB | 1; }
+
+// p[0], p[1] = lo, hi in one store (p aligned to the pair: table_width is even).
+__device__ __forceinline__ void store_pair(float* p, float lo, float hi) {
+  *reinterpret_cast<float2*>(p) = make_float2(lo, hi);
+}
+__device__ __forceinline__ void store_pair(double* p, double lo, double hi) {
+  *reinterpret_cast<double2*>(p) = make_double2(lo, hi);
+}
+
 // qR[r][b] = Q_r . R[b] for the tile's rows, R staged ROWS buckets at a time in
 // `stage`. Ends with a barrier.
 template <typename scalar_t, int DP, int ROWS, typename acc_t>
@@ -401,11 +419,15 @@ __device__ void contextual_table(const Params& p, int h, const scalar_t* Qs, sca
     zero(acc);
     warp_gemm<scalar_t, kTensorCores<scalar_t>, ROWS / 8>(acc, rows_of(Qs + warp * 16 * LD, LD),
                                                           rows_of(stage, LD), DP);
+    // Columns b < NB only (the row stride leaves no room for the chunk's padding),
+    // each fragment pair as one 8-byte (fp32) or 16-byte (fp64) store.
 #pragma unroll
     for (int n = 0; n < ROWS / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e)
-        qR[(warp * 16 + frag_row(e)) * ldr + b0 + frag_col(n, e)] = acc[n][e];
+      for (int e = 0; e < 4; e += 2) {
+        const int b = b0 + frag_col(n, e);
+        if (b < p.NB) store_pair(qR + (warp * 16 + frag_row(e)) * ldr + b, acc[n][e], acc[n][e + 1]);
+      }
     __syncthreads();
   }
 }
@@ -418,9 +440,17 @@ __device__ __forceinline__ acc_t relative_term(const Params& p, const acc_t* qR,
   return acc_t(0);
 }
 
-__host__ __device__ inline int table_width(int NB, int rows) {  // qR / dT row stride
-  return (NB + rows - 1) / rows * rows + 1;
+// The qR / dT row stride in elements: NB rounded up to even (pairs are stored
+// whole), then to 8 mod 16. A half-warp's 8-byte pair stores (fp32: rows g < 4,
+// columns 2t, 2t + 1) then hit words {0, 8, 16, 24} + 2t + {0, 1} mod 32, all 32
+// banks, and a quarter-warp's 16-byte ones (fp64) likewise; rows padded to the next
+// chunk of ROWS plus one (the stride before) had 4-way conflicts and took more room
+// (NB = 50: 56 instead of 65).
+__host__ __device__ inline int table_width(int NB) {
+  const int even = NB + (NB & 1);
+  return even + (24 - even % 16) % 16;
 }
+
 
 // ---- shared-memory layouts (device carving and host sizing in one place) ------
 
@@ -446,7 +476,7 @@ struct FwdSmem {
     qpos = c.take<int>(ROWS);
     kseq = c.take<int>(ROWS);
     kpos = c.take<int>(ROWS);
-    qR = c.take<acc_t>(mode == kContextual ? ROWS * table_width(NB, ROWS) : 0);
+    qR = c.take<acc_t>(mode == kContextual ? ROWS * table_width(NB) : 0);
     bias = c.take<acc_t>(mode == kBias ? NB : 0);
     bytes = c.used;
   }
@@ -480,9 +510,8 @@ struct BwdSmem {
     kpos = c.take<int>(ROWS);
     lse = c.take<acc_t>(ROWS);
     delta = c.take<acc_t>(ROWS);
-    const int w = table_width(NB, ROWS);
-    qR = c.take<acc_t>(mode == kContextual ? ROWS * w : 0);
-    dT = c.take<acc_t>(dq_kernel && mode != kNone ? ROWS * w : 0);
+    qR = c.take<acc_t>(mode == kContextual ? ROWS * table_width(NB) : 0);
+    dT = c.take<acc_t>(dq_kernel && mode != kNone ? ROWS * dt_width(NB) : 0);
     bias = c.take<acc_t>(mode == kBias ? NB : 0);
     bytes = c.used;
   }
@@ -578,7 +607,7 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_fwd_kernel(const Pa
   constexpr int LD = L::LD, LDP = L::LDP, NTS = ROWS / 8, NTO = DP / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const L sm(smem_raw, p.NB, p.mode);
-  const int ldr = table_width(p.NB, ROWS);
+  const int ldr = p.qr_ld;
   const int warp = threadIdx.x >> 5, row0 = warp * 16;
   const acc_t scale = static_cast<acc_t>(p.scale);
   const acc_t neg_inf = -INFINITY;
@@ -718,7 +747,7 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_dkdv_kernel(const P
   constexpr int LD = L::LD, LDP = L::LDP, NTS = ROWS / 8, NTO = DP / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const L sm(smem_raw, p.NB, p.mode, /*dq_kernel=*/false);
-  const int ldr = table_width(p.NB, ROWS);
+  const int ldr = p.qr_ld;
   const int warp = threadIdx.x >> 5, row0 = warp * 16;
   const acc_t scale = static_cast<acc_t>(p.scale);
 
@@ -826,7 +855,7 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
   constexpr int LD = L::LD, LDS = L::LDS, NTS = ROWS / 8, NTO = DP / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const L sm(smem_raw, p.NB, p.mode, /*dq_kernel=*/true);
-  const int ldr = table_width(p.NB, ROWS);
+  const int ldr = p.qr_ld, ldt = p.dt_ld;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row0 = warp * 16;
   const acc_t scale = static_cast<acc_t>(p.scale);
   const int64_t group_tiles = p.num_tiles / p.groups;
@@ -840,7 +869,7 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
     tile_rows<ROWS>(p, tc.s0, tc.m0, sm.qseq, sm.qpos);
     stage_bias<scalar_t>(p, tc.h, sm.bias);
     if (p.mode != kNone)
-      for (int e = threadIdx.x; e < ROWS * ldr; e += blockDim.x) sm.dT[e] = acc_t(0);
+      for (int e = threadIdx.x; e < ROWS * ldt; e += blockDim.x) sm.dT[e] = acc_t(0);
     __syncthreads();
     load_tile<scalar_t, DP, ROWS, LD>(sm.Qs, static_cast<const scalar_t*>(p.q), p.q_st, tc.h,
                                       sm.qseq, sm.qpos, p.d);
@@ -895,7 +924,7 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
 #pragma unroll
           for (int x = 0; x < 2; ++x) {
             const int b = pair_half(two, x);
-            if (b != kNoBucket) sm.dT[r * ldr + b] += sm.dSs[r * LDS + c + x];
+            if (b != kNoBucket) sm.dT[r * ldt + b] += sm.dSs[r * LDS + c + x];
           }
         }
       }
@@ -914,8 +943,9 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
       for (int b0 = 0; b0 < p.NB; b0 += ROWS) {
         load_table_chunk<scalar_t, DP, ROWS, LD>(sm.Ks, R, b0, p.NB, p.d);
         __syncthreads();
-        warp_gemm<scalar_t, false, NTO>(dq, rows_of(sm.dT + row0 * ldr + b0, ldr), cols_of(sm.Ks, LD),
-                                        ROWS);
+        // K = the chunk's buckets < NB: dT's rows end at dt_width(NB).
+        warp_gemm<scalar_t, false, NTO>(dq, rows_of(sm.dT + row0 * ldt + b0, ldt), cols_of(sm.Ks, LD),
+                                        p.NB - b0 < ROWS ? p.NB - b0 : ROWS);
         __syncthreads();
       }
     }
@@ -927,13 +957,13 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
       for (int64_t e = threadIdx.x; e < p.group_width; e += blockDim.x) {
         const int b = static_cast<int>(e / p.d), c = static_cast<int>(e - b * p.d);
         acc_t acc = 0;
-        for (int r = 0; r < ROWS; ++r) acc += sm.dT[r * ldr + b] * to<acc_t>(sm.Qs[r * LD + c]);
+        for (int r = 0; r < ROWS; ++r) acc += sm.dT[r * ldt + b] * to<acc_t>(sm.Qs[r * LD + c]);
         partial[e] += acc;
       }
     } else if (p.mode == kBias) {  // partial[b] += sum over rows of dT[r][b]
       for (int b = threadIdx.x; b < p.NB; b += blockDim.x) {
         acc_t acc = 0;
-        for (int r = 0; r < ROWS; ++r) acc += sm.dT[r * ldr + b];
+        for (int r = 0; r < ROWS; ++r) acc += sm.dT[r * ldt + b];
         partial[b] += acc;
       }
     }
@@ -1018,6 +1048,8 @@ Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
                 " buckets; the CUDA kernel takes fewer than ", kNoBucket,
                 "; use backend=\"cpu\"/\"torch\"");
   }
+  p.qr_ld = table_width(p.NB);
+  p.dt_ld = dt_width(p.NB);
   p.pack = p.N <= rows ? static_cast<int>(rows / p.N) : 1;
   p.row_tiles = p.N <= rows ? 1 : static_cast<int>((p.N + rows - 1) / rows);
   p.tiles_per_head = p.N <= rows ? (p.S + p.pack - 1) / p.pack : p.S * p.row_tiles;

@@ -308,6 +308,7 @@ _DECLS = [  # (regex of the start, what): the host code's pieces, in order
     (r"^struct Strides\b", "struct Strides"),
     (r"^struct Params\b", "struct Params"),
     (r"^struct Carver\b", "struct Carver"),
+    (r"^__host__ __device__ inline int dt_width\b", "dt_width"),
     (r"^__host__ __device__ inline int table_width\b", "table_width"),
     (r"^template <typename scalar_t, int DP, int ROWS>\s*struct FwdSmem\b", "FwdSmem"),
     (r"^template <typename scalar_t, int DP, int ROWS>\s*struct BwdSmem\b", "BwdSmem"),
@@ -483,8 +484,8 @@ def test_the_mirror_agrees_with_the_cpp_formulas(cpp_geometry):
     # the pretraining shape's figures, worked by hand: one window per 64-row tile,
     # 1024 x 12 tiles; the forward's shared memory 3 x 64 x 72 x 2 (Q, K, V) + 64 x 72 x 2
     # (16-bit bucket ids in rows of 72; P stays in registers) + 4 x 64 x 4 (rows) +
-    # 64 x 65 x 4 (qR) = 54528.
-    assert cpp_geometry[0]["num_tiles"] == 12288 and cpp_geometry[0]["fwd_smem"] == 54528
+    # 64 x 56 x 4 (qR: NB = 50 rounded to 8 mod 16) = 52224.
+    assert cpp_geometry[0]["num_tiles"] == 12288 and cpp_geometry[0]["fwd_smem"] == 52224
 
 
 def _top_level_args(text: str) -> list[str]:
@@ -600,7 +601,7 @@ def test_the_record_says_it_is_a_model(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.startswith("MODEL, no GPU ran") and "no GPU ran" in printed.splitlines()[-1]
     # the pretraining shape on the H200: the forward's shared memory binds at 4 blocks
-    # (54528 + 1024 = 55552 B; 233472 // 55552 = 4; the saved report's 96 registers allow 5)
+    # (52224 + 1024 = 53248 B; 233472 // 53248 = 4; the saved report's 96 registers allow 5)
     pre = model["shapes"][0]
     assert pre["shape"] == PRETRAIN.label()
     fwd = pre["cards"]["H200"][0]

@@ -144,6 +144,14 @@ MUTATIONS = [
       "return x ? static_cast<int>(two >> 16) : static_cast<int>(two & 0xFFFFu);",
       "return x ? static_cast<int>(two & 0xFFFFu) : static_cast<int>(two >> 16);",
       "none", "mismatch", ["S=2 N=7 H=3 d=8 contextual per-head"]),
+    # qR and dT rows end at their bucket count (rounded to a bank-friendly stride), not
+    # at the next chunk of ROWS: the chunk's padding columns must not be stored or read.
+    M("window_attention: qR pair stores past NB (guard dropped)", "window_attention.cu",
+      "        if (b < p.NB) store_pair(qR", "        store_pair(qR",
+      "address", "memory", ["S=2 N=7 H=3 d=8 contextual per-head"]),
+    M("window_attention: dT R product over the whole chunk (reads past dT's rows)",
+      "window_attention.cu", "p.NB - b0 < ROWS ? p.NB - b0 : ROWS);", "ROWS);",
+      "address", "memory", ["S=2 N=7 H=3 d=8 contextual per-head"]),
     M("window_attention: dq __syncthreads before the next tile removed", "window_attention.cu",
       "    __syncthreads();  // Q, dO, dT and the query rows are replaced next\n", "",
       "thread", "race", ["dq blocks loop"]),
