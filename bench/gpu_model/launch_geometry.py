@@ -88,7 +88,7 @@ def bwd_smem(dtype: str, dp: int, nb: int, mode: str, dq_kernel: bool) -> int:
     for _ in range(4):                       # Qs, dOs, Ks, Vs
         c.take(dtype, rows * ld)
     c.take(p_t, 0 if dq_kernel or tc else rows * ldp)   # Ps (FMA path's dk/dv kernel)
-    c.take(acc, rows * lds if dq_kernel else 0)         # dSs
+    c.take(acc, rows * lds if dq_kernel and not tc else 0)   # dSs (FMA path's dq kernel)
     c.take("uint16", rows * (rows + 8))                 # ids
     for _ in range(4):                       # qseq, qpos, kseq, kpos
         c.take("int", rows)

@@ -45,8 +45,10 @@
 //  - dQ and d(rpe): a fixed grid of (blocks, table groups); block x of group g
 //    takes the group's tiles x, x + blocks, ... (a fixed assignment). Per tile it
 //    loops over the key tiles: dS as above, dQ += scale dS K, and each row's dS
-//    is added into dT[i][bucket(i, j)] by one thread per row in j order (no
-//    atomics). Then dQ += dT R (contextual, fp32 FMAs) and the block's own fp32
+//    is added into dT[i][bucket(i, j)] in a fixed order, no atomics (tensor
+//    cores: dS stays in registers and the 4 lanes holding a row add their
+//    columns in turn; FMA path: dS through shared memory, one thread per row in
+//    j order). Then dQ += dT R (contextual, fp32 FMAs) and the block's own fp32
 //    partial of d(rpe) += dT^T Q (contextual) or the column sums of dT (bias) in
 //    a workspace; a last kernel adds the partials of each group in block order.
 //    The grid depends only on the device's SM count: d(rpe) is bitwise
@@ -490,7 +492,7 @@ struct BwdSmem {
   static constexpr int LD = DP + kPad<scalar_t>, LDP = ROWS + kPad<p_t>, LDS = ROWS + 1;
   scalar_t *Qs, *dOs, *Ks, *Vs;
   p_t* Ps;     // dk/dv kernel, FMA path: P^T then dS^T (the tensor cores keep them in registers)
-  acc_t* dSs;  // dq kernel: dS in acc type (for the GEMM and the bucket sums)
+  acc_t* dSs;  // dq kernel, FMA path: dS in acc type (the tensor cores keep it in registers)
   uint16_t* ids;
   int *qseq, *qpos, *kseq, *kpos;
   acc_t *lse, *delta, *qR, *dT, *bias;
@@ -502,7 +504,7 @@ struct BwdSmem {
     Ks = c.take<scalar_t>(ROWS * LD);
     Vs = c.take<scalar_t>(ROWS * LD);
     Ps = c.take<p_t>(dq_kernel || kTensorCores<scalar_t> ? 0 : ROWS * LDP);
-    dSs = c.take<acc_t>(dq_kernel ? ROWS * LDS : 0);
+    dSs = c.take<acc_t>(dq_kernel && !kTensorCores<scalar_t> ? ROWS * LDS : 0);
     ids = c.take<uint16_t>(ROWS * kIdsLd<ROWS>);
     qseq = c.take<int>(ROWS);
     qpos = c.take<int>(ROWS);
@@ -912,19 +914,56 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
                                        relative_term(p, sm.qR, ldr, sm.bias, r, b) - sm.lse[r]);
               ds = pr * (dp[n][e + x] - sm.delta[r]);
             }
-            sm.dSs[r * LDS + c + x] = ds;
+            if constexpr (kTC) {
+              s[n][e + x] = ds;  // dS stays in registers
+            } else {
+              sm.dSs[r * LDS + c + x] = ds;
+            }
           }
         }
-      __syncwarp();
-      warp_gemm<scalar_t, kTC, NTO>(dq, rows_of(sm.dSs + row0 * LDS, LDS), cols_of(sm.Ks, LD), ROWS);
-      if (p.mode != kNone && lane < 16) {  // dT[r][bucket] += dS[r][c], c in order
-        const int r = row0 + lane;
-        for (int c = 0; c < ROWS; c += 2) {
-          const uint32_t two = bucket_pair<ROWS>(sm.ids, r, c);
+      if constexpr (kTC) {
+        uint32_t da[NTS][2];
 #pragma unroll
-          for (int x = 0; x < 2; ++x) {
-            const int b = pair_half(two, x);
-            if (b != kNoBucket) sm.dT[r * ldt + b] += sm.dSs[r * LDS + c + x];
+        for (int n = 0; n < NTS; ++n)
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) da[n][hh] = pack_pair<scalar_t>(s[n][2 * hh], s[n][2 * hh + 1]);
+        warp_gemm_a_regs<scalar_t, NTO>(dq, da, cols_of(sm.Ks, LD));
+        // dT[r][bucket] += dS[r][c] from the fragments: the 4 lanes of a quad hold a
+        // row's columns (lane t: 8 n + 2t and + 1); they add in turn, t = 0..3, each
+        // its columns in order, so every dT element is summed in one fixed order.
+        if (p.mode != kNone) {
+          const int g = lane >> 2, t = lane & 3;
+          for (int tt = 0; tt < 4; ++tt) {
+            if (t == tt) {
+#pragma unroll
+              for (int hh = 0; hh < 2; ++hh) {
+                const int r = row0 + g + 8 * hh;
+#pragma unroll
+                for (int n = 0; n < NTS; ++n) {
+                  const uint32_t two = bucket_pair<ROWS>(sm.ids, r, 8 * n + 2 * t);
+#pragma unroll
+                  for (int x = 0; x < 2; ++x) {
+                    const int b = pair_half(two, x);
+                    if (b != kNoBucket) sm.dT[r * ldt + b] += s[n][2 * hh + x];
+                  }
+                }
+              }
+            }
+            __syncwarp();
+          }
+        }
+      } else {
+        __syncwarp();
+        warp_gemm<scalar_t, kTC, NTO>(dq, rows_of(sm.dSs + row0 * LDS, LDS), cols_of(sm.Ks, LD), ROWS);
+        if (p.mode != kNone && lane < 16) {  // dT[r][bucket] += dS[r][c], c in order
+          const int r = row0 + lane;
+          for (int c = 0; c < ROWS; c += 2) {
+            const uint32_t two = bucket_pair<ROWS>(sm.ids, r, c);
+#pragma unroll
+            for (int x = 0; x < 2; ++x) {
+              const int b = pair_half(two, x);
+              if (b != kNoBucket) sm.dT[r * ldt + b] += sm.dSs[r * LDS + c + x];
+            }
           }
         }
       }
