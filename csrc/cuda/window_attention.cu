@@ -519,12 +519,14 @@ struct BwdSmem {
   }
 };
 
-// lse and D of a query tile's rows (0 in padding rows, whose P is 0 anyway).
+// lse and D of a query tile's rows; in padding rows lse = +inf and D = 0, so their
+// P = exp(x - lse) is 0 even where the staged buckets do not mask them (the dq
+// kernel's one bucket tile for all packed tiles).
 template <int ROWS, typename acc_t>
 __device__ void load_row_stats(const Params& p, int h, const int* seq, const int* pos,
                                acc_t* lse, acc_t* delta) {
   for (int r = threadIdx.x; r < ROWS; r += blockDim.x) {
-    acc_t l = 0, dl = 0;
+    acc_t l = INFINITY, dl = 0;
     if (seq[r] >= 0) {
       const int64_t at = (static_cast<int64_t>(seq[r]) * p.H + h) * p.N + pos[r];
       l = static_cast<const acc_t*>(p.lse)[at];
@@ -866,6 +868,19 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
                                          (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) *
                                              p.group_width;
 
+  // N <= ROWS: every tile packs whole sequences at the same rows, so one bucket tile,
+  // staged once from the first tile's rows, serves all of the block's tiles: a tile's
+  // missing sequences are other slots, masked for its present rows, and its missing
+  // rows have lse = +inf (P = 0). The N x N bucket map is read once per block, not
+  // once per tile.
+  const bool one_bucket_tile = p.N <= ROWS;
+  if (one_bucket_tile) {
+    tile_rows<ROWS>(p, 0, 0, sm.qseq, sm.qpos);
+    tile_rows<ROWS>(p, 0, 0, sm.kseq, sm.kpos);
+    __syncthreads();
+    load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
+    __syncthreads();  // the tiles' rows replace qseq and kseq next
+  }
   for (int64_t u = blockIdx.x; u < group_tiles; u += gridDim.x) {
     const TileCoord tc = tile_coord<ROWS>(p, blockIdx.y * group_tiles + u);
     tile_rows<ROWS>(p, tc.s0, tc.m0, sm.qseq, sm.qpos);
@@ -891,7 +906,7 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
                                         sm.kseq, sm.kpos, p.d);
       load_tile<scalar_t, DP, ROWS, LD>(sm.Vs, static_cast<const scalar_t*>(p.v), p.v_st, tc.h,
                                         sm.kseq, sm.kpos, p.d);
-      load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
+      if (!one_bucket_tile) load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
       __syncthreads();
 
       acc_t s[NTS][4], dp[NTS][4];
