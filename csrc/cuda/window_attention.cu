@@ -256,6 +256,15 @@ __device__ __forceinline__ uint32_t pack_pair(float lo, float hi) {
   return static_cast<uint32_t>(to<scalar_t>(lo).x) | (static_cast<uint32_t>(to<scalar_t>(hi).x) << 16);
 }
 
+// An accumulator (16 x 8 KT) rounded to scalar_t and packed as warp_gemm_a_regs's A.
+template <typename scalar_t, int KT>
+__device__ __forceinline__ void pack_fragments(uint32_t (&a)[KT][2], const float (&acc)[KT][4]) {
+#pragma unroll
+  for (int n = 0; n < KT; ++n)
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) a[n][hh] = pack_pair<scalar_t>(acc[n][2 * hh], acc[n][2 * hh + 1]);
+}
+
 // acc (16 x 8 NT) += A (16 x 8 KT) B, A held in registers: a[n][hh] packs A's
 // row g + 8 hh, columns 8 n + 2t and + 1 (the accumulator layout of an
 // 8-column slice, rounded by pack_pair), so slices 2 kk and 2 kk + 1 are the
@@ -681,10 +690,7 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_fwd_kernel(const Pa
       for (int e = 0; e < 4; ++e) l[e >> 1] += s[n][e];
     if constexpr (kTC) {
       uint32_t pa[NTS][2];
-#pragma unroll
-      for (int n = 0; n < NTS; ++n)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) pa[n][hh] = pack_pair<scalar_t>(s[n][2 * hh], s[n][2 * hh + 1]);
+      pack_fragments<scalar_t>(pa, s);
       warp_gemm_a_regs<scalar_t, NTO>(o, pa, cols_of(sm.Vs, LD));
     } else {
 #pragma unroll
@@ -804,11 +810,7 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_dkdv_kernel(const P
     warp_gemm<scalar_t, kTC, NTS>(dpt, rows_of(sm.Vs + row0 * LD, LD), rows_of(sm.dOs, LD), DP);
     if constexpr (kTC) {
       uint32_t pa[NTS][2];
-#pragma unroll
-      for (int n = 0; n < NTS; ++n)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh)
-          pa[n][hh] = pack_pair<scalar_t>(pt[n][2 * hh], pt[n][2 * hh + 1]);
+      pack_fragments<scalar_t>(pa, pt);
       warp_gemm_a_regs<scalar_t, NTO>(dv, pa, cols_of(sm.dOs, LD));
 #pragma unroll
       for (int n = 0; n < NTS; ++n)
@@ -938,10 +940,7 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
         }
       if constexpr (kTC) {
         uint32_t da[NTS][2];
-#pragma unroll
-        for (int n = 0; n < NTS; ++n)
-#pragma unroll
-          for (int hh = 0; hh < 2; ++hh) da[n][hh] = pack_pair<scalar_t>(s[n][2 * hh], s[n][2 * hh + 1]);
+        pack_fragments<scalar_t>(da, s);
         warp_gemm_a_regs<scalar_t, NTO>(dq, da, cols_of(sm.Ks, LD));
         // dT[r][bucket] += dS[r][c] from the fragments: the 4 lanes of a quad hold a
         // row's columns (lane t: 8 n + 2t and + 1); they add in turn, t = 0..3, each
