@@ -65,12 +65,11 @@ class _Carver:
 def fwd_smem(dtype: str, dp: int, nb: int, mode: str) -> int:
     """FwdSmem<scalar_t, DP, ROWS>(nullptr, NB, mode).bytes."""
     rows, (_, acc, tc) = rows_per_tile(dtype), DTYPES[dtype]
-    p_t = dtype if tc else acc
-    ld, ldp = dp + pad(dtype), rows + pad(p_t)
+    ld, ldp = dp + pad(dtype), rows + pad(acc)
     c = _Carver()
     for _ in range(3):                       # Qs, Ks, Vs
         c.take(dtype, rows * ld)
-    c.take(p_t, 0 if tc else rows * ldp)     # Ps (the tensor cores keep P in registers)
+    c.take(acc, 0 if tc else rows * ldp)     # Ps (the tensor cores keep P in registers)
     c.take("uint16", rows * (rows + 8))      # ids
     for _ in range(4):                       # qseq, qpos, kseq, kpos
         c.take("int", rows)
@@ -82,12 +81,11 @@ def fwd_smem(dtype: str, dp: int, nb: int, mode: str) -> int:
 def bwd_smem(dtype: str, dp: int, nb: int, mode: str, dq_kernel: bool) -> int:
     """BwdSmem<scalar_t, DP, ROWS>(nullptr, NB, mode, dq_kernel).bytes."""
     rows, (_, acc, tc) = rows_per_tile(dtype), DTYPES[dtype]
-    p_t = dtype if tc else acc
-    ld, ldp, lds = dp + pad(dtype), rows + pad(p_t), rows + 1
+    ld, ldp, lds = dp + pad(dtype), rows + pad(acc), rows + 1
     c = _Carver()
     for _ in range(4):                       # Qs, dOs, Ks, Vs
         c.take(dtype, rows * ld)
-    c.take(p_t, 0 if dq_kernel or tc else rows * ldp)   # Ps (FMA path's dk/dv kernel)
+    c.take(acc, 0 if dq_kernel or tc else rows * ldp)   # Ps (FMA path's dk/dv kernel)
     c.take(acc, rows * lds if dq_kernel and not tc else 0)   # dSs (FMA path's dq kernel)
     c.take("uint16", rows * (rows + 8))                 # ids
     for _ in range(4):                       # qseq, qpos, kseq, kpos

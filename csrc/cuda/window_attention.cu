@@ -45,10 +45,9 @@
 //  - dQ and d(rpe): a fixed grid of (blocks, table groups); block x of group g
 //    takes the group's tiles x, x + blocks, ... (a fixed assignment). Per tile it
 //    loops over the key tiles: dS as above, dQ += scale dS K, and each row's dS
-//    is added into dT[i][bucket(i, j)] in a fixed order, no atomics (tensor
-//    cores: dS stays in registers and the 4 lanes holding a row add their
-//    columns in turn; FMA path: dS through shared memory, one thread per row in
-//    j order). Then dQ += dT R (contextual, fp32 FMAs) and the block's own fp32
+//    is added into dT[i][bucket(i, j)] in a fixed order, no atomics: the 4
+//    lanes holding a row's fragments add their columns in turn (on the tensor
+//    cores dS never leaves registers; the FMA path stages it for the dS K product). Then dQ += dT R (contextual, fp32 FMAs) and the block's own fp32
 //    partial of d(rpe) += dT^T Q (contextual) or the column sums of dT (bias) in
 //    a workspace; a last kernel adds the partials of each group in block order.
 //    The grid depends only on the device's SM count: d(rpe) is bitwise
@@ -287,6 +286,28 @@ __device__ __forceinline__ void warp_gemm_a_regs(float (&acc)[NT][4], const uint
   }
 }
 
+// acc (16 x 8 NT) += A B, A being the calling warp's accumulator fragments (16 x 8
+// KT): on the tensor cores packed straight into A fragments; on the FMA path, whose
+// GEMM reads whole rows of A that a lane does not hold, through the warp's 16 rows
+// of `stage` (row stride ld, values rounded to T). B(k, n) read as bt.at(n, k).
+template <typename scalar_t, int NT, int KT, typename acc_t, typename T, typename TB, bool RB>
+__device__ __forceinline__ void warp_gemm_a_frags(acc_t (&acc)[NT][4], const acc_t (&a)[KT][4],
+                                                  T* stage, int ld, const View<TB, RB>& bt) {
+  if constexpr (kTensorCores<scalar_t>) {
+    uint32_t packed[KT][2];
+    pack_fragments<scalar_t>(packed, a);
+    warp_gemm_a_regs<scalar_t, NT>(acc, packed, bt);
+  } else {
+    T* rows = stage + (threadIdx.x >> 5) * 16 * ld;
+#pragma unroll
+    for (int n = 0; n < KT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) rows[frag_row(e) * ld + frag_col(n, e)] = to<T>(a[n][e]);
+    __syncwarp();
+    warp_gemm<scalar_t, false, NT>(acc, rows_of(rows, ld), bt, 8 * KT);
+  }
+}
+
 // Shared memory carved in 16-byte-aligned pieces; the host runs the same code
 // (with a null base) to size the launch.
 struct Carver {
@@ -468,10 +489,9 @@ __host__ __device__ inline int table_width(int NB) {
 template <typename scalar_t, int DP, int ROWS>
 struct FwdSmem {
   using acc_t = typename AccType<scalar_t>::type;
-  using p_t = std::conditional_t<kTensorCores<scalar_t>, scalar_t, acc_t>;
-  static constexpr int LD = DP + kPad<scalar_t>, LDP = ROWS + kPad<p_t>;
+  static constexpr int LD = DP + kPad<scalar_t>, LDP = ROWS + kPad<acc_t>;
   scalar_t *Qs, *Ks, *Vs;
-  p_t* Ps;  // FMA path only: P for the P V product (the tensor cores keep it in registers)
+  acc_t* Ps;  // FMA path only: P for the P V product (the tensor cores keep it in registers)
   uint16_t* ids;
   int *qseq, *qpos, *kseq, *kpos;
   acc_t *qR, *bias;
@@ -481,7 +501,7 @@ struct FwdSmem {
     Qs = c.take<scalar_t>(ROWS * LD);
     Ks = c.take<scalar_t>(ROWS * LD);
     Vs = c.take<scalar_t>(ROWS * LD);
-    Ps = c.take<p_t>(kTensorCores<scalar_t> ? 0 : ROWS * LDP);
+    Ps = c.take<acc_t>(kTensorCores<scalar_t> ? 0 : ROWS * LDP);
     ids = c.take<uint16_t>(ROWS * kIdsLd<ROWS>);
     qseq = c.take<int>(ROWS);
     qpos = c.take<int>(ROWS);
@@ -497,10 +517,9 @@ struct FwdSmem {
 template <typename scalar_t, int DP, int ROWS>
 struct BwdSmem {
   using acc_t = typename AccType<scalar_t>::type;
-  using p_t = std::conditional_t<kTensorCores<scalar_t>, scalar_t, acc_t>;
-  static constexpr int LD = DP + kPad<scalar_t>, LDP = ROWS + kPad<p_t>, LDS = ROWS + 1;
+  static constexpr int LD = DP + kPad<scalar_t>, LDP = ROWS + kPad<acc_t>, LDS = ROWS + 1;
   scalar_t *Qs, *dOs, *Ks, *Vs;
-  p_t* Ps;     // dk/dv kernel, FMA path: P^T then dS^T (the tensor cores keep them in registers)
+  acc_t* Ps;   // dk/dv kernel, FMA path: P^T then dS^T (the tensor cores keep them in registers)
   acc_t* dSs;  // dq kernel, FMA path: dS in acc type (the tensor cores keep it in registers)
   uint16_t* ids;
   int *qseq, *qpos, *kseq, *kpos;
@@ -512,7 +531,7 @@ struct BwdSmem {
     dOs = c.take<scalar_t>(ROWS * LD);
     Ks = c.take<scalar_t>(ROWS * LD);
     Vs = c.take<scalar_t>(ROWS * LD);
-    Ps = c.take<p_t>(dq_kernel || kTensorCores<scalar_t> ? 0 : ROWS * LDP);
+    Ps = c.take<acc_t>(dq_kernel || kTensorCores<scalar_t> ? 0 : ROWS * LDP);
     dSs = c.take<acc_t>(dq_kernel && !kTensorCores<scalar_t> ? ROWS * LDS : 0);
     ids = c.take<uint16_t>(ROWS * kIdsLd<ROWS>);
     qseq = c.take<int>(ROWS);
@@ -615,7 +634,6 @@ template <typename scalar_t, int DP, int ROWS>
 __global__ void __launch_bounds__(2 * ROWS) window_attention_fwd_kernel(const Params p) {
   using acc_t = typename AccType<scalar_t>::type;
   using L = FwdSmem<scalar_t, DP, ROWS>;
-  using p_t = typename L::p_t;
   constexpr bool kTC = kTensorCores<scalar_t>;
   constexpr int LD = L::LD, LDP = L::LDP, NTS = ROWS / 8, NTO = DP / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -683,24 +701,11 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_fwd_kernel(const Pa
 #pragma unroll
     for (int n = 0; n < NTS; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] = dev_exp(s[n][e] - base[e >> 1]);
-#pragma unroll
-    for (int n = 0; n < NTS; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) l[e >> 1] += s[n][e];
-    if constexpr (kTC) {
-      uint32_t pa[NTS][2];
-      pack_fragments<scalar_t>(pa, s);
-      warp_gemm_a_regs<scalar_t, NTO>(o, pa, cols_of(sm.Vs, LD));
-    } else {
-#pragma unroll
-      for (int n = 0; n < NTS; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          sm.Ps[(row0 + frag_row(e)) * LDP + frag_col(n, e)] = to<p_t>(s[n][e]);
-      __syncwarp();
-      warp_gemm<scalar_t, kTC, NTO>(o, rows_of(sm.Ps + row0 * LDP, LDP), cols_of(sm.Vs, LD), ROWS);
-    }
+      for (int e = 0; e < 4; ++e) {
+        s[n][e] = dev_exp(s[n][e] - base[e >> 1]);  // P
+        l[e >> 1] += s[n][e];
+      }
+    warp_gemm_a_frags<scalar_t, NTO>(o, s, sm.Ps, LDP, cols_of(sm.Vs, LD));
     __syncthreads();  // K, V, the buckets and the key rows are replaced next
   }
 
@@ -752,7 +757,6 @@ template <typename scalar_t, int DP, int ROWS>
 __global__ void __launch_bounds__(2 * ROWS) window_attention_dkdv_kernel(const Params p) {
   using acc_t = typename AccType<scalar_t>::type;
   using L = BwdSmem<scalar_t, DP, ROWS>;
-  using p_t = typename L::p_t;
   constexpr bool kTC = kTensorCores<scalar_t>;
   constexpr int LD = L::LD, LDP = L::LDP, NTS = ROWS / 8, NTO = DP / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -808,38 +812,13 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_dkdv_kernel(const P
     acc_t dpt[NTS][4];
     zero(dpt);
     warp_gemm<scalar_t, kTC, NTS>(dpt, rows_of(sm.Vs + row0 * LD, LD), rows_of(sm.dOs, LD), DP);
-    if constexpr (kTC) {
-      uint32_t pa[NTS][2];
-      pack_fragments<scalar_t>(pa, pt);
-      warp_gemm_a_regs<scalar_t, NTO>(dv, pa, cols_of(sm.dOs, LD));
+    warp_gemm_a_frags<scalar_t, NTO>(dv, pt, sm.Ps, LDP, cols_of(sm.dOs, LD));
 #pragma unroll
-      for (int n = 0; n < NTS; ++n)
+    for (int n = 0; n < NTS; ++n)
 #pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int i = frag_col(n, 2 * hh);
-          pa[n][hh] = pack_pair<scalar_t>(pt[n][2 * hh] * (dpt[n][2 * hh] - sm.delta[i]),
-                                          pt[n][2 * hh + 1] * (dpt[n][2 * hh + 1] - sm.delta[i + 1]));
-        }
-      warp_gemm_a_regs<scalar_t, NTO>(dk, pa, cols_of(sm.Qs, LD));
-    } else {
-#pragma unroll
-      for (int n = 0; n < NTS; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          sm.Ps[(row0 + frag_row(e)) * LDP + frag_col(n, e)] = to<p_t>(pt[n][e]);
-      __syncwarp();
-      warp_gemm<scalar_t, kTC, NTO>(dv, rows_of(sm.Ps + row0 * LDP, LDP), cols_of(sm.dOs, LD), ROWS);
-      __syncwarp();  // every lane is done reading P^T before dS^T replaces it
-#pragma unroll
-      for (int n = 0; n < NTS; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int j = row0 + frag_row(e), i = frag_col(n, e);
-          sm.Ps[j * LDP + i] = to<p_t>(pt[n][e] * (dpt[n][e] - sm.delta[i]));
-        }
-      __syncwarp();
-      warp_gemm<scalar_t, kTC, NTO>(dk, rows_of(sm.Ps + row0 * LDP, LDP), cols_of(sm.Qs, LD), ROWS);
-    }
+      for (int e = 0; e < 4; ++e) pt[n][e] *= dpt[n][e] - sm.delta[frag_col(n, e)];  // dS^T
+    if constexpr (!kTC) __syncwarp();  // every lane is done reading P^T before dS^T replaces it
+    warp_gemm_a_frags<scalar_t, NTO>(dk, pt, sm.Ps, LDP, cols_of(sm.Qs, LD));
     __syncthreads();  // Q, dO, the buckets and the query rows are replaced next
   }
   const acc_t dk_mul[2] = {scale, scale}, one[2] = {1, 1};
@@ -931,54 +910,32 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
                                        relative_term(p, sm.qR, ldr, sm.bias, r, b) - sm.lse[r]);
               ds = pr * (dp[n][e + x] - sm.delta[r]);
             }
-            if constexpr (kTC) {
-              s[n][e + x] = ds;  // dS stays in registers
-            } else {
-              sm.dSs[r * LDS + c + x] = ds;
-            }
+            s[n][e + x] = ds;
           }
         }
-      if constexpr (kTC) {
-        uint32_t da[NTS][2];
-        pack_fragments<scalar_t>(da, s);
-        warp_gemm_a_regs<scalar_t, NTO>(dq, da, cols_of(sm.Ks, LD));
-        // dT[r][bucket] += dS[r][c] from the fragments: the 4 lanes of a quad hold a
-        // row's columns (lane t: 8 n + 2t and + 1); they add in turn, t = 0..3, each
-        // its columns in order, so every dT element is summed in one fixed order.
-        if (p.mode != kNone) {
-          const int g = lane >> 2, t = lane & 3;
-          for (int tt = 0; tt < 4; ++tt) {
-            if (t == tt) {
+      warp_gemm_a_frags<scalar_t, NTO>(dq, s, sm.dSs, LDS, cols_of(sm.Ks, LD));
+      // dT[r][bucket] += dS[r][c] from the fragments: the 4 lanes of a quad hold a row's
+      // columns (lane t: 8 n + 2t and + 1); they add in turn, t = 0..3, each its
+      // columns in order, so every dT element is summed in one fixed order.
+      if (p.mode != kNone) {
+        const int g = lane >> 2, t = lane & 3;
+        for (int tt = 0; tt < 4; ++tt) {
+          if (t == tt) {
 #pragma unroll
-              for (int hh = 0; hh < 2; ++hh) {
-                const int r = row0 + g + 8 * hh;
+            for (int hh = 0; hh < 2; ++hh) {
+              const int r = row0 + g + 8 * hh;
 #pragma unroll
-                for (int n = 0; n < NTS; ++n) {
-                  const uint32_t two = bucket_pair<ROWS>(sm.ids, r, 8 * n + 2 * t);
+              for (int n = 0; n < NTS; ++n) {
+                const uint32_t two = bucket_pair<ROWS>(sm.ids, r, 8 * n + 2 * t);
 #pragma unroll
-                  for (int x = 0; x < 2; ++x) {
-                    const int b = pair_half(two, x);
-                    if (b != kNoBucket) sm.dT[r * ldt + b] += s[n][2 * hh + x];
-                  }
+                for (int x = 0; x < 2; ++x) {
+                  const int b = pair_half(two, x);
+                  if (b != kNoBucket) sm.dT[r * ldt + b] += s[n][2 * hh + x];
                 }
               }
             }
-            __syncwarp();
           }
-        }
-      } else {
-        __syncwarp();
-        warp_gemm<scalar_t, kTC, NTO>(dq, rows_of(sm.dSs + row0 * LDS, LDS), cols_of(sm.Ks, LD), ROWS);
-        if (p.mode != kNone && lane < 16) {  // dT[r][bucket] += dS[r][c], c in order
-          const int r = row0 + lane;
-          for (int c = 0; c < ROWS; c += 2) {
-            const uint32_t two = bucket_pair<ROWS>(sm.ids, r, c);
-#pragma unroll
-            for (int x = 0; x < 2; ++x) {
-              const int b = pair_half(two, x);
-              if (b != kNoBucket) sm.dT[r * ldt + b] += sm.dSs[r * LDS + c + x];
-            }
-          }
+          __syncwarp();
         }
       }
       __syncthreads();  // K, V, the buckets and the key rows are replaced next

@@ -128,11 +128,13 @@ MUTATIONS = [
       "thread", "race", ["S=2 N=50 H=2 d=64 bias strided"]),
     # (The FMA path's: on the tensor cores P and dS^T stay in registers; "one element"
     # runs every dtype, fp32 and fp64 among them.)
-    M("window_attention: forward __syncwarp between P and P V removed", "window_attention.cu",
-      "      __syncwarp();\n      warp_gemm<scalar_t, kTC, NTO>(o, rows_of(sm.Ps",
-      "      warp_gemm<scalar_t, kTC, NTO>(o, rows_of(sm.Ps", "thread", "race", ["one element"]),
+    M("window_attention: __syncwarp between staging A's fragments and the FMA GEMM removed",
+      "window_attention.cu",
+      "    __syncwarp();\n    warp_gemm<scalar_t, false, NT>(acc, rows_of(rows, ld), bt, 8 * KT);",
+      "    warp_gemm<scalar_t, false, NT>(acc, rows_of(rows, ld), bt, 8 * KT);",
+      "thread", "race", ["one element"]),
     M("window_attention: dk/dv __syncwarp before dS^T replaces P^T removed", "window_attention.cu",
-      "      __syncwarp();  // every lane is done reading P^T before dS^T replaces it\n", "",
+      "    if constexpr (!kTC) __syncwarp();  // every lane is done reading P^T before dS^T replaces it\n", "",
       "thread", "race", ["one element"]),
     # The tensor cores' register operands: P (and dS^T) packed in the accumulator's
     # layout and fed as A fragments; a wrong fragment index or a swapped pair of staged
@@ -156,8 +158,8 @@ MUTATIONS = [
       "address", "memory", ["S=2 N=7 H=3 d=8 contextual per-head"]),
     M("window_attention: dq's quad lanes add their dT columns without taking turns",
       "window_attention.cu",
-      "            __syncwarp();\n          }\n        }\n      } else {",
-      "          }\n        }\n      } else {",
+      "          __syncwarp();\n        }\n      }\n      __syncthreads();  // K, V",
+      "        }\n      }\n      __syncthreads();  // K, V",
       "thread", "race", ["S=2 N=50 H=2 d=64 bias strided"]),
     M("window_attention: dq's one bucket tile staged without a barrier before the tiles' rows",
       "window_attention.cu", "    __syncthreads();  // the tiles' rows replace qseq and kseq next\n", "",
