@@ -1,9 +1,12 @@
 // Checks cuda_emu.h itself with emulator_selftest.cu's kernels: thread and block
 // coordinates of 3-D launches, every shuffle and vote against PTX's definitions,
-// atomics, static/dynamic shared memory and its fill pattern, the launch limits
-// (threads, grid, 48 KB without opt-in, the card's opt-in maximum, __launch_bounds__),
-// that misuse ends the run with a report (in a child process each), and, in counting
-// builds (run.sh --count), the traffic counters on kernels whose counts are known.
+// atomics, static/dynamic shared memory and its fill pattern, asynchronous copies
+// (cp.async: exact copies, and that a wait leaves the groups it should pending), the
+// launch limits (threads, grid, 48 KB without opt-in, the card's opt-in maximum,
+// __launch_bounds__), that misuse ends the run with a report (in a child process
+// each; under ThreadSanitizer a missing barrier after a cp.async wait, under
+// AddressSanitizer a cp.async source out of bounds), and, in counting builds (run.sh
+// --count), the traffic counters on kernels whose counts are known.
 #include "emulator_selftest_emulated.cpp"  // written by emulate_cu.py
 
 #include <fcntl.h>
@@ -103,6 +106,39 @@ void shared_memory() {
   auto i = ints(1);
   selftest::fresh(f.data_ptr<float>(), i.data_ptr<int>());
   verdict(std::isnan(f.item<float>()) && i.item<int>() == INT_MAX, "fresh shared memory is NaN / INT_MAX");
+}
+
+// cp.async: two committed groups waited for, copied back exactly (several blocks, a
+// __shared__ array and the dynamic shared memory); .ca of 4 and 8 bytes; then what
+// each wait completes: the rest still holds the fill pattern (INT_MAX words).
+void cp_async_checks() {
+  for (int threads : {64, 128}) {
+    const int blocks = 3, n = 2 * threads * blocks;
+    auto in = at::randint(0, 1 << 30, {n, 4}, at::kInt), out = at::empty({n, 4}, at::kInt);
+    selftest::async_copy(reinterpret_cast<const uint4*>(in.data_ptr<int>()),
+                         reinterpret_cast<uint4*>(out.data_ptr<int>()), blocks, threads);
+    auto want = in.view({blocks, 2, threads, 4}).flip({1, 2}).reshape({n, 4});
+    verdict(at::equal(out, want), "cp.async.cg, 2 groups, " + std::to_string(blocks) + " blocks of " +
+                                      std::to_string(threads));
+  }
+  {
+    auto in = at::randn({96}, at::kFloat), out = at::empty({96}, at::kFloat);
+    selftest::async_ca(in.data_ptr<float>(), out.data_ptr<float>());
+    auto want = at::cat({in.slice(0, 0, 32).flip(0), in.slice(0, 32).view({32, 2}).flip(0).reshape({64})});
+    verdict(at::equal(out, want), "cp.async.ca of 4 and 8 bytes, wait_all");
+  }
+  auto in = at::randint(0, 1 << 30, {96, 4}, at::kInt), out = at::empty({192, 4}, at::kInt);
+  selftest::async_pending(reinterpret_cast<const uint4*>(in.data_ptr<int>()),
+                          reinterpret_cast<uint4*>(out.data_ptr<int>()));
+  auto fill = at::full({32, 4}, INT_MAX, at::kInt);
+  auto part = [&](int k) { return out.slice(0, 32 * k, 32 * (k + 1)); };
+  auto group = [&](int k) { return in.slice(0, 32 * k, 32 * (k + 1)); };
+  verdict(at::equal(part(0), group(0)), "wait_group 1: the older group has landed");
+  verdict(at::equal(part(1), fill), "wait_group 1: the newest group is pending");
+  verdict(at::equal(part(2), fill), "wait_group 1: uncommitted copies are pending");
+  verdict(at::equal(part(3), group(1)), "wait_group 0: every committed group landed");
+  verdict(at::equal(part(4), fill), "wait_group 0: uncommitted copies still pending");
+  verdict(at::equal(part(5), group(2)), "wait_all: the uncommitted copies landed");
 }
 
 void launch_limits() {
@@ -241,6 +277,44 @@ void traffic_counters() {
     verdict(f[0].item<float>() == 48.0f, "mma: 3 x 16 products of 1 x 1");
     counter("mma: 3 per warp x 4 warps", r.mma, 12);
   }
+  // cp.async against plain 16-byte loads and stores of the same elements.
+  auto cin = at::randint(0, 1 << 20, {128, 4}, at::kInt), cout = at::empty({128, 4}, at::kInt);
+  const auto* src = reinterpret_cast<const uint4*>(cin.data_ptr<int>());
+  auto* dst = reinterpret_cast<uint4*>(cout.data_ptr<int>());
+  selftest::count_copy(src, dst, false);
+  const emu::count::LaunchRecord plain = last_launch();
+  selftest::count_copy(src, dst, true);
+  const emu::count::LaunchRecord& async = last_launch();
+  verdict(at::equal(cout.view({2, 64, 4}), cin.view({2, 64, 4}).flip(1)), "cp.async: the tiles copied back");
+  auto same = [&](const std::string& what, const emu::count::Traffic& a, const emu::count::Traffic& p) {
+    const bool ok = a.requests == p.requests && a.lanes == p.lanes && a.bytes == p.bytes &&
+                    a.sectors == p.sectors && a.sectors_ideal == p.sectors_ideal &&
+                    a.wavefronts == p.wavefronts && a.wavefronts_ideal == p.wavefronts_ideal &&
+                    a.max_degree == p.max_degree && std::equal(a.degrees, a.degrees + 33, p.degrees);
+    verdict(ok, "cp.async = plain copy: " + what);
+    if (!ok)
+      std::printf("      cp.async: %llu requests, %llu bytes, %llu sectors, %llu wavefronts; plain: %llu, %llu, "
+                  "%llu, %llu\n",
+                  (unsigned long long)a.requests, (unsigned long long)a.bytes, (unsigned long long)a.sectors,
+                  (unsigned long long)a.wavefronts, (unsigned long long)p.requests, (unsigned long long)p.bytes,
+                  (unsigned long long)p.sectors, (unsigned long long)p.wavefronts);
+  };
+  same("global loads", async.global_load, plain.global_load);
+  same("global stores", async.global_store, plain.global_store);
+  same("shared loads", async.shared_load, plain.shared_load);
+  same("shared stores", async.shared_store, plain.shared_store);
+  counter("cp.async: global load requests (2 per warp)", async.global_load.requests, 4);
+  counter("cp.async: global load sectors", async.global_load.sectors, 64);
+  counter("cp.async: shared store wavefronts", async.shared_store.wavefronts, 16);
+  counter("cp.async: distinct bytes read", async.unique_read_bytes, plain.unique_read_bytes);
+  counter("cp.async instructions (2 per warp)", async.cp_async, 4);
+  counter("plain copy: cp.async instructions", plain.cp_async, 0);
+  int async_sites = 0;
+  for (const auto& site : async.sites)
+    if (site.kind.find("(cp.async)") != std::string::npos &&
+        site.where.find("emulator_selftest.cu:") != std::string::npos)
+      ++async_sites;
+  counter("cp.async sites (a global load and a shared store, 2 lines)", async_sites, 4);
 }
 #endif
 
@@ -262,6 +336,7 @@ int main(int argc, char** argv) {
       {"shuffles and votes", true, shuffles},
       {"atomics", true, atomics},
       {"shared memory", true, shared_memory},
+      {"asynchronous copies", true, cp_async_checks},
       {"launch limits", true, launch_limits},
       {"misuse is reported", true, [] {
          misuse(exe.c_str(), "divergent-barrier", "barrier in divergent code");
@@ -269,6 +344,18 @@ int main(int argc, char** argv) {
          misuse(exe.c_str(), "deadlock", "deadlock: every live thread of the block waits");
          misuse(exe.c_str(), "missing-lanes", "names lanes that do not exist");
          misuse(exe.c_str(), "assert", "device-side assert failed");
+         misuse(exe.c_str(), "cp-async-not-shared", "is not in this block's shared memory");
+         misuse(exe.c_str(), "cp-async-misaligned-dst", "misaligned shared destination");
+         misuse(exe.c_str(), "cp-async-misaligned-src", "misaligned global source");
+         misuse(exe.c_str(), "cp-async-past-end", "run past the end of the allocation");
+         misuse(exe.c_str(), "cp-async-cg-size", "cp-size 8");
+         misuse(exe.c_str(), "cp-async-pending-exit", "exits with 1 cp.async copies pending");
+#if defined(__SANITIZE_THREAD__) && !defined(EMU_COUNT)
+         misuse(exe.c_str(), "cp-async-race", "ThreadSanitizer: data race");
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+         misuse(exe.c_str(), "cp-async-overflow", "heap-buffer-overflow");
+#endif
        }},
 #ifdef EMU_COUNT
       {"traffic counters", true, traffic_counters},

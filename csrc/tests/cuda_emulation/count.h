@@ -22,7 +22,12 @@
 // atomics (requests; bytes; bank-conflict degree = the most distinct 4-byte words any
 // of the 32 banks serves in one phase, 16-byte accesses in 4 phases of 8 lanes and
 // 8-byte ones in 2 of 16; wavefronts = the degrees summed over phases), __syncthreads
-// per block, and warp instructions: mma.sync, shuffles, votes, __syncwarp.
+// per block, and warp instructions: mma.sync, shuffles, votes, __syncwarp, cp.async.
+// A cp.async is what it is on the GPU: a global load of cp-size bytes by the lane and a
+// shared store of cp-size bytes, both counted when it is issued, at its site (the
+// emulator writes the shared memory later, at the wait, unseen by the counters), so a
+// warp's cp.async is one global load request and one shared store request, as a plain
+// load and store of the same size would be; the wait itself moves nothing.
 #pragma once
 
 #include <cstddef>
@@ -70,6 +75,7 @@ struct LaunchRecord {
   uint64_t unique_read_sectors = 0, unique_written_sectors = 0;  // distinct 32-byte sectors
   uint64_t barriers = 0, barriers_max_per_block = 0;             // __syncthreads
   uint64_t mma = 0, shfl = 0, vote = 0, syncwarp = 0;            // warp instructions
+  uint64_t cp_async = 0;  // warp-wide cp.async instructions (their shared store requests)
   std::vector<Buffer> buffers;
   std::string mark;  // what the check said it was doing (a JSON object), see mark()
   // The sites that cost most beyond the ideal (sectors or wavefronts), worst first.
@@ -106,5 +112,8 @@ void barrier(BlockCounts* block);  // a __syncthreads is released (every thread 
 void collective(BlockCounts* block, unsigned warp, int kind, bool full);
 void block_end(BlockCounts* block);  // every thread has exited
 void atomic(const void* p, unsigned size, const void* site);  // atomicAdd and the like
+// A lane's cp.async (at its issue): size bytes read at src (global), written at dst (the
+// shared allocation's host address); site: the cp.async's call site.
+void async_copy(const void* src, const void* dst, unsigned size, const void* site);
 
 }  // namespace emu::count

@@ -2,7 +2,7 @@
 case under DIR/<op>/): per launch, global bytes read and written (as the warps ask for
 them, as 32-byte sectors, and distinct over the launch), coalescing (ideal sectors /
 sectors touched), shared-memory bank conflicts (worst degree, wavefronts against the
-conflict-free count), __syncthreads per block and mma.sync instructions; for
+conflict-free count), __syncthreads per block, mma.sync and cp.async instructions; for
 window_attention, each pass's global bytes against the floor (q, k, v, o, dO read once,
 dq, dk, dv written once, the iRPE table, bucket map and lse once).
 
@@ -55,6 +55,7 @@ def derived(launch):
         "barriers_per_block": launch["barriers_max_per_block"],
         "barriers": launch["barriers"],
         "mma": launch["mma"],
+        "cp_async": launch.get("cp_async", 0),  # (counts written before cp.async: none)
         "mark": launch.get("mark") or {},
     }
 
@@ -147,7 +148,7 @@ def launch_rows(case):
 
 HEADER = ("kernel", "grid", "block", "smem B", "read KiB", "written KiB", "sectors KiB",
           "distinct KiB", "coalesced ld/st", "bank conflicts ld/st", "wavefronts", "barriers/block",
-          "mma")
+          "mma", "cp.async")
 
 
 def row_of(x, n):
@@ -157,7 +158,7 @@ def row_of(x, n):
             f"{pct(x['load_coalescing'])}/{pct(x['store_coalescing'])}",
             f"{x['shared_load_degree']}/{x['shared_store_degree']}-way",
             "-" if x["shared_wavefront_ratio"] is None else f"{x['shared_wavefront_ratio']:.2f}x",
-            str(x["barriers_per_block"]), str(x["mma"]))
+            str(x["barriers_per_block"]), str(x["mma"]), str(x["cp_async"]))
 
 
 def table(rows, markdown):

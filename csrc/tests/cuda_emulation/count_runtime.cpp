@@ -27,6 +27,7 @@ namespace emu::count {
 namespace {
 
 constexpr uint8_t kWrite = 1, kAtomicRmw = 2, kShared = 4;
+constexpr uint8_t kAsync = 8;  // the global load or the shared store of a cp.async
 constexpr int kMaxShared = 32;  // shared ranges of a block: dynamic plus __shared__ variables
 constexpr size_t kTopSites = 12;  // sites kept per launch
 
@@ -107,7 +108,7 @@ struct BlockCounts {
   // Totals of the block (changed under the block's mutex only: the emulator calls
   // barrier, collective and block_end holding it).
   Traffic global_load, global_store, global_atomic, shared_load, shared_store, shared_atomic;
-  uint64_t barriers = 0, mma = 0, shfl = 0, vote = 0, syncwarp = 0;
+  uint64_t barriers = 0, mma = 0, shfl = 0, vote = 0, syncwarp = 0, cp_async = 0;
   std::map<std::pair<uintptr_t, uint8_t>, Traffic> sites;
 };
 
@@ -265,12 +266,21 @@ void flush_warp(BlockCounts* b, unsigned warp) {
   for (unsigned tid = first; tid < last; ++tid)
     for (const Entry& e : b->threads[tid].log) items.push_back({e.site, 0, tid - first, &e});
   if (items.empty()) return;
-  // Occurrences: per (site, lane) in program order.
-  std::stable_sort(items.begin(), items.end(), [](const Item& x, const Item& y) {
-    return x.site != y.site ? x.site < y.site : x.lane < y.lane;
+  // Occurrences: per (site, lane) in program order; a cp.async's global load and shared
+  // store (one site) are numbered apart, so a lane whose load is not logged (a source
+  // outside the device allocations) does not shift its stores against the other lanes'.
+  auto async_part = [](const Item& x) {
+    return x.e->flags & kAsync ? x.e->flags & (kAsync | kShared | kWrite) : 0;
+  };
+  std::stable_sort(items.begin(), items.end(), [&](const Item& x, const Item& y) {
+    if (x.site != y.site) return x.site < y.site;
+    if (async_part(x) != async_part(y)) return async_part(x) < async_part(y);
+    return x.lane < y.lane;
   });
   for (size_t k = 0; k < items.size(); ++k)
-    items[k].occ = k > 0 && items[k].site == items[k - 1].site && items[k].lane == items[k - 1].lane
+    items[k].occ = k > 0 && items[k].site == items[k - 1].site &&
+                           async_part(items[k]) == async_part(items[k - 1]) &&
+                           items[k].lane == items[k - 1].lane
                        ? items[k - 1].occ + 1
                        : 0;
   auto space = [](const Item& x) { return x.e->flags & (kShared | kWrite | kAtomicRmw); };
@@ -285,9 +295,10 @@ void flush_warp(BlockCounts* b, unsigned warp) {
     while (end < items.size() && items[end].site == items[k].site && items[end].occ == items[k].occ &&
            space(items[end]) == space(items[k]))
       ++end;
-    if (items[k].e->flags & kShared)
+    if (items[k].e->flags & kShared) {
       shared_request(b, &items[k], end - k);
-    else
+      if (items[k].e->flags & kAsync) ++b->cp_async;  // one per warp-wide cp.async
+    } else
       global_request(b, &items[k], end - k);
     k = end;
   }
@@ -518,10 +529,10 @@ void write_case() {
                  json_traffic(r.shared_atomic, true).c_str());
     std::fprintf(f,
                  "   \"barriers\": %llu, \"barriers_max_per_block\": %llu, \"mma\": %llu, \"shfl\": %llu, "
-                 "\"vote\": %llu, \"syncwarp\": %llu,\n   \"buffers\": [",
+                 "\"vote\": %llu, \"syncwarp\": %llu, \"cp_async\": %llu,\n   \"buffers\": [",
                  (unsigned long long)r.barriers, (unsigned long long)r.barriers_max_per_block,
                  (unsigned long long)r.mma, (unsigned long long)r.shfl, (unsigned long long)r.vote,
-                 (unsigned long long)r.syncwarp);
+                 (unsigned long long)r.syncwarp, (unsigned long long)r.cp_async);
     for (size_t k = 0; k < r.buffers.size(); ++k) {
       const Buffer& b = r.buffers[k];
       std::fprintf(f,
@@ -670,7 +681,8 @@ void launch_end(LaunchCounts* l) {
     Site s;
     s.pc = key.first;
     const uint8_t f = key.second;
-    s.kind = std::string(f & kShared ? "shared " : "global ") + (f & kAtomicRmw ? "atomic" : f & kWrite ? "store" : "load");
+    s.kind = std::string(f & kShared ? "shared " : "global ") + (f & kAtomicRmw ? "atomic" : f & kWrite ? "store" : "load") +
+             (f & kAsync ? " (cp.async)" : "");
     s.traffic = t;
     rec.sites.push_back(std::move(s));
   }
@@ -753,12 +765,18 @@ void block_end(BlockCounts* b) {
     r.shfl += b->shfl;
     r.vote += b->vote;
     r.syncwarp += b->syncwarp;
+    r.cp_async += b->cp_async;
     for (auto& [key, t] : b->sites) add(l->sites[key], t);
   }
   delete b;
 }
 
 void atomic(const void* p, unsigned size, const void* site) { record(p, size, kAtomicRmw, site); }
+
+void async_copy(const void* src, const void* dst, unsigned size, const void* site) {
+  record(src, size, kAsync, site);
+  record(dst, size, kWrite | kAsync, site);
+}
 
 }  // namespace emu::count
 

@@ -9,14 +9,20 @@
 // one; exited threads count as arrived, as in PTX), warps of 32 lanes (__syncwarp,
 // shuffles, votes, mma.sync m16n8k16 from PTX's fragment layout: every lane named in
 // a mask must take part, none may have exited), dynamic and static shared memory
-// filled with a NaN pattern, atomics, __launch_bounds__, cudaFuncSetAttribute, and
+// filled with a NaN pattern and given addresses in a 32-bit shared window
+// (__cvta_generic_to_shared), Ampere's asynchronous copies (cp.async.ca/.cg of 4, 8 or
+// 16 bytes, commit_group, wait_group N, wait_all: each thread's source bytes are read
+// at the cp.async, its shared memory is written only at the wait that completes the
+// copy's group, by the waiting thread, so a missing or short wait reads the NaN fill
+// and ThreadSanitizer sees a missing barrier after the wait; a thread may not exit
+// with copies pending), atomics, __launch_bounds__, cudaFuncSetAttribute, and
 // the launch limits of the emulated device (sm_80 or sm_90). Misuse is reported with
 // the kernel, block, thread and source line, then the process aborts, as a device
 // trap would end a CUDA context. emulate_cu.py rewrites what C++ cannot express
 // (<<<...>>>, __shared__ declarations, __launch_bounds__, inline PTX). Counting builds
 // (-DEMU_COUNT, run.sh --count) also tell count.h's traffic counters about launches,
-// blocks, shared memory, barriers, warp collectives and atomics (EMU_COUNTING lines;
-// nothing of them in the other builds).
+// blocks, shared memory, barriers, warp collectives, atomics and cp.async (EMU_COUNTING
+// lines; nothing of them in the other builds).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -34,6 +40,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -53,9 +60,12 @@
 #include "count.h"
 #define EMU_COUNTING(...) __VA_ARGS__
 #define EMU_COUNT_NOINLINE __attribute__((noinline))  // a call's return address: its site
+// Memory accesses the counters must not see (cp.async's, counted at its issue instead).
+#define EMU_COUNT_UNSEEN __attribute__((noinline, no_sanitize_thread))
 #else
 #define EMU_COUNTING(...)
 #define EMU_COUNT_NOINLINE
+#define EMU_COUNT_UNSEEN
 #endif
 
 // ---- CUDA C++ keywords ----------------------------------------------------------
@@ -243,6 +253,31 @@ struct Block {
   size_t static_bytes = 0;
   EMU_COUNTING(count::BlockCounts* counts = nullptr;)
 
+  // The shared window: the 32-bit shared addresses __cvta_generic_to_shared gives and
+  // cp.async takes. Each allocation of the block has its own range: the dynamic one
+  // at 0x400 (sm_80 and later keep the first KB), the __shared__ variables after it in
+  // the order the block first reaches them, each 128-byte aligned with at least 128
+  // bytes between two (an overrun lands in no allocation). Appended under m (the
+  // dynamic one before the threads start), published by nwindows.
+  struct Window {
+    uint32_t base;
+    size_t bytes;
+    unsigned char* p;
+    int site;  // the __shared__ declaration's line; 0: the dynamic shared memory
+  };
+  static constexpr int kMaxWindows = 64;
+  Window windows[kMaxWindows] = {};
+  std::atomic<int> nwindows{0};
+  uint64_t next_window = 0x400;
+  bool add_window(unsigned char* p, size_t bytes, int site) {
+    const int k = nwindows.load(std::memory_order_relaxed);
+    if (k == kMaxWindows || next_window + bytes > 0xffffffffull) return false;
+    windows[k] = {static_cast<uint32_t>(next_window), bytes, p, site};
+    next_window = (next_window + bytes + 128 + 127) & ~uint64_t{127};
+    nwindows.store(k + 1, std::memory_order_release);
+    return true;
+  }
+
   Block(const char* k, const char* f, int l, dim3 g, dim3 b, size_t smem, int limit, uint3 idx)
       : kernel(k), file(f), line(l), grid(g), block(b), nthreads(b.x * b.y * b.z),
         nwarps((nthreads + 31) / 32), dynamic_bytes(smem), total_limit(limit), index(idx),
@@ -252,6 +287,7 @@ struct Block {
     // Exactly the launch's size (no slack for an overrun to hide in).
     dynamic_smem = static_cast<unsigned char*>(::operator new[](smem, std::align_val_t(16)));
     fill_garbage(dynamic_smem, smem);
+    add_window(dynamic_smem, smem, 0);  // (smem fits: the launch checked it)
   }
   ~Block() {
     ::operator delete[](dynamic_smem, std::align_val_t(16));
@@ -501,8 +537,196 @@ inline T& static_shared(int site) {
   auto* p = static_cast<unsigned char*>(::operator new[](sizeof(T), std::align_val_t(16)));
   fill_garbage(p, sizeof(T));
   blk.statics.push_back({site, sizeof(T), p});
+  if (!blk.add_window(p, sizeof(T), site))
+    fail("more than %d __shared__ variables in a block (the emulation's shared window)",
+         Block::kMaxWindows - 1);
   EMU_COUNTING(count::add_shared(blk.counts, p, sizeof(T));)
   return *reinterpret_cast<T*>(p);
+}
+
+// ---- the shared window and asynchronous copies (sm_80: cp.async) ----------------------
+
+inline std::string describe_windows(const Block& blk) {
+  std::string out;
+  const int n = blk.nwindows.load(std::memory_order_acquire);
+  for (int i = 0; i < n; ++i) {
+    const Block::Window& w = blk.windows[i];
+    char buf[128];
+    if (w.site)
+      std::snprintf(buf, sizeof buf, "%s__shared__ of line %d [0x%x, 0x%llx)", i ? ", " : "",
+                    w.site, w.base, static_cast<unsigned long long>(w.base + w.bytes));
+    else
+      std::snprintf(buf, sizeof buf, "%sdynamic [0x%x, 0x%llx)", i ? ", " : "", w.base,
+                    static_cast<unsigned long long>(w.base + w.bytes));
+    out += buf;
+  }
+  return out.empty() ? "none" : out;
+}
+
+// The window of the block's allocation that holds host pointer q, or null. A pointer
+// one past an allocation's end is a valid pointer too, so it counts, but only where it
+// is not the start of another (host allocations may be adjacent).
+inline const Block::Window* window_holding(const Block& blk, const void* q) {
+  const auto c = reinterpret_cast<uintptr_t>(q);
+  const int n = blk.nwindows.load(std::memory_order_acquire);
+  const Block::Window* end_of = nullptr;
+  for (int i = 0; i < n; ++i) {
+    const Block::Window& w = blk.windows[i];
+    const auto lo = reinterpret_cast<uintptr_t>(w.p);
+    if (c - lo < w.bytes) return &w;
+    if (c == lo + w.bytes) end_of = &w;
+  }
+  return end_of;
+}
+
+// __cvta_generic_to_shared(p): p's address in the shared window. p must point into the
+// calling block's shared memory (on a GPU anything else gives an address that means
+// nothing, or another allocation's).
+inline size_t cvta_generic_to_shared(const void* p, int line) {
+  Block& blk = *ctx.block;
+  const Block::Window* w = window_holding(blk, p);
+  if (!w)
+    fail("__cvta_generic_to_shared at line %d: %p is not in this block's shared memory "
+         "(its allocations: %s)",
+         line, p, describe_windows(blk).c_str());
+  return w->base + static_cast<size_t>(static_cast<const unsigned char*>(p) - w->p);
+}
+
+// One aligned access of 4, 8 or 16 bytes, as the kernel's own loads and stores are (so
+// ThreadSanitizer and AddressSanitizer see it), except in counting builds: there
+// cp.async is counted at its issue (count::async_copy) and these accesses are hidden.
+struct __attribute__((may_alias, aligned(16))) CopyBytes16 {
+  uint64_t lo, hi;
+};
+typedef uint64_t __attribute__((may_alias)) CopyBytes8;
+typedef uint32_t __attribute__((may_alias)) CopyBytes4;
+EMU_COUNT_UNSEEN inline void copy_access(void* dst, const void* src, unsigned size) {
+  switch (size) {
+    case 16: *static_cast<CopyBytes16*>(dst) = *static_cast<const CopyBytes16*>(src); break;
+    case 8: *static_cast<CopyBytes8*>(dst) = *static_cast<const CopyBytes8*>(src); break;
+    default: *static_cast<CopyBytes4*>(dst) = *static_cast<const CopyBytes4*>(src); break;
+  }
+}
+
+// The calling thread's copies in flight: read from global memory at their issue, not
+// yet written to shared memory. Uncommitted ones belong to no group; committed groups
+// complete oldest first (PTX: cp.async.commit_group, cp.async.wait_group).
+struct AsyncCopy {
+  unsigned char* dst;
+  unsigned size;
+  int line;
+  alignas(16) unsigned char data[16];
+};
+struct AsyncCopies {
+  std::vector<AsyncCopy> uncommitted;
+  std::deque<std::vector<AsyncCopy>> committed;  // oldest first; a group may be empty
+};
+inline thread_local AsyncCopies async_copies;
+
+enum CpAsyncKind { kCpAsyncCA, kCpAsyncCG };
+
+// cp.async.{ca,cg}.shared.global [dst], [src], cp-size: dst a shared-window address
+// (__cvta_generic_to_shared), src a global address, both aligned to cp-size (4, 8 or
+// 16; .cg: 16 only), the cp-size bytes at dst inside one of the block's shared
+// allocations. The source is read now; the shared memory is written only when a
+// cp.async.wait_group or wait_all of this thread completes the copy's group, by this
+// thread (so until then the destination holds what it held, the NaN fill at first,
+// and ThreadSanitizer sees the write where the kernel waits).
+template <CpAsyncKind K, typename D, typename S>
+EMU_COUNT_NOINLINE inline void cp_async(D dst, S src, long size, int line) {
+  static_assert(std::is_integral_v<D>,
+                "cp.async's destination is a shared-window address (a 32-bit register from "
+                "__cvta_generic_to_shared), not a pointer");
+  const char* const name = K == kCpAsyncCG ? "cp.async.cg" : "cp.async.ca";
+  const void* from;
+  if constexpr (std::is_pointer_v<S>) {
+    from = static_cast<const void*>(src);
+  } else {
+    static_assert(std::is_integral_v<S>, "cp.async's source: a global address");
+    from = reinterpret_cast<const void*>(static_cast<uintptr_t>(src));
+  }
+  Block& blk = *ctx.block;
+  if (K == kCpAsyncCG ? size != 16 : size != 4 && size != 8 && size != 16)
+    fail("%s at line %d: cp-size %ld (PTX: .cg copies 16 bytes, .ca 4, 8 or 16)", name, line, size);
+  if (static_cast<unsigned long long>(dst) > 0xffffffffull)
+    fail("%s at line %d: shared address 0x%llx does not fit the 32-bit shared window", name, line,
+         static_cast<unsigned long long>(dst));
+  const uint32_t a = static_cast<uint32_t>(dst);
+  if (a % size)
+    fail("%s at line %d: misaligned shared destination 0x%x (cp-size %ld: both addresses must be "
+         "aligned to it)",
+         name, line, a, size);
+  if (reinterpret_cast<uintptr_t>(from) % size)
+    fail("%s at line %d: misaligned global source %p (cp-size %ld: both addresses must be aligned "
+         "to it)",
+         name, line, from, size);
+  const int n = blk.nwindows.load(std::memory_order_acquire);
+  const Block::Window* w = nullptr;
+  for (int i = 0; i < n && !w; ++i)
+    if (a >= blk.windows[i].base && a - blk.windows[i].base < blk.windows[i].bytes) w = &blk.windows[i];
+  if (!w)
+    fail("%s at line %d: shared address 0x%x is in none of this block's shared allocations (%s)",
+         name, line, a, describe_windows(blk).c_str());
+  if (a - w->base + size > w->bytes)
+    fail("%s at line %d: the %ld bytes at shared address 0x%x run past the end of the allocation "
+         "[0x%x, 0x%llx)",
+         name, line, size, a, w->base, static_cast<unsigned long long>(w->base + w->bytes));
+  if (window_holding(blk, from))
+    fail("%s at line %d: the source %p is this block's shared memory (cp.async reads global memory)",
+         name, line, from);
+  AsyncCopy c;
+  c.dst = w->p + (a - w->base);
+  c.size = static_cast<unsigned>(size);
+  c.line = line;
+  copy_access(c.data, from, c.size);
+  EMU_COUNTING(count::async_copy(from, c.dst, c.size, __builtin_return_address(0));)
+  async_copies.uncommitted.push_back(c);
+}
+
+// cp.async.commit_group: the thread's uncommitted copies become its newest group (an
+// empty group when there are none, as in PTX).
+inline void cp_async_commit_group(int) {
+  AsyncCopies& q = async_copies;
+  q.committed.emplace_back(std::move(q.uncommitted));
+  q.uncommitted.clear();
+}
+
+// cp.async.wait_group n: completes the thread's oldest committed groups until at most
+// the n newest are pending; the copies of a completed group are written to shared
+// memory here, by this thread. Uncommitted copies stay pending.
+inline void cp_async_wait_group(long n, int line) {
+  if (n < 0) fail("cp.async.wait_group at line %d: a negative group count %ld", line, n);
+  AsyncCopies& q = async_copies;
+  while (q.committed.size() > static_cast<size_t>(n)) {
+    for (const AsyncCopy& c : q.committed.front()) copy_access(c.dst, c.data, c.size);
+    q.committed.pop_front();
+  }
+}
+
+// cp.async.wait_all: commit_group, then wait_group 0 (PTX).
+inline void cp_async_wait_all(int line) {
+  cp_async_commit_group(line);
+  cp_async_wait_group(0, line);
+}
+
+// A thread must not end with copies in flight: on a GPU they would land after it,
+// unordered with everything else (a latent race), and here they would never land.
+inline void check_async_copies_done() {
+  const AsyncCopies& q = async_copies;
+  size_t pending = q.uncommitted.size(), groups = 0;
+  const AsyncCopy* oldest = nullptr;
+  for (const auto& g : q.committed) {
+    if (g.empty()) continue;
+    pending += g.size();
+    ++groups;
+    if (!oldest) oldest = &g.front();
+  }
+  if (!oldest && !q.uncommitted.empty()) oldest = &q.uncommitted.front();
+  if (pending)
+    fail("the thread exits with %zu cp.async copies pending (%zu never committed, the others in %zu "
+         "committed group(s) not waited for; the oldest issued at line %d): complete them with "
+         "cp.async.wait_group / wait_all before the kernel ends",
+         pending, q.uncommitted.size(), groups, oldest->line);
 }
 
 // __launch_bounds__(max threads[, min blocks per SM[, max blocks per cluster]]): a
@@ -516,6 +740,7 @@ inline void check_launch_bounds(long max_threads, long = 0, long = 0) {
 // The thread leaves the kernel: it no longer holds up block barriers, and no warp
 // collective may still wait for it.
 inline void exit_thread() {
+  check_async_copies_done();
   Block& blk = *ctx.block;
   std::unique_lock<std::mutex> lock(blk.m);
   blk.exited[ctx.tid] = 1;
@@ -802,6 +1027,7 @@ inline cudaError_t cudaFuncSetAttribute(K kernel, cudaFuncAttribute attr, int va
 }
 
 #define __syncthreads() emu::syncthreads(__LINE__)
+#define __cvta_generic_to_shared(p) emu::cvta_generic_to_shared((p), __LINE__)
 inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::syncwarp(mask); }
 template <typename T>
 inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {

@@ -8,6 +8,8 @@ kernel's own source:
   __shared__ T name[N];                        ->  auto& name = emu::static_shared<T[N]>(line);
   __launch_bounds__(n, ...) f(...) {           ->  f(...) { emu::check_launch_bounds(n, ...);
   asm volatile("mma.sync...m16n8k16..." ...)   ->  emu::mma_m16n8k16<type>(...)
+  asm volatile("cp.async.cg.shared.global ...") ->  emu::cp_async(...) (and commit_group,
+                                                  wait_group, wait_all: the PTX table)
   __CUDA_ARCH__                                ->  EMU_CUDA_ARCH
   the CUDA headers                             ->  cuda_emu.h
 Anything else CUDA-only is an error that names it, so the emulation is extended
@@ -18,11 +20,26 @@ import os
 import re
 import sys
 
-# Inline PTX the emulation implements: instruction -> (function, operand count).
+# Inline PTX the emulation implements: instruction -> (function, operands, line). The
+# call gets the instruction's operands in the template's order, each %N as its asm
+# operand's expression and each integer literal as written; operands says what each is:
+# "o" an output ("=" or "+" constraint, passed as a pointer), "v" a value (an input
+# register, an "n" immediate, a literal, or an output read back as an input). line:
+# the asm's source line is passed last (the emulator's misuse reports name it).
+MMA_OPERANDS = "oooo" + "v" * 10  # {d0..d3}, {a0..a3}, {b0, b1}, {c0..c3}
 PTX = {
-    "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32": ("emu::mma_m16n8k16<c10::BFloat16>", 14),
-    "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32": ("emu::mma_m16n8k16<c10::Half>", 14),
+    "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32": ("emu::mma_m16n8k16<c10::BFloat16>", MMA_OPERANDS, False),
+    "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32": ("emu::mma_m16n8k16<c10::Half>", MMA_OPERANDS, False),
+    # Ampere's asynchronous copies (cuda_emu.h, "asynchronous copies"): [dst], [src], cp-size.
+    "cp.async.commit_group": ("emu::cp_async_commit_group", "", True),
+    "cp.async.wait_group": ("emu::cp_async_wait_group", "v", True),
+    "cp.async.wait_all": ("emu::cp_async_wait_all", "", True),
 }
+for _cop in ("ca", "cg"):
+    for _space in (".shared", ".shared::cta"):
+        for _prefetch in ("", ".L2::64B", ".L2::128B", ".L2::256B"):
+            PTX[f"cp.async.{_cop}{_space}.global{_prefetch}"] = (
+                f"emu::cp_async<emu::kCpAsync{_cop.upper()}>", "vvv", True)
 # CUDA headers and what replaces them.
 HEADERS = {
     "ATen/cuda/CUDAContext.h": '#include "cuda_emu.h"',
@@ -88,8 +105,6 @@ def split_top(code, text, sep):
         elif ch in ")]}":
             depth -= 1
         elif depth == 0 and code.startswith(sep, k):
-            if sep == ":" and (code[k - 1:k] == ":" or code[k + 1:k + 2] == ":"):
-                continue  # C++ scope, not an asm section
             parts.append(text[start:k])
             start = k + len(sep)
     parts.append(text[start:])
@@ -109,40 +124,68 @@ def c_string(literals):
     return body.replace("\\n", "\n").replace("\\t", "\t").replace('\\"', '"')
 
 
+def template_arguments(operands_text):
+    """The instruction's operands in order: ("ref", N) for each %N, ("literal", text)
+    for each integer literal (brackets and braces of the PTX syntax dropped)."""
+    args = []
+    for m in re.finditer(r"%(\d+)|(?<![\w.%])(\d+)(?![\w.])", operands_text):
+        args.append(("ref", int(m.group(1))) if m.group(1) else ("literal", m.group(2)))
+    return args
+
+
 def rewrite_asm(src, code, start, edits):
     paren = code.index("(", start)
     close = matching(code, paren)
     semi = code.index(";", close)
     inner_code, inner = code[paren + 1:close], src[paren + 1:close]
+    line = line_of(src, start)
+    # template : outputs : inputs : clobbers (each section after the template optional;
+    # "::" is an empty outputs section, not a C++ scope).
     sections = split_top(inner_code, inner, ":")
-    if len(sections) < 3:
-        raise RewriteError(f"asm at line {line_of(src, start)}: expected outputs and inputs")
     template = c_string(sections[0])
-    instruction = template.split()[0].rstrip(";")
+    statements = [t.strip() for t in template.split(";") if t.strip()]
+    if len(statements) != 1:
+        raise RewriteError(f"asm at line {line}: one PTX instruction per asm statement, "
+                           f"found {len(statements)}")
+    instruction, operands_text = (statements[0].split(None, 1) + [""])[:2]
     if instruction not in PTX:
         raise RewriteError(f"no emulation of the PTX instruction {instruction!r} "
-                           f"(asm at line {line_of(src, start)}); add it to cuda_emu.h and PTX")
-    function, count = PTX[instruction]
-    operands = []
+                           f"(asm at line {line}); add it to cuda_emu.h and PTX")
+    function, kinds, pass_line = PTX[instruction]
+    operands = []  # (constraint, expression) of %0, %1, ...: the outputs, then the inputs
     for section in sections[1:3]:
         for op in split_top(code_only(section), section, ","):
+            if not op.strip():
+                continue
             m = re.fullmatch(r'\s*"([^"]*)"\s*\((.*)\)\s*', op, re.S)
             if not m:
-                raise RewriteError(f"asm operand {op.strip()!r} at line {line_of(src, start)}")
+                raise RewriteError(f"asm operand {op.strip()!r} at line {line}")
             operands.append((m.group(1), " ".join(m.group(2).split())))
-    refs = [int(r) for r in re.findall(r"%(\d+)", template)]
-    if len(refs) != count:
-        raise RewriteError(f"{instruction} at line {line_of(src, start)}: {len(refs)} operands, "
-                           f"expected {count}")
+    arguments = template_arguments(operands_text)
+    if len(arguments) != len(kinds):
+        raise RewriteError(f"{instruction} at line {line}: {len(arguments)} operands, "
+                           f"expected {len(kinds)}")
     args = []
-    for k, r in enumerate(refs):
-        constraint, expr = operands[r]
-        if k < 4:  # destinations
-            if "=" not in constraint and "+" not in constraint:
-                raise RewriteError(f"{instruction}: operand %{r} is not an output")
+    for kind, (what, value) in zip(kinds, arguments):
+        if what == "literal":
+            if kind == "o":
+                raise RewriteError(f"{instruction} at line {line}: literal {value} as an output")
+            args.append(value)
+            continue
+        if value >= len(operands):
+            raise RewriteError(f"{instruction} at line {line}: %{value} names no operand")
+        constraint, expr = operands[value]
+        is_output = "=" in constraint or "+" in constraint
+        if kind == "o":
+            if not is_output:
+                raise RewriteError(f"{instruction}: operand %{value} is not an output")
             args.append(f"&({expr})")
         else:
+            if "=" in constraint and "+" not in constraint:
+                raise RewriteError(f"{instruction}: operand %{value} is written, not read")
             args.append(f"({expr})")
+    if pass_line:
+        args.append("__LINE__")
     original = src[start:semi + 1]
     edits.append((start, semi + 1, padded(f"{function}({', '.join(args)});", original)))
 

@@ -1,7 +1,7 @@
 // Small CUDA kernels that exercise what the emulation offers beyond what csrc/cuda/
 // uses today (3-D grids, every shuffle, votes, atomics, static and dynamic shared
-// memory, launch limits), the misuse it must report, and kernels whose traffic counts
-// are known (run.sh --count); check_emulator.cpp runs them.
+// memory, asynchronous copies, launch limits), the misuse it must report, and kernels
+// whose traffic counts are known (run.sh --count); check_emulator.cpp runs them.
 // Plain CUDA: emulate_cu.py rewrites it like the kernel files.
 #include <ATen/cuda/CUDAContext.h>
 
@@ -74,6 +74,88 @@ __global__ void fresh_kernel(float* f, int* i) {
   *i = reinterpret_cast<int*>(raw)[2];
 }
 
+// ---- asynchronous copies (sm_80 cp.async), as the kernels write them --------------
+__device__ __forceinline__ void cp_async_16(void* dst_shared, const void* src_global) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst_shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src_global) : "memory");
+#endif
+}
+template <int Bytes>
+__device__ __forceinline__ void cp_async_ca(void* dst_shared, const void* src_global) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst_shared));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(s), "l"(src_global), "n"(Bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+// Each block copies its 2 x blockDim uint4 into shared memory in two groups (the
+// first into a __shared__ array, the second into the dynamic shared memory), waits
+// for them (wait_group 1, then 0), and writes them back reversed (other threads'
+// elements: the barrier matters).
+__global__ void async_copy_kernel(const uint4* in, uint4* out) {
+  __shared__ uint4 first[128];
+  extern __shared__ __align__(16) uint4 second[];
+  const int t = threadIdx.x, n = blockDim.x, base = 2 * n * blockIdx.x;
+  cp_async_16(&first[t], &in[base + t]);
+  cp_async_commit();
+  cp_async_16(&second[t], &in[base + n + t]);
+  cp_async_commit();
+  cp_async_wait<1>();
+  cp_async_wait<0>();
+  __syncthreads();
+  out[base + t] = second[n - 1 - t];
+  out[base + n + t] = first[n - 1 - t];
+}
+
+// .ca copies of 4 and 8 bytes (32 threads): in[0, 32) by 4 bytes in a group waited
+// for with a literal "wait_group 0", in[32, 96) by 8 bytes left uncommitted for
+// wait_all; written back reversed.
+__global__ void async_ca_kernel(const float* in, float* out) {
+  __shared__ float single[32];
+  __shared__ float2 pairs[32];
+  const int t = threadIdx.x;
+  cp_async_ca<4>(&single[t], &in[t]);
+  cp_async_commit();
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+  cp_async_ca<8>(&pairs[t], &in[32 + 2 * t]);
+  cp_async_wait_all();
+  __syncthreads();
+  out[t] = single[31 - t];
+  out[32 + 2 * t] = pairs[31 - t].x;
+  out[33 + 2 * t] = pairs[31 - t].y;
+}
+
+// What each wait completes (32 threads, each reads only its own elements): group A
+// (in[0, 32)) and group B (in[32, 64)) committed, C (in[64, 96)) not; after
+// wait_group 1 only A has landed, after wait_group 0 B too, C only after wait_all.
+// out: A, B, C after wait_group 1; B, C after wait_group 0; C after wait_all.
+__global__ void async_pending_kernel(const uint4* in, uint4* out) {
+  __shared__ uint4 a[32];
+  __shared__ uint4 b[32];
+  __shared__ uint4 c[32];
+  const int t = threadIdx.x;
+  cp_async_16(&a[t], &in[t]);
+  cp_async_commit();
+  cp_async_16(&b[t], &in[32 + t]);
+  cp_async_commit();
+  cp_async_16(&c[t], &in[64 + t]);
+  cp_async_wait<1>();
+  out[t] = a[t];
+  out[32 + t] = b[t];
+  out[64 + t] = c[t];
+  cp_async_wait<0>();
+  out[96 + t] = b[t];
+  out[128 + t] = c[t];
+  cp_async_wait_all();
+  out[160 + t] = c[t];
+}
+
 // ---- misuse: each ends the process with the emulation's report ------------------
 __global__ void divergent_barrier_kernel() {
   if (threadIdx.x < 16) {
@@ -99,6 +181,55 @@ __global__ void missing_lanes_kernel(int* out) {  // launched with 40 threads
 }
 
 __global__ void assert_kernel(const int* in) { CUDA_KERNEL_ASSERT(in[threadIdx.x] >= 0); }
+
+__global__ void cp_async_not_shared_kernel(int* buffer) { cp_async_16(buffer, buffer + 4); }
+
+__global__ void cp_async_misaligned_kernel(const int* buffer, int source) {
+  __shared__ uint4 s[4];
+  if (source)
+    cp_async_16(&s[0], buffer + 1);  // a global source 4 bytes off
+  else
+    cp_async_16(reinterpret_cast<char*>(s) + 8, buffer);  // a shared destination 8 bytes off
+  cp_async_wait_all();
+}
+
+__global__ void cp_async_past_end_kernel(const int* buffer) {
+  __shared__ float six[6];  // 24 bytes: 16 from offset 16 run past the end
+  cp_async_16(&six[4], buffer);
+  cp_async_wait_all();
+}
+
+__global__ void cp_async_cg_size_kernel(const int* buffer) {
+  __shared__ uint4 s[1];
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(s));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 8;\n" ::"r"(a), "l"(buffer) : "memory");
+  cp_async_wait_all();
+}
+
+__global__ void cp_async_pending_exit_kernel(const int* buffer) {
+  __shared__ uint4 s[32];
+  cp_async_16(&s[threadIdx.x], buffer + 4 * threadIdx.x);
+  cp_async_commit();  // and no wait
+}
+
+// Thread 0's copy lands in shared memory at its wait; thread 1 reads it with no
+// barrier in between: a race (ThreadSanitizer builds).
+__global__ void cp_async_race_kernel(const int* buffer, int* out) {
+  extern __shared__ __align__(16) int dyn_ints[];
+  if (threadIdx.x == 0) {
+    cp_async_16(dyn_ints, buffer);
+    cp_async_wait_all();
+  } else {
+    out[0] = dyn_ints[0];
+  }
+}
+
+// A source past the end of its allocation (AddressSanitizer builds): buffer holds 64 ints.
+__global__ void cp_async_overflow_kernel(const int* buffer) {
+  __shared__ uint4 s[1];
+  cp_async_16(s, buffer + 64);
+  cp_async_wait_all();
+}
 
 __global__ void bounds_kernel(int* out) { out[threadIdx.x] = 1; }
 __global__ void __launch_bounds__(32) bounded_kernel(int* out) { out[threadIdx.x] = 1; }
@@ -158,6 +289,28 @@ __global__ void count_mma_kernel(float* out, int n) {
   out[blockIdx.x * blockDim.x + threadIdx.x] = c[0];
 }
 
+// 64 threads (two warps) stage 2 x 64 uint4 in shared memory, by cp.async (async) or
+// by plain 16-byte loads and stores, then write them back reversed: the counters must
+// see the same traffic either way (one 16-byte global load and shared store per lane
+// and copy), plus 4 warp-wide cp.async instructions.
+__global__ void count_copy_kernel(const uint4* in, uint4* out, int async) {
+  __shared__ uint4 s[2][64];
+  const int t = threadIdx.x;
+  if (async) {
+    cp_async_16(&s[0][t], &in[t]);
+    cp_async_commit();
+    cp_async_16(&s[1][t], &in[64 + t]);
+    cp_async_commit();
+    cp_async_wait<0>();
+  } else {
+    s[0][t] = in[t];
+    s[1][t] = in[64 + t];
+  }
+  __syncthreads();
+  out[t] = s[0][63 - t];
+  out[64 + t] = s[1][63 - t];
+}
+
 // ---- host side ------------------------------------------------------------------
 void where(uint32_t* out, dim3 grid, dim3 block) {
   where_kernel<<<grid, block>>>(out);
@@ -212,8 +365,32 @@ void count_mma(float* out, int blocks, int threads, int n) {
   count_mma_kernel<<<blocks, threads>>>(out, n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
+void async_copy(const uint4* in, uint4* out, int blocks, int threads) {
+  async_copy_kernel<<<blocks, threads, threads * sizeof(uint4)>>>(in, out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+void async_ca(const float* in, float* out) {
+  async_ca_kernel<<<1, 32>>>(in, out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+void async_pending(const uint4* in, uint4* out) {
+  async_pending_kernel<<<1, 32>>>(in, out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+void count_copy(const uint4* in, uint4* out, bool async) {
+  count_copy_kernel<<<1, 64>>>(in, out, async ? 1 : 0);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 void misuse(const char* what, int* buffer) {
   const std::string w = what;
+  if (w == "cp-async-not-shared") cp_async_not_shared_kernel<<<1, 32>>>(buffer);
+  if (w == "cp-async-misaligned-dst") cp_async_misaligned_kernel<<<1, 32>>>(buffer, 0);
+  if (w == "cp-async-misaligned-src") cp_async_misaligned_kernel<<<1, 32>>>(buffer, 1);
+  if (w == "cp-async-past-end") cp_async_past_end_kernel<<<1, 1>>>(buffer);
+  if (w == "cp-async-cg-size") cp_async_cg_size_kernel<<<1, 1>>>(buffer);
+  if (w == "cp-async-pending-exit") cp_async_pending_exit_kernel<<<1, 16>>>(buffer);
+  if (w == "cp-async-race") cp_async_race_kernel<<<1, 2, 16>>>(buffer, buffer + 32);
+  if (w == "cp-async-overflow") cp_async_overflow_kernel<<<1, 1>>>(buffer);
   if (w == "divergent-barrier") divergent_barrier_kernel<<<1, 64>>>();
   if (w == "exited-lane") exited_lane_kernel<<<1, 32>>>(buffer);
   if (w == "deadlock") deadlock_kernel<<<1, 64>>>(buffer);

@@ -18,7 +18,8 @@
 #                       sanitizer) runs the quick cases and the model cases, writes
 #                       each case's launches as JSON under --count-out, then sums
 #                       them up (count_report.py): global bytes, 32-byte sectors per
-#                       warp request, shared-memory bank conflicts, barriers, mma
+#                       warp request, shared-memory bank conflicts, barriers, mma,
+#                       cp.async
 #   --count-out DIR     where (default $TMPDIR/lomar_emulation_counts; emptied first)
 #   --all               with --count: every case, not only the quick and model ones
 #   --planted           the counters' own test (planted_test.py): inefficiencies
