@@ -1,7 +1,7 @@
 """The launches window_attention's CUDA host code makes at a shape: kernel, grid,
 threads per block and dynamic shared memory. The ONE Python mirror of the formulas
-of csrc/cuda/window_attention.cu (make_params, FwdSmem, BwdSmem, table_width, dt_width and the
-grids of window_attention_fwd_cuda / _bwd_cuda); tests/ops/test_gpu_model.py compiles
+of csrc/cuda/window_attention.cu (make_params, plan_runs, FwdSmem, BwdSmem, table_width,
+dt_width and the grids of window_attention_fwd_cuda / _bwd_cuda); tests/ops/test_gpu_model.py compiles
 those C++ formulas, cut from the source as they are, and checks this mirror against
 them, so a kernel change that moves a figure fails that test until this file follows."""
 
@@ -178,11 +178,23 @@ def dq_blocks(params: Params, mode: str, sms: int) -> int:
     return max(1, min(group_tiles, (4 * sms + params.groups - 1) // params.groups))
 
 
-def forward_launches(shape: Shape) -> list[Launch]:
+RUN_BLOCKS_PER_SM, MAX_RUN_TILES = 8, 8
+
+
+def run_blocks(params: Params, H: int, sms: int) -> tuple[int, int]:
+    """(run_tiles, blocks) of the forward and dk/dv kernels (plan_runs): runs of up to 8
+    consecutive tiles of one head, as long as 8 blocks per SM remain."""
+    if sms < 1:
+        raise ValueError(f"sms={sms}: a card has at least one SM")
+    run = max(1, min(MAX_RUN_TILES, params.num_tiles // (RUN_BLOCKS_PER_SM * sms)))
+    return run, H * -(-params.tiles_per_head // run)
+
+
+def forward_launches(shape: Shape, sms: int) -> list[Launch]:
     p, rows, dp = make_params(shape), rows_per_tile(shape.dtype), padded_head_dim(shape.d)
     tmpl = f"<{shape.dtype}, {dp}, {rows}>"
-    return [Launch("window_attention_fwd_kernel" + tmpl, (p.num_tiles, 1), 2 * rows,
-                   fwd_smem(shape.dtype, dp, p.NB, shape.rpe_mode))]
+    return [Launch("window_attention_fwd_kernel" + tmpl, (run_blocks(p, shape.H, sms)[1], 1),
+                   2 * rows, fwd_smem(shape.dtype, dp, p.NB, shape.rpe_mode))]
 
 
 def backward_launches(shape: Shape, sms: int) -> list[Launch]:
@@ -195,7 +207,7 @@ def backward_launches(shape: Shape, sms: int) -> list[Launch]:
     n_rows = shape.S * shape.H * shape.N
     delta_blocks = min(-(-n_rows // 8), sms * 32)
     out = [Launch(f"window_attention_delta_kernel<{shape.dtype}>", (delta_blocks, 1), 256, 0),
-           Launch("window_attention_dkdv_kernel" + tmpl, (p.num_tiles, 1), 2 * rows,
+           Launch("window_attention_dkdv_kernel" + tmpl, (run_blocks(p, shape.H, sms)[1], 1), 2 * rows,
                   bwd_smem(shape.dtype, dp, p.NB, shape.rpe_mode, dq_kernel=False)),
            Launch("window_attention_dq_kernel" + tmpl,
                   (dq_blocks(p, shape.rpe_mode, sms), p.groups), 2 * rows,

@@ -40,7 +40,7 @@ def compile_table(kernels: list[KernelResources]) -> dict:
 def launch_rows(shape: Shape, card: Card, facts: dict) -> list[dict]:
     """Each launch of forward + backward at ``shape`` on ``card``: geometry, the
     compiler's registers for the card's arch, occupancy, waves and the kernel's floor."""
-    launches = forward_launches(shape) + backward_launches(shape, card.sms)
+    launches = forward_launches(shape, card.sms) + backward_launches(shape, card.sms)
     traffic = floors.kernel_traffic(shape, launches)
     rows = []
     for launch, moved in zip(launches, traffic):

@@ -30,7 +30,12 @@
 // ROWS buckets at a time, and each logit adds qR[i][bucket(i, j)]. Bias: the
 // head's NB biases are staged. NB is bounded by shared memory (an error says so).
 //
-// Forward (one block per tile): S = scale Q K^T + term per key tile, running
+// Runs. The forward and dk/dv kernels give each block a run of consecutive tiles
+// of one head (plan_runs: up to 8, keeping 8 blocks per SM): the head's bias, and
+// when N <= ROWS the one bucket tile all packed tiles share, are staged once per
+// run instead of once per tile.
+//
+// Forward (per tile of the run): S = scale Q K^T + term per key tile, running
 // max/sum per row (FlashAttention-2), P into O += P V; out = O / l, lse = m + log l.
 // On the tensor cores P stays in registers: the accumulator of two 8-column
 // slices of S is, element for element, the A fragment of a 16-wide k step
@@ -38,7 +43,7 @@
 // the FMA path (fp32, fp64) passes P through shared memory.
 //
 // Backward (FlashAttention-2): D = rowsum(dO * O) by a small kernel; then
-//  - dK/dV: one block per key tile, looping over the query tiles: P^T recomputed
+//  - dK/dV: per key tile of the block's run, looping over the query tiles: P^T recomputed
 //    from lse, dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - D),
 //    dK += scale dS^T Q (the relative term does not depend on k); P^T and dS^T
 //    are A operands straight from registers on the tensor cores, as above;
@@ -59,6 +64,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 #include <utility>
@@ -112,6 +118,10 @@ struct Params {
   int pack;                     // sequences per tile (N <= ROWS), else 1
   int row_tiles;                // row tiles per sequence (1 when packed)
   int64_t tiles_per_head, num_tiles;
+  // Forward and dk/dv: each block takes a run of up to run_tiles consecutive tiles of
+  // one head (runs_per_head runs per head), so what all its tiles share (the bias,
+  // and when N <= ROWS the bucket tile) is staged once per run.
+  int64_t run_tiles, runs_per_head;
   int groups;                   // table groups of the dq kernel (1 or H)
   int64_t group_width;          // d(rpe) elements per group
 };
@@ -345,6 +355,16 @@ __device__ TileCoord tile_coord(const Params& p, int64_t tile) {
   return c;
 }
 
+// The tiles [first, end) of the forward / dk/dv block `block`: a run of one head.
+struct TileRun {
+  int64_t first, end;
+};
+__device__ __forceinline__ TileRun tile_run(const Params& p, int64_t block) {
+  const int64_t h = block / p.runs_per_head, u0 = (block - h * p.runs_per_head) * p.run_tiles;
+  const int64_t u1 = u0 + p.run_tiles < p.tiles_per_head ? u0 + p.run_tiles : p.tiles_per_head;
+  return {h * p.tiles_per_head + u0, h * p.tiles_per_head + u1};
+}
+
 // Sequence (or -1 for padding) and position of each of a tile's ROWS rows.
 template <int ROWS>
 __device__ void tile_rows(const Params& p, int64_t s0, int m0, int* seq, int* pos) {
@@ -419,6 +439,24 @@ __device__ void load_buckets(const Params& p, const int* qseq, const int* qpos, 
     }
     ids_s[r * kIdsLd<ROWS> + c] = static_cast<uint16_t>(b);
   }
+}
+
+// N <= ROWS: every tile packs whole sequences at the same rows, so one bucket tile,
+// staged from the first tile's rows, serves all of a block's tiles: a tile's missing
+// sequences are other slots, masked for its present rows, and its missing rows are
+// never stored (forward) or have lse = +inf, so P = 0 (backward). The N x N bucket
+// map is then read once per block, not once per tile. Returns whether it staged the
+// tile; the row arrays are scratch (a barrier at the end lets them be replaced).
+template <int ROWS>
+__device__ bool stage_shared_buckets(const Params& p, int* qseq, int* qpos, int* kseq, int* kpos,
+                                     uint16_t* ids) {
+  if (p.N > ROWS) return false;
+  tile_rows<ROWS>(p, 0, 0, qseq, qpos);
+  tile_rows<ROWS>(p, 0, 0, kseq, kpos);
+  __syncthreads();
+  load_buckets<ROWS>(p, qseq, qpos, kseq, kpos, ids);
+  __syncthreads();
+  return true;
 }
 
 // The dT row stride (dq kernel): NB made odd. dT is read down its columns (the
@@ -643,89 +681,95 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_fwd_kernel(const Pa
   const acc_t scale = static_cast<acc_t>(p.scale);
   const acc_t neg_inf = -INFINITY;
 
-  const TileCoord tc = tile_coord<ROWS>(p, blockIdx.x);
-  tile_rows<ROWS>(p, tc.s0, tc.m0, sm.qseq, sm.qpos);
-  stage_bias<scalar_t>(p, tc.h, sm.bias);
-  __syncthreads();
-  load_tile<scalar_t, DP, ROWS, LD>(sm.Qs, static_cast<const scalar_t*>(p.q), p.q_st, tc.h,
-                                    sm.qseq, sm.qpos, p.d);
-  __syncthreads();
-  if (p.mode == kContextual) contextual_table<scalar_t, DP, ROWS>(p, tc.h, sm.Qs, sm.Ks, sm.qR, ldr);
-
-  acc_t o[NTO][4];
-  zero(o);
-  acc_t m[2] = {neg_inf, neg_inf}, l[2] = {0, 0};
-  const int key_tiles = p.N <= ROWS ? 1 : p.row_tiles;
-  for (int kt = 0; kt < key_tiles; ++kt) {
-    tile_rows<ROWS>(p, tc.s0, kt * ROWS, sm.kseq, sm.kpos);
+  const TileRun run = tile_run(p, blockIdx.x);
+  const int h = tile_coord<ROWS>(p, run.first).h;
+  stage_bias<scalar_t>(p, h, sm.bias);
+  const bool one_bucket_tile = stage_shared_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
+  for (int64_t tile = run.first; tile < run.end; ++tile) {
+    const TileCoord tc = tile_coord<ROWS>(p, tile);
+    tile_rows<ROWS>(p, tc.s0, tc.m0, sm.qseq, sm.qpos);
     __syncthreads();
-    load_tile<scalar_t, DP, ROWS, LD>(sm.Ks, static_cast<const scalar_t*>(p.k), p.k_st, tc.h,
-                                      sm.kseq, sm.kpos, p.d);
-    load_tile<scalar_t, DP, ROWS, LD>(sm.Vs, static_cast<const scalar_t*>(p.v), p.v_st, tc.h,
-                                      sm.kseq, sm.kpos, p.d);
-    load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
+    load_tile<scalar_t, DP, ROWS, LD>(sm.Qs, static_cast<const scalar_t*>(p.q), p.q_st, tc.h,
+                                      sm.qseq, sm.qpos, p.d);
     __syncthreads();
+    if (p.mode == kContextual) contextual_table<scalar_t, DP, ROWS>(p, tc.h, sm.Qs, sm.Ks, sm.qR, ldr);
 
-    acc_t s[NTS][4];
-    zero(s);
-    warp_gemm<scalar_t, kTC, NTS>(s, rows_of(sm.Qs + row0 * LD, LD), rows_of(sm.Ks, LD), DP);
-    acc_t tile_max[2] = {neg_inf, neg_inf};
+    acc_t o[NTO][4];
+    zero(o);
+    acc_t m[2] = {neg_inf, neg_inf}, l[2] = {0, 0};
+    const int key_tiles = p.N <= ROWS ? 1 : p.row_tiles;
+    for (int kt = 0; kt < key_tiles; ++kt) {
+      tile_rows<ROWS>(p, tc.s0, kt * ROWS, sm.kseq, sm.kpos);
+      __syncthreads();
+      load_tile<scalar_t, DP, ROWS, LD>(sm.Ks, static_cast<const scalar_t*>(p.k), p.k_st, tc.h,
+                                        sm.kseq, sm.kpos, p.d);
+      load_tile<scalar_t, DP, ROWS, LD>(sm.Vs, static_cast<const scalar_t*>(p.v), p.v_st, tc.h,
+                                        sm.kseq, sm.kpos, p.d);
+      if (!one_bucket_tile) load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
+      __syncthreads();
+
+      acc_t s[NTS][4];
+      zero(s);
+      warp_gemm<scalar_t, kTC, NTS>(s, rows_of(sm.Qs + row0 * LD, LD), rows_of(sm.Ks, LD), DP);
+      acc_t tile_max[2] = {neg_inf, neg_inf};
 #pragma unroll
-    for (int n = 0; n < NTS; ++n)
+      for (int n = 0; n < NTS; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; e += 2) {
-        const int r = row0 + frag_row(e), c = frag_col(n, e);
-        const uint32_t two = bucket_pair<ROWS>(sm.ids, r, c);
+        for (int e = 0; e < 4; e += 2) {
+          const int r = row0 + frag_row(e), c = frag_col(n, e);
+          const uint32_t two = bucket_pair<ROWS>(sm.ids, r, c);
 #pragma unroll
-        for (int x = 0; x < 2; ++x) {
-          const int b = pair_half(two, x);
-          s[n][e + x] = b == kNoBucket
-                            ? neg_inf
-                            : scale * s[n][e + x] + relative_term(p, sm.qR, ldr, sm.bias, r, b);
-          tile_max[e >> 1] = fmax(tile_max[e >> 1], s[n][e + x]);
+          for (int x = 0; x < 2; ++x) {
+            const int b = pair_half(two, x);
+            s[n][e + x] = b == kNoBucket
+                              ? neg_inf
+                              : scale * s[n][e + x] + relative_term(p, sm.qR, ldr, sm.bias, r, b);
+            tile_max[e >> 1] = fmax(tile_max[e >> 1], s[n][e + x]);
+          }
         }
-      }
-    acc_t alpha[2], base[2];
+      acc_t alpha[2], base[2];
 #pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      const acc_t m_new = fmax(m[hh], quad_max(tile_max[hh]));
-      base[hh] = m_new == neg_inf ? acc_t(0) : m_new;  // a row with no key yet: no NaN
-      alpha[hh] = dev_exp(m[hh] - base[hh]);
-      m[hh] = m_new;
-      l[hh] *= alpha[hh];
+      for (int hh = 0; hh < 2; ++hh) {
+        const acc_t m_new = fmax(m[hh], quad_max(tile_max[hh]));
+        base[hh] = m_new == neg_inf ? acc_t(0) : m_new;  // a row with no key yet: no NaN
+        alpha[hh] = dev_exp(m[hh] - base[hh]);
+        m[hh] = m_new;
+        l[hh] *= alpha[hh];
+      }
+#pragma unroll
+      for (int n = 0; n < NTO; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[n][e] *= alpha[e >> 1];
+#pragma unroll
+      for (int n = 0; n < NTS; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[n][e] = dev_exp(s[n][e] - base[e >> 1]);  // P
+          l[e >> 1] += s[n][e];
+        }
+      warp_gemm_a_frags<scalar_t, NTO>(o, s, sm.Ps, LDP, cols_of(sm.Vs, LD));
+      __syncthreads();  // K, V, the buckets and the key rows are replaced next
     }
-#pragma unroll
-    for (int n = 0; n < NTO; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[n][e] *= alpha[e >> 1];
-#pragma unroll
-    for (int n = 0; n < NTS; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[n][e] = dev_exp(s[n][e] - base[e >> 1]);  // P
-        l[e >> 1] += s[n][e];
-      }
-    warp_gemm_a_frags<scalar_t, NTO>(o, s, sm.Ps, LDP, cols_of(sm.Vs, LD));
-    __syncthreads();  // K, V, the buckets and the key rows are replaced next
-  }
 
-  acc_t inv[2];
-#pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    l[hh] = quad_sum(l[hh]);
-    inv[hh] = l[hh] > 0 ? acc_t(1) / l[hh] : acc_t(0);
-  }
-  // Q is dead (the key loop ended with a barrier): its rows stage O.
-  store_rows<scalar_t, LD>(static_cast<scalar_t*>(p.o), p, tc.h, row0, sm.qseq, sm.qpos, o, inv,
-                           sm.Qs);
-  if ((threadIdx.x & 3) == 0) {
+    acc_t inv[2];
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
-      const int r = row0 + frag_row(2 * hh);
-      if (sm.qseq[r] < 0) continue;
-      const int64_t at = (static_cast<int64_t>(sm.qseq[r]) * p.H + tc.h) * p.N + sm.qpos[r];
-      static_cast<acc_t*>(p.lse)[at] = m[hh] + dev_log(l[hh]);
+      l[hh] = quad_sum(l[hh]);
+      inv[hh] = l[hh] > 0 ? acc_t(1) / l[hh] : acc_t(0);
     }
+    // Q is dead (the key loop ended with a barrier): its rows stage O.
+    store_rows<scalar_t, LD>(static_cast<scalar_t*>(p.o), p, tc.h, row0, sm.qseq, sm.qpos, o, inv,
+                             sm.Qs);
+    if ((threadIdx.x & 3) == 0) {
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int r = row0 + frag_row(2 * hh);
+        if (sm.qseq[r] < 0) continue;
+        const int64_t at = (static_cast<int64_t>(sm.qseq[r]) * p.H + tc.h) * p.N + sm.qpos[r];
+        static_cast<acc_t*>(p.lse)[at] = m[hh] + dev_log(l[hh]);
+      }
+    }
+    __syncthreads();  // the next tile replaces Q (O's staging) and the query rows
   }
 }
 
@@ -765,68 +809,73 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_dkdv_kernel(const P
   const int warp = threadIdx.x >> 5, row0 = warp * 16;
   const acc_t scale = static_cast<acc_t>(p.scale);
 
-  const TileCoord tc = tile_coord<ROWS>(p, blockIdx.x);
-  tile_rows<ROWS>(p, tc.s0, tc.m0, sm.kseq, sm.kpos);
-  stage_bias<scalar_t>(p, tc.h, sm.bias);
-  __syncthreads();
-  load_tile<scalar_t, DP, ROWS, LD>(sm.Ks, static_cast<const scalar_t*>(p.k), p.k_st, tc.h,
-                                    sm.kseq, sm.kpos, p.d);
-  load_tile<scalar_t, DP, ROWS, LD>(sm.Vs, static_cast<const scalar_t*>(p.v), p.v_st, tc.h,
-                                    sm.kseq, sm.kpos, p.d);
+  const TileRun run = tile_run(p, blockIdx.x);
+  stage_bias<scalar_t>(p, tile_coord<ROWS>(p, run.first).h, sm.bias);
+  const bool one_bucket_tile = stage_shared_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
+  for (int64_t tile = run.first; tile < run.end; ++tile) {
+    const TileCoord tc = tile_coord<ROWS>(p, tile);
+    tile_rows<ROWS>(p, tc.s0, tc.m0, sm.kseq, sm.kpos);
+    __syncthreads();
+    load_tile<scalar_t, DP, ROWS, LD>(sm.Ks, static_cast<const scalar_t*>(p.k), p.k_st, tc.h,
+                                      sm.kseq, sm.kpos, p.d);
+    load_tile<scalar_t, DP, ROWS, LD>(sm.Vs, static_cast<const scalar_t*>(p.v), p.v_st, tc.h,
+                                      sm.kseq, sm.kpos, p.d);
 
-  acc_t dk[NTO][4], dv[NTO][4];
-  zero(dk);
-  zero(dv);
-  const int query_tiles = p.N <= ROWS ? 1 : p.row_tiles;
-  for (int qt = 0; qt < query_tiles; ++qt) {
-    tile_rows<ROWS>(p, tc.s0, qt * ROWS, sm.qseq, sm.qpos);
-    __syncthreads();
-    load_tile<scalar_t, DP, ROWS, LD>(sm.Qs, static_cast<const scalar_t*>(p.q), p.q_st, tc.h,
-                                      sm.qseq, sm.qpos, p.d);
-    load_row_stats<ROWS>(p, tc.h, sm.qseq, sm.qpos, sm.lse, sm.delta);
-    load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
-    __syncthreads();
-    // R is staged in dO's buffer before dO arrives.
-    if (p.mode == kContextual) contextual_table<scalar_t, DP, ROWS>(p, tc.h, sm.Qs, sm.dOs, sm.qR, ldr);
-    load_tile<scalar_t, DP, ROWS, LD>(sm.dOs, static_cast<const scalar_t*>(p.dout), p.dout_st,
-                                      tc.h, sm.qseq, sm.qpos, p.d);
-    __syncthreads();
+    acc_t dk[NTO][4], dv[NTO][4];
+    zero(dk);
+    zero(dv);
+    const int query_tiles = p.N <= ROWS ? 1 : p.row_tiles;
+    for (int qt = 0; qt < query_tiles; ++qt) {
+      tile_rows<ROWS>(p, tc.s0, qt * ROWS, sm.qseq, sm.qpos);
+      __syncthreads();
+      load_tile<scalar_t, DP, ROWS, LD>(sm.Qs, static_cast<const scalar_t*>(p.q), p.q_st, tc.h,
+                                        sm.qseq, sm.qpos, p.d);
+      load_row_stats<ROWS>(p, tc.h, sm.qseq, sm.qpos, sm.lse, sm.delta);
+      if (!one_bucket_tile) load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
+      __syncthreads();
+      // R is staged in dO's buffer before dO arrives.
+      if (p.mode == kContextual) contextual_table<scalar_t, DP, ROWS>(p, tc.h, sm.Qs, sm.dOs, sm.qR, ldr);
+      load_tile<scalar_t, DP, ROWS, LD>(sm.dOs, static_cast<const scalar_t*>(p.dout), p.dout_st,
+                                        tc.h, sm.qseq, sm.qpos, p.d);
+      __syncthreads();
 
-    // P^T (key rows j, query columns i), recomputed from lse.
-    acc_t pt[NTS][4];
-    zero(pt);
-    warp_gemm<scalar_t, kTC, NTS>(pt, rows_of(sm.Ks + row0 * LD, LD), rows_of(sm.Qs, LD), DP);
+      // P^T (key rows j, query columns i), recomputed from lse.
+      acc_t pt[NTS][4];
+      zero(pt);
+      warp_gemm<scalar_t, kTC, NTS>(pt, rows_of(sm.Ks + row0 * LD, LD), rows_of(sm.Qs, LD), DP);
 #pragma unroll
-    for (int n = 0; n < NTS; ++n)
+      for (int n = 0; n < NTS; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int j = row0 + frag_row(e), i = frag_col(n, e);
-        // Read across the staged rows (query i, key j): with rows of ROWS + 8 ids a
-        // warp's 32 reads still fall in distinct banks (lanes g, g + 1 share a word).
-        const int b = sm.ids[i * kIdsLd<ROWS> + j];
-        pt[n][e] = b == kNoBucket
-                       ? acc_t(0)
-                       : dev_exp(scale * pt[n][e] + relative_term(p, sm.qR, ldr, sm.bias, i, b) -
-                                 sm.lse[i]);
-      }
-    acc_t dpt[NTS][4];
-    zero(dpt);
-    warp_gemm<scalar_t, kTC, NTS>(dpt, rows_of(sm.Vs + row0 * LD, LD), rows_of(sm.dOs, LD), DP);
-    warp_gemm_a_frags<scalar_t, NTO>(dv, pt, sm.Ps, LDP, cols_of(sm.dOs, LD));
+        for (int e = 0; e < 4; ++e) {
+          const int j = row0 + frag_row(e), i = frag_col(n, e);
+          // Read across the staged rows (query i, key j): with rows of ROWS + 8 ids a
+          // warp's 32 reads still fall in distinct banks (lanes g, g + 1 share a word).
+          const int b = sm.ids[i * kIdsLd<ROWS> + j];
+          pt[n][e] = b == kNoBucket
+                         ? acc_t(0)
+                         : dev_exp(scale * pt[n][e] + relative_term(p, sm.qR, ldr, sm.bias, i, b) -
+                                   sm.lse[i]);
+        }
+      acc_t dpt[NTS][4];
+      zero(dpt);
+      warp_gemm<scalar_t, kTC, NTS>(dpt, rows_of(sm.Vs + row0 * LD, LD), rows_of(sm.dOs, LD), DP);
+      warp_gemm_a_frags<scalar_t, NTO>(dv, pt, sm.Ps, LDP, cols_of(sm.dOs, LD));
 #pragma unroll
-    for (int n = 0; n < NTS; ++n)
+      for (int n = 0; n < NTS; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) pt[n][e] *= dpt[n][e] - sm.delta[frag_col(n, e)];  // dS^T
-    if constexpr (!kTC) __syncwarp();  // every lane is done reading P^T before dS^T replaces it
-    warp_gemm_a_frags<scalar_t, NTO>(dk, pt, sm.Ps, LDP, cols_of(sm.Qs, LD));
-    __syncthreads();  // Q, dO, the buckets and the query rows are replaced next
+        for (int e = 0; e < 4; ++e) pt[n][e] *= dpt[n][e] - sm.delta[frag_col(n, e)];  // dS^T
+      if constexpr (!kTC) __syncwarp();  // every lane is done reading P^T before dS^T replaces it
+      warp_gemm_a_frags<scalar_t, NTO>(dk, pt, sm.Ps, LDP, cols_of(sm.Qs, LD));
+      __syncthreads();  // Q, dO, the buckets and the query rows are replaced next
+    }
+    const acc_t dk_mul[2] = {scale, scale}, one[2] = {1, 1};
+    // Q and dO are dead (the query loop ended with a barrier): their rows stage dK, dV.
+    store_rows<scalar_t, LD>(static_cast<scalar_t*>(p.dk), p, tc.h, row0, sm.kseq, sm.kpos, dk,
+                             dk_mul, sm.Qs);
+    store_rows<scalar_t, LD>(static_cast<scalar_t*>(p.dv), p, tc.h, row0, sm.kseq, sm.kpos, dv, one,
+                             sm.dOs);
+    __syncthreads();  // the next tile replaces K, V, Q, dO and the key rows
   }
-  const acc_t dk_mul[2] = {scale, scale}, one[2] = {1, 1};
-  // Q and dO are dead (the query loop ended with a barrier): their rows stage dK, dV.
-  store_rows<scalar_t, LD>(static_cast<scalar_t*>(p.dk), p, tc.h, row0, sm.kseq, sm.kpos, dk,
-                           dk_mul, sm.Qs);
-  store_rows<scalar_t, LD>(static_cast<scalar_t*>(p.dv), p, tc.h, row0, sm.kseq, sm.kpos, dv, one,
-                           sm.dOs);
 }
 
 // dQ of the group's tiles taken by this block, and the block's d(rpe) partial.
@@ -849,19 +898,7 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
                                          (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) *
                                              p.group_width;
 
-  // N <= ROWS: every tile packs whole sequences at the same rows, so one bucket tile,
-  // staged once from the first tile's rows, serves all of the block's tiles: a tile's
-  // missing sequences are other slots, masked for its present rows, and its missing
-  // rows have lse = +inf (P = 0). The N x N bucket map is read once per block, not
-  // once per tile.
-  const bool one_bucket_tile = p.N <= ROWS;
-  if (one_bucket_tile) {
-    tile_rows<ROWS>(p, 0, 0, sm.qseq, sm.qpos);
-    tile_rows<ROWS>(p, 0, 0, sm.kseq, sm.kpos);
-    __syncthreads();
-    load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
-    __syncthreads();  // the tiles' rows replace qseq and kseq next
-  }
+  const bool one_bucket_tile = stage_shared_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
   for (int64_t u = blockIdx.x; u < group_tiles; u += gridDim.x) {
     const TileCoord tc = tile_coord<ROWS>(p, blockIdx.y * group_tiles + u);
     tile_rows<ROWS>(p, tc.s0, tc.m0, sm.qseq, sm.qpos);
@@ -1070,6 +1107,17 @@ Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   return p;
 }
 
+// Tile runs of the forward and dk/dv kernels: as long as leaves 8 blocks per SM
+// (two waves at the four blocks the forward fits on Hopper, more on Ampere: the last
+// wave's tail stays short), at most 8 tiles (the staged bucket tile, ~10 KB read per
+// block at N = 50, is then ~5% of the 8 tiles' own q, k, v, o bytes). The runs change
+// no value: each tile is computed as alone.
+constexpr int64_t kRunBlocksPerSm = 8, kMaxRunTiles = 8;
+void plan_runs(Params& p, int64_t sms) {
+  p.run_tiles = std::max<int64_t>(1, std::min<int64_t>(kMaxRunTiles, p.num_tiles / (kRunBlocksPerSm * sms)));
+  p.runs_per_head = (p.tiles_per_head + p.run_tiles - 1) / p.run_tiles;
+}
+
 template <typename Kernel>
 void launch(Kernel kernel, dim3 grid, int threads, size_t smem, const Params& p, const char* what) {
   const size_t optin = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
@@ -1110,11 +1158,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_fwd_cuda(
     Params p = make_params(q, k, v, rpe, ids, rpe_mode, scale, ROWS);
     p.o = out.data_ptr();
     p.lse = lse.data_ptr();
+    plan_runs(p, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
     dispatch_head_dim(dp, [&](auto dp_const) {
       constexpr int DP = decltype(dp_const)::value;
       const size_t smem = FwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode).bytes;
-      launch(window_attention_fwd_kernel<scalar_t, DP, ROWS>, dim3(static_cast<unsigned>(p.num_tiles)), 2 * ROWS, smem, p,
-             "forward");
+      launch(window_attention_fwd_kernel<scalar_t, DP, ROWS>, dim3(static_cast<unsigned>(p.H * p.runs_per_head)),
+             2 * ROWS, smem, p, "forward");
     });
   });
   return {out, lse, probs};
@@ -1172,6 +1221,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
     p.dv = dv.data_ptr();
     p.lse = lse.data_ptr();
     p.delta = delta.data_ptr();
+    plan_runs(p, sms);
 
     const int64_t rows = S * H * N;
     const int64_t delta_blocks = std::min<int64_t>((rows + 7) / 8, sms * 32);
@@ -1193,8 +1243,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
     dispatch_head_dim(dp, [&](auto dp_const) {
       constexpr int DP = decltype(dp_const)::value;
       const size_t dkdv_smem = BwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, false).bytes;
-      launch(window_attention_dkdv_kernel<scalar_t, DP, ROWS>, dim3(static_cast<unsigned>(p.num_tiles)), 2 * ROWS,
-             dkdv_smem, p, "backward dk/dv");
+      launch(window_attention_dkdv_kernel<scalar_t, DP, ROWS>, dim3(static_cast<unsigned>(p.H * p.runs_per_head)),
+             2 * ROWS, dkdv_smem, p, "backward dk/dv");
       const size_t dq_smem = BwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, true).bytes;
       launch(window_attention_dq_kernel<scalar_t, DP, ROWS>, dim3(static_cast<unsigned>(blocks), p.groups), 2 * ROWS,
              dq_smem, p, "backward dq");

@@ -316,6 +316,8 @@ _DECLS = [  # (regex of the start, what): the host code's pieces, in order
     (r"^int padded_head_dim\b", "padded_head_dim"),
     (r"^Strides strides_of\b", "strides_of"),
     (r"^Params make_params\b", "make_params"),
+    (r"^constexpr int64_t kRunBlocksPerSm\b", "kRunBlocksPerSm"),
+    (r"^void plan_runs\b", "plan_runs"),
 ]
 _BWD_STATEMENTS = [  # the backward's grid arithmetic, inside window_attention_bwd_cuda
     r"const int64_t rows =", r"const int64_t delta_blocks =", r"const int64_t group_tiles =",
@@ -381,6 +383,7 @@ void one_case(int64_t S, int64_t N, int64_t H, int64_t d, const std::string& mod
                          : contiguous({NB, d}, sizeof(scalar_t));
   }
   Params p = make_params(q, q, q, rpe, ids, mode, 0.125, ROWS);
+  plan_runs(p, sms);
   const int DP = padded_head_dim(d);
   size_t fwd = 0, dkdv = 0, dq = 0;
   auto sizes = [&](auto dp_const) {
@@ -401,10 +404,12 @@ void one_case(int64_t S, int64_t N, int64_t H, int64_t d, const std::string& mod
   }
   std::printf("NB=%d per_head=%d pack=%d row_tiles=%d tiles_per_head=%lld num_tiles=%lld "
               "groups=%d group_width=%lld dp=%d rows=%d fwd_smem=%zu dkdv_smem=%zu "
-              "dq_smem=%zu delta_blocks=%lld dq_blocks=%lld drpe_grid=%lld\n",
+              "dq_smem=%zu delta_blocks=%lld dq_blocks=%lld drpe_grid=%lld run_tiles=%lld "
+              "run_blocks=%lld\n",
               p.NB, p.per_head, p.pack, p.row_tiles, (long long)p.tiles_per_head,
               (long long)p.num_tiles, p.groups, (long long)p.group_width, DP, ROWS, fwd, dkdv,
-              dq, (long long)delta_blocks, (long long)blocks, (long long)drpe_grid);
+              dq, (long long)delta_blocks, (long long)blocks, (long long)drpe_grid,
+              (long long)p.run_tiles, (long long)(p.H * p.runs_per_head));
 }
 }}  // namespace lomar_ops::(anonymous)
 int main() {
@@ -457,8 +462,9 @@ def _cpp_geometry(tmp_path) -> list[dict]:
 
 def _mirror(shape: lg.Shape, sms: int) -> dict:
     p = lg.make_params(shape)
-    fwd, = lg.forward_launches(shape)
+    fwd, = lg.forward_launches(shape, sms)
     bwd = {launch.base: launch for launch in lg.backward_launches(shape, sms)}
+    run_tiles, run_blocks = lg.run_blocks(p, shape.H, sms)
     dp, rows = lg.padded_head_dim(shape.d), lg.rows_per_tile(shape.dtype)
     return {"NB": p.NB, "per_head": int(p.per_head), "pack": p.pack, "row_tiles": p.row_tiles,
             "tiles_per_head": p.tiles_per_head, "num_tiles": p.num_tiles, "groups": p.groups,
@@ -469,7 +475,8 @@ def _mirror(shape: lg.Shape, sms: int) -> dict:
             "delta_blocks": bwd["window_attention_delta_kernel"].grid[0],
             "dq_blocks": bwd["window_attention_dq_kernel"].grid[0],
             "drpe_grid": bwd["window_attention_drpe_kernel"].grid[0]
-            if "window_attention_drpe_kernel" in bwd else 0}
+            if "window_attention_drpe_kernel" in bwd else 0,
+            "run_tiles": run_tiles, "run_blocks": run_blocks}
 
 
 @pytest.fixture(scope="module")
@@ -486,6 +493,8 @@ def test_the_mirror_agrees_with_the_cpp_formulas(cpp_geometry):
     # (16-bit bucket ids in rows of 72; P stays in registers) + 4 x 64 x 4 (rows) +
     # 64 x 56 x 4 (qR: NB = 50 rounded to 8 mod 16) = 52224.
     assert cpp_geometry[0]["num_tiles"] == 12288 and cpp_geometry[0]["fwd_smem"] == 52224
+    # runs: 12288 tiles / (8 x 132 SMs) = 11.6, capped at 8 tiles: 128 runs per head.
+    assert cpp_geometry[0]["run_tiles"] == 8 and cpp_geometry[0]["run_blocks"] == 12 * 128
 
 
 def _top_level_args(text: str) -> list[str]:
@@ -544,12 +553,13 @@ def test_the_launches_in_the_source_are_the_ones_the_mirror_models(cpp_geometry)
     for name, layout in smem_of.items():
         assert re.search(rf"const size_t {name} = {re.escape(layout)}\.bytes;", text), name
     for (shape, sms), cpp in zip(_CASES, cpp_geometry):
-        names = {"p": SimpleNamespace(num_tiles=cpp["num_tiles"], groups=cpp["groups"]),
+        names = {"p": SimpleNamespace(num_tiles=cpp["num_tiles"], groups=cpp["groups"], H=shape.H,
+                                      runs_per_head=cpp["run_blocks"] // shape.H),
                  "ROWS": cpp["rows"], "blocks": cpp["dq_blocks"],
                  "delta_blocks": cpp["delta_blocks"], "grid": cpp["drpe_grid"], "threads": 256,
                  "smem": cpp["fwd_smem"], "dkdv_smem": cpp["dkdv_smem"],
                  "dq_smem": cpp["dq_smem"]}
-        mirror = lg.forward_launches(shape) + lg.backward_launches(shape, sms)
+        mirror = lg.forward_launches(shape, sms) + lg.backward_launches(shape, sms)
         for launch in mirror:
             grid, threads, smem = (_cpp_expr(e, names) for e in found[launch.base])
             grid = grid if isinstance(grid, tuple) else (grid, 1)
@@ -563,7 +573,7 @@ def test_mirror_arguments_are_checked():
     with pytest.raises(ValueError, match="rpe_mode='relative'"):
         lg.Shape(1, 50, 12, 64, rpe_mode="relative")
     with pytest.raises(ValueError, match="d=129"):
-        lg.forward_launches(lg.Shape(1, 50, 12, 129))
+        lg.forward_launches(lg.Shape(1, 50, 12, 129), sms=132)
     with pytest.raises(ValueError, match="sms=0"):
         lg.backward_launches(PRETRAIN, sms=0)
 
@@ -601,9 +611,9 @@ def test_the_record_says_it_is_a_model(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.startswith("MODEL, no GPU ran") and "no GPU ran" in printed.splitlines()[-1]
     # the pretraining shape on the H200: the forward's shared memory binds at 4 blocks
-    # (52224 + 1024 = 53248 B; 233472 // 53248 = 4; the saved report's 96 registers allow 5)
+    # the pretraining shape on the H200: the forward's shared memory binds at 4 blocks
     pre = model["shapes"][0]
     assert pre["shape"] == PRETRAIN.label()
     fwd = pre["cards"]["H200"][0]
     assert (fwd["kernel"], fwd["blocks_per_sm"], fwd["binding"], fwd["waves"]) == \
-        ("window_attention_fwd_kernel<bf16, 64, 64>", 4, ["shared_memory"], 24)  # 12288 / 528
+        ("window_attention_fwd_kernel<bf16, 64, 64>", 4, ["shared_memory"], 3)  # 1536 runs / 528

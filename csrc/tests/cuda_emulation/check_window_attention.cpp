@@ -95,8 +95,24 @@ Case attention(std::string name, bool quick, Shape s, std::vector<at::ScalarType
           }};
 }
 
+// The forward and dk/dv kernels' tile runs are planned from the SM count (8 blocks
+// per SM, runs of up to 8 tiles); cases that check the runs or model the pretraining
+// launch shape set the emulated card's SMs to reach the runs a GPU's shape gets.
+Case with_sms(Case c, int sms) {
+  auto run = c.run;
+  c.run = [run, sms] {
+    const int before = emu::device().props.multiProcessorCount;
+    emu::device().props.multiProcessorCount = sms;
+    run();
+    emu::device().props.multiProcessorCount = before;
+  };
+  return c;
+}
+
+// One SM: S = 32, H = 2 gives 64 tiles, runs of 8 as at the pretraining shape on a
+// GPU (S = 1024, H = 12, 132 SMs), and 4 dq blocks of 16 tiles each.
 Case model(std::string name, Shape s, std::vector<at::ScalarType> dts) {
-  Case c = attention(std::move(name), false, s, std::move(dts));
+  Case c = with_sms(attention(std::move(name), false, s, std::move(dts)), 1);
   c.model = true;
   return c;
 }
@@ -168,6 +184,13 @@ int main(int argc, char** argv) {
       attention("S=40 N=17 H=2 d=32 bias", false, {40, 17, 2, 32, "bias"}, {kBFloat16, kFloat}),
       attention("S=5 N=32 H=2 d=64 contextual per-head strided NB=70", false,
                 {5, 32, 2, 64, "contextual", true, true, 70}, {kBFloat16, kFloat}),
+      // Tile runs (one SM): one sequence per tile, 19 tiles per head in runs of 4 and
+      // a last run of 3, per-head tables; two row tiles per sequence (N = 50 in
+      // fp32's 32 rows), 26 tiles per head in runs of 6 and a last run of 2.
+      with_sms(attention("runs: S=19 N=50 H=2 d=32 contextual per-head", true,
+                         {19, 50, 2, 32, "contextual", true, false, 50}, {kBFloat16}), 1),
+      with_sms(attention("runs: S=13 N=50 H=2 d=32 bias", false, {13, 50, 2, 32, "bias"},
+                         {kFloat}), 1),
       attention("S=1 N=197 H=1 d=64 contextual", false, {1, 197, 1, 64, "contextual"},
                 {kBFloat16, kFloat}),
       attention("S=2 N=64 H=1 d=80 bias NB=3", false, {2, 64, 1, 80, "bias", false, false, 3},
@@ -177,7 +200,7 @@ int main(int argc, char** argv) {
       // The traffic counters' pretraining-like shape (counting builds only): LoMaR's
       // N = 50 (four 7 x 7 windows and cls), d = 64, the shared contextual table of
       // NB = 50 buckets; S and H small enough for the emulation.
-      model("model: S=8 N=50 H=2 d=64 contextual NB=50", {8, 50, 2, 64, "contextual", false, false, 50},
+      model("model: S=32 N=50 H=2 d=64 contextual NB=50", {32, 50, 2, 64, "contextual", false, false, 50},
             {kBFloat16, kFloat}),
   });
 }

@@ -122,7 +122,8 @@ MUTATIONS = [
     # already keeps the next K, V from overwriting tiles still in use.)
     M("window_attention: forward __syncthreads between loading K/V and using them removed",
       "window_attention.cu",
-      "sm.ids);\n    __syncthreads();\n\n    acc_t s[NTS][4];\n", "sm.ids);\n\n    acc_t s[NTS][4];\n",
+      "sm.ids);\n      __syncthreads();\n\n      acc_t s[NTS][4];\n",
+      "sm.ids);\n\n      acc_t s[NTS][4];\n",
       # Many tiles: ThreadSanitizer keeps a few accesses per word, and with P in
       # registers one element left it too few racing pairs to report every time.
       "thread", "race", ["S=2 N=50 H=2 d=64 bias strided"]),
@@ -161,9 +162,27 @@ MUTATIONS = [
       "          __syncwarp();\n        }\n      }\n      __syncthreads();  // K, V",
       "        }\n      }\n      __syncthreads();  // K, V",
       "thread", "race", ["S=2 N=50 H=2 d=64 bias strided"]),
-    M("window_attention: dq's one bucket tile staged without a barrier before the tiles' rows",
-      "window_attention.cu", "    __syncthreads();  // the tiles' rows replace qseq and kseq next\n", "",
+    M("window_attention: one bucket tile staged without a barrier before the tiles' rows",
+      "window_attention.cu", "  __syncthreads();\n  return true;\n", "  return true;\n",
       "thread", "race", ["S=40 N=17 H=2 d=32 bias"]),
+    # Tile runs (forward, dk/dv): a run's last tile dropped leaves its rows of out,
+    # dk, dv unwritten (the emulator's NaN fill); a run that reaches into the next
+    # one's tiles writes them twice, from two blocks (a race, same values); and the
+    # barrier that ends a tile lets the next one replace what others still read.
+    M("window_attention: tile run one short", "window_attention.cu",
+      "  const int64_t u1 = u0 + p.run_tiles < p.tiles_per_head ? u0 + p.run_tiles : p.tiles_per_head;",
+      "  const int64_t u1 = u0 + p.run_tiles - 1 < p.tiles_per_head ? u0 + p.run_tiles - 1 : p.tiles_per_head;",
+      "none", "mismatch", ["runs: S=19"]),
+    M("window_attention: tile run overlapping the next run", "window_attention.cu",
+      "  const int64_t u1 = u0 + p.run_tiles < p.tiles_per_head ? u0 + p.run_tiles : p.tiles_per_head;",
+      "  const int64_t u1 = u0 + p.run_tiles + 1 < p.tiles_per_head ? u0 + p.run_tiles + 1 : p.tiles_per_head;",
+      "thread", "race", ["runs: S=19"]),
+    M("window_attention: forward __syncthreads at the end of a run's tile removed", "window_attention.cu",
+      "    __syncthreads();  // the next tile replaces Q (O's staging) and the query rows\n", "",
+      "thread", "race", ["runs: S=19"]),
+    M("window_attention: dk/dv __syncthreads at the end of a run's tile removed", "window_attention.cu",
+      "    __syncthreads();  // the next tile replaces K, V, Q, dO and the key rows\n", "",
+      "thread", "race", ["runs: S=19"]),
     M("window_attention: dq __syncthreads before the next tile removed", "window_attention.cu",
       "    __syncthreads();  // Q, dO, dT and the query rows are replaced next\n", "",
       "thread", "race", ["dq blocks loop"]),
