@@ -200,6 +200,37 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a
 #endif
 }
 
+// Ampere's asynchronous copies (cp.async): 16 bytes from global to shared memory
+// without a register round trip, in flight while the thread goes on; a group is
+// what was issued since the last commit, and wait<N> blocks until at most N groups
+// are pending. Shared memory is written only when the copy completes: a thread
+// waits for its own copies, then a barrier shows them to the block (tiles_landed).
+__device__ __forceinline__ void cp_async_16(void* dst_shared, const void* src_global) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst_shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src_global) : "memory");
+#else
+  *reinterpret_cast<uint4*>(dst_shared) = *reinterpret_cast<const uint4*>(src_global);
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+// Every tile this thread loaded has landed, then the block barrier: after it every
+// thread sees every tile loaded before it.
+__device__ __forceinline__ void tiles_landed() {
+  cp_async_wait<0>();
+  __syncthreads();
+}
+
 // acc (16 x 8 NT) += A (16 x K) B (K x 8 NT), for the calling warp: A(r, k) read
 // as a.at(r, k), B(k, n) as bt.at(n, k). kTC: tensor cores (K a multiple of 16,
 // operands rounded to scalar_t); else FMAs in acc_t.
@@ -386,7 +417,11 @@ __device__ void tile_rows(const Params& p, int64_t s0, int m0, int* seq, int* po
 }
 
 // ROWS x DP tile of a (S, N, H, d) tensor into shared memory (row stride LD),
-// zeros in padding rows and past d.
+// zeros in padding rows and past d. 16-bit rows that are 16-byte aligned (st.vec)
+// arrive by cp.async; the other paths store at once. Every call commits one group
+// (empty on the other paths), so callers can count: cp_async_wait<1>() after loading
+// K then V waits for K alone. Read nothing of it before tiles_landed (or such a wait
+// and a barrier); compute in between.
 template <typename scalar_t, int DP, int ROWS, int LD>
 __device__ void load_tile(scalar_t* dst, const scalar_t* __restrict__ src, Strides st, int h,
                           const int* seq, const int* pos, int d) {
@@ -395,11 +430,12 @@ __device__ void load_tile(scalar_t* dst, const scalar_t* __restrict__ src, Strid
     if (st.vec) {
       for (int e = threadIdx.x; e < ROWS * CHUNKS; e += blockDim.x) {
         const int r = e / CHUNKS, c = (e - r * CHUNKS) * V;
-        uint4 val = make_uint4(0, 0, 0, 0);
         if (seq[r] >= 0 && c < d)
-          val = *reinterpret_cast<const uint4*>(src + seq[r] * st.s + pos[r] * st.n + h * st.h + c);
-        *reinterpret_cast<uint4*>(dst + r * LD + c) = val;
+          cp_async_16(dst + r * LD + c, src + seq[r] * st.s + pos[r] * st.n + h * st.h + c);
+        else
+          *reinterpret_cast<uint4*>(dst + r * LD + c) = make_uint4(0, 0, 0, 0);
       }
+      cp_async_commit();
       return;
     }
   }
@@ -409,6 +445,7 @@ __device__ void load_tile(scalar_t* dst, const scalar_t* __restrict__ src, Strid
     if (seq[r] >= 0 && c < d) val = src[seq[r] * st.s + pos[r] * st.n + h * st.h + c];
     dst[r * LD + c] = val;
   }
+  cp_async_commit();
 }
 
 // Buckets [b0, b0 + ROWS) of the table R (NB, d) as a ROWS x DP tile.
@@ -691,7 +728,7 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_fwd_kernel(const Pa
     __syncthreads();
     load_tile<scalar_t, DP, ROWS, LD>(sm.Qs, static_cast<const scalar_t*>(p.q), p.q_st, tc.h,
                                       sm.qseq, sm.qpos, p.d);
-    __syncthreads();
+    tiles_landed();
     if (p.mode == kContextual) contextual_table<scalar_t, DP, ROWS>(p, tc.h, sm.Qs, sm.Ks, sm.qR, ldr);
 
     acc_t o[NTO][4];
@@ -706,6 +743,7 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_fwd_kernel(const Pa
       load_tile<scalar_t, DP, ROWS, LD>(sm.Vs, static_cast<const scalar_t*>(p.v), p.v_st, tc.h,
                                         sm.kseq, sm.kpos, p.d);
       if (!one_bucket_tile) load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
+      cp_async_wait<1>();  // K has landed; V may still be in flight while S is computed
       __syncthreads();
 
       acc_t s[NTS][4];
@@ -747,6 +785,7 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_fwd_kernel(const Pa
           s[n][e] = dev_exp(s[n][e] - base[e >> 1]);  // P
           l[e >> 1] += s[n][e];
         }
+      tiles_landed();  // V
       warp_gemm_a_frags<scalar_t, NTO>(o, s, sm.Ps, LDP, cols_of(sm.Vs, LD));
       __syncthreads();  // K, V, the buckets and the key rows are replaced next
     }
@@ -832,12 +871,12 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_dkdv_kernel(const P
                                         sm.qseq, sm.qpos, p.d);
       load_row_stats<ROWS>(p, tc.h, sm.qseq, sm.qpos, sm.lse, sm.delta);
       if (!one_bucket_tile) load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
-      __syncthreads();
-      // R is staged in dO's buffer before dO arrives.
+      tiles_landed();  // K, V (first query tile) and Q
+      // R is staged in dO's buffer before dO arrives; dO is in flight while P^T is
+      // computed.
       if (p.mode == kContextual) contextual_table<scalar_t, DP, ROWS>(p, tc.h, sm.Qs, sm.dOs, sm.qR, ldr);
       load_tile<scalar_t, DP, ROWS, LD>(sm.dOs, static_cast<const scalar_t*>(p.dout), p.dout_st,
                                         tc.h, sm.qseq, sm.qpos, p.d);
-      __syncthreads();
 
       // P^T (key rows j, query columns i), recomputed from lse.
       acc_t pt[NTS][4];
@@ -856,6 +895,7 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_dkdv_kernel(const P
                          : dev_exp(scale * pt[n][e] + relative_term(p, sm.qR, ldr, sm.bias, i, b) -
                                    sm.lse[i]);
         }
+      tiles_landed();  // dO
       acc_t dpt[NTS][4];
       zero(dpt);
       warp_gemm<scalar_t, kTC, NTS>(dpt, rows_of(sm.Vs + row0 * LD, LD), rows_of(sm.dOs, LD), DP);
@@ -911,7 +951,7 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
     load_tile<scalar_t, DP, ROWS, LD>(sm.dOs, static_cast<const scalar_t*>(p.dout), p.dout_st,
                                       tc.h, sm.qseq, sm.qpos, p.d);
     load_row_stats<ROWS>(p, tc.h, sm.qseq, sm.qpos, sm.lse, sm.delta);
-    __syncthreads();
+    tiles_landed();  // Q, dO
     if (p.mode == kContextual) contextual_table<scalar_t, DP, ROWS>(p, tc.h, sm.Qs, sm.Ks, sm.qR, ldr);
 
     acc_t dq[NTO][4];
@@ -925,12 +965,14 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
       load_tile<scalar_t, DP, ROWS, LD>(sm.Vs, static_cast<const scalar_t*>(p.v), p.v_st, tc.h,
                                         sm.kseq, sm.kpos, p.d);
       if (!one_bucket_tile) load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
+      cp_async_wait<1>();  // K has landed; V may still be in flight while S is computed
       __syncthreads();
 
       acc_t s[NTS][4], dp[NTS][4];
       zero(s);
       zero(dp);
       warp_gemm<scalar_t, kTC, NTS>(s, rows_of(sm.Qs + row0 * LD, LD), rows_of(sm.Ks, LD), DP);
+      tiles_landed();  // V
       warp_gemm<scalar_t, kTC, NTS>(dp, rows_of(sm.dOs + row0 * LD, LD), rows_of(sm.Vs, LD), DP);
 #pragma unroll
       for (int n = 0; n < NTS; ++n)

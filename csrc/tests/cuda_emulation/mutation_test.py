@@ -122,8 +122,7 @@ MUTATIONS = [
     # already keeps the next K, V from overwriting tiles still in use.)
     M("window_attention: forward __syncthreads between loading K/V and using them removed",
       "window_attention.cu",
-      "sm.ids);\n      __syncthreads();\n\n      acc_t s[NTS][4];\n",
-      "sm.ids);\n\n      acc_t s[NTS][4];\n",
+      "      __syncthreads();\n\n      acc_t s[NTS][4];\n", "\n      acc_t s[NTS][4];\n",
       # Many tiles: ThreadSanitizer keeps a few accesses per word, and with P in
       # registers one element left it too few racing pairs to report every time.
       "thread", "race", ["S=2 N=50 H=2 d=64 bias strided"]),
@@ -165,6 +164,27 @@ MUTATIONS = [
     M("window_attention: one bucket tile staged without a barrier before the tiles' rows",
       "window_attention.cu", "  __syncthreads();\n  return true;\n", "  return true;\n",
       "thread", "race", ["S=40 N=17 H=2 d=32 bias"]),
+    # Asynchronous copies (cp.async): a tile read before its group is waited for is
+    # the emulator's NaN fill (a mismatch), or, when no later wait covers it, copies
+    # still pending when the thread exits (the emulator's error); a wait without the
+    # barrier after it shows one thread's copies to no other (a race).
+    M("window_attention: forward K not waited for before S (cp.async wait_group 2)",
+      "window_attention.cu",
+      "      cp_async_wait<1>();  // K has landed; V may still be in flight while S is computed\n"
+      "      __syncthreads();\n\n      acc_t s[NTS][4];\n",
+      "      cp_async_wait<2>();  // K has landed; V may still be in flight while S is computed\n"
+      "      __syncthreads();\n\n      acc_t s[NTS][4];\n",
+      "none", "mismatch", ["S=2 N=50 H=2 d=64 bias strided"]),
+    M("window_attention: forward V not waited for before P V (missing wait_group)",
+      "window_attention.cu",
+      "      tiles_landed();  // V\n      warp_gemm_a_frags", "      __syncthreads();\n      warp_gemm_a_frags",
+      "none", ("mismatch", "emulation"), ["S=2 N=50 H=2 d=64 bias strided"]),
+    M("window_attention: dk/dv dO not waited for (missing wait_group)", "window_attention.cu",
+      "      tiles_landed();  // dO\n", "      __syncthreads();\n",
+      "none", ("mismatch", "emulation"), ["S=2 N=50 H=2 d=64 bias strided"]),
+    M("window_attention: cp.async wait without the barrier after it", "window_attention.cu",
+      "  cp_async_wait<0>();\n  __syncthreads();\n}", "  cp_async_wait<0>();\n}",
+      "thread", "race", ["S=2 N=50 H=2 d=64 bias strided"]),
     # Tile runs (forward, dk/dv): a run's last tile dropped leaves its rows of out,
     # dk, dv unwritten (the emulator's NaN fill); a run that reaches into the next
     # one's tiles writes them twice, from two blocks (a race, same values); and the
