@@ -3,7 +3,8 @@
     PYTHONPATH=bench python -m gpu_model [--out DIR] [--jobs N] [--reports FILE ...]
 
 --reports takes saved ptxas reports (nvcc --resource-usage output) instead of
-compiling, e.g. on a machine without nvcc."""
+compiling, e.g. on a machine without nvcc (the Triton kernels are then not compiled
+either; --no-triton skips them alone)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import compile_facts, ptxas_report, record
+from . import compile_facts, ptxas_report, record, triton_facts
 from .cards import CARDS, with_measured_ceilings
 from .model import build
 
@@ -49,6 +50,8 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=None, help="parallel nvcc (default: cores)")
     parser.add_argument("--reports", type=Path, nargs="+",
                         help="saved ptxas reports to use instead of compiling")
+    parser.add_argument("--no-triton", action="store_true",
+                        help="do not compile the Triton window_attention kernels")
     args = parser.parse_args(argv)
 
     meta = {"date": today, "commit": _commit(), "generated_by": "make gpu-model",
@@ -69,9 +72,18 @@ def main(argv=None) -> int:
                for p in sorted((ROOT / "csrc" / "cuda").glob("*.cu"))}
     meta["source_sha256"] = {path: hashlib.sha256(text.encode()).hexdigest()
                              for path, text in sources.items()}
+    triton_source = ROOT / "lomar_ops" / "triton_kernels" / "window_attention.py"
+    meta["triton_window_attention_sha256"] = hashlib.sha256(triton_source.read_bytes()).hexdigest()
     meta["window_attention_sha256"] = meta["source_sha256"]["csrc/cuda/window_attention.cu"]
     cards = with_measured_ceilings(CARDS, RESULTS)
     model = build(kernels, cards, sources, RESULTS)
+    if args.reports or args.no_triton:
+        model["triton"] = {"skipped": "not compiled (" + ("saved ptxas reports" if args.reports
+                                                          else "--no-triton") + ")"}
+    else:
+        model["triton"] = triton_facts.triton_table(cards)
+        import triton
+        meta["triton"] = triton.__version__
     record.write(args.out, model, meta)
     print(record.short_table(model))
     print(f"gpu-model: wrote {args.out}/model.json and README.md (a model: no GPU ran)")

@@ -146,6 +146,35 @@ def measured_section(model: dict) -> str:
                 "model floor ms", "measured / floor"], rows)])
 
 
+def triton_section(model: dict) -> str:
+    """The Triton window_attention kernels at the pretraining shape (triton_facts.py)."""
+    title = f"## Triton kernels ({NO_GPU}: Triton's compile, ptxas's report)"
+    table = model.get("triton") or {"skipped": "not in this record"}
+    if "skipped" in table:
+        return "\n".join([title, "", f"Not compiled: {table['skipped']}."])
+    cards = sorted({c for r in table["rows"] for c in r["cards"]})
+    header = ["kernel", "arch", "tiles (M, N, D, B)", "warps", "registers", "spill B",
+              "shared B"] + [f"{c}: blocks (warps) per SM" for c in cards]
+    rows = []
+    for r in table["rows"]:
+        c = r["constexprs"]
+        tiles = ", ".join(str(c.get(k, "-")) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_B"))
+        if not r.get("ok"):
+            rows.append([f"`{r['kernel']}`", f"sm_{r['arch']}", tiles, r["num_warps"],
+                         "failed: " + "; ".join(r.get("error", [])[:2]), "", ""] + [""] * len(cards))
+            continue
+        per = [f"{r['cards'][n]['blocks_per_sm']} ({r['cards'][n]['warps_per_sm']}), "
+               + "/".join(r["cards"][n]["binding"]) if n in r["cards"] else "-" for n in cards]
+        rows.append([f"`{r['kernel']}`", f"sm_{r['arch']}", tiles, r["num_warps"],
+                     r["registers"], r["spill_bytes"], r["shared_bytes"]] + per)
+    return "\n".join([
+        title, "", "What the Triton backend launches at the pretraining shape (bf16, N = 50, "
+        "d = 64, contextual NB = 50), compiled ahead of time for each arch by the compile "
+        "sweep's machinery (tests/triton_compile_sweep.py, eager typing); registers and spill "
+        "bytes per thread, shared memory per program; blocks per SM by the same occupancy "
+        "rules as the CUDA kernels'.", "", _table(header, rows)])
+
+
 def readme(model: dict, meta: dict) -> str:
     pre = next(s for s in model["shapes"] if s["shape"] == PRETRAIN.label())
     others = [s for s in model["shapes"] if s is not pre]
@@ -183,7 +212,7 @@ def readme(model: dict, meta: dict) -> str:
             "once (model.json has the ms per card).", "",
             launch_section(model, pre), ""]
     body += sum(([launch_section(model, s), ""] for s in others), [])
-    body += [floor_section(model), measured_section(model), ""]
+    body += [triton_section(model), "", floor_section(model), measured_section(model), ""]
     return "\n".join(head + body)
 
 

@@ -25,7 +25,7 @@ KERNEL_SOURCE = ROOT / "csrc" / "cuda" / "window_attention.cu"
 if str(ROOT / "bench") not in sys.path:
     sys.path.insert(0, str(ROOT / "bench"))
 
-from gpu_model import cards, compile_facts, floors, ptxas_report  # noqa: E402
+from gpu_model import cards, compile_facts, floors, ptxas_report, record, triton_facts  # noqa: E402
 from gpu_model import launch_geometry as lg, occupancy as occ  # noqa: E402
 from gpu_model.__main__ import main as gpu_model_main  # noqa: E402
 
@@ -617,3 +617,39 @@ def test_the_record_says_it_is_a_model(tmp_path, capsys):
     fwd = pre["cards"]["H200"][0]
     assert (fwd["kernel"], fwd["blocks_per_sm"], fwd["binding"], fwd["waves"]) == \
         ("window_attention_fwd_kernel<bf16, 64, 64>", 4, ["shared_memory"], 3)  # 1536 runs / 528
+
+
+def test_triton_rows_get_the_occupancy_rules():
+    row = {"kernel": "window_attention._fwd_kernel", "arch": 90, "ok": True, "num_warps": 8,
+           "registers": 255, "spill_bytes": 0, "shared_bytes": 32768,
+           "constexprs": {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 64, "BLOCK_B": 64}}
+    got, = triton_facts.with_occupancy([row], cards.CARDS)
+    # 255 registers: 256 x 32 = 8192 per warp, 2 warps per 16 K sub-partition, 8 per SM:
+    # one block of 8 warps; shared memory alone would allow 6. sm_90 cards only.
+    assert set(got["cards"]) == {"H100 SXM", "H200"}
+    assert got["cards"]["H200"] == {"blocks_per_sm": 1, "warps_per_sm": 8,
+                                    "binding": ["registers"]}
+    text = record.triton_section({"triton": {"rows": [got]}})
+    assert "| `window_attention._fwd_kernel` | sm_90 | 64, 64, 64, 64 | 8 | 255 | 0 | 32768 |" \
+        in text and "1 (8), registers" in text
+    assert "Not compiled: why" in record.triton_section({"triton": {"skipped": "why"}})
+
+
+def test_the_triton_kernels_of_the_pretraining_shape_compile_for_both_archs():
+    # Real compiles (Triton's own ptxas, no GPU): what the record's Triton table shows.
+    # In a process of its own: the tests run Triton interpreted, which cannot compile.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "bench"), str(ROOT)])
+    code = ("import json; from gpu_model import triton_facts; "
+            "print(json.dumps(triton_facts.compile_pretraining_kernels()))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    assert all(r["ok"] for r in rows), [r.get("error") for r in rows]
+    got = {(r["kernel"].rsplit(".", 1)[-1], r["arch"]) for r in rows}
+    assert got == {(k, a) for k in ("_fwd_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel")
+                   for a in (80, 90)}
+    for r in rows:
+        assert r["constexprs"]["MODE"] == 2 and r["constexprs"]["BLOCK_D"] == 64
+        assert 0 < r["registers"] <= 255 and r["shared_bytes"] > 0
