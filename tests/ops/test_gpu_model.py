@@ -643,7 +643,7 @@ def test_the_triton_kernels_of_the_pretraining_shape_compile_for_both_archs():
     code = ("import json; from gpu_model import triton_facts; "
             "print(json.dumps(triton_facts.compile_pretraining_kernels()))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=600)
+                         check=False, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads(out.stdout.strip().splitlines()[-1])
     assert all(r["ok"] for r in rows), [r.get("error") for r in rows]
