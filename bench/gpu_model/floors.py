@@ -14,8 +14,9 @@ FLOPs, as bench/bench_window_attention.py counts them: the two N x N products,
 (FlashAttention's count) and 2x the term.
 
 Each kernel of the split backward also gets its own floor (what it reads and
-writes once, as the work is divided now: the delta kernel reads out and grad_out
-again, the dk/dv and dq kernels each read q, k, v and grad_out, and so on): their
+writes once, as the work is divided now: the dk/dv and dq kernels each read q, k,
+v and grad_out, the delta kernel (N > ROWS only) reads out and grad_out again, and
+so on): their
 sum over the op's floor is what the split costs, whatever each kernel achieves."""
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def kernel_traffic(shape: Shape, launches: list[Launch]) -> list[dict]:
     acc_bytes = DTYPES[DTYPES[shape.dtype][1]][0]
     dq = [launch for launch in launches if launch.base == "window_attention_dq_kernel"]
     partials = p.groups * dq[0].grid[0] * p.group_width * acc_bytes if dq else 0
+    has_delta_kernel = any(launch.base == "window_attention_delta_kernel" for launch in launches)
     table_in = t["table"] + t["ids"]
     per_kernel = {
         "window_attention_fwd_kernel": (3 * t["qkvo"] + table_in, t["qkvo"] + t["row_stat"]),
@@ -75,9 +77,12 @@ def kernel_traffic(shape: Shape, launches: list[Launch]) -> list[dict]:
         # q, k, v, dO, lse, D, table, map -> dk, dv
         "window_attention_dkdv_kernel": (4 * t["qkvo"] + 2 * t["row_stat"] + table_in,
                                          2 * t["qkvo"]),
-        # q, k, v, dO, lse, D, table, map -> dq and the partials
+        # q, k, v, dO, lse, D, table, map -> dq and the partials; with no delta kernel
+        # (N <= ROWS) it computes D and writes it instead of reading it
         "window_attention_dq_kernel": (4 * t["qkvo"] + 2 * t["row_stat"] + table_in,
-                                       t["qkvo"] + partials),
+                                       t["qkvo"] + partials) if has_delta_kernel else
+                                      (4 * t["qkvo"] + t["row_stat"] + table_in,
+                                       t["qkvo"] + t["row_stat"] + partials),
         "window_attention_drpe_kernel": (partials, t["table"]),
     }
     out = []

@@ -197,21 +197,31 @@ def forward_launches(shape: Shape, sms: int) -> list[Launch]:
                    2 * rows, fwd_smem(shape.dtype, dp, p.NB, shape.rpe_mode))]
 
 
+def fused_delta(shape: Shape) -> bool:
+    """N <= ROWS: the dq kernel computes D itself (p.fused_delta), no delta kernel."""
+    return shape.N <= rows_per_tile(shape.dtype)
+
+
+def delta_blocks(shape: Shape, sms: int) -> int:
+    """The delta kernel's grid (launched when N > ROWS only)."""
+    return min(-(-(shape.S * shape.H * shape.N) // 8), sms * 32)
+
+
 def backward_launches(shape: Shape, sms: int) -> list[Launch]:
-    """delta, dk/dv, dq, then (with a table) the d(rpe) reduction, in launch order."""
+    """delta (N > ROWS only), dq, dk/dv, then (with a table) the d(rpe) reduction, in
+    launch order."""
     if sms < 1:
         raise ValueError(f"sms={sms}: a card has at least one SM")
     p, rows, dp = make_params(shape), rows_per_tile(shape.dtype), padded_head_dim(shape.d)
     acc = DTYPES[shape.dtype][1]
     tmpl = f"<{shape.dtype}, {dp}, {rows}>"
-    n_rows = shape.S * shape.H * shape.N
-    delta_blocks = min(-(-n_rows // 8), sms * 32)
-    out = [Launch(f"window_attention_delta_kernel<{shape.dtype}>", (delta_blocks, 1), 256, 0),
-           Launch("window_attention_dkdv_kernel" + tmpl, (run_blocks(p, shape.H, sms)[1], 1), 2 * rows,
-                  bwd_smem(shape.dtype, dp, p.NB, shape.rpe_mode, dq_kernel=False)),
-           Launch("window_attention_dq_kernel" + tmpl,
-                  (dq_blocks(p, shape.rpe_mode, sms), p.groups), 2 * rows,
-                  bwd_smem(shape.dtype, dp, p.NB, shape.rpe_mode, dq_kernel=True))]
+    out = [] if fused_delta(shape) else [
+        Launch(f"window_attention_delta_kernel<{shape.dtype}>", (delta_blocks(shape, sms), 1), 256, 0)]
+    out += [Launch("window_attention_dq_kernel" + tmpl,
+                   (dq_blocks(p, shape.rpe_mode, sms), p.groups), 2 * rows,
+                   bwd_smem(shape.dtype, dp, p.NB, shape.rpe_mode, dq_kernel=True)),
+            Launch("window_attention_dkdv_kernel" + tmpl, (run_blocks(p, shape.H, sms)[1], 1), 2 * rows,
+                   bwd_smem(shape.dtype, dp, p.NB, shape.rpe_mode, dq_kernel=False))]
     if shape.rpe_mode != "none":
         total = p.groups * p.group_width
         out.append(Launch(f"window_attention_drpe_kernel<{shape.dtype}, {acc}>",

@@ -42,7 +42,9 @@
 // (FlashAttention-2's trick), so P is rounded to q's dtype and packed in place;
 // the FMA path (fp32, fp64) passes P through shared memory.
 //
-// Backward (FlashAttention-2): D = rowsum(dO * O) by a small kernel; then
+// Backward (FlashAttention-2): D = rowsum(dO * O) by a small kernel when N > ROWS
+// (when N <= ROWS the dq kernel, which holds a row's every key in one tile, sums
+// D = rowsum(P * dP) itself and writes it; it runs first); then
 //  - dK/dV: per key tile of the block's run, looping over the query tiles: P^T recomputed
 //    from lse, dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - D),
 //    dK += scale dS^T Q (the relative term does not depend on k); P^T and dS^T
@@ -123,6 +125,10 @@ struct Params {
   // and when N <= ROWS the bucket tile) is staged once per run.
   int64_t run_tiles, runs_per_head;
   int groups;                   // table groups of the dq kernel (1 or H)
+  // N <= ROWS: the dq kernel, which sees a row's every key in one tile, computes D
+  // and writes it, and runs before the dk/dv kernel (no delta kernel: out and dO
+  // are not read again for it).
+  int fused_delta;
   int64_t group_width;          // d(rpe) elements per group
 };
 
@@ -624,7 +630,8 @@ struct BwdSmem {
 
 // lse and D of a query tile's rows; in padding rows lse = +inf and D = 0, so their
 // P = exp(x - lse) is 0 even where the staged buckets do not mask them (the dq
-// kernel's one bucket tile for all packed tiles).
+// kernel's one bucket tile for all packed tiles). delta null: lse only (the dq
+// kernel computes D itself when p.fused_delta).
 template <int ROWS, typename acc_t>
 __device__ void load_row_stats(const Params& p, int h, const int* seq, const int* pos,
                                acc_t* lse, acc_t* delta) {
@@ -633,10 +640,10 @@ __device__ void load_row_stats(const Params& p, int h, const int* seq, const int
     if (seq[r] >= 0) {
       const int64_t at = (static_cast<int64_t>(seq[r]) * p.H + h) * p.N + pos[r];
       l = static_cast<const acc_t*>(p.lse)[at];
-      dl = static_cast<const acc_t*>(p.delta)[at];
+      if (delta) dl = static_cast<const acc_t*>(p.delta)[at];
     }
     lse[r] = l;
-    delta[r] = dl;
+    if (delta) delta[r] = dl;
   }
 }
 
@@ -950,7 +957,7 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
                                       sm.qseq, sm.qpos, p.d);
     load_tile<scalar_t, DP, ROWS, LD>(sm.dOs, static_cast<const scalar_t*>(p.dout), p.dout_st,
                                       tc.h, sm.qseq, sm.qpos, p.d);
-    load_row_stats<ROWS>(p, tc.h, sm.qseq, sm.qpos, sm.lse, sm.delta);
+    load_row_stats<ROWS>(p, tc.h, sm.qseq, sm.qpos, sm.lse, p.fused_delta ? nullptr : sm.delta);
     tiles_landed();  // Q, dO
     if (p.mode == kContextual) contextual_table<scalar_t, DP, ROWS>(p, tc.h, sm.Qs, sm.Ks, sm.qR, ldr);
 
@@ -974,6 +981,7 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
       warp_gemm<scalar_t, kTC, NTS>(s, rows_of(sm.Qs + row0 * LD, LD), rows_of(sm.Ks, LD), DP);
       tiles_landed();  // V
       warp_gemm<scalar_t, kTC, NTS>(dp, rows_of(sm.dOs + row0 * LD, LD), rows_of(sm.Vs, LD), DP);
+      // P into s, then dS = P (dP - D).
 #pragma unroll
       for (int n = 0; n < NTS; ++n)
 #pragma unroll
@@ -983,15 +991,38 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
 #pragma unroll
           for (int x = 0; x < 2; ++x) {
             const int b = pair_half(two, x);
-            acc_t ds = 0;
-            if (b != kNoBucket) {
-              const acc_t pr = dev_exp(scale * s[n][e + x] +
-                                       relative_term(p, sm.qR, ldr, sm.bias, r, b) - sm.lse[r]);
-              ds = pr * (dp[n][e + x] - sm.delta[r]);
-            }
-            s[n][e + x] = ds;
+            s[n][e + x] = b == kNoBucket ? acc_t(0)
+                                         : dev_exp(scale * s[n][e + x] +
+                                                   relative_term(p, sm.qR, ldr, sm.bias, r, b) -
+                                                   sm.lse[r]);
           }
         }
+      acc_t row_d[2];  // D of the fragment rows g and g + 8
+      if (p.fused_delta) {
+        // One key tile holds the row's keys: D = sum_j P_ij dP_ij (= dO_i . O_i, from
+        // fp32 P and dP rather than the rounded O), each lane over its columns, then
+        // the quad; written for the dk/dv kernel, which runs next.
+        acc_t part[2] = {0, 0};
+#pragma unroll
+        for (int n = 0; n < NTS; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) part[e >> 1] += s[n][e] * dp[n][e];
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          row_d[hh] = quad_sum(part[hh]);
+          const int r = row0 + frag_row(2 * hh);
+          if ((threadIdx.x & 3) == 0 && sm.qseq[r] >= 0)
+            static_cast<acc_t*>(p.delta)[(static_cast<int64_t>(sm.qseq[r]) * p.H + tc.h) * p.N +
+                                         sm.qpos[r]] = row_d[hh];
+        }
+      } else {
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) row_d[hh] = sm.delta[row0 + frag_row(2 * hh)];
+      }
+#pragma unroll
+      for (int n = 0; n < NTS; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[n][e] *= dp[n][e] - row_d[e >> 1];  // dS
       warp_gemm_a_frags<scalar_t, NTO>(dq, s, sm.dSs, LDS, cols_of(sm.Ks, LD));
       // dT[r][bucket] += dS[r][c] from the fragments: the 4 lanes of a quad hold a row's
       // columns (lane t: 8 n + 2t and + 1); they add in turn, t = 0..3, each its
@@ -1145,6 +1176,7 @@ Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   p.num_tiles = p.H * p.tiles_per_head;
   const bool per_group_head = p.mode == kBias || p.per_head;
   p.groups = per_group_head ? static_cast<int>(p.H) : 1;
+  p.fused_delta = p.N <= rows;
   p.group_width = p.mode == kContextual ? static_cast<int64_t>(p.NB) * p.d : p.NB;
   return p;
 }
@@ -1267,8 +1299,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
 
     const int64_t rows = S * H * N;
     const int64_t delta_blocks = std::min<int64_t>((rows + 7) / 8, sms * 32);
-    window_attention_delta_kernel<scalar_t><<<static_cast<unsigned>(delta_blocks), 256, 0, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (!p.fused_delta) {  // else the dq kernel computes D
+      window_attention_delta_kernel<scalar_t><<<static_cast<unsigned>(delta_blocks), 256, 0, stream>>>(p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
 
     // A fixed number of blocks per table group: the d(rpe) partials (and so the
     // summation order) depend only on the shapes and the GPU's SM count.
@@ -1284,12 +1318,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
     }
     dispatch_head_dim(dp, [&](auto dp_const) {
       constexpr int DP = decltype(dp_const)::value;
-      const size_t dkdv_smem = BwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, false).bytes;
-      launch(window_attention_dkdv_kernel<scalar_t, DP, ROWS>, dim3(static_cast<unsigned>(p.H * p.runs_per_head)),
-             2 * ROWS, dkdv_smem, p, "backward dk/dv");
+      // dq first: with fused_delta it writes the D the dk/dv kernel reads.
       const size_t dq_smem = BwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, true).bytes;
       launch(window_attention_dq_kernel<scalar_t, DP, ROWS>, dim3(static_cast<unsigned>(blocks), p.groups), 2 * ROWS,
              dq_smem, p, "backward dq");
+      const size_t dkdv_smem = BwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, false).bytes;
+      launch(window_attention_dkdv_kernel<scalar_t, DP, ROWS>, dim3(static_cast<unsigned>(p.H * p.runs_per_head)),
+             2 * ROWS, dkdv_smem, p, "backward dk/dv");
     });
     if (p.mode != kNone) {
       const int64_t total = p.groups * p.group_width;

@@ -264,10 +264,19 @@ def test_the_split_backward_kernels_floors_by_hand():
     launches = lg.backward_launches(PRETRAIN, sms=132)
     per = [t["bytes"] for t in floors.kernel_traffic(PRETRAIN, launches)]
     e, r, tab = 78_643_200, 2_457_600, 16_400
-    assert per == [2 * e + r,                                   # delta: out, dO -> D
+    # N = 50 <= 64 rows: no delta kernel; dq computes D and writes it, dk/dv reads it.
+    assert per == [4 * e + r + tab + e + r + 6_758_400,         # dq, D and the partials
                    4 * e + 2 * r + tab + 2 * e,                 # dk/dv
-                   4 * e + 2 * r + tab + e + 6_758_400,         # dq and the partials
                    6_758_400 + 6_400]                           # d(rpe)
+    # N = 197 > 64: the delta kernel reads out and dO; dq reads D.
+    fine = lg.Shape(64, 197, 12, 64)
+    e2, r2 = 64 * 197 * 12 * 64 * 2, 64 * 12 * 197 * 4
+    per = {launch.base: t["bytes"] for launch, t in zip(
+        lg.backward_launches(fine, sms=132),
+        floors.kernel_traffic(fine, lg.backward_launches(fine, sms=132)))}
+    assert per["window_attention_delta_kernel"] == 2 * e2 + r2
+    assert per["window_attention_dq_kernel"] - per["window_attention_drpe_kernel"] + 6_400 \
+        == 4 * e2 + 2 * r2 + 6_400 + 197 * 197 * 4 + e2
 
 
 # ---- the launch-geometry mirror against the C++ ------------------------------------
@@ -472,7 +481,7 @@ def _mirror(shape: lg.Shape, sms: int) -> dict:
             "fwd_smem": fwd.dynamic_smem,
             "dkdv_smem": bwd["window_attention_dkdv_kernel"].dynamic_smem,
             "dq_smem": bwd["window_attention_dq_kernel"].dynamic_smem,
-            "delta_blocks": bwd["window_attention_delta_kernel"].grid[0],
+            "delta_blocks": lg.delta_blocks(shape, sms),
             "dq_blocks": bwd["window_attention_dq_kernel"].grid[0],
             "drpe_grid": bwd["window_attention_drpe_kernel"].grid[0]
             if "window_attention_drpe_kernel" in bwd else 0,

@@ -64,7 +64,8 @@ void check(at::ScalarType dt, const Shape& s) {
         ", \"N\": " + std::to_string(s.N) + ", \"H\": " + std::to_string(s.H) + ", \"d\": " +
         std::to_string(s.d) + ", \"NB\": " + std::to_string(mode == "none" ? 0 : s.NB) + ", \"mode\": \"" +
         mode + "\", \"per_head\": " + (s.per_head ? "true" : "false") + ", \"strided\": " +
-        (s.strided ? "true" : "false") + "}");)
+        (s.strided ? "true" : "false") + ", \"sms\": " +
+        std::to_string(emu::device().props.multiProcessorCount) + "}");)
   };
   mark("forward");
   auto [o, lse, p] = window_attention_fwd_cuda(ql, kl, vl, rl, ids, mode, scale);

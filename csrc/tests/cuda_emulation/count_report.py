@@ -206,7 +206,10 @@ def main():
     for case in cases:
         if not case["launches"]:
             continue
-        print(f"{case['op']}: {case['case']}  [emulated sm_{case['arch']}, {case['sms']} SMs]")
+        # the SMs the case's launches saw (a mark's, where a case sets its own), else the run's
+        sms = next((x["mark"]["sms"] for x in case["launches"]
+                    if isinstance(x.get("mark"), dict) and "sms" in x["mark"]), case["sms"])
+        print(f"{case['op']}: {case['case']}  [emulated sm_{case['arch']}, {sms} SMs]")
         print(table([row_of(x, n) for x, n in launch_rows(case)], args.markdown))
         print()
     fl = floors(cases)

@@ -185,6 +185,14 @@ MUTATIONS = [
     M("window_attention: cp.async wait without the barrier after it", "window_attention.cu",
       "  cp_async_wait<0>();\n  __syncthreads();\n}", "  cp_async_wait<0>();\n}",
       "thread", "race", ["S=2 N=50 H=2 d=64 bias strided"]),
+    # D in the dq kernel (N <= ROWS): a row's sum over its quad, written for the dk/dv
+    # kernel that runs next.
+    M("window_attention: fused D summed over a lane's columns only (no quad sum)",
+      "window_attention.cu", "          row_d[hh] = quad_sum(part[hh]);",
+      "          row_d[hh] = part[hh];", "none", "mismatch", ["S=2 N=50 H=2 d=64 bias strided"]),
+    M("window_attention: fused D not written for the dk/dv kernel", "window_attention.cu",
+      "          if ((threadIdx.x & 3) == 0 && sm.qseq[r] >= 0)\n",
+      "          if (false)\n", "none", "mismatch", ["S=2 N=50 H=2 d=64 bias strided"]),
     # Tile runs (forward, dk/dv): a run's last tile dropped leaves its rows of out,
     # dk, dv unwritten (the emulator's NaN fill); a run that reaches into the next
     # one's tiles writes them twice, from two blocks (a race, same values); and the
