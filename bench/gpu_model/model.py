@@ -21,7 +21,7 @@ FINETUNE = (Shape(S=64, N=197, H=12, d=64), Shape(S=64, N=577, H=12, d=64))
 BENCH_CASES = {"pretrain-N50": PRETRAIN, "finetune-N197": FINETUNE[0],
                "finetune-N577": FINETUNE[1]}
 
-_LAUNCH_BOUNDS = re.compile(r"__launch_bounds__\(([^)]*)\)\s+(\w+)\s*\(")
+_LAUNCH_BOUNDS = re.compile(r"__launch_bounds__\(((?:[^()]|\([^()]*\))*)\)\s+(\w+)\s*\(")
 
 
 def launch_bounds(source: str) -> dict:

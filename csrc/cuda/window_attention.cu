@@ -712,8 +712,18 @@ __device__ void store_rows(scalar_t* dst, const Params& p, int h, int row0, cons
 
 // ---- forward ------------------------------------------------------------------
 
+// The forward's blocks per SM, stated to ptxas (its register cap is then 64 K / (2 ROWS
+// x this)): what shared memory allows at NB ~ 50, 4 on Hopper and 3 on the A100 for
+// DP <= 64, one fewer for DP = 80, 128. Without it ptxas took exactly 128 or 96
+// registers for the run loop and spilled 12-20 bytes (sm_80).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+template <int DP> constexpr int kFwdMinBlocks = DP <= 64 ? 4 : 3;
+#else
+template <int DP> constexpr int kFwdMinBlocks = DP <= 64 ? 3 : 2;
+#endif
+
 template <typename scalar_t, int DP, int ROWS>
-__global__ void __launch_bounds__(2 * ROWS) window_attention_fwd_kernel(const Params p) {
+__global__ void __launch_bounds__(2 * ROWS, kFwdMinBlocks<DP>) window_attention_fwd_kernel(const Params p) {
   using acc_t = typename AccType<scalar_t>::type;
   using L = FwdSmem<scalar_t, DP, ROWS>;
   constexpr bool kTC = kTensorCores<scalar_t>;
@@ -726,11 +736,13 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_fwd_kernel(const Pa
   const acc_t neg_inf = -INFINITY;
 
   const TileRun run = tile_run(p, blockIdx.x);
-  const int h = tile_coord<ROWS>(p, run.first).h;
-  stage_bias<scalar_t>(p, h, sm.bias);
-  const bool one_bucket_tile = stage_shared_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
-  for (int64_t tile = run.first; tile < run.end; ++tile) {
-    const TileCoord tc = tile_coord<ROWS>(p, tile);
+  stage_bias<scalar_t>(p, tile_coord<ROWS>(p, run.first).h, sm.bias);
+  stage_shared_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
+  // A 32-bit count (at most kMaxRunTiles), and p.N > ROWS re-read from the parameters
+  // rather than kept as a flag: registers live across the loop are what ptxas spilled.
+  const int run_len = static_cast<int>(run.end - run.first);
+  for (int i = 0; i < run_len; ++i) {
+    const TileCoord tc = tile_coord<ROWS>(p, run.first + i);
     tile_rows<ROWS>(p, tc.s0, tc.m0, sm.qseq, sm.qpos);
     __syncthreads();
     load_tile<scalar_t, DP, ROWS, LD>(sm.Qs, static_cast<const scalar_t*>(p.q), p.q_st, tc.h,
@@ -749,7 +761,7 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_fwd_kernel(const Pa
                                         sm.kseq, sm.kpos, p.d);
       load_tile<scalar_t, DP, ROWS, LD>(sm.Vs, static_cast<const scalar_t*>(p.v), p.v_st, tc.h,
                                         sm.kseq, sm.kpos, p.d);
-      if (!one_bucket_tile) load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
+      if (p.N > ROWS) load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
       cp_async_wait<1>();  // K has landed; V may still be in flight while S is computed
       __syncthreads();
 
@@ -843,8 +855,17 @@ __global__ void window_attention_delta_kernel(const Params p) {
 }
 
 // dK, dV of one key tile; the warps own its key rows.
+// The dk/dv kernel's, likewise: 16-bit at DP <= 64 fits 3 blocks per SM on Hopper
+// and 2 on the A100 (shared memory); the rest states 1 (ptxas's cap 255): left to its
+// own choice, ptxas capped fp32 instantiations at 128 registers and spilled 4-12 bytes.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+template <typename T, int DP> constexpr int kDkdvMinBlocks = sizeof(T) == 2 && DP <= 64 ? 3 : 1;
+#else
+template <typename T, int DP> constexpr int kDkdvMinBlocks = sizeof(T) == 2 && DP <= 64 ? 2 : 1;
+#endif
+
 template <typename scalar_t, int DP, int ROWS>
-__global__ void __launch_bounds__(2 * ROWS) window_attention_dkdv_kernel(const Params p) {
+__global__ void __launch_bounds__(2 * ROWS, (kDkdvMinBlocks<scalar_t, DP>)) window_attention_dkdv_kernel(const Params p) {
   using acc_t = typename AccType<scalar_t>::type;
   using L = BwdSmem<scalar_t, DP, ROWS>;
   constexpr bool kTC = kTensorCores<scalar_t>;
@@ -857,9 +878,10 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_dkdv_kernel(const P
 
   const TileRun run = tile_run(p, blockIdx.x);
   stage_bias<scalar_t>(p, tile_coord<ROWS>(p, run.first).h, sm.bias);
-  const bool one_bucket_tile = stage_shared_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
-  for (int64_t tile = run.first; tile < run.end; ++tile) {
-    const TileCoord tc = tile_coord<ROWS>(p, tile);
+  stage_shared_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
+  const int run_len = static_cast<int>(run.end - run.first);  // as the forward's
+  for (int i = 0; i < run_len; ++i) {
+    const TileCoord tc = tile_coord<ROWS>(p, run.first + i);
     tile_rows<ROWS>(p, tc.s0, tc.m0, sm.kseq, sm.kpos);
     __syncthreads();
     load_tile<scalar_t, DP, ROWS, LD>(sm.Ks, static_cast<const scalar_t*>(p.k), p.k_st, tc.h,
@@ -877,7 +899,7 @@ __global__ void __launch_bounds__(2 * ROWS) window_attention_dkdv_kernel(const P
       load_tile<scalar_t, DP, ROWS, LD>(sm.Qs, static_cast<const scalar_t*>(p.q), p.q_st, tc.h,
                                         sm.qseq, sm.qpos, p.d);
       load_row_stats<ROWS>(p, tc.h, sm.qseq, sm.qpos, sm.lse, sm.delta);
-      if (!one_bucket_tile) load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
+      if (p.N > ROWS) load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
       tiles_landed();  // K, V (first query tile) and Q
       // R is staged in dO's buffer before dO arrives; dO is in flight while P^T is
       // computed.
@@ -945,7 +967,7 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
                                          (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) *
                                              p.group_width;
 
-  const bool one_bucket_tile = stage_shared_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
+  stage_shared_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
   for (int64_t u = blockIdx.x; u < group_tiles; u += gridDim.x) {
     const TileCoord tc = tile_coord<ROWS>(p, blockIdx.y * group_tiles + u);
     tile_rows<ROWS>(p, tc.s0, tc.m0, sm.qseq, sm.qpos);
@@ -971,7 +993,7 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
                                         sm.kseq, sm.kpos, p.d);
       load_tile<scalar_t, DP, ROWS, LD>(sm.Vs, static_cast<const scalar_t*>(p.v), p.v_st, tc.h,
                                         sm.kseq, sm.kpos, p.d);
-      if (!one_bucket_tile) load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
+      if (p.N > ROWS) load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
       cp_async_wait<1>();  // K has landed; V may still be in flight while S is computed
       __syncthreads();
 

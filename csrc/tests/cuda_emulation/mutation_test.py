@@ -222,7 +222,8 @@ MUTATIONS = [
     M("window_attention: no opt-in beyond 48 KB of shared memory", "window_attention.cu",
       "  if (smem > 48 * 1024)\n", "  if (smem > 1024 * 1024)\n", "none", "mismatch", ["opt-in"]),
     M("window_attention: __launch_bounds__ below the launch's threads", "window_attention.cu",
-      "__launch_bounds__(2 * ROWS) window_attention_fwd_kernel", "__launch_bounds__(ROWS) window_attention_fwd_kernel",
+      "__launch_bounds__(2 * ROWS, kFwdMinBlocks<DP>) window_attention_fwd_kernel",
+      "__launch_bounds__(ROWS, kFwdMinBlocks<DP>) window_attention_fwd_kernel",
       "none", "emulation", ["one element"]),
 ]
 
