@@ -115,7 +115,7 @@ def floor_section(model: dict) -> str:
                         [", ".join(sorted({p["bound"] for p in per}))])
         split = ops["backward"]["split_kernels_bytes"]
         out += [f"### {label} ({NO_GPU})", "", _table(header, rows), "",
-                "The backward as it is split now (delta, dk/dv, dq, d(rpe) kernels, each "
+                "The backward as it is split now (its kernels: a delta kernel where N > ROWS, then dq, dk/dv and d(rpe), each "
                 "reading its inputs once): " + "; ".join(
                     f"{card} {b / MB:.1f} MB, {b / ops['backward']['bytes']:.2f}x the op's floor"
                     for card, b in split.items()) + ".", ""]
