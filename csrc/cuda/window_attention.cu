@@ -710,6 +710,23 @@ __device__ void store_rows(scalar_t* dst, const Params& p, int h, int row0, cons
   __syncwarp();  // the warp's rows of `stage` may be written again after this
 }
 
+// Key tile kt of a query tile's sequence(s) (forward, dq kernel): its rows, K and V
+// (by cp.async) and, when N > ROWS, its bucket tile. Returns when K and the buckets
+// are there for the whole block; V may still be in flight (S = Q K^T is computed
+// meanwhile): tiles_landed() before reading it.
+template <typename scalar_t, int DP, int ROWS, int LD, typename Smem>
+__device__ void load_key_tile(const Params& p, const TileCoord& tc, int kt, const Smem& sm) {
+  tile_rows<ROWS>(p, tc.s0, kt * ROWS, sm.kseq, sm.kpos);
+  __syncthreads();
+  load_tile<scalar_t, DP, ROWS, LD>(sm.Ks, static_cast<const scalar_t*>(p.k), p.k_st, tc.h,
+                                    sm.kseq, sm.kpos, p.d);
+  load_tile<scalar_t, DP, ROWS, LD>(sm.Vs, static_cast<const scalar_t*>(p.v), p.v_st, tc.h,
+                                    sm.kseq, sm.kpos, p.d);
+  if (p.N > ROWS) load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
+  cp_async_wait<1>();  // K has landed (one group, V's, may be pending)
+  __syncthreads();
+}
+
 // ---- forward ------------------------------------------------------------------
 
 // The forward's blocks per SM, stated to ptxas (its register cap is then 64 K / (2 ROWS
@@ -755,15 +772,7 @@ __global__ void __launch_bounds__(2 * ROWS, kFwdMinBlocks<DP>) window_attention_
     acc_t m[2] = {neg_inf, neg_inf}, l[2] = {0, 0};
     const int key_tiles = p.N <= ROWS ? 1 : p.row_tiles;
     for (int kt = 0; kt < key_tiles; ++kt) {
-      tile_rows<ROWS>(p, tc.s0, kt * ROWS, sm.kseq, sm.kpos);
-      __syncthreads();
-      load_tile<scalar_t, DP, ROWS, LD>(sm.Ks, static_cast<const scalar_t*>(p.k), p.k_st, tc.h,
-                                        sm.kseq, sm.kpos, p.d);
-      load_tile<scalar_t, DP, ROWS, LD>(sm.Vs, static_cast<const scalar_t*>(p.v), p.v_st, tc.h,
-                                        sm.kseq, sm.kpos, p.d);
-      if (p.N > ROWS) load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
-      cp_async_wait<1>();  // K has landed; V may still be in flight while S is computed
-      __syncthreads();
+      load_key_tile<scalar_t, DP, ROWS, LD>(p, tc, kt, sm);
 
       acc_t s[NTS][4];
       zero(s);
@@ -987,15 +996,7 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
     zero(dq);
     const int key_tiles = p.N <= ROWS ? 1 : p.row_tiles;
     for (int kt = 0; kt < key_tiles; ++kt) {
-      tile_rows<ROWS>(p, tc.s0, kt * ROWS, sm.kseq, sm.kpos);
-      __syncthreads();
-      load_tile<scalar_t, DP, ROWS, LD>(sm.Ks, static_cast<const scalar_t*>(p.k), p.k_st, tc.h,
-                                        sm.kseq, sm.kpos, p.d);
-      load_tile<scalar_t, DP, ROWS, LD>(sm.Vs, static_cast<const scalar_t*>(p.v), p.v_st, tc.h,
-                                        sm.kseq, sm.kpos, p.d);
-      if (p.N > ROWS) load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
-      cp_async_wait<1>();  // K has landed; V may still be in flight while S is computed
-      __syncthreads();
+      load_key_tile<scalar_t, DP, ROWS, LD>(p, tc, kt, sm);
 
       acc_t s[NTS][4], dp[NTS][4];
       zero(s);

@@ -120,9 +120,10 @@ MUTATIONS = [
     # window_attention.cu: flash attention on tiles in shared memory, mma fragments.
     # (Not the forward's last __syncthreads of the key loop: the one at the loop's top
     # already keeps the next K, V from overwriting tiles still in use.)
-    M("window_attention: forward __syncthreads between loading K/V and using them removed",
+    M("window_attention: __syncthreads between loading K/V and using them removed",
       "window_attention.cu",
-      "      __syncthreads();\n\n      acc_t s[NTS][4];\n", "\n      acc_t s[NTS][4];\n",
+      "  cp_async_wait<1>();  // K has landed (one group, V's, may be pending)\n  __syncthreads();\n}",
+      "  cp_async_wait<1>();  // K has landed (one group, V's, may be pending)\n}",
       # Many tiles: ThreadSanitizer keeps a few accesses per word, and with P in
       # registers one element left it too few racing pairs to report every time.
       "thread", "race", ["S=2 N=50 H=2 d=64 bias strided"]),
@@ -168,12 +169,10 @@ MUTATIONS = [
     # the emulator's NaN fill (a mismatch), or, when no later wait covers it, copies
     # still pending when the thread exits (the emulator's error); a wait without the
     # barrier after it shows one thread's copies to no other (a race).
-    M("window_attention: forward K not waited for before S (cp.async wait_group 2)",
+    M("window_attention: K not waited for before S (cp.async wait_group 2)",
       "window_attention.cu",
-      "      cp_async_wait<1>();  // K has landed; V may still be in flight while S is computed\n"
-      "      __syncthreads();\n\n      acc_t s[NTS][4];\n",
-      "      cp_async_wait<2>();  // K has landed; V may still be in flight while S is computed\n"
-      "      __syncthreads();\n\n      acc_t s[NTS][4];\n",
+      "  cp_async_wait<1>();  // K has landed (one group, V's, may be pending)",
+      "  cp_async_wait<2>();  // K has landed (one group, V's, may be pending)",
       "none", "mismatch", ["S=2 N=50 H=2 d=64 bias strided"]),
     M("window_attention: forward V not waited for before P V (missing wait_group)",
       "window_attention.cu",
