@@ -41,7 +41,8 @@ def compile_section(model: dict) -> str:
 
     def row(name):
         per = [facts[a].get(name) for a in archs]
-        lb = bounds.get(name.split("<", 1)[0], {}).get("launch_bounds", "-")
+        lb = bounds.get(name.split("<", 1)[0], {}).get("launch_bounds")
+        lb = f"`{lb}`" if lb else "-"  # code: its template arguments are not HTML
         spills = ", ".join(f"{p['stack_frame']}/{p['spill_stores']}/{p['spill_loads']}"
                            if p else "-" for p in per)
         smem = max((p["static_smem"] for p in per if p), default=0)
