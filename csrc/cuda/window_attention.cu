@@ -488,18 +488,18 @@ __device__ void load_buckets(const Params& p, const int* qseq, const int* qpos, 
 // staged from the first tile's rows, serves all of a block's tiles: a tile's missing
 // sequences are other slots, masked for its present rows, and its missing rows are
 // never stored (forward) or have lse = +inf, so P = 0 (backward). The N x N bucket
-// map is then read once per block, not once per tile. Returns whether it staged the
-// tile; the row arrays are scratch (a barrier at the end lets them be replaced).
+// map is then read once per block, not once per tile. When N > ROWS it does nothing
+// (the kernels load each key tile's buckets, `if (p.N > ROWS) load_buckets`). The row
+// arrays are scratch: the barrier at the end lets the tiles' rows replace them.
 template <int ROWS>
-__device__ bool stage_shared_buckets(const Params& p, int* qseq, int* qpos, int* kseq, int* kpos,
+__device__ void stage_shared_buckets(const Params& p, int* qseq, int* qpos, int* kseq, int* kpos,
                                      uint16_t* ids) {
-  if (p.N > ROWS) return false;
+  if (p.N > ROWS) return;
   tile_rows<ROWS>(p, 0, 0, qseq, qpos);
   tile_rows<ROWS>(p, 0, 0, kseq, kpos);
   __syncthreads();
   load_buckets<ROWS>(p, qseq, qpos, kseq, kpos, ids);
-  __syncthreads();
-  return true;
+  __syncthreads();  // the tiles' rows replace the scratch rows next
 }
 
 // The dT row stride (dq kernel): NB made odd. dT is read down its columns (the

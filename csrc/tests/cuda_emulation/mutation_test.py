@@ -163,7 +163,7 @@ MUTATIONS = [
       "        }\n      }\n      __syncthreads();  // K, V",
       "thread", "race", ["S=2 N=50 H=2 d=64 bias strided"]),
     M("window_attention: one bucket tile staged without a barrier before the tiles' rows",
-      "window_attention.cu", "  __syncthreads();\n  return true;\n", "  return true;\n",
+      "window_attention.cu", "  __syncthreads();  // the tiles' rows replace the scratch rows next\n", "",
       "thread", "race", ["S=40 N=17 H=2 d=32 bias"]),
     # Asynchronous copies (cp.async): a tile read before its group is waited for is
     # the emulator's NaN fill (a mismatch), or, when no later wait covers it, copies
