@@ -40,8 +40,8 @@ def dt_width(nb: int) -> int:
 
 
 def table_width(nb: int) -> int:
-    """The qR / dT row stride: NB rounded up to even, then to 8 mod 16."""
-    even = nb + (nb & 1)
+    """The qR row stride: the first even number above dt_width(NB), then to 8 mod 16."""
+    even = dt_width(nb) + 1
     return even + (24 - even % 16) % 16
 
 

@@ -116,6 +116,9 @@ struct Params {
   // read from the parameter bank they hold no register (computed in the kernels,
   // ptxas spilled 4 bytes in seven dk/dv instantiations on sm_80).
   int qr_ld, dt_ld;
+  // dT's warp blocks (rows 16 w .. 16 w + 15) start dt_block elements apart: 16 dt_ld,
+  // or 16 qr_ld when dT shares qR's shared memory (fused_backward, contextual).
+  int dt_block;
   double scale;
   int pack;                     // sequences per tile (N <= ROWS), else 1
   int row_tiles;                // row tiles per sequence (1 when packed)
@@ -125,10 +128,10 @@ struct Params {
   // and when N <= ROWS the bucket tile) is staged once per run.
   int64_t run_tiles, runs_per_head;
   int groups;                   // table groups of the dq kernel (1 or H)
-  // N <= ROWS: the dq kernel, which sees a row's every key in one tile, computes D
-  // and writes it, and runs before the dk/dv kernel (no delta kernel: out and dO
-  // are not read again for it).
-  int fused_delta;
+  // N <= ROWS: a tile holds whole sequences, every query and every key, so the dq
+  // kernel computes the whole backward: D, dQ, dK, dV and d(rpe) (no delta or dk/dv
+  // kernel: q, k, v and dO are read once, out not at all).
+  int fused_backward;
   int64_t group_width;          // d(rpe) elements per group
 };
 
@@ -553,14 +556,15 @@ __device__ __forceinline__ acc_t relative_term(const Params& p, const acc_t* qR,
   return acc_t(0);
 }
 
-// The qR / dT row stride in elements: NB rounded up to even (pairs are stored
-// whole), then to 8 mod 16. A half-warp's 8-byte pair stores (fp32: rows g < 4,
+// The qR row stride in elements: the first even number above dt_width(NB) (pairs
+// are stored whole; a row of dT then fits in a row of qR, which the fused backward
+// needs, dT sharing qR's memory), then rounded to 8 mod 16. A half-warp's 8-byte pair stores (fp32: rows g < 4,
 // columns 2t, 2t + 1) then hit words {0, 8, 16, 24} + 2t + {0, 1} mod 32, all 32
 // banks, and a quarter-warp's 16-byte ones (fp64) likewise; rows padded to the next
 // chunk of ROWS plus one (the stride before) had 4-way conflicts and took more room
 // (NB = 50: 56 instead of 65).
 __host__ __device__ inline int table_width(int NB) {
-  const int even = NB + (NB & 1);
+  const int even = dt_width(NB) + 1;
   return even + (24 - even % 16) % 16;
 }
 
@@ -594,24 +598,32 @@ struct FwdSmem {
   }
 };
 
-// Shared by both backward kernels (dT only used by the dq kernel).
+// Shared by both backward kernels (dT, the partial and the fused backward's tiles
+// only used by the dq kernel). fused (p.fused_backward): V's buffer then stages P and,
+// on the tensor cores, K's buffer dS (ROWS x LDQ each, for the products down their
+// columns: dV = P^T dO, dK = dS^T Q), and dT shares qR's memory (each warp's rows of
+// qR are dead when it adds into its rows of dT). width: the d(rpe) partial's
+// elements (p.group_width), summed in shared memory over the block's tiles.
 template <typename scalar_t, int DP, int ROWS>
 struct BwdSmem {
   using acc_t = typename AccType<scalar_t>::type;
-  static constexpr int LD = DP + kPad<scalar_t>, LDP = ROWS + kPad<acc_t>, LDS = ROWS + 1;
+  static constexpr int LD = DP + kPad<scalar_t>, LDP = ROWS + kPad<acc_t>, LDS = ROWS + 1,
+                       LDQ = ROWS + kPad<scalar_t>;
   scalar_t *Qs, *dOs, *Ks, *Vs;
   acc_t* Ps;   // dk/dv kernel, FMA path: P^T then dS^T (the tensor cores keep them in registers)
   acc_t* dSs;  // dq kernel, FMA path: dS in acc type (the tensor cores keep it in registers)
   uint16_t* ids;
   int *qseq, *qpos, *kseq, *kpos;
-  acc_t *lse, *delta, *qR, *dT, *bias;
+  acc_t *lse, *delta, *qR, *dT, *bias, *part;
   size_t bytes;
-  __host__ __device__ BwdSmem(unsigned char* base, int NB, int mode, bool dq_kernel) {
+  __host__ __device__ BwdSmem(unsigned char* base, int NB, int mode, bool dq_kernel, bool fused,
+                              int64_t width) {
     Carver c{base};
+    const int kv = dq_kernel && fused && ROWS * LDQ > ROWS * LD ? ROWS * LDQ : ROWS * LD;
     Qs = c.take<scalar_t>(ROWS * LD);
     dOs = c.take<scalar_t>(ROWS * LD);
-    Ks = c.take<scalar_t>(ROWS * LD);
-    Vs = c.take<scalar_t>(ROWS * LD);
+    Ks = c.take<scalar_t>(kv);
+    Vs = c.take<scalar_t>(kv);
     Ps = c.take<acc_t>(dq_kernel || kTensorCores<scalar_t> ? 0 : ROWS * LDP);
     dSs = c.take<acc_t>(dq_kernel && !kTensorCores<scalar_t> ? ROWS * LDS : 0);
     ids = c.take<uint16_t>(ROWS * kIdsLd<ROWS>);
@@ -620,18 +632,45 @@ struct BwdSmem {
     kseq = c.take<int>(ROWS);
     kpos = c.take<int>(ROWS);
     lse = c.take<acc_t>(ROWS);
-    delta = c.take<acc_t>(ROWS);
+    delta = c.take<acc_t>(dq_kernel && fused ? 0 : ROWS);
+    part = c.take<acc_t>(dq_kernel && mode != kNone ? width : 0);
     qR = c.take<acc_t>(mode == kContextual ? ROWS * table_width(NB) : 0);
-    dT = c.take<acc_t>(dq_kernel && mode != kNone ? ROWS * dt_width(NB) : 0);
+    const bool shared_dt = dq_kernel && fused && mode == kContextual;
+    dT = shared_dt ? qR : c.take<acc_t>(dq_kernel && mode != kNone ? ROWS * dt_width(NB) : 0);
     bias = c.take<acc_t>(mode == kBias ? NB : 0);
     bytes = c.used;
   }
 };
 
+// Row r of the dq kernel's dT (see Params::dt_block).
+template <typename acc_t>
+__device__ __forceinline__ acc_t* dt_row(acc_t* dT, const Params& p, int r) {
+  return dT + (r >> 4) * p.dt_block + (r & 15) * p.dt_ld;
+}
+
+// The calling warp's accumulator fragments (16 x 8 NT, rows row0...) into a shared
+// tile (row stride ld) as scalar_t, each pair in one store (one 32-bit store when
+// 16-bit); rounded as pack_fragments rounds the tensor cores' A operands.
+template <typename scalar_t, int NT, typename acc_t>
+__device__ __forceinline__ void stage_fragments(scalar_t* dst, int ld, int row0, const acc_t (&acc)[NT][4]) {
+#pragma unroll
+  for (int n = 0; n < NT; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; e += 2) {
+      scalar_t* at = dst + (row0 + frag_row(e)) * ld + frag_col(n, e);
+      if constexpr (sizeof(scalar_t) == 2) {
+        *reinterpret_cast<uint32_t*>(at) = pack_pair<scalar_t>(acc[n][e], acc[n][e + 1]);
+      } else {
+        at[0] = to<scalar_t>(acc[n][e]);
+        at[1] = to<scalar_t>(acc[n][e + 1]);
+      }
+    }
+}
+
 // lse and D of a query tile's rows; in padding rows lse = +inf and D = 0, so their
 // P = exp(x - lse) is 0 even where the staged buckets do not mask them (the dq
 // kernel's one bucket tile for all packed tiles). delta null: lse only (the dq
-// kernel computes D itself when p.fused_delta).
+// kernel computes D itself when p.fused_backward).
 template <int ROWS, typename acc_t>
 __device__ void load_row_stats(const Params& p, int h, const int* seq, const int* pos,
                                acc_t* lse, acc_t* delta) {
@@ -880,7 +919,7 @@ __global__ void __launch_bounds__(2 * ROWS, (kDkdvMinBlocks<scalar_t, DP>)) wind
   constexpr bool kTC = kTensorCores<scalar_t>;
   constexpr int LD = L::LD, LDP = L::LDP, NTS = ROWS / 8, NTO = DP / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const L sm(smem_raw, p.NB, p.mode, /*dq_kernel=*/false);
+  const L sm(smem_raw, p.NB, p.mode, /*dq_kernel=*/false, /*fused=*/false, 0);
   const int ldr = p.qr_ld;
   const int warp = threadIdx.x >> 5, row0 = warp * 16;
   const acc_t scale = static_cast<acc_t>(p.scale);
@@ -956,7 +995,9 @@ __global__ void __launch_bounds__(2 * ROWS, (kDkdvMinBlocks<scalar_t, DP>)) wind
   }
 }
 
-// dQ of the group's tiles taken by this block, and the block's d(rpe) partial.
+// dQ of the group's tiles taken by this block, and the block's d(rpe) partial; when
+// p.fused_backward (N <= ROWS: a tile holds its sequences' every query and every key)
+// dK and dV too, from P and dS staged in shared memory: the whole backward in one pass.
 // (..., 1): ptxas otherwise caps this kernel at 128 registers and spills; shared
 // memory allows two blocks per SM anyway.
 template <typename scalar_t, int DP, int ROWS>
@@ -964,31 +1005,30 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
   using acc_t = typename AccType<scalar_t>::type;
   using L = BwdSmem<scalar_t, DP, ROWS>;
   constexpr bool kTC = kTensorCores<scalar_t>;
-  constexpr int LD = L::LD, LDS = L::LDS, NTS = ROWS / 8, NTO = DP / 8;
+  constexpr int LD = L::LD, LDS = L::LDS, LDQ = L::LDQ, NTS = ROWS / 8, NTO = DP / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const L sm(smem_raw, p.NB, p.mode, /*dq_kernel=*/true);
-  const int ldr = p.qr_ld, ldt = p.dt_ld;
+  const L sm(smem_raw, p.NB, p.mode, /*dq_kernel=*/true, p.fused_backward, p.group_width);
+  const int ldr = p.qr_ld;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row0 = warp * 16;
   const acc_t scale = static_cast<acc_t>(p.scale);
   const int64_t group_tiles = p.num_tiles / p.groups;
-  acc_t* partial = p.mode == kNone ? nullptr
-                                   : static_cast<acc_t*>(p.partial) +
-                                         (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) *
-                                             p.group_width;
 
+  // The block's d(rpe) partial is summed in shared memory over its tiles and written
+  // once at the end (not read and written back per tile): element e is only ever
+  // touched by thread e mod blockDim.x, so it needs no barrier.
+  if (p.mode != kNone)
+    for (int64_t e = threadIdx.x; e < p.group_width; e += blockDim.x) sm.part[e] = acc_t(0);
   stage_shared_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
   for (int64_t u = blockIdx.x; u < group_tiles; u += gridDim.x) {
     const TileCoord tc = tile_coord<ROWS>(p, blockIdx.y * group_tiles + u);
     tile_rows<ROWS>(p, tc.s0, tc.m0, sm.qseq, sm.qpos);
     stage_bias<scalar_t>(p, tc.h, sm.bias);
-    if (p.mode != kNone)
-      for (int e = threadIdx.x; e < ROWS * ldt; e += blockDim.x) sm.dT[e] = acc_t(0);
     __syncthreads();
     load_tile<scalar_t, DP, ROWS, LD>(sm.Qs, static_cast<const scalar_t*>(p.q), p.q_st, tc.h,
                                       sm.qseq, sm.qpos, p.d);
     load_tile<scalar_t, DP, ROWS, LD>(sm.dOs, static_cast<const scalar_t*>(p.dout), p.dout_st,
                                       tc.h, sm.qseq, sm.qpos, p.d);
-    load_row_stats<ROWS>(p, tc.h, sm.qseq, sm.qpos, sm.lse, p.fused_delta ? nullptr : sm.delta);
+    load_row_stats<ROWS>(p, tc.h, sm.qseq, sm.qpos, sm.lse, p.fused_backward ? nullptr : sm.delta);
     tiles_landed();  // Q, dO
     if (p.mode == kContextual) contextual_table<scalar_t, DP, ROWS>(p, tc.h, sm.Qs, sm.Ks, sm.qR, ldr);
 
@@ -1004,6 +1044,7 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
       warp_gemm<scalar_t, kTC, NTS>(s, rows_of(sm.Qs + row0 * LD, LD), rows_of(sm.Ks, LD), DP);
       tiles_landed();  // V
       warp_gemm<scalar_t, kTC, NTS>(dp, rows_of(sm.dOs + row0 * LD, LD), rows_of(sm.Vs, LD), DP);
+      if (p.fused_backward) __syncthreads();  // every warp is done with V: its buffer takes P
       // P into s, then dS = P (dP - D).
 #pragma unroll
       for (int n = 0; n < NTS; ++n)
@@ -1021,23 +1062,18 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
           }
         }
       acc_t row_d[2];  // D of the fragment rows g and g + 8
-      if (p.fused_delta) {
+      if (p.fused_backward) {
+        stage_fragments<scalar_t>(sm.Vs, LDQ, row0, s);  // P, for dV = P^T dO below
         // One key tile holds the row's keys: D = sum_j P_ij dP_ij (= dO_i . O_i, from
         // fp32 P and dP rather than the rounded O), each lane over its columns, then
-        // the quad; written for the dk/dv kernel, which runs next.
+        // the quad.
         acc_t part[2] = {0, 0};
 #pragma unroll
         for (int n = 0; n < NTS; ++n)
 #pragma unroll
           for (int e = 0; e < 4; ++e) part[e >> 1] += s[n][e] * dp[n][e];
 #pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          row_d[hh] = quad_sum(part[hh]);
-          const int r = row0 + frag_row(2 * hh);
-          if ((threadIdx.x & 3) == 0 && sm.qseq[r] >= 0)
-            static_cast<acc_t*>(p.delta)[(static_cast<int64_t>(sm.qseq[r]) * p.H + tc.h) * p.N +
-                                         sm.qpos[r]] = row_d[hh];
-        }
+        for (int hh = 0; hh < 2; ++hh) row_d[hh] = quad_sum(part[hh]);
       } else {
 #pragma unroll
         for (int hh = 0; hh < 2; ++hh) row_d[hh] = sm.delta[row0 + frag_row(2 * hh)];
@@ -1051,25 +1087,59 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
       // columns (lane t: 8 n + 2t and + 1); they add in turn, t = 0..3, each its
       // columns in order, so every dT element is summed in one fixed order.
       if (p.mode != kNone) {
+        if (kt == 0) {
+          // The warp's own rows of dT, zeroed by the warp: where dT shares qR's memory
+          // they are its own rows of qR, which its lanes have all read (P) by now.
+          __syncwarp();
+          acc_t* mine = dt_row(sm.dT, p, row0);
+          for (int e = lane; e < 16 * p.dt_ld; e += 32) mine[e] = acc_t(0);
+          __syncwarp();
+        }
         const int g = lane >> 2, t = lane & 3;
         for (int tt = 0; tt < 4; ++tt) {
           if (t == tt) {
 #pragma unroll
             for (int hh = 0; hh < 2; ++hh) {
               const int r = row0 + g + 8 * hh;
+              acc_t* dt = dt_row(sm.dT, p, r);
 #pragma unroll
               for (int n = 0; n < NTS; ++n) {
                 const uint32_t two = bucket_pair<ROWS>(sm.ids, r, 8 * n + 2 * t);
 #pragma unroll
                 for (int x = 0; x < 2; ++x) {
                   const int b = pair_half(two, x);
-                  if (b != kNoBucket) sm.dT[r * ldt + b] += s[n][2 * hh + x];
+                  if (b != kNoBucket) dt[b] += s[n][2 * hh + x];
                 }
               }
             }
           }
           __syncwarp();
         }
+      }
+      if (p.fused_backward) {
+        // dV = P^T dO and dK = scale dS^T Q sum over the tile's query rows, which the
+        // warps split: P and dS are read from shared memory down their columns, each
+        // warp taking 16 key rows (the tile's keys are its queries).
+        __syncthreads();  // every warp has staged P (and, FMA path, dS) and is done with K
+        scalar_t* dS_staged;
+        if constexpr (kTC) {
+          stage_fragments<scalar_t>(sm.Ks, LDQ, row0, s);
+          dS_staged = sm.Ks;
+          __syncthreads();
+        } else {
+          dS_staged = sm.dSs;  // warp_gemm_a_frags staged it (acc_t is scalar_t, LDS = LDQ)
+        }
+        acc_t kv[NTO][4];
+        zero(kv);
+        warp_gemm<scalar_t, kTC, NTO>(kv, cols_of(sm.Vs + row0, LDQ), cols_of(sm.dOs, LD), ROWS);
+        __syncthreads();  // every warp is done with P: V's buffer stages the rows out
+        const acc_t one[2] = {1, 1}, dk_mul[2] = {scale, scale};
+        store_rows<scalar_t, LD>(static_cast<scalar_t*>(p.dv), p, tc.h, row0, sm.kseq, sm.kpos, kv,
+                                 one, sm.Vs);
+        zero(kv);
+        warp_gemm<scalar_t, kTC, NTO>(kv, cols_of(dS_staged + row0, LDQ), cols_of(sm.Qs, LD), ROWS);
+        store_rows<scalar_t, LD>(static_cast<scalar_t*>(p.dk), p, tc.h, row0, sm.kseq, sm.kpos, kv,
+                                 dk_mul, sm.Vs);
       }
       __syncthreads();  // K, V, the buckets and the key rows are replaced next
     }
@@ -1087,8 +1157,8 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
         load_table_chunk<scalar_t, DP, ROWS, LD>(sm.Ks, R, b0, p.NB, p.d);
         __syncthreads();
         // K = the chunk's buckets < NB: dT's rows end at dt_width(NB).
-        warp_gemm<scalar_t, false, NTO>(dq, rows_of(sm.dT + row0 * ldt + b0, ldt), cols_of(sm.Ks, LD),
-                                        p.NB - b0 < ROWS ? p.NB - b0 : ROWS);
+        warp_gemm<scalar_t, false, NTO>(dq, rows_of(dt_row(sm.dT, p, row0) + b0, p.dt_ld),
+                                        cols_of(sm.Ks, LD), p.NB - b0 < ROWS ? p.NB - b0 : ROWS);
         __syncthreads();
       }
     }
@@ -1096,21 +1166,26 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
     // rows stage dQ.
     store_rows<scalar_t, LD>(static_cast<scalar_t*>(p.dq), p, tc.h, row0, sm.qseq, sm.qpos, dq, mul,
                              sm.dOs);
-    if (p.mode == kContextual) {  // partial[b][c] += sum over rows of dT[r][b] q[r][c]
+    if (p.mode == kContextual) {  // part[b][c] += sum over rows of dT[r][b] q[r][c]
       for (int64_t e = threadIdx.x; e < p.group_width; e += blockDim.x) {
         const int b = static_cast<int>(e / p.d), c = static_cast<int>(e - b * p.d);
         acc_t acc = 0;
-        for (int r = 0; r < ROWS; ++r) acc += sm.dT[r * ldt + b] * to<acc_t>(sm.Qs[r * LD + c]);
-        partial[e] += acc;
+        for (int r = 0; r < ROWS; ++r) acc += dt_row(sm.dT, p, r)[b] * to<acc_t>(sm.Qs[r * LD + c]);
+        sm.part[e] += acc;
       }
-    } else if (p.mode == kBias) {  // partial[b] += sum over rows of dT[r][b]
+    } else if (p.mode == kBias) {  // part[b] += sum over rows of dT[r][b]
       for (int b = threadIdx.x; b < p.NB; b += blockDim.x) {
         acc_t acc = 0;
-        for (int r = 0; r < ROWS; ++r) acc += sm.dT[r * ldt + b];
-        partial[b] += acc;
+        for (int r = 0; r < ROWS; ++r) acc += dt_row(sm.dT, p, r)[b];
+        sm.part[b] += acc;
       }
     }
     __syncthreads();  // Q, dO, dT and the query rows are replaced next
+  }
+  if (p.mode != kNone) {
+    acc_t* partial = static_cast<acc_t*>(p.partial) +
+                     (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * p.group_width;
+    for (int64_t e = threadIdx.x; e < p.group_width; e += blockDim.x) partial[e] = sm.part[e];
   }
 }
 
@@ -1199,7 +1274,8 @@ Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   p.num_tiles = p.H * p.tiles_per_head;
   const bool per_group_head = p.mode == kBias || p.per_head;
   p.groups = per_group_head ? static_cast<int>(p.H) : 1;
-  p.fused_delta = p.N <= rows;
+  p.fused_backward = p.N <= rows;
+  p.dt_block = 16 * (p.fused_backward && p.mode == kContextual ? p.qr_ld : p.dt_ld);
   p.group_width = p.mode == kContextual ? static_cast<int64_t>(p.NB) * p.d : p.NB;
   return p;
 }
@@ -1299,7 +1375,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
   const auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
   const auto grad_out = rows_contiguous(grad_out_in.to(dtype)), out = rows_contiguous(out_in);
   const auto lse = lse_in.to(acc).contiguous();
-  auto delta = at::empty({S, H, N}, q_in.options().dtype(acc));
+  // D: the delta kernel's, for the dq and dk/dv kernels (N > ROWS only; the fused
+  // backward sums it in registers), sized in the dispatch below.
+  at::Tensor delta;
   const auto rpe = has_table ? c10::optional<at::Tensor>(rpe_in->contiguous()) : c10::nullopt;
   const auto ids = has_table ? c10::optional<at::Tensor>(ids_in->contiguous()) : c10::nullopt;
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
@@ -1317,12 +1395,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
     p.dk = dk.data_ptr();
     p.dv = dv.data_ptr();
     p.lse = lse.data_ptr();
-    p.delta = delta.data_ptr();
     plan_runs(p, sms);
 
     const int64_t rows = S * H * N;
     const int64_t delta_blocks = std::min<int64_t>((rows + 7) / 8, sms * 32);
-    if (!p.fused_delta) {  // else the dq kernel computes D
+    if (!p.fused_backward) {
+      delta = at::empty({S, H, N}, q_in.options().dtype(acc));
+      p.delta = delta.data_ptr();
       window_attention_delta_kernel<scalar_t><<<static_cast<unsigned>(delta_blocks), 256, 0, stream>>>(p);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -1336,16 +1415,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
                                                           group_tiles, (4 * sms + p.groups - 1) / p.groups));
     at::Tensor partial;
     if (p.mode != kNone) {
-      partial = at::zeros({p.groups, blocks, p.group_width}, q.options().dtype(acc));
+      // Every block writes its whole partial once, at its end.
+      partial = at::empty({p.groups, blocks, p.group_width}, q.options().dtype(acc));
       p.partial = partial.data_ptr();
     }
     dispatch_head_dim(dp, [&](auto dp_const) {
       constexpr int DP = decltype(dp_const)::value;
-      // dq first: with fused_delta it writes the D the dk/dv kernel reads.
-      const size_t dq_smem = BwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, true).bytes;
+      const size_t dq_smem =
+          BwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, true, p.fused_backward, p.group_width).bytes;
       launch(window_attention_dq_kernel<scalar_t, DP, ROWS>, dim3(static_cast<unsigned>(blocks), p.groups), 2 * ROWS,
-             dq_smem, p, "backward dq");
-      const size_t dkdv_smem = BwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, false).bytes;
+             dq_smem, p, p.fused_backward ? "backward (fused)" : "backward dq");
+      if (p.fused_backward) return;  // the dq kernel wrote dK and dV
+      const size_t dkdv_smem = BwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, false, false, 0).bytes;
       launch(window_attention_dkdv_kernel<scalar_t, DP, ROWS>, dim3(static_cast<unsigned>(p.H * p.runs_per_head)),
              2 * ROWS, dkdv_smem, p, "backward dk/dv");
     });
