@@ -69,7 +69,7 @@ def kernel_traffic(shape: Shape, launches: list[Launch]) -> list[dict]:
     acc_bytes = DTYPES[DTYPES[shape.dtype][1]][0]
     dq = [launch for launch in launches if launch.base == "window_attention_dq_kernel"]
     partials = p.groups * dq[0].grid[0] * p.group_width * acc_bytes if dq else 0
-    has_delta_kernel = any(launch.base == "window_attention_delta_kernel" for launch in launches)
+    fused = not any(launch.base == "window_attention_dkdv_kernel" for launch in launches)
     table_in = t["table"] + t["ids"]
     per_kernel = {
         "window_attention_fwd_kernel": (3 * t["qkvo"] + table_in, t["qkvo"] + t["row_stat"]),
@@ -77,12 +77,12 @@ def kernel_traffic(shape: Shape, launches: list[Launch]) -> list[dict]:
         # q, k, v, dO, lse, D, table, map -> dk, dv
         "window_attention_dkdv_kernel": (4 * t["qkvo"] + 2 * t["row_stat"] + table_in,
                                          2 * t["qkvo"]),
-        # q, k, v, dO, lse, D, table, map -> dq and the partials; with no delta kernel
-        # (N <= ROWS) it computes D and writes it instead of reading it
-        "window_attention_dq_kernel": (4 * t["qkvo"] + 2 * t["row_stat"] + table_in,
-                                       t["qkvo"] + partials) if has_delta_kernel else
-                                      (4 * t["qkvo"] + t["row_stat"] + table_in,
-                                       t["qkvo"] + t["row_stat"] + partials),
+        # q, k, v, dO, lse, D, table, map -> dq and the partials; fused (N <= ROWS, no
+        # delta or dk/dv kernel): q, k, v, dO, lse, table, map -> dq, dk, dv, partials
+        "window_attention_dq_kernel": (4 * t["qkvo"] + t["row_stat"] + table_in,
+                                       3 * t["qkvo"] + partials) if fused else
+                                      (4 * t["qkvo"] + 2 * t["row_stat"] + table_in,
+                                       t["qkvo"] + partials),
         "window_attention_drpe_kernel": (partials, t["table"]),
     }
     out = []

@@ -78,22 +78,28 @@ def fwd_smem(dtype: str, dp: int, nb: int, mode: str) -> int:
     return c.used
 
 
-def bwd_smem(dtype: str, dp: int, nb: int, mode: str, dq_kernel: bool) -> int:
-    """BwdSmem<scalar_t, DP, ROWS>(nullptr, NB, mode, dq_kernel).bytes."""
+def bwd_smem(dtype: str, dp: int, nb: int, mode: str, dq_kernel: bool, fused: bool = False,
+             width: int = 0) -> int:
+    """BwdSmem<scalar_t, DP, ROWS>(nullptr, NB, mode, dq_kernel, fused, width).bytes."""
     rows, (_, acc, tc) = rows_per_tile(dtype), DTYPES[dtype]
-    ld, ldp, lds = dp + pad(dtype), rows + pad(acc), rows + 1
+    ld, ldp, lds, ldq = dp + pad(dtype), rows + pad(acc), rows + 1, rows + pad(dtype)
+    kv = rows * ldq if dq_kernel and fused and ldq > ld else rows * ld  # P and dS staged there
     c = _Carver()
-    for _ in range(4):                       # Qs, dOs, Ks, Vs
-        c.take(dtype, rows * ld)
+    c.take(dtype, rows * ld)                 # Qs
+    c.take(dtype, rows * ld)                 # dOs
+    c.take(dtype, kv)                        # Ks
+    c.take(dtype, kv)                        # Vs
     c.take(acc, 0 if dq_kernel or tc else rows * ldp)   # Ps (FMA path's dk/dv kernel)
     c.take(acc, rows * lds if dq_kernel and not tc else 0)   # dSs (FMA path's dq kernel)
     c.take("uint16", rows * (rows + 8))                 # ids
     for _ in range(4):                       # qseq, qpos, kseq, kpos
         c.take("int", rows)
     c.take(acc, rows)                        # lse
-    c.take(acc, rows)                        # delta
+    c.take(acc, 0 if dq_kernel and fused else rows)     # delta
+    c.take(acc, width if dq_kernel and mode != "none" else 0)          # the d(rpe) partial
     c.take(acc, rows * table_width(nb) if mode == "contextual" else 0)         # qR
-    c.take(acc, rows * dt_width(nb) if dq_kernel and mode != "none" else 0)    # dT
+    shared_dt = dq_kernel and fused and mode == "contextual"           # dT in qR's memory
+    c.take(acc, rows * dt_width(nb) if dq_kernel and mode != "none" and not shared_dt else 0)
     c.take(acc, nb if mode == "bias" else 0)                             # bias
     return c.used
 
@@ -197,8 +203,9 @@ def forward_launches(shape: Shape, sms: int) -> list[Launch]:
                    2 * rows, fwd_smem(shape.dtype, dp, p.NB, shape.rpe_mode))]
 
 
-def fused_delta(shape: Shape) -> bool:
-    """N <= ROWS: the dq kernel computes D itself (p.fused_delta), no delta kernel."""
+def fused_backward(shape: Shape) -> bool:
+    """N <= ROWS: the dq kernel computes the whole backward (p.fused_backward): no delta
+    or dk/dv kernel."""
     return shape.N <= rows_per_tile(shape.dtype)
 
 
@@ -208,20 +215,22 @@ def delta_blocks(shape: Shape, sms: int) -> int:
 
 
 def backward_launches(shape: Shape, sms: int) -> list[Launch]:
-    """delta (N > ROWS only), dq, dk/dv, then (with a table) the d(rpe) reduction, in
-    launch order."""
+    """delta, dq, dk/dv (N > ROWS) or the fused dq kernel alone (N <= ROWS), then (with
+    a table) the d(rpe) reduction, in launch order."""
     if sms < 1:
         raise ValueError(f"sms={sms}: a card has at least one SM")
     p, rows, dp = make_params(shape), rows_per_tile(shape.dtype), padded_head_dim(shape.d)
     acc = DTYPES[shape.dtype][1]
     tmpl = f"<{shape.dtype}, {dp}, {rows}>"
-    out = [] if fused_delta(shape) else [
+    fused = fused_backward(shape)
+    out = [] if fused else [
         Launch(f"window_attention_delta_kernel<{shape.dtype}>", (delta_blocks(shape, sms), 1), 256, 0)]
-    out += [Launch("window_attention_dq_kernel" + tmpl,
-                   (dq_blocks(p, shape.rpe_mode, sms), p.groups), 2 * rows,
-                   bwd_smem(shape.dtype, dp, p.NB, shape.rpe_mode, dq_kernel=True)),
-            Launch("window_attention_dkdv_kernel" + tmpl, (run_blocks(p, shape.H, sms)[1], 1), 2 * rows,
-                   bwd_smem(shape.dtype, dp, p.NB, shape.rpe_mode, dq_kernel=False))]
+    out.append(Launch("window_attention_dq_kernel" + tmpl,
+                      (dq_blocks(p, shape.rpe_mode, sms), p.groups), 2 * rows,
+                      bwd_smem(shape.dtype, dp, p.NB, shape.rpe_mode, True, fused, p.group_width)))
+    if not fused:
+        out.append(Launch("window_attention_dkdv_kernel" + tmpl, (run_blocks(p, shape.H, sms)[1], 1),
+                          2 * rows, bwd_smem(shape.dtype, dp, p.NB, shape.rpe_mode, False)))
     if shape.rpe_mode != "none":
         total = p.groups * p.group_width
         out.append(Launch(f"window_attention_drpe_kernel<{shape.dtype}, {acc}>",

@@ -42,24 +42,30 @@
 // (FlashAttention-2's trick), so P is rounded to q's dtype and packed in place;
 // the FMA path (fp32, fp64) passes P through shared memory.
 //
-// Backward (FlashAttention-2): D = rowsum(dO * O) by a small kernel when N > ROWS
-// (when N <= ROWS the dq kernel, which holds a row's every key in one tile, sums
-// D = rowsum(P * dP) itself and writes it; it runs first); then
+// Backward, N <= ROWS (LoMaR's windows): one kernel, the dq kernel below, since a tile
+// holds its sequences' every query and every key. Per tile: P and dP = dO V^T with
+// the warps on query rows, D = rowsum(P * dP) in registers (out is not read),
+// dS = P (dP - D), dQ = scale dS K + dT R and dT as below; then P and dS go to
+// shared memory (V's and K's buffers, dead by then) and the warps take key rows for
+// dV = P^T dO and dK = scale dS^T Q, read down the staged columns. q, k, v and dO
+// are read once, dq, dk and dv written once, no atomics.
+// Backward, N > ROWS (FlashAttention-2): D = rowsum(dO * O) by a small kernel; then
 //  - dK/dV: per key tile of the block's run, looping over the query tiles: P^T recomputed
 //    from lse, dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - D),
 //    dK += scale dS^T Q (the relative term does not depend on k); P^T and dS^T
 //    are A operands straight from registers on the tensor cores, as above;
-//  - dQ and d(rpe): a fixed grid of (blocks, table groups); block x of group g
-//    takes the group's tiles x, x + blocks, ... (a fixed assignment). Per tile it
-//    loops over the key tiles: dS as above, dQ += scale dS K, and each row's dS
-//    is added into dT[i][bucket(i, j)] in a fixed order, no atomics: the 4
-//    lanes holding a row's fragments add their columns in turn (on the tensor
-//    cores dS never leaves registers; the FMA path stages it for the dS K product). Then dQ += dT R (contextual, fp32 FMAs) and the block's own fp32
-//    partial of d(rpe) += dT^T Q (contextual) or the column sums of dT (bias) in
-//    a workspace; a last kernel adds the partials of each group in block order.
-//    The grid depends only on the device's SM count: d(rpe) is bitwise
-//    repeatable on a given GPU. Table groups: the heads for per-head tables and
-//    bias, one group for a shared table.
+//  - dQ and d(rpe): the dq kernel, looping over the key tiles.
+// The dq kernel (both cases) runs a fixed grid of (blocks, table groups); block x of
+// group g takes the group's tiles x, x + blocks, ... (a fixed assignment). Per tile:
+// dS as above, dQ += scale dS K, and each row's dS is added into dT[i][bucket(i, j)]
+// in a fixed order, no atomics: the 4 lanes holding a row's fragments add their
+// columns in turn (on the tensor cores dS stays in registers for the dS K product; the
+// FMA path stages it). Then dQ += dT R (contextual, fp32 FMAs) and the block's fp32
+// partial of d(rpe) += dT^T Q (contextual) or the column sums of dT (bias), summed in
+// shared memory over the block's tiles and written once; a last kernel adds the
+// partials of each group in block order. The grid depends only on the device's SM
+// count: d(rpe) is bitwise repeatable on a given GPU. Table groups: the heads for
+// per-head tables and bias, one group for a shared table.
 // q, k, v, grad_out and out are read through their (S, N, H) strides (the head
 // dim must be contiguous, else it is made so): qkvpacked views need no copy.
 #include <ATen/Dispatch.h>
@@ -1421,8 +1427,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
     }
     dispatch_head_dim(dp, [&](auto dp_const) {
       constexpr int DP = decltype(dp_const)::value;
-      const size_t dq_smem =
-          BwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, true, p.fused_backward, p.group_width).bytes;
+      const size_t dq_smem = BwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, true, p.fused_backward, p.group_width).bytes;
       launch(window_attention_dq_kernel<scalar_t, DP, ROWS>, dim3(static_cast<unsigned>(blocks), p.groups), 2 * ROWS,
              dq_smem, p, p.fused_backward ? "backward (fused)" : "backward dq");
       if (p.fused_backward) return;  // the dq kernel wrote dK and dV

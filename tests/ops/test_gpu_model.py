@@ -258,15 +258,17 @@ def test_floors_by_hand_at_the_pretraining_shape():
     assert f["bound"] == "memory" and f["floor_ms"] == pytest.approx(0.22771, abs=1e-5)
 
 
-def test_the_split_backward_kernels_floors_by_hand():
+def test_the_backward_kernels_floors_by_hand():
     # dq's grid on 132 SMs: min(12288 tiles, 4 * 132) = 528 blocks, each an fp32
     # partial of 50 * 64 = 3200 elements: 528 * 3200 * 4 = 6,758,400 bytes.
     launches = lg.backward_launches(PRETRAIN, sms=132)
     per = [t["bytes"] for t in floors.kernel_traffic(PRETRAIN, launches)]
     e, r, tab = 78_643_200, 2_457_600, 16_400
-    # N = 50 <= 64 rows: no delta kernel; dq computes D and writes it, dk/dv reads it.
-    assert per == [4 * e + r + tab + e + r + 6_758_400,         # dq, D and the partials
-                   4 * e + 2 * r + tab + 2 * e,                 # dk/dv
+    # N = 50 <= 64 rows: the dq kernel is the whole backward: q, k, v, dO, lse, the
+    # table and the map in; dq, dk, dv and the partials out (no D, out not read).
+    assert [launch.base for launch in launches] == ["window_attention_dq_kernel",
+                                                    "window_attention_drpe_kernel"]
+    assert per == [4 * e + r + tab + 3 * e + 6_758_400,         # fused dq, dk, dv, partials
                    6_758_400 + 6_400]                           # d(rpe)
     # N = 197 > 64: the delta kernel reads out and dO; dq reads D.
     fine = lg.Shape(64, 197, 12, 64)
@@ -398,8 +400,8 @@ void one_case(int64_t S, int64_t N, int64_t H, int64_t d, const std::string& mod
   auto sizes = [&](auto dp_const) {
     constexpr int D = decltype(dp_const)::value;
     fwd = FwdSmem<scalar_t, D, ROWS>(nullptr, p.NB, p.mode).bytes;
-    dkdv = BwdSmem<scalar_t, D, ROWS>(nullptr, p.NB, p.mode, false).bytes;
-    dq = BwdSmem<scalar_t, D, ROWS>(nullptr, p.NB, p.mode, true).bytes;
+    dkdv = BwdSmem<scalar_t, D, ROWS>(nullptr, p.NB, p.mode, false, false, 0).bytes;
+    dq = BwdSmem<scalar_t, D, ROWS>(nullptr, p.NB, p.mode, true, p.fused_backward, p.group_width).bytes;
   };
   if (DP == 32) sizes(std::integral_constant<int, 32>{});
   else if (DP == 64) sizes(std::integral_constant<int, 64>{});
@@ -479,7 +481,8 @@ def _mirror(shape: lg.Shape, sms: int) -> dict:
             "tiles_per_head": p.tiles_per_head, "num_tiles": p.num_tiles, "groups": p.groups,
             "group_width": p.group_width, "dp": dp, "rows": rows,
             "fwd_smem": fwd.dynamic_smem,
-            "dkdv_smem": bwd["window_attention_dkdv_kernel"].dynamic_smem,
+            # the dk/dv kernel runs for N > ROWS only; its layout is sized either way
+            "dkdv_smem": lg.bwd_smem(shape.dtype, dp, p.NB, shape.rpe_mode, dq_kernel=False),
             "dq_smem": bwd["window_attention_dq_kernel"].dynamic_smem,
             "delta_blocks": lg.delta_blocks(shape, sms),
             "dq_blocks": bwd["window_attention_dq_kernel"].grid[0],
@@ -557,8 +560,9 @@ def test_the_launches_in_the_source_are_the_ones_the_mirror_models(cpp_geometry)
                           for k in ("fwd", "delta", "dkdv", "dq", "drpe")}, found
     # the launches' shared-memory arguments are the layouts the mirror sizes
     smem_of = {"smem": "FwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode)",
-               "dkdv_smem": "BwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, false)",
-               "dq_smem": "BwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, true)"}
+               "dkdv_smem": "BwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, false, false, 0)",
+               "dq_smem": "BwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, true, p.fused_backward, "
+                          "p.group_width)"}
     for name, layout in smem_of.items():
         assert re.search(rf"const size_t {name} = {re.escape(layout)}\.bytes;", text), name
     for (shape, sms), cpp in zip(_CASES, cpp_geometry):
@@ -576,6 +580,8 @@ def test_the_launches_in_the_source_are_the_ones_the_mirror_models(cpp_geometry)
                 f"{launch.kernel} at {shape.label()} on {sms} SMs"
         assert ("window_attention_drpe_kernel" in {m.base for m in mirror}) == \
             (shape.rpe_mode != "none")
+        # N <= ROWS: the dq kernel is the whole backward (no delta or dk/dv launch)
+        assert ("window_attention_dkdv_kernel" in {m.base for m in mirror}) == (shape.N > cpp["rows"])
 
 
 def test_mirror_arguments_are_checked():
