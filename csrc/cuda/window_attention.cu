@@ -608,8 +608,9 @@ struct FwdSmem {
 // only used by the dq kernel). fused (p.fused_backward): V's buffer then stages P and,
 // on the tensor cores, K's buffer dS (ROWS x LDQ each, for the products down their
 // columns: dV = P^T dO, dK = dS^T Q), and dT shares qR's memory (each warp's rows of
-// qR are dead when it adds into its rows of dT). width: the d(rpe) partial's
-// elements (p.group_width), summed in shared memory over the block's tiles.
+// qR are dead when it adds into its rows of dT), and the block's d(rpe) partial (width =
+// p.group_width elements) is summed in shared memory over its tiles (N > ROWS: in the
+// global workspace, whose 12.8 KB more would cost the A100 a block per SM there).
 template <typename scalar_t, int DP, int ROWS>
 struct BwdSmem {
   using acc_t = typename AccType<scalar_t>::type;
@@ -639,7 +640,7 @@ struct BwdSmem {
     kpos = c.take<int>(ROWS);
     lse = c.take<acc_t>(ROWS);
     delta = c.take<acc_t>(dq_kernel && fused ? 0 : ROWS);
-    part = c.take<acc_t>(dq_kernel && mode != kNone ? width : 0);
+    part = c.take<acc_t>(dq_kernel && fused && mode != kNone ? width : 0);
     qR = c.take<acc_t>(mode == kContextual ? ROWS * table_width(NB) : 0);
     const bool shared_dt = dq_kernel && fused && mode == kContextual;
     dT = shared_dt ? qR : c.take<acc_t>(dq_kernel && mode != kNone ? ROWS * dt_width(NB) : 0);
@@ -1019,11 +1020,18 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
   const acc_t scale = static_cast<acc_t>(p.scale);
   const int64_t group_tiles = p.num_tiles / p.groups;
 
-  // The block's d(rpe) partial is summed in shared memory over its tiles and written
-  // once at the end (not read and written back per tile): element e is only ever
-  // touched by thread e mod blockDim.x, so it needs no barrier.
-  if (p.mode != kNone)
-    for (int64_t e = threadIdx.x; e < p.group_width; e += blockDim.x) sm.part[e] = acc_t(0);
+  // The block's d(rpe) partial: fused, summed in shared memory over its tiles and
+  // written once at the end (not read and written back per tile); else summed in its
+  // row of the workspace (zeroed by the host). Element e is only ever touched by thread
+  // e mod blockDim.x, so it needs no barrier.
+  acc_t* part = nullptr;
+  if (p.mode != kNone) {
+    part = p.fused_backward ? sm.part
+                            : static_cast<acc_t*>(p.partial) +
+                                  (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * p.group_width;
+    if (p.fused_backward)
+      for (int64_t e = threadIdx.x; e < p.group_width; e += blockDim.x) part[e] = acc_t(0);
+  }
   stage_shared_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
   for (int64_t u = blockIdx.x; u < group_tiles; u += gridDim.x) {
     const TileCoord tc = tile_coord<ROWS>(p, blockIdx.y * group_tiles + u);
@@ -1095,7 +1103,9 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
       if (p.mode != kNone) {
         if (kt == 0) {
           // The warp's own rows of dT, zeroed by the warp: where dT shares qR's memory
-          // they are its own rows of qR, which its lanes have all read (P) by now.
+          // they are its own rows of qR, which its lanes have all read (P) by now (the
+          // fused D's shuffles already hold the warp together here; the __syncwarp
+          // states it for the memory).
           __syncwarp();
           acc_t* mine = dt_row(sm.dT, p, row0);
           for (int e = lane; e < 16 * p.dt_ld; e += 32) mine[e] = acc_t(0);
@@ -1128,17 +1138,17 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
         // warp taking 16 key rows (the tile's keys are its queries).
         __syncthreads();  // every warp has staged P (and, FMA path, dS) and is done with K
         scalar_t* dS_staged;
-        if constexpr (kTC) {
+        if constexpr (kTC) {  // dS into K's buffer; the barrier after dV's product shows it
           stage_fragments<scalar_t>(sm.Ks, LDQ, row0, s);
           dS_staged = sm.Ks;
-          __syncthreads();
         } else {
           dS_staged = sm.dSs;  // warp_gemm_a_frags staged it (acc_t is scalar_t, LDS = LDQ)
         }
         acc_t kv[NTO][4];
         zero(kv);
         warp_gemm<scalar_t, kTC, NTO>(kv, cols_of(sm.Vs + row0, LDQ), cols_of(sm.dOs, LD), ROWS);
-        __syncthreads();  // every warp is done with P: V's buffer stages the rows out
+        // Every warp is done with P (V's buffer stages the rows out next) and has staged dS.
+        __syncthreads();
         const acc_t one[2] = {1, 1}, dk_mul[2] = {scale, scale};
         store_rows<scalar_t, LD>(static_cast<scalar_t*>(p.dv), p, tc.h, row0, sm.kseq, sm.kpos, kv,
                                  one, sm.Vs);
@@ -1177,21 +1187,21 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
         const int b = static_cast<int>(e / p.d), c = static_cast<int>(e - b * p.d);
         acc_t acc = 0;
         for (int r = 0; r < ROWS; ++r) acc += dt_row(sm.dT, p, r)[b] * to<acc_t>(sm.Qs[r * LD + c]);
-        sm.part[e] += acc;
+        part[e] += acc;
       }
     } else if (p.mode == kBias) {  // part[b] += sum over rows of dT[r][b]
       for (int b = threadIdx.x; b < p.NB; b += blockDim.x) {
         acc_t acc = 0;
         for (int r = 0; r < ROWS; ++r) acc += dt_row(sm.dT, p, r)[b];
-        sm.part[b] += acc;
+        part[b] += acc;
       }
     }
     __syncthreads();  // Q, dO, dT and the query rows are replaced next
   }
-  if (p.mode != kNone) {
+  if (p.mode != kNone && p.fused_backward) {
     acc_t* partial = static_cast<acc_t*>(p.partial) +
                      (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * p.group_width;
-    for (int64_t e = threadIdx.x; e < p.group_width; e += blockDim.x) partial[e] = sm.part[e];
+    for (int64_t e = threadIdx.x; e < p.group_width; e += blockDim.x) partial[e] = part[e];
   }
 }
 
@@ -1421,8 +1431,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
                                                           group_tiles, (4 * sms + p.groups - 1) / p.groups));
     at::Tensor partial;
     if (p.mode != kNone) {
-      // Every block writes its whole partial once, at its end.
-      partial = at::empty({p.groups, blocks, p.group_width}, q.options().dtype(acc));
+      // Fused, every block writes its whole partial once, at its end; else it sums
+      // into it from zero.
+      partial = p.fused_backward ? at::empty({p.groups, blocks, p.group_width}, q.options().dtype(acc))
+                                 : at::zeros({p.groups, blocks, p.group_width}, q.options().dtype(acc));
       p.partial = partial.data_ptr();
     }
     dispatch_head_dim(dp, [&](auto dp_const) {

@@ -20,7 +20,35 @@ struct Shape {
   bool per_head = false;
   bool strided = false;  // q, k, v as views of one (S, N, 3, H, d) tensor
   int64_t NB = 50;
+  bool lomar_map = false;  // LoMaR's bucket map (below) instead of random ids
 };
+
+// LoMaR's iRPE bucket map (lomar_ops/irpe.py, ratio 1.9): a cls token then a side x side
+// patch grid in raster order; two patches (i, j) get (idx(dr) + 3) * 7 + idx(dc) + 3, idx
+// the piecewise index (alpha, beta, gamma = 1.9, 3.8, 15.2: 0, 1, 2, 2, 3, 3, ... for
+// |x| = 0, 1, 2, 3, 4, 5, ...), a pair with the cls token the last bucket, 49. Which
+// buckets a warp's lanes gather sets the shared-memory bank conflicts of the qR and dT
+// accesses, so the model shape counts them on this map as well as on random ids.
+at::Tensor lomar_bucket_map(int64_t N) {
+  const int side = static_cast<int>(std::lround(std::sqrt(static_cast<double>(N - 1))));
+  TORCH_CHECK(side * side + 1 == N, "lomar_bucket_map: N = ", N, " is not 1 + side^2");
+  const double alpha = 1.9, beta = 3.8, gamma = 15.2;
+  auto idx = [&](int x) {
+    const double ax = std::abs(x);
+    if (ax <= alpha) return x;
+    const double far = std::min(beta, std::round(alpha + std::log(ax / alpha) / std::log(gamma / alpha) *
+                                                             (beta - alpha)));
+    return static_cast<int>(x < 0 ? -far : far);
+  };
+  auto ids = at::full({N, N}, 49, at::TensorOptions().dtype(at::kInt));
+  auto a = ids.accessor<int32_t, 2>();
+  for (int i = 1; i < N; ++i)
+    for (int j = 1; j < N; ++j) {
+      const int dr = (i - 1) / side - (j - 1) / side, dc = (i - 1) % side - (j - 1) % side;
+      a[i][j] = (idx(dr) + 3) * 7 + idx(dc) + 3;
+    }
+  return ids;
+}
 
 void check(at::ScalarType dt, const Shape& s) {
   auto f64 = at::TensorOptions().dtype(at::kDouble);
@@ -29,7 +57,8 @@ void check(at::ScalarType dt, const Shape& s) {
   const std::string mode = s.mode;
   std::optional<at::Tensor> rpe, ids;
   if (mode != "none") {
-    ids = at::randint(0, s.NB, {s.N, s.N}, at::TensorOptions().dtype(at::kInt));
+    ids = s.lomar_map ? lomar_bucket_map(s.N)
+                      : at::randint(0, s.NB, {s.N, s.N}, at::TensorOptions().dtype(at::kInt));
     rpe = mode == "bias" ? at::randn({s.H, s.NB}, f64)
           : s.per_head   ? 0.5 * at::randn({s.H, s.NB, s.d}, f64)
                          : 0.5 * at::randn({s.NB, s.d}, f64);
@@ -206,5 +235,9 @@ int main(int argc, char** argv) {
       // NB = 50 buckets; S and H small enough for the emulation.
       model("model: S=32 N=50 H=2 d=64 contextual NB=50", {32, 50, 2, 64, "contextual", false, false, 50},
             {kBFloat16, kFloat}),
+      // The same on LoMaR's own bucket map (one 7 x 7 window and cls), whose structure
+      // sets the gathers' bank conflicts (random ids are the worst case).
+      model("model on LoMaR's map: S=32 N=50 H=2 d=64 contextual NB=50",
+            {32, 50, 2, 64, "contextual", false, false, 50, true}, {kBFloat16}),
   });
 }
