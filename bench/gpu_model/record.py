@@ -116,8 +116,8 @@ def floor_section(model: dict) -> str:
                         [", ".join(sorted({p["bound"] for p in per}))])
         split = ops["backward"]["split_kernels_bytes"]
         out += [f"### {label} ({NO_GPU})", "", _table(header, rows), "",
-                "The backward as it is split now (its kernels: a delta kernel where N > ROWS, then dq, dk/dv and d(rpe), each "
-                "reading its inputs once): " + "; ".join(
+                "The backward as its kernels divide it now (N <= ROWS: the fused dq kernel, which computes dq, dk and dv, "
+                "then d(rpe); N > ROWS: a delta kernel, dq, dk/dv and d(rpe)), each reading its inputs once: " + "; ".join(
                     f"{card} {b / MB:.1f} MB, {b / ops['backward']['bytes']:.2f}x the op's floor"
                     for card, b in split.items()) + ".", ""]
     return "\n".join(out)

@@ -209,6 +209,7 @@ MUTATIONS = [
       "for (int e = lane; e < 0; e += 32) mine[e] = acc_t(0);",
       "none", "mismatch", ["S=2 N=7 H=3 d=8 contextual per-head"]),
     M("window_attention: the block's d(rpe) partial not zeroed first", "window_attention.cu",
+      "    if (p.fused_backward)\n"
       "      for (int64_t e = threadIdx.x; e < p.group_width; e += blockDim.x) part[e] = acc_t(0);\n",
       "", "none", "mismatch", ["S=2 N=7 H=3 d=8 contextual per-head"]),
     # Tile runs (forward, dk/dv): a run's last tile dropped leaves its rows of out,
