@@ -12,7 +12,7 @@ from dataclasses import dataclass
 # Per scalar type: bytes, its accumulator type, whether it multiplies on tensor cores.
 DTYPES = {"bf16": (2, "fp32", True), "fp16": (2, "fp32", True),
           "fp32": (4, "fp32", False), "fp64": (8, "fp64", False)}
-SIZEOF = {"bf16": 2, "fp16": 2, "fp32": 4, "fp64": 8, "int": 4, "uint16": 2}
+SIZEOF = {"bf16": 2, "fp16": 2, "fp32": 4, "fp64": 8, "int": 4, "uint8": 1}
 HEAD_DIMS = (32, 64, 80, 128)        # kHeadDims: d is padded with zeros to one of these
 MODES = {"none": 0, "bias": 1, "contextual": 2}
 
@@ -32,6 +32,11 @@ def padded_head_dim(d: int) -> int:
         if d <= dp:
             return dp
     raise ValueError(f"d={d}: the CUDA kernel takes a head dim d <= 128")
+
+
+def id_bytes(nb: int) -> int:
+    """Bytes per staged bucket id: 8-bit below 255 buckets (all ones is the mask)."""
+    return 1 if nb < 255 else 2
 
 
 def dt_width(nb: int) -> int:
@@ -62,18 +67,30 @@ class _Carver:
         self.used += count * _sizeof(dtype)
 
 
-def fwd_smem(dtype: str, dp: int, nb: int, mode: str) -> int:
-    """FwdSmem<scalar_t, DP, ROWS>(nullptr, NB, mode).bytes."""
+def table_rows(nb: int, rows: int) -> int:
+    """table_rows<ROWS>: the resident table's rows, NB rounded up to a chunk of ROWS."""
+    return -(-nb // rows) * rows
+
+
+def qr_rows(shape: "Shape") -> int:
+    """p.qr_rows: the rows of a tile its sequences fill (pack N), or ROWS."""
+    rows = rows_per_tile(shape.dtype)
+    return rows // shape.N * shape.N if shape.N <= rows else rows
+
+
+def fwd_smem(dtype: str, dp: int, nb: int, mode: str, qr_rows: int) -> int:
+    """FwdSmem<scalar_t, DP, ROWS>(nullptr, NB, mode, qr_rows).bytes."""
     rows, (_, acc, tc) = rows_per_tile(dtype), DTYPES[dtype]
     ld, ldp = dp + pad(dtype), rows + pad(acc)
     c = _Carver()
     for _ in range(3):                       # Qs, Ks, Vs
         c.take(dtype, rows * ld)
     c.take(acc, 0 if tc else rows * ldp)     # Ps (the tensor cores keep P in registers)
-    c.take("uint16", rows * (rows + 8))      # ids
+    c.take("uint8", rows * (rows + 8) * id_bytes(nb))  # ids
     for _ in range(4):                       # qseq, qpos, kseq, kpos
         c.take("int", rows)
-    c.take(acc, rows * table_width(nb) if mode == "contextual" else 0)  # qR
+    c.take(dtype, table_rows(nb, rows) * ld if mode == "contextual" else 0)  # Rs, resident
+    c.take(acc, qr_rows * table_width(nb) if mode == "contextual" else 0)   # qR, its rows
     c.take(acc, nb if mode == "bias" else 0)  # bias
     return c.used
 
@@ -91,7 +108,7 @@ def bwd_smem(dtype: str, dp: int, nb: int, mode: str, dq_kernel: bool, fused: bo
     c.take(dtype, kv)                        # Vs
     c.take(acc, 0 if dq_kernel or tc else rows * ldp)   # Ps (FMA path's dk/dv kernel)
     c.take(acc, rows * lds if dq_kernel and not tc else 0)   # dSs (FMA path's dq kernel)
-    c.take("uint16", rows * (rows + 8))                 # ids
+    c.take("uint8", rows * (rows + 8) * id_bytes(nb))   # ids
     for _ in range(4):                       # qseq, qpos, kseq, kpos
         c.take("int", rows)
     c.take(acc, rows)                        # lse
@@ -200,7 +217,7 @@ def forward_launches(shape: Shape, sms: int) -> list[Launch]:
     p, rows, dp = make_params(shape), rows_per_tile(shape.dtype), padded_head_dim(shape.d)
     tmpl = f"<{shape.dtype}, {dp}, {rows}>"
     return [Launch("window_attention_fwd_kernel" + tmpl, (run_blocks(p, shape.H, sms)[1], 1),
-                   2 * rows, fwd_smem(shape.dtype, dp, p.NB, shape.rpe_mode))]
+                   2 * rows, fwd_smem(shape.dtype, dp, p.NB, shape.rpe_mode, qr_rows(shape)))]
 
 
 def fused_backward(shape: Shape) -> bool:

@@ -23,9 +23,10 @@
 // 128} (a template parameter).
 //
 // Relative term. The bucket ids of the (query tile, key tile) pair are staged in
-// shared memory as 16-bit ids, 0xFFFF where the pair is masked (padding rows,
-// other sequences), so the mask costs nothing extra; rows of ROWS + 8 ids put a
-// warp's fragment reads (a pair of ids as one 32-bit load) in 32 distinct banks. Contextual: per query tile,
+// shared memory as 8-bit ids (16-bit when NB >= 255), all ones where the pair is
+// masked (padding rows, other sequences), so the mask costs nothing extra; rows of
+// ROWS + 8 ids put a warp's fragment reads (a pair of ids as one load) in distinct
+// banks. Contextual: per query tile,
 // qR = q R^T (ROWS x NB, fp32) is computed once into shared memory from R staged
 // ROWS buckets at a time, and each logit adds qR[i][bucket(i, j)]. Bias: the
 // head's NB biases are staged. NB is bounded by shared memory (an error says so).
@@ -94,12 +95,16 @@ constexpr bool kTensorCores = std::is_same_v<T, c10::Half> || std::is_same_v<T, 
 // of 8 rows then land in distinct banks), one element otherwise.
 template <typename T> constexpr int kPad = sizeof(T) == 2 ? 8 : 1;
 template <typename T> constexpr int kRows = sizeof(T) == 8 ? 16 : sizeof(T) == 4 ? 32 : 64;
-// Staged bucket ids: 16 bits, kNoBucket where the (query, key) pair is masked.
-// Rows of ROWS + 8 ids (36, 20, 12 words for ROWS = 64, 32, 16): a warp's reads of
-// (g, 2t..2t+1) for g < 8, t < 4 then fall in 32 distinct banks (int32 ids in rows of
-// ROWS + 1 had 4-way conflicts and twice the bytes).
+// Staged bucket ids: 8 bits when NB < 255 (id_bytes), else 16, all ones where the
+// (query, key) pair is masked; read back as kNoBucket. Rows of ROWS + 8 ids (18, 10, 6
+// words for ROWS = 64, 32, 16 when 8-bit; 36, 20, 12 when 16-bit): a warp's reads of
+// (g, 2t..2t+1) for g < 8, t < 4 then fall in distinct banks (int32 ids in rows of
+// ROWS + 1 had 4-way conflicts and four times the bytes). 8-bit ids halve the tile
+// (4.6 KB at ROWS = 64), which is what lets the forward keep the head's table resident.
 constexpr int kNoBucket = 0xFFFF;
+constexpr int kNoBucket8 = 0xFF;
 template <int ROWS> constexpr int kIdsLd = ROWS + 8;
+__host__ __device__ inline int id_bytes(int NB) { return NB < kNoBucket8 ? 1 : 2; }
 
 // (S, N, H) strides of a (S, N, H, d) tensor whose last dim is contiguous;
 // vec: every row starts 16-byte aligned and d fills whole 16-byte chunks.
@@ -138,6 +143,8 @@ struct Params {
   // kernel computes the whole backward: D, dQ, dK, dV and d(rpe) (no delta or dk/dv
   // kernel: q, k, v and dO are read once, out not at all).
   int fused_backward;
+  int narrow_ids;               // id_bytes(NB) == 1: staged bucket ids are 8-bit
+  int qr_rows;                  // the rows of a tile its sequences fill: pack N, or ROWS
   int64_t group_width;          // d(rpe) elements per group
 };
 
@@ -295,11 +302,26 @@ __device__ __forceinline__ void zero(acc_t (&acc)[NT][4]) {
     for (int e = 0; e < 4; ++e) acc[n][e] = acc_t(0);
 }
 
-// The staged buckets of (r, c) and (r, c + 1), c even, in one 32-bit load: the
+// The staged buckets of (r, c) and (r, c + 1), c even, in one load (16-bit when the
+// ids are 8-bit, else 32-bit), as two 16-bit halves (kNoBucket where masked): the
 // lower half is (r, c).
 template <int ROWS>
-__device__ __forceinline__ uint32_t bucket_pair(const uint16_t* ids, int r, int c) {
-  return *reinterpret_cast<const uint32_t*>(ids + r * kIdsLd<ROWS> + c);
+__device__ __forceinline__ uint32_t bucket_pair(const Params& p, const unsigned char* ids, int r, int c) {
+  if (p.narrow_ids) {
+    const uint32_t two = *reinterpret_cast<const uint16_t*>(ids + r * kIdsLd<ROWS> + c);
+    const uint32_t lo = two & 0xFFu, hi = two >> 8;
+    return (lo == kNoBucket8 ? kNoBucket : lo) | ((hi == kNoBucket8 ? kNoBucket : hi) << 16);
+  }
+  return *reinterpret_cast<const uint32_t*>(ids + 2 * (r * kIdsLd<ROWS> + c));
+}
+// The staged bucket of (r, c) alone.
+template <int ROWS>
+__device__ __forceinline__ int bucket_at(const Params& p, const unsigned char* ids, int r, int c) {
+  if (p.narrow_ids) {
+    const int b = ids[r * kIdsLd<ROWS> + c];
+    return b == kNoBucket8 ? kNoBucket : b;
+  }
+  return reinterpret_cast<const uint16_t*>(ids)[r * kIdsLd<ROWS> + c];
 }
 __device__ __forceinline__ int pair_half(uint32_t two, int x) {
   return x ? static_cast<int>(two >> 16) : static_cast<int>(two & 0xFFFFu);
@@ -478,7 +500,7 @@ __device__ void load_table_chunk(scalar_t* dst, const scalar_t* __restrict__ R, 
 // ids_s[r][c]: the bucket of (query row r, key row c), kNoBucket where masked.
 template <int ROWS>
 __device__ void load_buckets(const Params& p, const int* qseq, const int* qpos, const int* kseq,
-                             const int* kpos, uint16_t* ids_s) {
+                             const int* kpos, unsigned char* ids_s) {
   for (int e = threadIdx.x; e < ROWS * ROWS; e += blockDim.x) {
     const int r = e / ROWS, c = e - r * ROWS;
     int b = kNoBucket;
@@ -489,7 +511,10 @@ __device__ void load_buckets(const Params& p, const int* qseq, const int* qpos, 
         CUDA_KERNEL_ASSERT(b >= 0 && b < p.NB);
       }
     }
-    ids_s[r * kIdsLd<ROWS> + c] = static_cast<uint16_t>(b);
+    if (p.narrow_ids)
+      ids_s[r * kIdsLd<ROWS> + c] = static_cast<unsigned char>(b == kNoBucket ? kNoBucket8 : b);
+    else
+      reinterpret_cast<uint16_t*>(ids_s)[r * kIdsLd<ROWS> + c] = static_cast<uint16_t>(b);
   }
 }
 
@@ -502,7 +527,7 @@ __device__ void load_buckets(const Params& p, const int* qseq, const int* qpos, 
 // arrays are scratch: the barrier at the end lets the tiles' rows replace them.
 template <int ROWS>
 __device__ void stage_shared_buckets(const Params& p, int* qseq, int* qpos, int* kseq, int* kpos,
-                                     uint16_t* ids) {
+                                     unsigned char* ids) {
   if (p.N > ROWS) return;
   tile_rows<ROWS>(p, 0, 0, qseq, qpos);
   tile_rows<ROWS>(p, 0, 0, kseq, kpos);
@@ -525,33 +550,48 @@ __device__ __forceinline__ void store_pair(double* p, double lo, double hi) {
   *reinterpret_cast<double2*>(p) = make_double2(lo, hi);
 }
 
-// qR[r][b] = Q_r . R[b] for the tile's rows, R staged ROWS buckets at a time in
-// `stage`. Ends with a barrier.
+// The head's table R (NB, d) as table_rows(NB) x DP, zeros past NB and d (row stride LD).
+template <int ROWS> __host__ __device__ inline int table_rows(int NB) { return (NB + ROWS - 1) / ROWS * ROWS; }
+template <typename scalar_t, int DP, int ROWS, int LD>
+__device__ void stage_table(const Params& p, int h, scalar_t* Rs) {
+  const scalar_t* R =
+      static_cast<const scalar_t*>(p.rpe) + (p.per_head ? static_cast<int64_t>(h) * p.NB * p.d : 0);
+  for (int b0 = 0; b0 < p.NB; b0 += ROWS) load_table_chunk<scalar_t, DP, ROWS, LD>(Rs + b0 * LD, R, b0, p.NB, p.d);
+}
+
+// qR[r][b] = Q_r . R[b] for the tile's rows r < p.qr_rows (the rows its sequences
+// fill; no other row's qR is read), from R resident in shared memory (`resident`,
+// stage_table's layout) or else staged ROWS buckets at a time in `stage`. Ends with a
+// barrier.
 template <typename scalar_t, int DP, int ROWS, typename acc_t>
 __device__ void contextual_table(const Params& p, int h, const scalar_t* Qs, scalar_t* stage,
-                                 acc_t* qR, int ldr) {
+                                 acc_t* qR, int ldr, const scalar_t* resident = nullptr) {
   constexpr int LD = DP + kPad<scalar_t>;
   const scalar_t* R =
       static_cast<const scalar_t*>(p.rpe) + (p.per_head ? static_cast<int64_t>(h) * p.NB * p.d : 0);
   const int warp = threadIdx.x >> 5;
   for (int b0 = 0; b0 < p.NB; b0 += ROWS) {
-    load_table_chunk<scalar_t, DP, ROWS, LD>(stage, R, b0, p.NB, p.d);
-    __syncthreads();
+    const scalar_t* chunk = resident ? resident + b0 * LD : stage;
+    if (!resident) {
+      load_table_chunk<scalar_t, DP, ROWS, LD>(stage, R, b0, p.NB, p.d);
+      __syncthreads();
+    }
     acc_t acc[ROWS / 8][4];
     zero(acc);
     warp_gemm<scalar_t, kTensorCores<scalar_t>, ROWS / 8>(acc, rows_of(Qs + warp * 16 * LD, LD),
-                                                          rows_of(stage, LD), DP);
+                                                          rows_of(chunk, LD), DP);
     // Columns b < NB only (the row stride leaves no room for the chunk's padding),
     // each fragment pair as one 8-byte (fp32) or 16-byte (fp64) store.
 #pragma unroll
     for (int n = 0; n < ROWS / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; e += 2) {
-        const int b = b0 + frag_col(n, e);
-        if (b < p.NB) store_pair(qR + (warp * 16 + frag_row(e)) * ldr + b, acc[n][e], acc[n][e + 1]);
+        const int b = b0 + frag_col(n, e), r = warp * 16 + frag_row(e);
+        if (b < p.NB && r < p.qr_rows) store_pair(qR + r * ldr + b, acc[n][e], acc[n][e + 1]);
       }
-    __syncthreads();
+    if (!resident) __syncthreads();
   }
+  if (resident) __syncthreads();
 }
 
 template <typename acc_t>
@@ -583,22 +623,25 @@ struct FwdSmem {
   static constexpr int LD = DP + kPad<scalar_t>, LDP = ROWS + kPad<acc_t>;
   scalar_t *Qs, *Ks, *Vs;
   acc_t* Ps;  // FMA path only: P for the P V product (the tensor cores keep it in registers)
-  uint16_t* ids;
+  unsigned char* ids;  // bucket ids, id_bytes(NB) each
   int *qseq, *qpos, *kseq, *kpos;
+  scalar_t* Rs;  // the head's table, resident for the block's run (contextual)
   acc_t *qR, *bias;
   size_t bytes;
-  __host__ __device__ FwdSmem(unsigned char* base, int NB, int mode) {
+  // qr_rows: the rows of a tile its sequences fill (p.qr_rows), the rows of qR kept.
+  __host__ __device__ FwdSmem(unsigned char* base, int NB, int mode, int qr_rows) {
     Carver c{base};
     Qs = c.take<scalar_t>(ROWS * LD);
     Ks = c.take<scalar_t>(ROWS * LD);
     Vs = c.take<scalar_t>(ROWS * LD);
     Ps = c.take<acc_t>(kTensorCores<scalar_t> ? 0 : ROWS * LDP);
-    ids = c.take<uint16_t>(ROWS * kIdsLd<ROWS>);
+    ids = c.take<unsigned char>(ROWS * kIdsLd<ROWS> * id_bytes(NB));
     qseq = c.take<int>(ROWS);
     qpos = c.take<int>(ROWS);
     kseq = c.take<int>(ROWS);
     kpos = c.take<int>(ROWS);
-    qR = c.take<acc_t>(mode == kContextual ? ROWS * table_width(NB) : 0);
+    Rs = c.take<scalar_t>(mode == kContextual ? table_rows<ROWS>(NB) * LD : 0);
+    qR = c.take<acc_t>(mode == kContextual ? qr_rows * table_width(NB) : 0);
     bias = c.take<acc_t>(mode == kBias ? NB : 0);
     bytes = c.used;
   }
@@ -619,7 +662,7 @@ struct BwdSmem {
   scalar_t *Qs, *dOs, *Ks, *Vs;
   acc_t* Ps;   // dk/dv kernel, FMA path: P^T then dS^T (the tensor cores keep them in registers)
   acc_t* dSs;  // dq kernel, FMA path: dS in acc type (the tensor cores keep it in registers)
-  uint16_t* ids;
+  unsigned char* ids;  // bucket ids, id_bytes(NB) each
   int *qseq, *qpos, *kseq, *kpos;
   acc_t *lse, *delta, *qR, *dT, *bias, *part;
   size_t bytes;
@@ -633,7 +676,7 @@ struct BwdSmem {
     Vs = c.take<scalar_t>(kv);
     Ps = c.take<acc_t>(dq_kernel || kTensorCores<scalar_t> ? 0 : ROWS * LDP);
     dSs = c.take<acc_t>(dq_kernel && !kTensorCores<scalar_t> ? ROWS * LDS : 0);
-    ids = c.take<uint16_t>(ROWS * kIdsLd<ROWS>);
+    ids = c.take<unsigned char>(ROWS * kIdsLd<ROWS> * id_bytes(NB));
     qseq = c.take<int>(ROWS);
     qpos = c.take<int>(ROWS);
     kseq = c.take<int>(ROWS);
@@ -792,14 +835,18 @@ __global__ void __launch_bounds__(2 * ROWS, kFwdMinBlocks<DP>) window_attention_
   constexpr bool kTC = kTensorCores<scalar_t>;
   constexpr int LD = L::LD, LDP = L::LDP, NTS = ROWS / 8, NTO = DP / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const L sm(smem_raw, p.NB, p.mode);
+  const L sm(smem_raw, p.NB, p.mode, p.qr_rows);
   const int ldr = p.qr_ld;
   const int warp = threadIdx.x >> 5, row0 = warp * 16;
   const acc_t scale = static_cast<acc_t>(p.scale);
   const acc_t neg_inf = -INFINITY;
 
   const TileRun run = tile_run(p, blockIdx.x);
-  stage_bias<scalar_t>(p, tile_coord<ROWS>(p, run.first).h, sm.bias);
+  const int run_head = tile_coord<ROWS>(p, run.first).h;
+  stage_bias<scalar_t>(p, run_head, sm.bias);
+  // The head's table, staged once for the run's tiles (their qR products), not once a
+  // tile; the barriers in stage_shared_buckets or the first tile's show it.
+  if (p.mode == kContextual) stage_table<scalar_t, DP, ROWS, LD>(p, run_head, sm.Rs);
   stage_shared_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
   // A 32-bit count (at most kMaxRunTiles), and p.N > ROWS re-read from the parameters
   // rather than kept as a flag: registers live across the loop are what ptxas spilled.
@@ -811,7 +858,8 @@ __global__ void __launch_bounds__(2 * ROWS, kFwdMinBlocks<DP>) window_attention_
     load_tile<scalar_t, DP, ROWS, LD>(sm.Qs, static_cast<const scalar_t*>(p.q), p.q_st, tc.h,
                                       sm.qseq, sm.qpos, p.d);
     tiles_landed();
-    if (p.mode == kContextual) contextual_table<scalar_t, DP, ROWS>(p, tc.h, sm.Qs, sm.Ks, sm.qR, ldr);
+    if (p.mode == kContextual)
+      contextual_table<scalar_t, DP, ROWS>(p, tc.h, sm.Qs, sm.Ks, sm.qR, ldr, sm.Rs);
 
     acc_t o[NTO][4];
     zero(o);
@@ -829,7 +877,7 @@ __global__ void __launch_bounds__(2 * ROWS, kFwdMinBlocks<DP>) window_attention_
 #pragma unroll
         for (int e = 0; e < 4; e += 2) {
           const int r = row0 + frag_row(e), c = frag_col(n, e);
-          const uint32_t two = bucket_pair<ROWS>(sm.ids, r, c);
+          const uint32_t two = bucket_pair<ROWS>(p, sm.ids, r, c);
 #pragma unroll
           for (int x = 0; x < 2; ++x) {
             const int b = pair_half(two, x);
@@ -973,7 +1021,7 @@ __global__ void __launch_bounds__(2 * ROWS, (kDkdvMinBlocks<scalar_t, DP>)) wind
           const int j = row0 + frag_row(e), i = frag_col(n, e);
           // Read across the staged rows (query i, key j): with rows of ROWS + 8 ids a
           // warp's 32 reads still fall in distinct banks (lanes g, g + 1 share a word).
-          const int b = sm.ids[i * kIdsLd<ROWS> + j];
+          const int b = bucket_at<ROWS>(p, sm.ids, i, j);
           pt[n][e] = b == kNoBucket
                          ? acc_t(0)
                          : dev_exp(scale * pt[n][e] + relative_term(p, sm.qR, ldr, sm.bias, i, b) -
@@ -1065,7 +1113,7 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
 #pragma unroll
         for (int e = 0; e < 4; e += 2) {
           const int r = row0 + frag_row(e), c = frag_col(n, e);
-          const uint32_t two = bucket_pair<ROWS>(sm.ids, r, c);
+          const uint32_t two = bucket_pair<ROWS>(p, sm.ids, r, c);
 #pragma unroll
           for (int x = 0; x < 2; ++x) {
             const int b = pair_half(two, x);
@@ -1120,7 +1168,7 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
               acc_t* dt = dt_row(sm.dT, p, r);
 #pragma unroll
               for (int n = 0; n < NTS; ++n) {
-                const uint32_t two = bucket_pair<ROWS>(sm.ids, r, 8 * n + 2 * t);
+                const uint32_t two = bucket_pair<ROWS>(p, sm.ids, r, 8 * n + 2 * t);
 #pragma unroll
                 for (int x = 0; x < 2; ++x) {
                   const int b = pair_half(two, x);
@@ -1291,6 +1339,8 @@ Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   const bool per_group_head = p.mode == kBias || p.per_head;
   p.groups = per_group_head ? static_cast<int>(p.H) : 1;
   p.fused_backward = p.N <= rows;
+  p.narrow_ids = id_bytes(p.NB) == 1;
+  p.qr_rows = p.N <= rows ? static_cast<int>(p.pack * p.N) : rows;
   p.dt_block = 16 * (p.fused_backward && p.mode == kContextual ? p.qr_ld : p.dt_ld);
   p.group_width = p.mode == kContextual ? static_cast<int64_t>(p.NB) * p.d : p.NB;
   return p;
@@ -1350,7 +1400,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_fwd_cuda(
     plan_runs(p, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
     dispatch_head_dim(dp, [&](auto dp_const) {
       constexpr int DP = decltype(dp_const)::value;
-      const size_t smem = FwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode).bytes;
+      const size_t smem = FwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, p.qr_rows).bytes;
       launch(window_attention_fwd_kernel<scalar_t, DP, ROWS>, dim3(static_cast<unsigned>(p.H * p.runs_per_head)),
              2 * ROWS, smem, p, "forward");
     });

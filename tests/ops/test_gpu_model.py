@@ -315,12 +315,15 @@ _DECLS = [  # (regex of the start, what): the host code's pieces, in order
     (r"^template <typename T> constexpr int kPad\b", "kPad"),
     (r"^template <typename T> constexpr int kRows\b", "kRows"),
     (r"^constexpr int kNoBucket\b", "kNoBucket"),
+    (r"^constexpr int kNoBucket8\b", "kNoBucket8"),
     (r"^template <int ROWS> constexpr int kIdsLd\b", "kIdsLd"),
+    (r"^__host__ __device__ inline int id_bytes\b", "id_bytes"),
     (r"^struct Strides\b", "struct Strides"),
     (r"^struct Params\b", "struct Params"),
     (r"^struct Carver\b", "struct Carver"),
     (r"^__host__ __device__ inline int dt_width\b", "dt_width"),
     (r"^__host__ __device__ inline int table_width\b", "table_width"),
+    (r"^template <int ROWS> __host__ __device__ inline int table_rows\b", "table_rows"),
     (r"^template <typename scalar_t, int DP, int ROWS>\s*struct FwdSmem\b", "FwdSmem"),
     (r"^template <typename scalar_t, int DP, int ROWS>\s*struct BwdSmem\b", "BwdSmem"),
     (r"^constexpr int kHeadDims\b", "kHeadDims"),
@@ -399,7 +402,7 @@ void one_case(int64_t S, int64_t N, int64_t H, int64_t d, const std::string& mod
   size_t fwd = 0, dkdv = 0, dq = 0;
   auto sizes = [&](auto dp_const) {
     constexpr int D = decltype(dp_const)::value;
-    fwd = FwdSmem<scalar_t, D, ROWS>(nullptr, p.NB, p.mode).bytes;
+    fwd = FwdSmem<scalar_t, D, ROWS>(nullptr, p.NB, p.mode, p.qr_rows).bytes;
     dkdv = BwdSmem<scalar_t, D, ROWS>(nullptr, p.NB, p.mode, false, false, 0).bytes;
     dq = BwdSmem<scalar_t, D, ROWS>(nullptr, p.NB, p.mode, true, p.fused_backward, p.group_width).bytes;
   };
@@ -501,10 +504,11 @@ def test_the_mirror_agrees_with_the_cpp_formulas(cpp_geometry):
     for (shape, sms), cpp in zip(_CASES, cpp_geometry):
         assert _mirror(shape, sms) == cpp, f"{shape.label()} on {sms} SMs"
     # the pretraining shape's figures, worked by hand: one window per 64-row tile,
-    # 1024 x 12 tiles; the forward's shared memory 3 x 64 x 72 x 2 (Q, K, V) + 64 x 72 x 2
-    # (16-bit bucket ids in rows of 72; P stays in registers) + 4 x 64 x 4 (rows) +
-    # 64 x 56 x 4 (qR: NB = 50 rounded to 8 mod 16) = 52224.
-    assert cpp_geometry[0]["num_tiles"] == 12288 and cpp_geometry[0]["fwd_smem"] == 52224
+    # 1024 x 12 tiles; the forward's shared memory 3 x 64 x 72 x 2 (Q, K, V) + 64 x 72
+    # (8-bit bucket ids in rows of 72; P stays in registers) + 4 x 64 x 4 (rows) +
+    # 64 x 72 x 2 (the resident table, NB = 50 rounded up to 64 rows) + 50 x 56 x 4
+    # (qR: the 50 rows a window fills, NB = 50 rounded to 8 mod 16) = 53696.
+    assert cpp_geometry[0]["num_tiles"] == 12288 and cpp_geometry[0]["fwd_smem"] == 53696
     # runs: 12288 tiles / (8 x 132 SMs) = 11.6, capped at 8 tiles: 128 runs per head.
     assert cpp_geometry[0]["run_tiles"] == 8 and cpp_geometry[0]["run_blocks"] == 12 * 128
 
@@ -559,7 +563,7 @@ def test_the_launches_in_the_source_are_the_ones_the_mirror_models(cpp_geometry)
     assert set(found) == {f"window_attention_{k}_kernel"
                           for k in ("fwd", "delta", "dkdv", "dq", "drpe")}, found
     # the launches' shared-memory arguments are the layouts the mirror sizes
-    smem_of = {"smem": "FwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode)",
+    smem_of = {"smem": "FwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, p.qr_rows)",
                "dkdv_smem": "BwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, false, false, 0)",
                "dq_smem": "BwdSmem<scalar_t, DP, ROWS>(nullptr, p.NB, p.mode, true, p.fused_backward, "
                           "p.group_width)"}
