@@ -114,6 +114,7 @@ def bwd_smem(dtype: str, dp: int, nb: int, mode: str, dq_kernel: bool, fused: bo
     c.take(acc, rows)                        # lse
     c.take(acc, 0 if dq_kernel and fused else rows)     # delta
     c.take(acc, width if dq_kernel and fused and mode != "none" else 0)   # the d(rpe) partial
+    c.take(dtype, table_rows(nb, rows) * ld if mode == "contextual" else 0)  # Rs, resident
     c.take(acc, rows * table_width(nb) if mode == "contextual" else 0)         # qR
     shared_dt = dq_kernel and fused and mode == "contextual"           # dT in qR's memory
     c.take(acc, rows * dt_width(nb) if dq_kernel and mode != "none" and not shared_dt else 0)

@@ -560,26 +560,19 @@ __device__ void stage_table(const Params& p, int h, scalar_t* Rs) {
 }
 
 // qR[r][b] = Q_r . R[b] for the tile's rows r < p.qr_rows (the rows its sequences
-// fill; no other row's qR is read), from R resident in shared memory (`resident`,
-// stage_table's layout) or else staged ROWS buckets at a time in `stage`. Ends with a
-// barrier.
+// fill; no other row's qR is read), R resident in shared memory (stage_table's
+// layout). Each warp writes its own rows; the barrier at the end shows them to the
+// warp's lanes (and orders the next stage).
 template <typename scalar_t, int DP, int ROWS, typename acc_t>
-__device__ void contextual_table(const Params& p, int h, const scalar_t* Qs, scalar_t* stage,
-                                 acc_t* qR, int ldr, const scalar_t* resident = nullptr) {
+__device__ void contextual_table(const Params& p, const scalar_t* Qs, const scalar_t* Rs, acc_t* qR,
+                                 int ldr) {
   constexpr int LD = DP + kPad<scalar_t>;
-  const scalar_t* R =
-      static_cast<const scalar_t*>(p.rpe) + (p.per_head ? static_cast<int64_t>(h) * p.NB * p.d : 0);
   const int warp = threadIdx.x >> 5;
   for (int b0 = 0; b0 < p.NB; b0 += ROWS) {
-    const scalar_t* chunk = resident ? resident + b0 * LD : stage;
-    if (!resident) {
-      load_table_chunk<scalar_t, DP, ROWS, LD>(stage, R, b0, p.NB, p.d);
-      __syncthreads();
-    }
     acc_t acc[ROWS / 8][4];
     zero(acc);
     warp_gemm<scalar_t, kTensorCores<scalar_t>, ROWS / 8>(acc, rows_of(Qs + warp * 16 * LD, LD),
-                                                          rows_of(chunk, LD), DP);
+                                                          rows_of(Rs + b0 * LD, LD), DP);
     // Columns b < NB only (the row stride leaves no room for the chunk's padding),
     // each fragment pair as one 8-byte (fp32) or 16-byte (fp64) store.
 #pragma unroll
@@ -589,9 +582,8 @@ __device__ void contextual_table(const Params& p, int h, const scalar_t* Qs, sca
         const int b = b0 + frag_col(n, e), r = warp * 16 + frag_row(e);
         if (b < p.NB && r < p.qr_rows) store_pair(qR + r * ldr + b, acc[n][e], acc[n][e + 1]);
       }
-    if (!resident) __syncthreads();
   }
-  if (resident) __syncthreads();
+  __syncthreads();
 }
 
 template <typename acc_t>
@@ -664,6 +656,7 @@ struct BwdSmem {
   acc_t* dSs;  // dq kernel, FMA path: dS in acc type (the tensor cores keep it in registers)
   unsigned char* ids;  // bucket ids, id_bytes(NB) each
   int *qseq, *qpos, *kseq, *kpos;
+  scalar_t* Rs;  // the head's table, resident for the block (contextual)
   acc_t *lse, *delta, *qR, *dT, *bias, *part;
   size_t bytes;
   __host__ __device__ BwdSmem(unsigned char* base, int NB, int mode, bool dq_kernel, bool fused,
@@ -684,6 +677,7 @@ struct BwdSmem {
     lse = c.take<acc_t>(ROWS);
     delta = c.take<acc_t>(dq_kernel && fused ? 0 : ROWS);
     part = c.take<acc_t>(dq_kernel && fused && mode != kNone ? width : 0);
+    Rs = c.take<scalar_t>(mode == kContextual ? table_rows<ROWS>(NB) * LD : 0);
     qR = c.take<acc_t>(mode == kContextual ? ROWS * table_width(NB) : 0);
     const bool shared_dt = dq_kernel && fused && mode == kContextual;
     dT = shared_dt ? qR : c.take<acc_t>(dq_kernel && mode != kNone ? ROWS * dt_width(NB) : 0);
@@ -859,7 +853,7 @@ __global__ void __launch_bounds__(2 * ROWS, kFwdMinBlocks<DP>) window_attention_
                                       sm.qseq, sm.qpos, p.d);
     tiles_landed();
     if (p.mode == kContextual)
-      contextual_table<scalar_t, DP, ROWS>(p, tc.h, sm.Qs, sm.Ks, sm.qR, ldr, sm.Rs);
+      contextual_table<scalar_t, DP, ROWS>(p, sm.Qs, sm.Rs, sm.qR, ldr);
 
     acc_t o[NTO][4];
     zero(o);
@@ -980,7 +974,9 @@ __global__ void __launch_bounds__(2 * ROWS, (kDkdvMinBlocks<scalar_t, DP>)) wind
   const acc_t scale = static_cast<acc_t>(p.scale);
 
   const TileRun run = tile_run(p, blockIdx.x);
-  stage_bias<scalar_t>(p, tile_coord<ROWS>(p, run.first).h, sm.bias);
+  const int run_head = tile_coord<ROWS>(p, run.first).h;
+  stage_bias<scalar_t>(p, run_head, sm.bias);
+  if (p.mode == kContextual) stage_table<scalar_t, DP, ROWS, LD>(p, run_head, sm.Rs);  // as the forward
   stage_shared_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
   const int run_len = static_cast<int>(run.end - run.first);  // as the forward's
   for (int i = 0; i < run_len; ++i) {
@@ -1004,9 +1000,8 @@ __global__ void __launch_bounds__(2 * ROWS, (kDkdvMinBlocks<scalar_t, DP>)) wind
       load_row_stats<ROWS>(p, tc.h, sm.qseq, sm.qpos, sm.lse, sm.delta);
       if (p.N > ROWS) load_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
       tiles_landed();  // K, V (first query tile) and Q
-      // R is staged in dO's buffer before dO arrives; dO is in flight while P^T is
-      // computed.
-      if (p.mode == kContextual) contextual_table<scalar_t, DP, ROWS>(p, tc.h, sm.Qs, sm.dOs, sm.qR, ldr);
+      if (p.mode == kContextual) contextual_table<scalar_t, DP, ROWS>(p, sm.Qs, sm.Rs, sm.qR, ldr);
+      // dO is in flight while P^T is computed.
       load_tile<scalar_t, DP, ROWS, LD>(sm.dOs, static_cast<const scalar_t*>(p.dout), p.dout_st,
                                         tc.h, sm.qseq, sm.qpos, p.d);
 
@@ -1080,6 +1075,9 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
     if (p.fused_backward)
       for (int64_t e = threadIdx.x; e < p.group_width; e += blockDim.x) part[e] = acc_t(0);
   }
+  // The group's table, staged once for all the block's tiles (its qR and dT R products).
+  if (p.mode == kContextual)
+    stage_table<scalar_t, DP, ROWS, LD>(p, tile_coord<ROWS>(p, blockIdx.y * group_tiles).h, sm.Rs);
   stage_shared_buckets<ROWS>(p, sm.qseq, sm.qpos, sm.kseq, sm.kpos, sm.ids);
   for (int64_t u = blockIdx.x; u < group_tiles; u += gridDim.x) {
     const TileCoord tc = tile_coord<ROWS>(p, blockIdx.y * group_tiles + u);
@@ -1092,7 +1090,7 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
                                       tc.h, sm.qseq, sm.qpos, p.d);
     load_row_stats<ROWS>(p, tc.h, sm.qseq, sm.qpos, sm.lse, p.fused_backward ? nullptr : sm.delta);
     tiles_landed();  // Q, dO
-    if (p.mode == kContextual) contextual_table<scalar_t, DP, ROWS>(p, tc.h, sm.Qs, sm.Ks, sm.qR, ldr);
+    if (p.mode == kContextual) contextual_table<scalar_t, DP, ROWS>(p, sm.Qs, sm.Rs, sm.qR, ldr);
 
     acc_t dq[NTO][4];
     zero(dq);
@@ -1215,15 +1213,12 @@ __global__ void __launch_bounds__(2 * ROWS, 1) window_attention_dq_kernel(const 
 #pragma unroll
         for (int e = 0; e < 4; ++e) dq[n][e] *= scale;
       mul[0] = mul[1] = acc_t(1);
-      const scalar_t* R = static_cast<const scalar_t*>(p.rpe) +
-                          (p.per_head ? static_cast<int64_t>(tc.h) * p.NB * p.d : 0);
+      // The warp's own rows of dT (complete: the key loop ended with a barrier) and the
+      // resident table.
       for (int b0 = 0; b0 < p.NB; b0 += ROWS) {
-        load_table_chunk<scalar_t, DP, ROWS, LD>(sm.Ks, R, b0, p.NB, p.d);
-        __syncthreads();
         // K = the chunk's buckets < NB: dT's rows end at dt_width(NB).
         warp_gemm<scalar_t, false, NTO>(dq, rows_of(dt_row(sm.dT, p, row0) + b0, p.dt_ld),
-                                        cols_of(sm.Ks, LD), p.NB - b0 < ROWS ? p.NB - b0 : ROWS);
-        __syncthreads();
+                                        cols_of(sm.Rs + b0 * LD, LD), p.NB - b0 < ROWS ? p.NB - b0 : ROWS);
       }
     }
     // dO is dead (the key loop ended with a barrier; Q still feeds the partial): its

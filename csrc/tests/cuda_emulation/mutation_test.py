@@ -152,8 +152,20 @@ MUTATIONS = [
     # qR and dT rows end at their bucket count (rounded to a bank-friendly stride), not
     # at the next chunk of ROWS: the chunk's padding columns must not be stored or read.
     M("window_attention: qR pair stores past NB (guard dropped)", "window_attention.cu",
-      "        if (b < p.NB) store_pair(qR", "        store_pair(qR",
+      "        if (b < p.NB && r < p.qr_rows) store_pair(qR", "        if (r < p.qr_rows) store_pair(qR",
       "address", "memory", ["S=2 N=7 H=3 d=8 contextual per-head"]),
+    M("window_attention: qR pair stores past the rows the tile's sequences fill", "window_attention.cu",
+      "        if (b < p.NB && r < p.qr_rows) store_pair(qR", "        if (b < p.NB) store_pair(qR",
+      "address", "memory", ["S=2 N=7 H=3 d=8 contextual per-head"]),
+    # The head's table resident for a run (forward) or a block (backward), and the 8-bit
+    # staged bucket ids whose all-ones byte is the mask.
+    M("window_attention: forward stages head 0's table for every run", "window_attention.cu",
+      "stage_table<scalar_t, DP, ROWS, LD>(p, run_head, sm.Rs);\n",
+      "stage_table<scalar_t, DP, ROWS, LD>(p, 0, sm.Rs);\n",
+      "none", "mismatch", ["runs: S=19"]),
+    M("window_attention: 8-bit bucket ids' mask read as bucket 255", "window_attention.cu",
+      "(lo == kNoBucket8 ? kNoBucket : lo)", "lo",
+      "none", "mismatch", ["tails fp16/bf16: S=1 N=65"]),
     M("window_attention: dT R product over the whole chunk (reads past dT's rows)",
       "window_attention.cu", "p.NB - b0 < ROWS ? p.NB - b0 : ROWS);", "ROWS);",
       "address", "memory", ["tails fp32: S=2 N=33"]),
