@@ -575,12 +575,15 @@ __device__ void contextual_table(const Params& p, const scalar_t* Qs, const scal
                                                           rows_of(Rs + b0 * LD, LD), DP);
     // Columns b < NB only (the row stride leaves no room for the chunk's padding),
     // each fragment pair as one 8-byte (fp32) or 16-byte (fp64) store.
+    // Rows past p.qr_rows store nothing: their column bound is b0.
+    const int r_lo = warp * 16 + frag_row(0);
+    const int end[2] = {r_lo < p.qr_rows ? p.NB : b0, r_lo + 8 < p.qr_rows ? p.NB : b0};
 #pragma unroll
     for (int n = 0; n < ROWS / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; e += 2) {
-        const int b = b0 + frag_col(n, e), r = warp * 16 + frag_row(e);
-        if (b < p.NB && r < p.qr_rows) store_pair(qR + r * ldr + b, acc[n][e], acc[n][e + 1]);
+        const int b = b0 + frag_col(n, e);
+        if (b < end[e >> 1]) store_pair(qR + (r_lo + 8 * (e >> 1)) * ldr + b, acc[n][e], acc[n][e + 1]);
       }
   }
   __syncthreads();

@@ -152,10 +152,11 @@ MUTATIONS = [
     # qR and dT rows end at their bucket count (rounded to a bank-friendly stride), not
     # at the next chunk of ROWS: the chunk's padding columns must not be stored or read.
     M("window_attention: qR pair stores past NB (guard dropped)", "window_attention.cu",
-      "        if (b < p.NB && r < p.qr_rows) store_pair(qR", "        if (r < p.qr_rows) store_pair(qR",
+      "{r_lo < p.qr_rows ? p.NB : b0, r_lo + 8 < p.qr_rows ? p.NB : b0}",
+      "{r_lo < p.qr_rows ? b0 + ROWS : b0, r_lo + 8 < p.qr_rows ? b0 + ROWS : b0}",
       "address", "memory", ["S=2 N=7 H=3 d=8 contextual per-head"]),
     M("window_attention: qR pair stores past the rows the tile's sequences fill", "window_attention.cu",
-      "        if (b < p.NB && r < p.qr_rows) store_pair(qR", "        if (b < p.NB) store_pair(qR",
+      "{r_lo < p.qr_rows ? p.NB : b0, r_lo + 8 < p.qr_rows ? p.NB : b0}", "{p.NB, p.NB}",
       "address", "memory", ["S=2 N=7 H=3 d=8 contextual per-head"]),
     # The head's table resident for a run (forward) or a block (backward), and the 8-bit
     # staged bucket ids whose all-ones byte is the mask.
