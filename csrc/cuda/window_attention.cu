@@ -26,10 +26,11 @@
 // shared memory as 8-bit ids (16-bit when NB >= 255), all ones where the pair is
 // masked (padding rows, other sequences), so the mask costs nothing extra; rows of
 // ROWS + 8 ids put a warp's fragment reads (a pair of ids as one load) in distinct
-// banks. Contextual: per query tile,
-// qR = q R^T (ROWS x NB, fp32) is computed once into shared memory from R staged
-// ROWS buckets at a time, and each logit adds qR[i][bucket(i, j)]. Bias: the
-// head's NB biases are staged. NB is bounded by shared memory (an error says so).
+// banks. Contextual: the head's table R
+// stays in shared memory for a block's run of tiles (stage_table); per query tile
+// qR = q R^T (the rows its sequences fill x NB, fp32) is computed once into shared
+// memory from it, and each logit adds qR[i][bucket(i, j)]. Bias: the head's NB biases
+// are staged. NB is bounded by shared memory (an error says so).
 //
 // Runs. The forward and dk/dv kernels give each block a run of consecutive tiles
 // of one head (plan_runs: up to 8, keeping 8 blocks per SM): the head's bias, and
